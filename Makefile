@@ -1,0 +1,45 @@
+# madlib_dl — the two commands a newcomer needs are `make demo` and `make test`; both set up what is missing.
+VENV       ?= $(CURDIR)/.venv
+PYTHON     := $(VENV)/bin/python
+MADLIB_DL_SCHEMA ?= madlib_dl
+CLI        := $(PYTHON) -m madlib_dl.tools.cli
+export MADLIB_DL_SCHEMA
+
+.PHONY: help setup install start stop status psql demo test test-unit clean
+
+help:
+	@echo "make demo     set up, start the embedded cluster, train a model inside the database"
+	@echo "make test     set up, install, run every test suite"
+	@echo "make setup    apt packages, venv with pinned packages, madlib_dl (idempotent)"
+	@echo "make install  install the extension into the server (MADLIB_DL_SCHEMA=madlib for MADlib scripts)"
+	@echo "make start | stop | status | psql   the embedded cluster"
+
+setup:
+	@bash src/setup.sh $(VENV)
+
+install: setup
+	@$(CLI) install --schema $(MADLIB_DL_SCHEMA)
+
+start: install
+	@$(CLI) start
+
+stop:
+	@if [ -x $(PYTHON) ]; then $(CLI) stop; fi
+
+status: setup
+	@$(CLI) status
+
+psql: start
+	@$(CLI) psql
+
+demo: install
+	@$(CLI) demo
+
+test: install
+	@$(PYTHON) -m pytest -p no:cacheprovider tests
+
+test-unit: setup
+	@$(PYTHON) -m pytest -p no:cacheprovider tests/unit
+
+clean: stop
+	rm -rf .cluster build *.egg-info

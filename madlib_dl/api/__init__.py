@@ -1,0 +1,1 @@
+"""SQL-facing functions: one module per family of user-facing SQL functions."""

@@ -1,0 +1,137 @@
+"""The one interface madlib_dl uses to talk to PostgreSQL.
+
+Inside the server it is ``plpy``; under pytest or in client tools it is a psycopg2 connection. Both take
+SQL with ``$1, $2 ...`` placeholders and bound values (never values pasted into SQL text), so the layers
+above run unchanged in both places.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from typing import Any, Callable, Protocol, Sequence
+
+from madlib_dl.errors import MadlibDLError
+
+
+class Database(Protocol):
+    def execute(self, sql: str, args: Sequence[Any] = (), types: Sequence[str] = ()) -> list[dict]:
+        """Run one statement with ``$n`` parameters of the given SQL types; return rows as dicts."""
+
+    def notice(self, message: str) -> None:
+        """Tell the caller something (a NOTICE inside the server)."""
+
+    def quote_ident(self, name: str) -> str:
+        """Quote one identifier for SQL text."""
+
+    def fail(self, error: MadlibDLError) -> None:
+        """Report a user error the way this side reports errors (raises)."""
+
+
+class PlpyDatabase:
+    """``plpy`` inside a PL/Python function. Plans are prepared once per statement and kept."""
+
+    def __init__(self, plpy_module):
+        self._plpy = plpy_module
+        self._plans: dict[tuple, Any] = {}
+
+    def execute(self, sql, args=(), types=()):
+        if not args:
+            return [dict(row) for row in self._plpy.execute(sql)]
+        key = (sql, tuple(types))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._plpy.prepare(sql, list(types))
+        return [dict(row) for row in self._plpy.execute(plan, list(args))]
+
+    def notice(self, message):
+        self._plpy.notice(message)
+
+    def quote_ident(self, name):
+        return self._plpy.quote_ident(name)
+
+    def fail(self, error):
+        self._plpy.error(str(error), sqlstate=error.sqlstate)
+
+
+class PsycopgDatabase:
+    """A psycopg2 connection. ``$n`` parameters go through PREPARE/EXECUTE so they bind exactly as
+    ``plpy.prepare`` binds them; notices are kept in ``self.notices``."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.notices: list[str] = []
+
+    def execute(self, sql, args=(), types=()):
+        with self.connection.cursor() as cur:
+            if args:
+                if len(types) != len(args):
+                    raise ValueError("execute: one SQL type per argument is required")
+                cur.execute(f"PREPARE madlib_dl_stmt ({', '.join(types)}) AS {sql}")
+                try:
+                    cur.execute(f"EXECUTE madlib_dl_stmt ({', '.join(['%s'] * len(args))})", list(args))
+                    rows = self._rows(cur)
+                finally:
+                    cur.execute("DEALLOCATE madlib_dl_stmt")
+                return rows
+            cur.execute(sql)
+            return self._rows(cur)
+
+    @staticmethod
+    def _rows(cur):
+        if cur.description is None:
+            return []
+        names = [column.name for column in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def notice(self, message):
+        self.notices.append(message)
+
+    def quote_ident(self, name):
+        from psycopg2.extensions import quote_ident
+
+        return quote_ident(name, self.connection)
+
+    def fail(self, error):
+        raise error
+
+
+_override: contextvars.ContextVar[Database | None] = contextvars.ContextVar("madlib_dl_db", default=None)
+_server_db: PlpyDatabase | None = None
+
+
+def current() -> Database:
+    """The database of this call: the one set by :func:`using`, else the server's own (plpy)."""
+    db = _override.get()
+    if db is not None:
+        return db
+    global _server_db
+    if _server_db is None:
+        import plpy  # only importable inside a PostgreSQL backend
+
+        _server_db = PlpyDatabase(plpy)
+    return _server_db
+
+
+@contextlib.contextmanager
+def using(db: Database):
+    """Run madlib_dl code against ``db`` (tests and client tools)."""
+    token = _override.set(db)
+    try:
+        yield db
+    finally:
+        _override.reset(token)
+
+
+def sql_function(fn: Callable) -> Callable:
+    """Mark a function called from a SQL body: user errors become one clean server error with SQLSTATE."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MadlibDLError as error:
+            current().fail(error)
+
+    return wrapper

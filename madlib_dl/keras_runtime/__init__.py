@@ -1,0 +1,1 @@
+"""Keras inside a backend: TensorFlow set-up, parameter strings, model building, model state."""

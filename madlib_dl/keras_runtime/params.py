@@ -1,0 +1,359 @@
+"""MADlib-style compile and fit parameter strings, parsed without ever evaluating them.
+
+``"loss='categorical_crossentropy', optimizer='Adam(lr=0.01)', metrics=['accuracy']"`` becomes a
+:class:`CompileParams`; ``"batch_size=32, epochs=1"`` becomes a :class:`FitParams`. The text is split at
+top-level commas (quotes and brackets respected), each value is read with :mod:`ast` and converted by
+a walker that accepts literals only, and every optimizer, loss and metric name must be on a whitelist.
+MADlib's quirks kept for compatibility: values may be unquoted (``loss=mse``), ``lr`` means
+``learning_rate``, names of optimizers are case-insensitive. MADlib's bugs are not kept: a repeated key
+is an error (MADlib kept the last), ``False`` stays false, and an optimizer name is resolved to its
+canonical Keras class whatever its case.
+
+This module is pure Python (no Keras import) so it is cheap to call while validating arguments.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from typing import Any
+
+from madlib_dl.errors import InvalidArgument, NotSupported
+
+MAX_PARAM_LENGTH = 10_000
+MAX_NESTING = 16
+
+# Keras 3 optimizer classes, keyed by lower-case name. LossScaleOptimizer wraps another optimizer
+# and is not a choice on its own.
+OPTIMIZERS = {name.lower(): name for name in (
+    "SGD", "RMSprop", "Adam", "AdamW", "Adadelta", "Adagrad", "Adamax", "Adafactor", "Nadam", "Ftrl",
+    "Lion", "Lamb",
+)}
+
+# Losses for one-hot (categorical) or real-valued targets. Labels are one-hot encoded by the
+# preprocessor, so the sparse_* losses and metrics, which expect integer labels, cannot work.
+LOSSES = frozenset((
+    "categorical_crossentropy", "binary_crossentropy", "categorical_focal_crossentropy",
+    "binary_focal_crossentropy", "categorical_hinge", "hinge", "squared_hinge", "kl_divergence",
+    "poisson", "huber", "log_cosh", "mean_squared_error", "mean_absolute_error",
+    "mean_absolute_percentage_error", "mean_squared_logarithmic_error", "mse", "mae", "mape", "msle",
+))
+
+METRICS = frozenset((
+    "accuracy", "acc", "categorical_accuracy", "binary_accuracy", "top_k_categorical_accuracy",
+    "categorical_crossentropy", "binary_crossentropy", "kl_divergence", "poisson",
+    "mean_squared_error", "mean_absolute_error", "mean_absolute_percentage_error",
+    "mean_squared_logarithmic_error", "mse", "mae", "mape", "msle",
+))
+
+SPARSE_HINT = "labels are one-hot encoded by the preprocessor; use the categorical_* variant"
+
+COMPILE_KEYS = ("optimizer", "loss", "metrics", "loss_weights", "weighted_metrics")
+FIT_KEYS = ("batch_size", "epochs", "verbose", "shuffle", "class_weight", "initial_epoch", "steps_per_epoch")
+FIT_KEYS_REJECTED = {
+    "callbacks": "callbacks are not supported yet",
+    "validation_split": "validation data comes from the validation_table argument",
+    "validation_data": "validation data comes from the validation_table argument",
+    "validation_steps": "validation data comes from the validation_table argument",
+    "validation_freq": "use the metrics_compute_frequency argument",
+    "sample_weight": "per-example weights are not supported; use class_weight",
+    "x": "the data comes from the source table",
+    "y": "the data comes from the source table",
+}
+COMPILE_KEYS_REJECTED = {
+    "sample_weight_mode": "Keras 3 removed sample_weight_mode",
+    "run_eagerly": "madlib_dl decides how models run inside the server",
+    "jit_compile": "madlib_dl decides how models run inside the server",
+    "steps_per_execution": "madlib_dl decides how models run inside the server",
+}
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str  # canonical Keras class name, e.g. "Adam"
+    kwargs: dict = field(default_factory=dict)  # constructor arguments, ``lr`` already renamed
+
+
+@dataclass(frozen=True)
+class CompileParams:
+    optimizer: OptimizerSpec
+    loss: str
+    metrics: tuple = ()
+    loss_weights: Any = None
+    weighted_metrics: tuple | None = None
+
+    def keras_kwargs(self) -> dict:
+        """compile() arguments other than the optimizer object."""
+        kwargs = {"loss": self.loss, "metrics": list(self.metrics)}
+        if self.loss_weights is not None:
+            kwargs["loss_weights"] = self.loss_weights
+        if self.weighted_metrics is not None:
+            kwargs["weighted_metrics"] = list(self.weighted_metrics)
+        return kwargs
+
+
+@dataclass(frozen=True)
+class FitParams:
+    batch_size: int | None = None
+    epochs: int = 1
+    verbose: int = 0  # Keras' default progress bar would go to the server log
+    shuffle: bool = True
+    class_weight: dict | None = None
+    initial_epoch: int = 0
+    steps_per_epoch: int | None = None
+
+    def keras_kwargs(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Splitting "k1=v1, k2=[a, b]" into (key, value text) pairs
+
+_CLOSE = {"(": ")", "[": "]", "{": "}"}
+
+
+def split_params(text: str, argument: str) -> list[tuple[str, str]]:
+    """Split at top-level commas, then each item at its first top-level '='."""
+    if len(text) > MAX_PARAM_LENGTH:
+        raise InvalidArgument(f"{argument}: longer than {MAX_PARAM_LENGTH} characters")
+    items, start, stack, quote, i = [], 0, [], None, 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "'\"":
+            quote = c
+        elif c in _CLOSE:
+            stack.append(_CLOSE[c])
+            if len(stack) > MAX_NESTING:
+                raise InvalidArgument(f"{argument}: brackets nested deeper than {MAX_NESTING} levels")
+        elif c in ")]}":
+            if not stack or stack.pop() != c:
+                raise InvalidArgument(f"{argument}: unbalanced {c!r} at position {i + 1} in {text!r}")
+        elif c == "," and not stack:
+            items.append(text[start:i])
+            start = i + 1
+        i += 1
+    if quote:
+        raise InvalidArgument(f"{argument}: unterminated string starting with {quote} in {text!r}")
+    if stack:
+        raise InvalidArgument(f"{argument}: missing {stack[-1]!r} in {text!r}")
+    items.append(text[start:])
+    return [_split_item(item, argument) for item in items]
+
+
+def _split_item(item: str, argument: str) -> tuple[str, str]:
+    if not item.strip():
+        raise InvalidArgument(f"{argument}: empty parameter (two commas in a row or a trailing comma)")
+    key, eq, value = item.partition("=")
+    key, value = key.strip(), value.strip()
+    if not eq:
+        raise InvalidArgument(f"{argument}: expected name=value, got {item.strip()!r}")
+    if not key.isidentifier():
+        raise InvalidArgument(f"{argument}: {key!r} is not a parameter name")
+    if not value:
+        raise InvalidArgument(f"{argument}: {key} has no value")
+    return key, value
+
+
+def _unique(pairs: list[tuple[str, str]], argument: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key, value in pairs:
+        if key in found:
+            raise InvalidArgument(f"{argument}: {key} is given more than once")
+        found[key] = value
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading one value: literals only, bare words read as strings (MADlib strips quotes)
+
+def literal(text: str, what: str, bare_words: bool = True) -> Any:
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        raise InvalidArgument(f"{what}: {text!r} is not a valid value") from None
+    return _convert(node, what, text, bare_words)
+
+
+def _convert(node, what, text, bare_words):
+    if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, bool, type(None))):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
+            and isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float):
+        return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_convert(e, what, text, bare_words) for e in node.elts]
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {_convert(k, what, text, False): _convert(v, what, text, bare_words)
+                for k, v in zip(node.keys, node.values)}
+    if bare_words and isinstance(node, ast.Name):
+        return node.id
+    raise InvalidArgument(f"{what}: only literal values are accepted, got {text.strip()!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# compile_params
+
+def parse_compile_params(text: str | None, argument: str = "compile_params") -> CompileParams:
+    if text is None or not text.strip():
+        raise InvalidArgument(f"{argument}: expected a string like "
+                              "\"loss='categorical_crossentropy', optimizer='Adam(lr=0.01)', metrics=['accuracy']\", "
+                              f"got {'NULL' if text is None else 'an empty string'}")
+    raw = _unique(split_params(text, argument), argument)
+    for key in raw:
+        if key in COMPILE_KEYS_REJECTED:
+            raise NotSupported(f"{argument}: {key} is not accepted: {COMPILE_KEYS_REJECTED[key]}")
+        if key not in COMPILE_KEYS:
+            raise InvalidArgument(f"{argument}: unknown parameter {key!r}; expected one of {', '.join(COMPILE_KEYS)}")
+    for required in ("optimizer", "loss"):
+        if required not in raw:
+            raise InvalidArgument(f"{argument}: {required} is required")
+    return CompileParams(
+        optimizer=parse_optimizer(raw["optimizer"], f"{argument}: optimizer"),
+        loss=_loss(literal(raw["loss"], f"{argument}: loss"), argument),
+        metrics=_metrics(raw.get("metrics"), argument),
+        loss_weights=_loss_weights(raw.get("loss_weights"), argument),
+        weighted_metrics=_weighted_metrics(raw.get("weighted_metrics"), argument),
+    )
+
+
+def parse_optimizer(text: str, what: str = "optimizer") -> OptimizerSpec:
+    """``'Adam(lr=0.01)'``, ``Adam(learning_rate=0.01)``, ``'sgd'`` -> OptimizerSpec."""
+    value = text.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = literal(value, what)
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{what}: expected an optimizer like 'Adam(lr=0.01)', got {text!r}")
+    try:
+        node = ast.parse(value.strip(), mode="eval").body
+    except SyntaxError:
+        raise InvalidArgument(f"{what}: expected an optimizer like 'Adam(lr=0.01)', got {text!r}") from None
+    if isinstance(node, ast.Name):
+        return OptimizerSpec(_optimizer_name(node.id, what), {})
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+        raise InvalidArgument(f"{what}: expected an optimizer like 'Adam(lr=0.01)', got {text!r}")
+    name = _optimizer_name(node.func.id, what)
+    if node.args:
+        raise InvalidArgument(f"{what}: arguments of {name} must be given as name=value, e.g. {name}(learning_rate=0.01)")
+    kwargs: dict[str, Any] = {}
+    for kw in node.keywords:
+        if kw.arg is None:
+            raise InvalidArgument(f"{what}: only literal values are accepted, got {text!r}")
+        key = "learning_rate" if kw.arg == "lr" else kw.arg
+        if key in kwargs:
+            raise InvalidArgument(f"{what}: {kw.arg} is given more than once"
+                                  + (" (lr is learning_rate)" if key == "learning_rate" else ""))
+        kwargs[key] = _convert(kw.value, f"{what}: {kw.arg}", text, bare_words=False)
+        if isinstance(kwargs[key], (list, dict)):
+            raise InvalidArgument(f"{what}: {kw.arg} must be a number, boolean, string or None")
+    return OptimizerSpec(name, kwargs)
+
+
+def _optimizer_name(name: str, what: str) -> str:
+    canonical = OPTIMIZERS.get(name.lower())
+    if canonical is None:
+        raise InvalidArgument(f"{what}: unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS.values())}")
+    return canonical
+
+
+def _loss(value, argument):
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{argument}: loss must be the name of a Keras loss, got {value!r}")
+    if value.startswith("sparse_"):
+        raise NotSupported(f"{argument}: loss {value!r} is not supported: {SPARSE_HINT}")
+    if value not in LOSSES:
+        raise InvalidArgument(f"{argument}: unknown loss {value!r}; expected one of {', '.join(sorted(LOSSES))}")
+    return value
+
+
+def _metric(value, argument, key):
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{argument}: {key} must hold metric names, got {value!r}")
+    if value.startswith("sparse_"):
+        raise NotSupported(f"{argument}: metric {value!r} is not supported: {SPARSE_HINT}")
+    if value not in METRICS:
+        raise InvalidArgument(f"{argument}: unknown metric {value!r}; expected one of {', '.join(sorted(METRICS))}")
+    return value
+
+
+def _metrics(text, argument):
+    if text is None:
+        return ()
+    value = literal(text, f"{argument}: metrics")
+    if not isinstance(value, list):
+        raise InvalidArgument(f"{argument}: metrics must be a list such as ['accuracy'], got {text!r}")
+    if len(value) > 1:
+        raise NotSupported(f"{argument}: metrics holds {len(value)} metrics; one metric per model is supported "
+                           "(output tables keep one metric column)")
+    return tuple(_metric(m, argument, "metrics") for m in value)
+
+
+def _weighted_metrics(text, argument):
+    if text is None:
+        return None
+    value = literal(text, f"{argument}: weighted_metrics")
+    if not isinstance(value, list):
+        raise InvalidArgument(f"{argument}: weighted_metrics must be a list of metric names, got {text!r}")
+    return tuple(_metric(m, argument, "weighted_metrics") for m in value)
+
+
+def _loss_weights(text, argument):
+    if text is None:
+        return None
+    value = literal(text, f"{argument}: loss_weights", bare_words=False)
+    numbers = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+    if numbers is None or not all(_is_number(v) for v in numbers):
+        raise InvalidArgument(f"{argument}: loss_weights must be a list or dict of numbers, got {text!r}")
+    return value
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# ---------------------------------------------------------------------------------------------------
+# fit_params
+
+def parse_fit_params(text: str | None, argument: str = "fit_params") -> FitParams:
+    """An empty or NULL string means Keras' defaults (quiet: verbose=0)."""
+    if text is None or not text.strip():
+        return FitParams()
+    raw = _unique(split_params(text, argument), argument)
+    values = {}
+    for key, value_text in raw.items():
+        if key in FIT_KEYS_REJECTED:
+            raise NotSupported(f"{argument}: {key} is not accepted: {FIT_KEYS_REJECTED[key]}")
+        if key not in FIT_KEYS:
+            raise InvalidArgument(f"{argument}: unknown parameter {key!r}; expected one of {', '.join(FIT_KEYS)}")
+        values[key] = _fit_value(key, literal(value_text, f"{argument}: {key}", bare_words=False), argument)
+    return FitParams(**values)
+
+
+def _fit_value(key, value, argument):
+    def positive_int(minimum):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise InvalidArgument(f"{argument}: {key} must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    if key in ("batch_size", "epochs", "steps_per_epoch"):
+        return positive_int(1)
+    if key == "initial_epoch":
+        return positive_int(0)
+    if key == "verbose":
+        if value not in (0, 1, 2) or isinstance(value, bool):
+            raise InvalidArgument(f"{argument}: verbose must be 0, 1 or 2, got {value!r}")
+        return value
+    if key == "shuffle":
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"{argument}: shuffle must be True or False, got {value!r}")
+        return value
+    # class_weight
+    if not isinstance(value, dict) or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 0 and _is_number(v) for k, v in value.items()):
+        raise InvalidArgument(f"{argument}: class_weight must be a dict of class index to weight, "
+                              f"such as {{0: 1.0, 1: 2.5}}, got {value!r}")
+    return value

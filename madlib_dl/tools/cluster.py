@@ -1,0 +1,152 @@
+"""The embedded cluster: a PostgreSQL cluster in a project-local directory, for the demo and for users
+without a server. It runs as the postgres OS user (the server refuses root), listens on its own port
+and socket directory so it never clashes with a system server, and has madlib_dl created in its
+database. Every command is safe to re-run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from madlib_dl.tools import paths
+
+DEFAULT_PORT = 54329
+SERVER_USER = "postgres"
+# The extension's version and the schema it owns (its install script creates that schema).
+EXTENSION_QUERY = """
+    SELECT e.extversion, n.nspname
+    FROM pg_extension e
+    JOIN pg_depend d ON d.refobjid = e.oid AND d.deptype = 'e' AND d.classid = 'pg_namespace'::regclass
+    JOIN pg_namespace n ON n.oid = d.objid
+    WHERE e.extname = 'madlib_dl'"""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    home: Path
+    port: int = DEFAULT_PORT
+    dbname: str = "madlib_dl"
+    user: str = SERVER_USER
+
+    @classmethod
+    def from_environment(cls) -> "Cluster":
+        home = Path(os.environ.get("MADLIB_DL_HOME") or paths.REPO / ".cluster").resolve()
+        return cls(home=home, port=int(os.environ.get("MADLIB_DL_PORT") or DEFAULT_PORT))
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "postgres.log"
+
+    def dsn(self) -> dict:
+        return {"host": str(self.socket_dir), "port": self.port, "dbname": self.dbname, "user": self.user}
+
+    def connection_help(self) -> str:
+        return (f"socket directory {self.socket_dir} (or host 127.0.0.1), port {self.port}, "
+                f"database {self.dbname}, user {self.user}, no password\n"
+                f"  psql -h {self.socket_dir} -p {self.port} -U {self.user} {self.dbname}\n"
+                f"  psycopg2.connect(host='127.0.0.1', port={self.port}, dbname='{self.dbname}', user='{self.user}')")
+
+    # -- server life cycle ------------------------------------------------------------------------
+
+    def _owner_kwargs(self) -> dict:
+        return {"user": SERVER_USER, "group": SERVER_USER} if os.geteuid() == 0 else {}
+
+    def _run(self, *args, check=True) -> subprocess.CompletedProcess:
+        return subprocess.run(list(args), check=check, capture_output=True, text=True, cwd=self.home)
+
+    def initialized(self) -> bool:
+        return (self.data / "PG_VERSION").exists()
+
+    def init(self) -> None:
+        if self.initialized():
+            return
+        for d in (self.home, self.socket_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                shutil.chown(d, SERVER_USER, SERVER_USER)
+        self._run(paths.pg_program("initdb"), "-D", str(self.data), "-U", SERVER_USER, "-A", "trust",
+                  "-E", "UTF8", "--locale=C.UTF-8", "--lc-messages=C")
+        with open(self.data / "postgresql.auto.conf", "a") as conf:
+            conf.write(f"port = {self.port}\nunix_socket_directories = '{self.socket_dir}'\n"
+                       "listen_addresses = '127.0.0.1'\n")
+
+    def running(self) -> bool:
+        return self.initialized() and self._run(paths.pg_program("pg_ctl"), "status", "-D", str(self.data),
+                                                check=False).returncode == 0
+
+    def start(self) -> None:
+        self.init()
+        if not self.running():
+            env = dict(os.environ, PYTHONPATH=paths.site_packages())  # lets users' own plpython3u code import TF
+            result = subprocess.run([paths.pg_program("pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data),
+                                     "-l", str(self.log)], env=env, cwd=self.home, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise SystemExit(f"cluster: the server did not start ({result.stderr.strip()}); see {self.log}")
+        self.create_database()
+
+    def stop(self) -> bool:
+        if not self.running():
+            return False
+        self._run(paths.pg_program("pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(self.data))
+        return True
+
+    # -- database and extension -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def connect(self, dbname: str | None = None):
+        """An autocommit psycopg2 connection, closed on exit."""
+        import psycopg2
+
+        conn = psycopg2.connect(**dict(self.dsn(), dbname=dbname or self.dbname))
+        conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def create_database(self) -> None:
+        """plpython3u goes into template1 so that every new database can CREATE EXTENSION madlib_dl."""
+        with self.connect("template1") as conn, conn.cursor() as cur:
+            cur.execute("CREATE EXTENSION IF NOT EXISTS plpython3u")
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [self.dbname])
+            if cur.fetchone() is None:
+                cur.execute(f"CREATE DATABASE {self.dbname}")
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'madlib_dl'")
+            row = cur.fetchone()
+            cur.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'madlib_dl'")
+            available = cur.fetchone()
+            if available is None:
+                raise SystemExit("cluster: the madlib_dl extension is not installed in this server; run `make install`")
+            if row is None:
+                cur.execute("CREATE EXTENSION madlib_dl")
+            elif row[0] != available[0]:
+                # No update scripts yet: a new version replaces the old one (its objects hold no user data).
+                cur.execute("DROP EXTENSION madlib_dl")
+                cur.execute("CREATE EXTENSION madlib_dl")
+
+    def status(self) -> str:
+        if not self.initialized():
+            return f"embedded cluster: not created ({self.home}); `make start` creates it"
+        if not self.running():
+            return f"embedded cluster: stopped ({self.data}); `make start` starts it"
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute(EXTENSION_QUERY)
+            ext = cur.fetchone()
+        extension = "not created" if ext is None else f"{ext[0]} in schema {ext[1]}"
+        return f"embedded cluster: running ({self.data}); madlib_dl extension {extension}\n  {self.connection_help()}"
+
+    def psql_command(self, *extra: str) -> list[str]:
+        return ["psql", "-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user, "-d", self.dbname, *extra]

@@ -1,0 +1,27 @@
+"""Where things are: the checkout, the venv, PostgreSQL's programs and share directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sysconfig
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PGBIN_WRAPPERS = REPO / "src" / "pgbin"  # initdb/postgres/pg_ctl, run as the postgres OS user under root
+
+
+def site_packages() -> str:
+    """The venv's site-packages: where the server's PL/Python finds madlib_dl and TensorFlow."""
+    return sysconfig.get_paths()["purelib"]
+
+
+def pg_config(option: str) -> str:
+    return subprocess.run(["pg_config", option], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def pg_program(name: str) -> str:
+    """A server program; under root the wrapper that drops to the postgres user."""
+    if name in ("initdb", "postgres", "pg_ctl"):
+        return str(PGBIN_WRAPPERS / name)
+    return os.path.join(pg_config("--bindir"), name)

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what madlib_dl needs on a Debian 12 machine and skips what is already there:
+#   1. PostgreSQL 15 with PL/Python 3 and libpq headers (apt, as root);
+#   2. a venv built from Debian's /usr/bin/python3 (the interpreter plpython3u embeds) holding
+#      requirements.txt, with psycopg2 compiled against the system libpq;
+#   3. madlib_dl itself, installed editable into that venv.
+# Usage: src/setup.sh VENV_DIR
+set -euo pipefail
+
+# This machine's pip.conf may list local package folders that do not exist; pip warns about each one.
+quiet_pip() { "$venv/bin/pip" "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }; }
+
+venv=${1:?usage: setup.sh VENV_DIR}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+apt_packages=(postgresql-15 postgresql-plpython3-15 libpq-dev python3-venv)
+
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "setup: missing Debian packages: ${missing[*]}; run as root or install them with apt-get" >&2
+        exit 1
+    fi
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The venv must be Debian's interpreter: plpython3u loads /usr/lib/x86_64-linux-gnu/libpython3.11.so,
+# and compiled wheels (TensorFlow, numpy) must match it.
+if [ ! -x "$venv/bin/python" ] || [ "$(readlink -f "$venv/bin/python")" != "$(readlink -f /usr/bin/python3)" ]; then
+    echo "setup: creating venv $venv from /usr/bin/python3"
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+fi
+
+stamp="$venv/.madlib_dl-requirements"
+if ! cmp -s "$repo/requirements.txt" "$stamp"; then
+    echo "setup: installing pinned Python packages (requirements.txt) into $venv"
+    PIP_NO_BINARY=psycopg2 quiet_pip install -q --disable-pip-version-check -r "$repo/requirements.txt"
+    cp "$repo/requirements.txt" "$stamp"
+fi
+
+# Run from / so the check sees the installed package, not the checkout in the current directory.
+installed=$(cd / && "$venv/bin/python" -c 'import madlib_dl, os; print(os.path.dirname(os.path.dirname(madlib_dl.__file__)))' 2>/dev/null || true)
+if [ "$installed" != "$repo" ]; then
+    echo "setup: installing madlib_dl (editable) into $venv"
+    (cd "$repo" && quiet_pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .)
+fi
+echo "setup: done ($venv)"
