@@ -35,6 +35,7 @@ class PlpyDatabase:
     def __init__(self, plpy_module):
         self._plpy = plpy_module
         self._plans: dict[tuple, Any] = {}
+        self._error_type = None
 
     def execute(self, sql, args=(), types=()):
         if not args:
@@ -52,7 +53,13 @@ class PlpyDatabase:
         return self._plpy.quote_ident(name)
 
     def fail(self, error):
-        self._plpy.error(str(error), sqlstate=error.sqlstate)
+        # PL/Python prefixes the message with the exception's type name ("plpy.Error: ..."); a subclass
+        # of plpy.Error named madlib_dl in builtins turns that into "madlib_dl: ...", keeping SQLSTATE.
+        if self._error_type is None:
+            self._error_type = type("madlib_dl", (self._plpy.Error,), {"__module__": "builtins"})
+        server_error = self._error_type(str(error))
+        server_error.sqlstate = error.sqlstate
+        raise server_error from None
 
 
 class PsycopgDatabase:

@@ -16,9 +16,12 @@ def model_from_json(model_json: str, argument: str = "model_arch"):
     if not isinstance(model_json, str) or not model_json.strip():
         raise InvalidArgument(f"{argument}: expected the JSON of a Keras model (model.to_json())")
     try:
-        return keras.models.model_from_json(model_json)
+        model = keras.models.model_from_json(model_json)
     except Exception as error:  # Keras raises many types for bad configs; all mean the same to the user
         raise InvalidArgument(f"{argument}: not a loadable Keras model JSON: {type(error).__name__}: {error}") from None
+    if not isinstance(model, keras.Model):
+        raise InvalidArgument(f"{argument}: the JSON describes a {type(model).__name__}, not a Keras model")
+    return model
 
 
 def make_optimizer(spec: OptimizerSpec, argument: str = "compile_params: optimizer"):

@@ -1,0 +1,120 @@
+"""CREATE/DROP EXTENSION, the schema choice, version() and gpu_configuration() on a real server."""
+
+import re
+
+import psycopg2
+import pytest
+
+from madlib_dl.tools import install, paths
+
+MEMBER_OBJECTS = """
+    SELECT count(*) FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+    WHERE e.extname = 'madlib_dl' AND d.deptype = 'e'"""
+
+
+def _functions_in(cur, schema):
+    cur.execute("SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE n.nspname = %s ORDER BY 1", [schema])
+    return [r[0] for r in cur.fetchall()]
+
+
+def test_create_and_drop_extension_leave_nothing_behind(server):
+    with server.fresh_database("ext_life", extension=False) as db, server.connect(db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_namespace")
+        namespaces_before = cur.fetchone()[0]
+        cur.execute("CREATE EXTENSION madlib_dl")
+        assert set(_functions_in(cur, "madlib_dl")) == {"version", "gpu_configuration"}
+        cur.execute(MEMBER_OBJECTS)
+        assert cur.fetchone()[0] == 5  # the schema and four functions
+        cur.execute("SELECT madlib_dl.version()")
+        assert cur.fetchone()[0].startswith("madlib_dl ")
+        cur.execute("DROP EXTENSION madlib_dl")
+        cur.execute("SELECT count(*) FROM pg_namespace")
+        assert cur.fetchone()[0] == namespaces_before
+        assert _functions_in(cur, "madlib_dl") == []
+        cur.execute("SELECT count(*) FROM pg_depend d WHERE d.deptype = 'e' AND NOT EXISTS "
+                    "(SELECT 1 FROM pg_extension e WHERE e.oid = d.refobjid)")
+        assert cur.fetchone()[0] == 0
+        # and it can be created again in the same database
+        cur.execute("CREATE EXTENSION madlib_dl")
+        assert "version" in _functions_in(cur, "madlib_dl")
+
+
+def test_extension_refuses_a_schema_it_did_not_create(server):
+    with server.fresh_database("ext_clash", extension=False) as db, server.connect(db) as conn, conn.cursor() as cur:
+        cur.execute("CREATE SCHEMA madlib_dl")
+        with pytest.raises(psycopg2.errors.DuplicateSchema, match='schema "madlib_dl" already exists'):
+            cur.execute("CREATE EXTENSION madlib_dl")
+        cur.execute("SELECT count(*) FROM pg_extension WHERE extname = 'madlib_dl'")
+        assert cur.fetchone()[0] == 0
+
+
+def test_install_with_another_schema_for_madlib_scripts(server):
+    sharedir = paths.pg_config("--sharedir")
+    try:
+        install.install(sharedir, schema="madlib")
+        with server.fresh_database("ext_madlib") as db, server.connect(db) as conn, conn.cursor() as cur:
+            cur.execute("SELECT madlib.version()")
+            assert cur.fetchone()[0].startswith("madlib_dl ")
+            assert _functions_in(cur, "madlib_dl") == []
+            cur.execute("DROP EXTENSION madlib_dl")
+            cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'madlib'")
+            assert cur.fetchone()[0] == 0
+    finally:
+        install.install(sharedir)
+
+
+def test_version_names_every_component(cur):
+    cur.execute("SELECT madlib_dl.version()")
+    text = cur.fetchone()[0]
+    assert re.fullmatch(r"madlib_dl 0\.1\.0, Python 3\.11\.\d+, TensorFlow 2\.21\.0, Keras 3\.15\.1", text), text
+
+
+def test_gpu_configuration_on_a_host_without_gpus(conn, cur):
+    cur.execute("DROP TABLE IF EXISTS gpus_tf, gpus_nv")
+    cur.execute("SELECT madlib_dl.gpu_configuration('gpus_tf')")
+    assert any("found no GPU" in n for n in conn.notices)
+    cur.execute("SELECT madlib_dl.gpu_configuration('gpus_nv', 'NVIDIA')")
+    for table in ("gpus_tf", "gpus_nv"):
+        cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                    "WHERE attrelid = %s::regclass AND attnum > 0 ORDER BY attnum", [table])
+        assert cur.fetchall() == [("hostname", "text"), ("gpu_descr", "text")]
+        cur.execute(f"SELECT count(*) FROM {table}")
+        assert cur.fetchone()[0] == 0
+
+
+def test_gpu_configuration_quoted_and_schema_qualified_names(cur):
+    cur.execute('DROP SCHEMA IF EXISTS "Gpu Info" CASCADE')
+    cur.execute('CREATE SCHEMA "Gpu Info"')
+    cur.execute("""SELECT madlib_dl.gpu_configuration('"Gpu Info"."My GPUs"')""")
+    cur.execute("""SELECT count(*) FROM "Gpu Info"."My GPUs" """)
+    assert cur.fetchone()[0] == 0
+    cur.execute('DROP SCHEMA "Gpu Info" CASCADE')
+
+
+@pytest.mark.parametrize("args, sqlstate, message", [
+    (("gpus_bad", "cuda"), "22023", "source: expected 'tensorflow' or 'nvidia', got 'cuda'"),
+    ((None, "tensorflow"), "22023", "output_table: expected a table name, got NULL"),
+    (("  ", "tensorflow"), "22023", "output_table: expected a table name, got an empty string"),
+    (("x; DROP TABLE victim", None), "22023", "output_table: expected a table name"),
+    (("victim", None), "42P07", "output_table: table 'victim' already exists"),
+    (("no_schema.gpus", None), "42P01", "output_table: schema 'no_schema' of 'no_schema.gpus' does not exist"),
+    (("a.b.c.d", None), "22023", "expected table or schema.table"),
+])
+def test_gpu_configuration_bad_input_is_one_clear_error_and_creates_nothing(cur, args, sqlstate, message):
+    cur.execute("CREATE TABLE IF NOT EXISTS victim (v int)")
+    cur.execute("SELECT count(*) FROM pg_class")
+    tables_before = cur.fetchone()[0]
+    with pytest.raises(psycopg2.Error) as raised:
+        cur.execute("SELECT madlib_dl.gpu_configuration(%s, %s)", list(args))
+    assert raised.value.pgcode == sqlstate
+    assert message in raised.value.diag.message_primary
+    cur.execute("SELECT count(*) FROM pg_class")
+    assert cur.fetchone()[0] == tables_before
+    cur.execute("SELECT count(*) FROM victim")  # still there
+
+
+def test_gpu_configuration_help(cur):
+    cur.execute("SELECT madlib_dl.gpu_configuration()")
+    text = cur.fetchone()[0]
+    assert "output_table" in text and "'nvidia'" in text

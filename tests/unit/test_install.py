@@ -1,0 +1,46 @@
+"""The extension files `make install` writes: every placeholder filled, bodies valid Python."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from madlib_dl import __version__
+from madlib_dl.tools import install
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+SITE = "/opt/madlib_dl/.venv/lib/python3.11/site-packages"
+
+
+def _script(schema="madlib_dl"):
+    return install.render((SQL_DIR / "madlib_dl.sql.in").read_text(), schema, SITE)
+
+
+def test_every_placeholder_is_filled():
+    for name in ("madlib_dl.sql.in", "madlib_dl.control.in"):
+        assert not re.search(r"@[A-Z_]+@", install.render((SQL_DIR / name).read_text(), "madlib_dl", SITE))
+    control = install.render((SQL_DIR / "madlib_dl.control.in").read_text(), "madlib_dl", SITE)
+    assert f"default_version = '{__version__}'" in control
+
+
+def test_function_bodies_are_valid_python_that_boots_the_venv():
+    bodies = re.findall(r"AS \$\$\n(.*?)\n\$\$;", _script(), re.S)
+    assert len(bodies) == 4
+    for body in bodies:
+        code = compile(f"def f():\n" + "\n".join("    " + line for line in body.splitlines()), "body", "exec")
+        assert code is not None
+        assert body.startswith(install.boot_lines(SITE))
+        assert body.splitlines()[-1].startswith("from madlib_dl.api import")
+
+
+def test_schema_is_chosen_at_install():
+    script = _script("madlib")
+    assert "CREATE SCHEMA madlib;" in script
+    assert "CREATE FUNCTION madlib.version()" in script
+    assert "madlib_dl.version()" not in script
+
+
+@pytest.mark.parametrize("schema", ["Madlib", "madlib; drop table x", "1abc", "", "a" * 64])
+def test_schema_must_be_a_plain_identifier(schema):
+    with pytest.raises(SystemExit, match="must be a lower-case SQL identifier"):
+        _script(schema)
