@@ -12,7 +12,7 @@ quiet_pip() { "$venv/bin/pip" "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" 
 
 venv=${1:?usage: setup.sh VENV_DIR}
 repo=$(cd "$(dirname "$0")/.." && pwd)
-apt_packages=(postgresql-15 postgresql-plpython3-15 libpq-dev python3-venv)
+apt_packages=(postgresql-15 postgresql-plpython3-15 libpq-dev python3-venv python3-dev gcc)
 
 missing=()
 for p in "${apt_packages[@]}"; do

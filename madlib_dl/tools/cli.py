@@ -36,6 +36,7 @@ def main(argv=None) -> None:
     elif args.command == "demo":
         cluster.start()
         demo.run(cluster)
+        print(f"the embedded cluster keeps running: `make psql`, or connect with\n  {cluster.connection_help()}")
 
 
 if __name__ == "__main__":
