@@ -15,6 +15,7 @@ This module is pure Python (no Keras import) so it is cheap to call while valida
 from __future__ import annotations
 
 import ast
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,11 +113,17 @@ class FitParams:
 _CLOSE = {"(": ")", "[": "]", "{": "}"}
 
 
-def split_params(text: str, argument: str) -> list[tuple[str, str]]:
-    """Split at top-level commas, then each item at its first top-level '='."""
+def _show(text: str, limit: int = 80) -> str:
+    """The user's text for an error message, cut short when long."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def _top_level_commas(text: str, argument: str) -> list[int]:
+    """Positions of commas outside quotes and brackets. Refuses unbalanced brackets, unterminated
+    strings, deep nesting and comments (Python's '#' would silently drop the rest of a value)."""
     if len(text) > MAX_PARAM_LENGTH:
         raise InvalidArgument(f"{argument}: longer than {MAX_PARAM_LENGTH} characters")
-    items, start, stack, quote, i = [], 0, [], None, 0
+    commas, stack, quote, i = [], [], None, 0
     while i < len(text):
         c = text[i]
         if quote:
@@ -126,23 +133,29 @@ def split_params(text: str, argument: str) -> list[tuple[str, str]]:
                 quote = None
         elif c in "'\"":
             quote = c
+        elif c == "#":
+            raise InvalidArgument(f"{argument}: comments (#) are not accepted, found at position {i + 1}")
         elif c in _CLOSE:
             stack.append(_CLOSE[c])
             if len(stack) > MAX_NESTING:
                 raise InvalidArgument(f"{argument}: brackets nested deeper than {MAX_NESTING} levels")
         elif c in ")]}":
             if not stack or stack.pop() != c:
-                raise InvalidArgument(f"{argument}: unbalanced {c!r} at position {i + 1} in {text!r}")
+                raise InvalidArgument(f"{argument}: unbalanced {c!r} at position {i + 1} in {_show(text)}")
         elif c == "," and not stack:
-            items.append(text[start:i])
-            start = i + 1
+            commas.append(i)
         i += 1
     if quote:
-        raise InvalidArgument(f"{argument}: unterminated string starting with {quote} in {text!r}")
+        raise InvalidArgument(f"{argument}: unterminated string starting with {quote} in {_show(text)}")
     if stack:
-        raise InvalidArgument(f"{argument}: missing {stack[-1]!r} in {text!r}")
-    items.append(text[start:])
-    return [_split_item(item, argument) for item in items]
+        raise InvalidArgument(f"{argument}: missing {stack[-1]!r} in {_show(text)}")
+    return commas
+
+
+def split_params(text: str, argument: str) -> list[tuple[str, str]]:
+    """Split at top-level commas, then each item at its first '='."""
+    bounds = [-1, *_top_level_commas(text, argument), len(text)]
+    return [_split_item(text[a + 1:b], argument) for a, b in zip(bounds, bounds[1:])]
 
 
 def _split_item(item: str, argument: str) -> tuple[str, str]:
@@ -171,34 +184,62 @@ def _unique(pairs: list[tuple[str, str]], argument: str) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------
 # Reading one value: literals only, bare words read as strings (MADlib strips quotes)
 
-def literal(text: str, what: str, bare_words: bool = True) -> Any:
+def _expression(text: str, what: str, expected: str | None = None):
+    """The syntax tree of one value. Whatever Python's parser cannot take (syntax, NUL bytes, nesting
+    too deep for its stack) is the user's error, reported as such."""
+    _top_level_commas(text, what)
     try:
-        node = ast.parse(text.strip(), mode="eval").body
-    except SyntaxError:
-        raise InvalidArgument(f"{what}: {text!r} is not a valid value") from None
-    return _convert(node, what, text, bare_words)
+        return ast.parse(text.strip(), mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        problem = f"expected {expected}, got {_show(text)}" if expected else f"{_show(text)} is not a valid value"
+        raise InvalidArgument(f"{what}: {problem}") from None
+
+
+def literal(text: str, what: str, bare_words: bool = True) -> Any:
+    return _convert(_expression(text, what), what, text, bare_words)
+
+
+_SCALARS = (str, int, float, bool, type(None))
 
 
 def _convert(node, what, text, bare_words):
-    if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, bool, type(None))):
-        return node.value
+    if isinstance(node, ast.Constant) and isinstance(node.value, _SCALARS):
+        return _finite(node.value, what)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
             and isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float):
-        return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
+        return _finite(-node.operand.value if isinstance(node.op, ast.USub) else node.operand.value, what)
     if isinstance(node, (ast.List, ast.Tuple)):
         return [_convert(e, what, text, bare_words) for e in node.elts]
     if isinstance(node, ast.Dict) and None not in node.keys:
-        return {_convert(k, what, text, False): _convert(v, what, text, bare_words)
-                for k, v in zip(node.keys, node.values)}
+        return _dict(node, what, text, bare_words)
     if bare_words and isinstance(node, ast.Name):
         return node.id
-    raise InvalidArgument(f"{what}: only literal values are accepted, got {text.strip()!r}")
+    raise InvalidArgument(f"{what}: only literal values are accepted, got {_show(text.strip())}")
+
+
+def _finite(value, what):
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgument(f"{what}: numbers must be finite, got {value}")
+    return value
+
+
+def _dict(node, what, text, bare_words):
+    out = {}
+    for key_node, value_node in zip(node.keys, node.values):
+        key = _convert(key_node, what, text, False)
+        if not isinstance(key, _SCALARS):
+            raise InvalidArgument(f"{what}: dictionary keys must be names or numbers, got {_show(text.strip())}")
+        if key in out:
+            raise InvalidArgument(f"{what}: dictionary key {key!r} is given more than once")
+        out[key] = _convert(value_node, what, text, bare_words)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
 # compile_params
 
 def parse_compile_params(text: str | None, argument: str = "compile_params") -> CompileParams:
+    _require_text(text, argument)
     if text is None or not text.strip():
         raise InvalidArgument(f"{argument}: expected a string like "
                               "\"loss='categorical_crossentropy', optimizer='Adam(lr=0.01)', metrics=['accuracy']\", "
@@ -221,28 +262,30 @@ def parse_compile_params(text: str | None, argument: str = "compile_params") -> 
     )
 
 
+def _require_text(text, argument):
+    if text is not None and not isinstance(text, str):
+        raise InvalidArgument(f"{argument}: expected text, got {type(text).__name__}")
+
+
 def parse_optimizer(text: str, what: str = "optimizer") -> OptimizerSpec:
     """``'Adam(lr=0.01)'``, ``Adam(learning_rate=0.01)``, ``'sgd'`` -> OptimizerSpec."""
     value = text.strip()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         value = literal(value, what)
         if not isinstance(value, str):
-            raise InvalidArgument(f"{what}: expected an optimizer like 'Adam(lr=0.01)', got {text!r}")
-    try:
-        node = ast.parse(value.strip(), mode="eval").body
-    except SyntaxError:
-        raise InvalidArgument(f"{what}: expected an optimizer like 'Adam(lr=0.01)', got {text!r}") from None
+            raise InvalidArgument(f"{what}: expected an optimizer like 'Adam(lr=0.01)', got {_show(text)}")
+    node = _expression(value, what, expected="an optimizer like 'Adam(lr=0.01)'")
     if isinstance(node, ast.Name):
         return OptimizerSpec(_optimizer_name(node.id, what), {})
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
-        raise InvalidArgument(f"{what}: expected an optimizer like 'Adam(lr=0.01)', got {text!r}")
+        raise InvalidArgument(f"{what}: expected an optimizer like 'Adam(lr=0.01)', got {_show(text)}")
     name = _optimizer_name(node.func.id, what)
     if node.args:
         raise InvalidArgument(f"{what}: arguments of {name} must be given as name=value, e.g. {name}(learning_rate=0.01)")
     kwargs: dict[str, Any] = {}
     for kw in node.keywords:
-        if kw.arg is None:
-            raise InvalidArgument(f"{what}: only literal values are accepted, got {text!r}")
+        if kw.arg is None or kw.arg.startswith("_"):
+            raise InvalidArgument(f"{what}: only name=value arguments are accepted, got {_show(text)}")
         key = "learning_rate" if kw.arg == "lr" else kw.arg
         if key in kwargs:
             raise InvalidArgument(f"{what}: {kw.arg} is given more than once"
@@ -320,6 +363,7 @@ def _is_number(v) -> bool:
 
 def parse_fit_params(text: str | None, argument: str = "fit_params") -> FitParams:
     """An empty or NULL string means Keras' defaults (quiet: verbose=0)."""
+    _require_text(text, argument)
     if text is None or not text.strip():
         return FitParams()
     raw = _unique(split_params(text, argument), argument)
@@ -344,7 +388,7 @@ def _fit_value(key, value, argument):
     if key == "initial_epoch":
         return positive_int(0)
     if key == "verbose":
-        if value not in (0, 1, 2) or isinstance(value, bool):
+        if type(value) is not int or value not in (0, 1, 2):
             raise InvalidArgument(f"{argument}: verbose must be 0, 1 or 2, got {value!r}")
         return value
     if key == "shuffle":

@@ -2,8 +2,8 @@
 
 Pure Python: no Keras, no database. Every error is checked for its type (InvalidArgument /
 NotSupported) and for a message fragment that names the argument and the problem.
-Tests marked xfail(strict=True) document bugs found in params.py: they assert the expected
-behaviour and fail against the current implementation.
+TestRegressions holds inputs that once crashed the parser with Python errors (RecursionError,
+TypeError, ValueError) or were silently accepted ('#' comments, float verbose, repeated dict keys).
 """
 
 from __future__ import annotations
@@ -270,9 +270,9 @@ BAD_COMPILE = [
     ("starred-builtins", compile_with(metrics="[*__builtins__]"), InvalidArgument,
      r"metrics: only literal values are accepted, got '\[\*__builtins__\]'"),
     ("double-star-optimizer", compile_with(optimizer="'Adam(**__builtins__)'"), InvalidArgument,
-     r"optimizer: only literal values are accepted"),
+     r"optimizer: only name=value arguments are accepted"),
     ("double-star-dict", compile_with(optimizer="Adam(**{'lr': 1})"), InvalidArgument,
-     r"optimizer: only literal values are accepted"),
+     r"optimizer: only name=value arguments are accepted"),
     ("dict-unpack-in-value", compile_with(loss_weights="{**x}"), InvalidArgument,
      r"loss_weights: only literal values are accepted"),
     ("lambda-loss", compile_with(loss="lambda: 1"), InvalidArgument, r"loss: only literal values are accepted"),
@@ -379,7 +379,7 @@ BAD_COMPILE = [
     ("missing-value-at-end", "loss=mse, optimizer=", InvalidArgument, r"optimizer has no value$"),
     ("missing-key", "=mse, optimizer=adam", InvalidArgument, r"^compile_params: '' is not a parameter name$"),
     ("quoted-key", "'loss'=mse, optimizer=adam", InvalidArgument, r"\"'loss'\" is not a parameter name"),
-    ("numeric-key", compile_with(**{}) + ", 1=2", InvalidArgument, r"'1' is not a parameter name"),
+    ("numeric-key", compile_with() + ", 1=2", InvalidArgument, r"'1' is not a parameter name"),
     ("dashed-key", compile_with() + ", m-x=2", InvalidArgument, r"'m-x' is not a parameter name"),
     ("double-equals", "loss==mse, optimizer=adam", InvalidArgument, r"loss: '=mse' is not a valid value"),
     ("missing-optimizer", "loss=mse, metrics=['acc']", InvalidArgument, r"^compile_params: optimizer is required$"),
@@ -639,7 +639,8 @@ BAD_FIT = [
     ("batch-size-bare-word", "batch_size=big", InvalidArgument,
      r"^fit_params: batch_size: only literal values are accepted, got 'big'$"),
     ("batch-size-expression", "batch_size=10**2", InvalidArgument, r"batch_size: only literal values are accepted"),
-    ("batch-size-huge-literal", "batch_size=" + "9" * 5000, InvalidArgument, r"batch_size: '9+' is not a valid value"),
+    ("batch-size-huge-literal", "batch_size=" + "9" * 5000, InvalidArgument,
+     r"batch_size: '9+'\.\.\. \(5000 characters\) is not a valid value"),
     ("epochs-0", "epochs=0", InvalidArgument, r"^fit_params: epochs must be an integer >= 1, got 0$"),
     ("epochs-none", "epochs=None", InvalidArgument, r"epochs must be an integer >= 1, got None"),
     ("verbose-3", "verbose=3", InvalidArgument, r"^fit_params: verbose must be 0, 1 or 2, got 3$"),
@@ -807,40 +808,43 @@ class TestLiteral:
         with pytest.raises(InvalidArgument, match=r"^what: only literal values are accepted"):
             literal(text, "what")
 
-    @pytest.mark.parametrize("text", ["(", "a b", "1 2", "'x", "", "a=1"])
+    @pytest.mark.parametrize("text", ["a b", "1 2", "", "a=1"])
     def test_syntax_errors(self, text):
         with pytest.raises(InvalidArgument, match=r"^what: .* is not a valid value$"):
             literal(text, "what")
 
+    @pytest.mark.parametrize("text, message", [("(", r"^what: missing '\)' in '\('$"),
+                                               ("'x", r"^what: unterminated string starting with '")])
+    def test_unbalanced_values(self, text, message):
+        with pytest.raises(InvalidArgument, match=message):
+            literal(text, "what")
+
 
 # ===================================================================================================
-# Bugs found in params.py (expected behaviour; strict xfail until fixed)
+# Regressions: inputs that once escaped as Python errors or were silently accepted
 # ===================================================================================================
 
-class TestKnownBugs:
+class TestRegressions:
     # Deeply right-nested expressions are not brackets, so MAX_NESTING does not stop them, and
-    # ast.parse raises RecursionError / MemoryError (Python 3.11, default recursion limit) instead
-    # of the parser reporting InvalidArgument.
-    @pytest.mark.xfail(strict=True, reason="ast.parse raises RecursionError/MemoryError on deeply nested "
-                                           "unary operators, attribute chains or powers; not caught")
+    # ast.parse raises RecursionError (about 3000 levels) or MemoryError (parser stack, about 6000
+    # levels) on Python 3.11; they must come out as InvalidArgument.
     @pytest.mark.parametrize("text", [
+        compile_with(loss="-" * 4000 + "1"),
         compile_with(loss="-" * 9000 + "1"),
         compile_with(loss="~" * 9000 + "1"),
         compile_with(loss="a." * 4800 + "b"),
         compile_with(loss="1" + "**1" * 3000),
         compile_with(optimizer="'Adam(lr=" + "-" * 9000 + "1)'"),
-    ], ids=["unary-minus", "invert", "attribute-chain", "power-chain", "optimizer-kwarg"])
+    ], ids=["unary-minus-4000", "unary-minus-9000", "invert", "attribute-chain", "power-chain", "optimizer-kwarg"])
     def test_deep_expressions_raise_invalid_argument(self, text):
         with pytest.raises(InvalidArgument):
             parse_compile_params(text)
 
-    @pytest.mark.xfail(strict=True, reason="ast.parse raises RecursionError on deep unary minus in fit_params")
     def test_deep_expression_in_fit_params(self):
         with pytest.raises(InvalidArgument):
             parse_fit_params("epochs=" + "-" * 9000 + "1")
 
     # A list or tuple used as a dict key becomes a Python list, which is unhashable.
-    @pytest.mark.xfail(strict=True, reason="TypeError: unhashable type: 'list' escapes from _convert")
     @pytest.mark.parametrize("kind, text", [
         ("fit", "class_weight={[0]: 1}"),
         ("fit", "class_weight={(0, 1): 1}"),
@@ -854,8 +858,6 @@ class TestKnownBugs:
 
     # ast.parse refuses NUL bytes with ValueError on Python < 3.12 (SyntaxError from 3.12 on).
     # PostgreSQL text cannot hold NUL, so this only matters for other callers.
-    @pytest.mark.xfail(sys.version_info < (3, 12), strict=True,
-                       reason="ValueError('source code string cannot contain null bytes') escapes on Python 3.11")
     @pytest.mark.parametrize("text", [
         compile_with(loss="mse\x00"),
         compile_with(loss="'mse\x00'"),
@@ -868,7 +870,6 @@ class TestKnownBugs:
     # '#' outside quotes starts a Python comment: ast ignores the rest of the value, while the
     # splitter still treats a quote after '#' as opening a string. Text after '#' is silently
     # dropped, which also hides duplicate and rejected keys from the checks.
-    @pytest.mark.xfail(strict=True, reason="'#' comments are accepted and silently drop the rest of the value")
     @pytest.mark.parametrize("text", [
         "optimizer=adam, loss=mse # categorical_crossentropy",
         "optimizer=adam, loss=mse #', loss=hinge, sample_weight_mode='",
@@ -878,15 +879,11 @@ class TestKnownBugs:
         with pytest.raises(MadlibDLError):
             parse_compile_params(text)
 
-    @pytest.mark.xfail(strict=True, reason="verbose=1.0 passes the `value not in (0, 1, 2)` check and is "
-                                           "stored as the float 1.0 (batch_size=32.0 is rejected)")
     @pytest.mark.parametrize("text", ["verbose=1.0", "verbose=2.0", "verbose=-0.0"])
     def test_float_verbose_is_rejected(self, text):
         with pytest.raises(InvalidArgument, match=r"verbose must be 0, 1 or 2"):
             parse_fit_params(text)
 
-    @pytest.mark.xfail(strict=True, reason="a repeated key inside a dict literal silently keeps the last value, "
-                                           "unlike a repeated top-level key")
     @pytest.mark.parametrize("kind, text", [
         ("fit", "class_weight={0: 1, 0: 2}"),
         ("compile", compile_with(loss_weights="{'a': 1, 'a': 2}")),
@@ -895,3 +892,20 @@ class TestKnownBugs:
         parse = parse_fit_params if kind == "fit" else parse_compile_params
         with pytest.raises(InvalidArgument, match=r"more than once"):
             parse(text)
+
+    @pytest.mark.parametrize("text, message", [
+        (compile_with(optimizer="'Adam(__class__=1)'"), r"optimizer: only name=value arguments are accepted"),
+        (compile_with(optimizer="'Adam(lr=1e999)'"), r"numbers must be finite, got inf"),
+        (compile_with(loss_weights="[1e999]"), r"numbers must be finite"),
+    ], ids=["private-optimizer-argument", "infinite-learning-rate", "infinite-loss-weight"])
+    def test_private_names_and_non_finite_numbers_are_rejected(self, text, message):
+        with pytest.raises(InvalidArgument, match=message):
+            parse_compile_params(text)
+
+    def test_non_text_input_is_rejected(self):
+        with pytest.raises(InvalidArgument, match=r"^compile_params: expected text, got int$"):
+            parse_compile_params(123)
+        with pytest.raises(InvalidArgument, match=r"^fit_params: expected text, got bytes$"):
+            parse_fit_params(b"epochs=1")
+        with pytest.raises(InvalidArgument, match=r"fit_params: class_weight: numbers must be finite"):
+            parse_fit_params("class_weight={0: 1e999}")
