@@ -255,7 +255,7 @@ def parse_compile_params(text: str | None, argument: str = "compile_params") -> 
             raise InvalidArgument(f"{argument}: {required} is required")
     return CompileParams(
         optimizer=parse_optimizer(raw["optimizer"], f"{argument}: optimizer"),
-        loss=_loss(literal(raw["loss"], f"{argument}: loss"), argument),
+        loss=_keras_name(literal(raw["loss"], f"{argument}: loss"), argument, "loss", "loss", LOSSES),
         metrics=_metrics(raw.get("metrics"), argument),
         loss_weights=_loss_weights(raw.get("loss_weights"), argument),
         weighted_metrics=_weighted_metrics(raw.get("weighted_metrics"), argument),
@@ -303,23 +303,14 @@ def _optimizer_name(name: str, what: str) -> str:
     return canonical
 
 
-def _loss(value, argument):
+def _keras_name(value, argument, key, kind, names):
+    """A loss or metric: a name on the whitelist; sparse_* names get the reason they cannot work."""
     if not isinstance(value, str):
-        raise InvalidArgument(f"{argument}: loss must be the name of a Keras loss, got {value!r}")
+        raise InvalidArgument(f"{argument}: {key} must hold {kind} names, got {value!r}")
     if value.startswith("sparse_"):
-        raise NotSupported(f"{argument}: loss {value!r} is not supported: {SPARSE_HINT}")
-    if value not in LOSSES:
-        raise InvalidArgument(f"{argument}: unknown loss {value!r}; expected one of {', '.join(sorted(LOSSES))}")
-    return value
-
-
-def _metric(value, argument, key):
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{argument}: {key} must hold metric names, got {value!r}")
-    if value.startswith("sparse_"):
-        raise NotSupported(f"{argument}: metric {value!r} is not supported: {SPARSE_HINT}")
-    if value not in METRICS:
-        raise InvalidArgument(f"{argument}: unknown metric {value!r}; expected one of {', '.join(sorted(METRICS))}")
+        raise NotSupported(f"{argument}: {kind} {value!r} is not supported: {SPARSE_HINT}")
+    if value not in names:
+        raise InvalidArgument(f"{argument}: unknown {kind} {value!r}; expected one of {', '.join(sorted(names))}")
     return value
 
 
@@ -328,11 +319,11 @@ def _metrics(text, argument):
         return ()
     value = literal(text, f"{argument}: metrics")
     if not isinstance(value, list):
-        raise InvalidArgument(f"{argument}: metrics must be a list such as ['accuracy'], got {text!r}")
+        raise InvalidArgument(f"{argument}: metrics must be a list such as ['accuracy'], got {_show(text)}")
     if len(value) > 1:
         raise NotSupported(f"{argument}: metrics holds {len(value)} metrics; one metric per model is supported "
                            "(output tables keep one metric column)")
-    return tuple(_metric(m, argument, "metrics") for m in value)
+    return tuple(_keras_name(m, argument, "metrics", "metric", METRICS) for m in value)
 
 
 def _weighted_metrics(text, argument):
@@ -340,8 +331,8 @@ def _weighted_metrics(text, argument):
         return None
     value = literal(text, f"{argument}: weighted_metrics")
     if not isinstance(value, list):
-        raise InvalidArgument(f"{argument}: weighted_metrics must be a list of metric names, got {text!r}")
-    return tuple(_metric(m, argument, "weighted_metrics") for m in value)
+        raise InvalidArgument(f"{argument}: weighted_metrics must be a list of metric names, got {_show(text)}")
+    return tuple(_keras_name(m, argument, "weighted_metrics", "metric", METRICS) for m in value)
 
 
 def _loss_weights(text, argument):
@@ -350,7 +341,7 @@ def _loss_weights(text, argument):
     value = literal(text, f"{argument}: loss_weights", bare_words=False)
     numbers = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
     if numbers is None or not all(_is_number(v) for v in numbers):
-        raise InvalidArgument(f"{argument}: loss_weights must be a list or dict of numbers, got {text!r}")
+        raise InvalidArgument(f"{argument}: loss_weights must be a list or dict of numbers, got {_show(text)}")
     return value
 
 
