@@ -15,6 +15,7 @@ from pathlib import Path
 from madlib_dl.tools import paths
 
 DEFAULT_PORT = 54329
+LISTEN_CONF = "madlib_dl_listen.conf"
 SERVER_USER = "postgres"
 # The extension's version and the schema it owns (its install script creates that schema).
 EXTENSION_QUERY = """
@@ -60,11 +61,12 @@ class Cluster:
 
     # -- server life cycle ------------------------------------------------------------------------
 
-    def _owner_kwargs(self) -> dict:
-        return {"user": SERVER_USER, "group": SERVER_USER} if os.geteuid() == 0 else {}
-
-    def _run(self, *args, check=True) -> subprocess.CompletedProcess:
-        return subprocess.run(list(args), check=check, capture_output=True, text=True, cwd=self.home)
+    def _run(self, *args, check=True, env=None) -> subprocess.CompletedProcess:
+        result = subprocess.run(list(args), capture_output=True, text=True, cwd=self.home, env=env)
+        if check and result.returncode != 0:
+            raise SystemExit(f"cluster: {os.path.basename(args[0])} {args[1]} failed: "
+                             f"{(result.stderr or result.stdout).strip()}")
+        return result
 
     def initialized(self) -> bool:
         return (self.data / "PG_VERSION").exists()
@@ -78,9 +80,16 @@ class Cluster:
                 shutil.chown(d, SERVER_USER, SERVER_USER)
         self._run(paths.pg_program("initdb"), "-D", str(self.data), "-U", SERVER_USER, "-A", "trust",
                   "-E", "UTF8", "--locale=C.UTF-8", "--lc-messages=C")
-        with open(self.data / "postgresql.auto.conf", "a") as conf:
-            conf.write(f"port = {self.port}\nunix_socket_directories = '{self.socket_dir}'\n"
-                       "listen_addresses = '127.0.0.1'\n")
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(f"\ninclude_if_exists = '{LISTEN_CONF}'  # written by madlib-dl start\n")
+
+    def _write_listen_conf(self) -> None:
+        """Port and socket are rewritten at every start, so a changed MADLIB_DL_PORT takes effect."""
+        path = self.data / LISTEN_CONF
+        path.write_text(f"port = {self.port}\nunix_socket_directories = '{self.socket_dir}'\n"
+                        "listen_addresses = '127.0.0.1'\n")
+        if os.geteuid() == 0:
+            shutil.chown(path, SERVER_USER, SERVER_USER)
 
     def running(self) -> bool:
         return self.initialized() and self._run(paths.pg_program("pg_ctl"), "status", "-D", str(self.data),
@@ -89,11 +98,13 @@ class Cluster:
     def start(self) -> None:
         self.init()
         if not self.running():
+            self._write_listen_conf()
             env = dict(os.environ, PYTHONPATH=paths.site_packages())  # lets users' own plpython3u code import TF
-            result = subprocess.run([paths.pg_program("pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data),
-                                     "-l", str(self.log)], env=env, cwd=self.home, capture_output=True, text=True)
+            result = self._run(paths.pg_program("pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data),
+                               "-l", str(self.log), check=False, env=env)
             if result.returncode != 0:
-                raise SystemExit(f"cluster: the server did not start ({result.stderr.strip()}); see {self.log}")
+                raise SystemExit(f"cluster: the server did not start on port {self.port} (another server there? "
+                                 f"set MADLIB_DL_PORT); see {self.log}")
         self.create_database()
 
     def stop(self) -> bool:
@@ -118,6 +129,8 @@ class Cluster:
 
     def create_database(self) -> None:
         """plpython3u goes into template1 so that every new database can CREATE EXTENSION madlib_dl."""
+        import psycopg2
+
         with self.connect("template1") as conn, conn.cursor() as cur:
             cur.execute("CREATE EXTENSION IF NOT EXISTS plpython3u")
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [self.dbname])
@@ -133,9 +146,14 @@ class Cluster:
             if row is None:
                 cur.execute("CREATE EXTENSION madlib_dl")
             elif row[0] != available[0]:
-                # No update scripts yet: a new version replaces the old one (its objects hold no user data).
-                cur.execute("DROP EXTENSION madlib_dl")
-                cur.execute("CREATE EXTENSION madlib_dl")
+                # No update scripts yet: a new version replaces the old one. Without CASCADE, so tables a
+                # user keeps in the extension's schema stop the replacement instead of being dropped.
+                try:
+                    cur.execute("DROP EXTENSION madlib_dl")
+                    cur.execute("CREATE EXTENSION madlib_dl")
+                except psycopg2.Error as error:
+                    raise SystemExit(f"cluster: could not replace madlib_dl {row[0]} by {available[0]}: "
+                                     f"{error.diag.message_primary}") from None
 
     def status(self) -> str:
         if not self.initialized():

@@ -1,5 +1,6 @@
 """The embedded cluster's commands, run twice each: they are safe to repeat."""
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -50,3 +51,21 @@ def test_start_status_stop_are_idempotent(cluster):
     assert "stopped" in cluster.status()
     cluster.start()  # restarts the existing cluster, keeping its database
     assert "running" in cluster.status()
+    cluster.stop()
+    moved = dataclasses.replace(cluster, port=_free_port())  # MADLIB_DL_PORT changed between runs
+    moved.start()
+    try:
+        with moved.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT current_setting('port')::int")
+            assert cur.fetchone()[0] == moved.port
+    finally:
+        moved.stop()
+
+
+def test_a_taken_port_is_a_clear_error(cluster):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = dataclasses.replace(cluster, port=taken.getsockname()[1])
+        with pytest.raises(SystemExit, match=r"did not start on port \d+ \(another server there\? set MADLIB_DL_PORT\)"):
+            busy.start()
