@@ -35,11 +35,11 @@ def check_readable_by_server(site: str) -> None:
     """The server runs as the postgres OS user: a venv under /root (mode 700) would fail at call time."""
     if os.geteuid() != 0:
         return
-    probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-r", os.path.join(site, "keras")],
-                           capture_output=True)
-    if probe.returncode != 0:
-        raise SystemExit(f"install: the postgres OS user cannot read {site}; put the checkout (and its .venv) "
-                         "in a directory other users can read, e.g. /opt or /srv")
+    for path in (os.path.join(site, "keras", "__init__.py"), str(paths.REPO / "madlib_dl" / "__init__.py")):
+        probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-r", path], capture_output=True)
+        if probe.returncode != 0:
+            raise SystemExit(f"install: the postgres OS user cannot read {path}; put the checkout (and its .venv) "
+                             "in a directory other users can read, e.g. /opt or /srv")
 
 
 def install(sharedir: str, schema: str = DEFAULT_SCHEMA, site: str | None = None) -> list[Path]:

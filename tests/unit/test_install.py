@@ -1,6 +1,9 @@
 """The extension files `make install` writes: every placeholder filled, bodies valid Python."""
 
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -44,3 +47,19 @@ def test_schema_is_chosen_at_install():
 def test_schema_must_be_a_plain_identifier(schema):
     with pytest.raises(SystemExit, match="must be a lower-case SQL identifier"):
         _script(schema)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the check runs only for root, who installs for the postgres user")
+def test_a_venv_the_server_cannot_read_is_refused():
+    top = Path(tempfile.mkdtemp(prefix="madlib_dl-install-"))  # not pytest's tmp_path: that is mode 700
+    try:
+        site = top / "site-packages"
+        (site / "keras").mkdir(parents=True)
+        (site / "keras" / "__init__.py").write_text("")
+        top.chmod(0o700)  # like a checkout under /root
+        with pytest.raises(SystemExit, match="the postgres OS user cannot read .*keras/__init__.py"):
+            install.check_readable_by_server(str(site))
+        top.chmod(0o755)
+        install.check_readable_by_server(str(site))
+    finally:
+        shutil.rmtree(top)
