@@ -47,6 +47,7 @@ METRICS = frozenset((
     "mean_squared_logarithmic_error", "mse", "mae", "mape", "msle",
 ))
 
+OPTIMIZER_EXAMPLE = "an optimizer like 'Adam(lr=0.01)'"
 SPARSE_HINT = "labels are one-hot encoded by the preprocessor; use the categorical_* variant"
 
 COMPILE_KEYS = ("optimizer", "loss", "metrics", "loss_weights", "weighted_metrics")
@@ -273,12 +274,12 @@ def parse_optimizer(text: str, what: str = "optimizer") -> OptimizerSpec:
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         value = literal(value, what)
         if not isinstance(value, str):
-            raise InvalidArgument(f"{what}: expected an optimizer like 'Adam(lr=0.01)', got {_show(text)}")
-    node = _expression(value, what, expected="an optimizer like 'Adam(lr=0.01)'")
+            raise InvalidArgument(f"{what}: expected {OPTIMIZER_EXAMPLE}, got {_show(text)}")
+    node = _expression(value, what, expected=OPTIMIZER_EXAMPLE)
     if isinstance(node, ast.Name):
         return OptimizerSpec(_optimizer_name(node.id, what), {})
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
-        raise InvalidArgument(f"{what}: expected an optimizer like 'Adam(lr=0.01)', got {_show(text)}")
+        raise InvalidArgument(f"{what}: expected {OPTIMIZER_EXAMPLE}, got {_show(text)}")
     name = _optimizer_name(node.func.id, what)
     if node.args:
         raise InvalidArgument(f"{what}: arguments of {name} must be given as name=value, e.g. {name}(learning_rate=0.01)")

@@ -26,6 +26,19 @@ EXTENSION_QUERY = """
     WHERE e.extname = 'madlib_dl'"""
 
 
+@contextlib.contextmanager
+def autocommit_connection(**dsn):
+    """An autocommit psycopg2 connection, closed on exit (psycopg2's own `with` does not close it)."""
+    import psycopg2
+
+    conn = psycopg2.connect(**dsn)
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 @dataclass(frozen=True)
 class Cluster:
     home: Path
@@ -64,7 +77,7 @@ class Cluster:
     def _run(self, *args, check=True, env=None) -> subprocess.CompletedProcess:
         result = subprocess.run(list(args), capture_output=True, text=True, cwd=self.home, env=env)
         if check and result.returncode != 0:
-            raise SystemExit(f"cluster: {os.path.basename(args[0])} {args[1]} failed: "
+            raise SystemExit(f"cluster: {' '.join(os.path.basename(str(a)) for a in args[:2])} failed: "
                              f"{(result.stderr or result.stdout).strip()}")
         return result
 
@@ -115,17 +128,8 @@ class Cluster:
 
     # -- database and extension -------------------------------------------------------------------
 
-    @contextlib.contextmanager
     def connect(self, dbname: str | None = None):
-        """An autocommit psycopg2 connection, closed on exit."""
-        import psycopg2
-
-        conn = psycopg2.connect(**dict(self.dsn(), dbname=dbname or self.dbname))
-        conn.autocommit = True
-        try:
-            yield conn
-        finally:
-            conn.close()
+        return autocommit_connection(**dict(self.dsn(), dbname=dbname or self.dbname))
 
     def create_database(self) -> None:
         """plpython3u goes into template1 so that every new database can CREATE EXTENSION madlib_dl."""

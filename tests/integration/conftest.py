@@ -13,10 +13,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from madlib_dl.tools import install, paths
+from madlib_dl.tools.cluster import autocommit_connection
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,8 @@ class Server:
     def dsn(self, dbname: str) -> dict:
         return {"host": self.host, "port": self.port, "user": self.user, "dbname": dbname}
 
-    @contextlib.contextmanager
     def connect(self, dbname: str = "test"):
-        conn = psycopg2.connect(**self.dsn(dbname))
-        conn.autocommit = True
-        try:
-            yield conn
-        finally:
-            conn.close()
+        return autocommit_connection(**self.dsn(dbname))
 
     @contextlib.contextmanager
     def fresh_database(self, name: str, extension: bool = True):
