@@ -31,6 +31,14 @@ def render(template: str, schema: str, site: str) -> str:
     return text.replace("@MADLIB_DL_BOOT@", boot_lines(site))
 
 
+def script_template(sql_dir: Path) -> str:
+    """The install script: the head (schema, core functions), then one file per function family
+    from sql/functions/, in name order."""
+    parts = [(sql_dir / f"{EXTENSION}.sql.in").read_text()]
+    parts += [p.read_text() for p in sorted((sql_dir / "functions").glob("*.sql.in"))]
+    return "\n".join(parts)
+
+
 def check_readable_by_server(site: str) -> None:
     """The server runs as the postgres OS user: a venv under /root (mode 700) would fail at call time."""
     if os.geteuid() != 0:
@@ -49,7 +57,7 @@ def install(sharedir: str, schema: str = DEFAULT_SCHEMA, site: str | None = None
     sql_dir = paths.REPO / "sql"
     outputs = {
         target / f"{EXTENSION}.control": (sql_dir / f"{EXTENSION}.control.in").read_text(),
-        target / f"{EXTENSION}--{__version__}.sql": (sql_dir / f"{EXTENSION}.sql.in").read_text(),
+        target / f"{EXTENSION}--{__version__}.sql": script_template(sql_dir),
     }
     for path, template in outputs.items():
         path.write_text(render(template, schema, site))

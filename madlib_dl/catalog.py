@@ -1,0 +1,73 @@
+"""What the server's catalog says about existing tables and their columns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from madlib_dl import identifiers
+from madlib_dl.errors import InvalidArgument, NotSupported, ObjectMissing
+from madlib_dl.identifiers import TableName
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str            # format_type(): 'integer[]', 'character varying', 'double precision' ...
+    category: str        # pg_type.typcategory: 'N' numeric, 'S' string, 'B' boolean, 'A' array ...
+    element_category: str | None  # for arrays: the element type's category
+    type_oid: int
+
+    @property
+    def is_array(self) -> bool:
+        return self.category == "A"
+
+    @property
+    def is_numeric_array(self) -> bool:
+        return self.is_array and self.element_category == "N"
+
+
+_COLUMNS_SQL = """
+SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, t.typcategory AS category,
+       e.typcategory AS element_category, a.atttypid::int AS type_oid
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
+WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum"""
+
+
+def input_table(db, text: str | None, argument: str) -> TableName:
+    """A table (or view) the caller names as input: valid and existing."""
+    table = identifiers.parse_table_name(text, argument)
+    if not identifiers.table_exists(db, table):
+        raise ObjectMissing(f"{argument}: table {text!r} does not exist")
+    return table
+
+
+def columns(db, table: TableName) -> dict[str, Column]:
+    rows = db.execute(_COLUMNS_SQL, [table.sql(db)], ["text"])
+    return {r["name"]: Column(r["name"], r["type"], r["category"], r["element_category"], r["type_oid"])
+            for r in rows}
+
+
+def column(db, table: TableName, text: str | None, argument: str) -> Column:
+    """One column named by the caller (PostgreSQL identifier rules: folded unless quoted)."""
+    if text is None or not text.strip():
+        raise InvalidArgument(f"{argument}: expected a column name of {table}, got {'NULL' if text is None else 'an empty string'}")
+    try:
+        parts = identifiers.split_identifiers(text, argument)
+    except InvalidArgument:
+        parts = None
+    if parts is None or len(parts) != 1:
+        if parts is None and "," in text:
+            raise NotSupported(f"{argument}: one column is supported, got the list {text!r} "
+                               "(models with several inputs or outputs are not supported yet)")
+        raise InvalidArgument(f"{argument}: expected one column name of {table}, got {text!r}")
+    found = columns(db, table).get(parts[0])
+    if found is None:
+        raise InvalidArgument(f"{argument}: column {parts[0]!r} does not exist in table {table}")
+    return found
+
+
+def is_empty(db, table: TableName) -> bool:
+    return not db.execute(f"SELECT 1 AS one FROM {table.sql(db)} LIMIT 1")
