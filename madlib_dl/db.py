@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from madlib_dl.errors import MadlibDLError
 
@@ -18,6 +18,10 @@ from madlib_dl.errors import MadlibDLError
 class Database(Protocol):
     def execute(self, sql: str, args: Sequence[Any] = (), types: Sequence[str] = ()) -> list[dict]:
         """Run one statement with ``$n`` parameters of the given SQL types; return rows as dicts."""
+
+    def batches(self, sql: str, args: Sequence[Any] = (), types: Sequence[str] = (),
+                size: int = 1000) -> Iterator[list[dict]]:
+        """Run a query and yield its rows ``size`` at a time (a cursor: the result is never all in memory)."""
 
     def notice(self, message: str) -> None:
         """Tell the caller something (a NOTICE inside the server)."""
@@ -45,6 +49,20 @@ class PlpyDatabase:
         if plan is None:
             plan = self._plans[key] = self._plpy.prepare(sql, list(types))
         return [dict(row) for row in self._plpy.execute(plan, list(args))]
+
+    def batches(self, sql, args=(), types=(), size=1000):
+        if args:
+            cursor = self._plpy.cursor(self._plpy.prepare(sql, list(types)), list(args))
+        else:
+            cursor = self._plpy.cursor(sql)
+        try:
+            while True:
+                rows = cursor.fetch(size)
+                if not rows:
+                    return
+                yield [dict(row) for row in rows]
+        finally:
+            cursor.close()
 
     def notice(self, message):
         self._plpy.notice(message)
@@ -84,6 +102,11 @@ class PsycopgDatabase:
                 return rows
             cur.execute(sql)
             return self._rows(cur)
+
+    def batches(self, sql, args=(), types=(), size=1000):
+        rows = self.execute(sql, args, types)  # tests and client tools only: small results
+        for start in range(0, len(rows), size):
+            yield rows[start:start + size]
 
     @staticmethod
     def _rows(cur):

@@ -1,5 +1,6 @@
 """psql scripts in tests/sql/, each run in a new database and compared with tests/sql/expected/NAME.out
-(pg_regress style: the script is echoed with its results and errors). On a difference the actual output
+(pg_regress style: the script is echoed with its results and errors). psql runs in tests/sql, so scripts
+load data with e.g. \\copy iris FROM 'data/iris.csv'. On a difference the actual output
 is written to tests/sql/results/NAME.out and the diff is shown."""
 
 import difflib
@@ -20,7 +21,8 @@ def test_sql_script(server, script):
                    PGOPTIONS="-c client_min_messages=notice", PSQLRC="/dev/null")
         with script.open() as stdin:
             result = subprocess.run(["psql", "-X", "-a", "-q", "-v", "VERBOSITY=terse"], stdin=stdin,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300)
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300,
+                                    cwd=SQL_DIR)
     actual = result.stdout
     expected_path = SQL_DIR / "expected" / f"{script.stem}.out"
     expected = expected_path.read_text() if expected_path.exists() else ""

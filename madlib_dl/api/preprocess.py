@@ -1,0 +1,535 @@
+"""training_preprocessor_dl and validation_preprocessor_dl: pack a table of examples into buffers.
+
+Each output row is a buffer of many examples (float32 features and int16 one-hot labels as BYTEA, with
+``_shape`` columns), placed on a virtual segment by ``__dist_key__``. Everything is checked before any
+table is created; a later failure aborts the calling statement, which removes what was created.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from madlib_dl import catalog, db, identifiers, settings
+from madlib_dl.api import help as help_topics
+from madlib_dl.catalog import Column
+from madlib_dl.errors import InvalidArgument, ObjectMissing
+from madlib_dl.identifiers import TableName
+from madlib_dl.keras_runtime import gpus
+from madlib_dl.preprocess import distribution, packing
+
+LABEL_CATEGORIES = {"S": "text", "N": "number", "B": "boolean", "E": "enum"}
+_BAD_VALUES = 5  # how many offending values an error message lists
+
+
+@dataclass(frozen=True)
+class Source:
+    table: TableName
+    text: str
+    dependent: Column
+    independent: Column
+
+    @property
+    def one_hot(self) -> bool:
+        """Numeric-array labels are taken as already one-hot."""
+        return self.dependent.is_numeric_array
+
+
+@dataclass(frozen=True)
+class Output:
+    table: TableName
+    summary: TableName
+    text: str
+    dependent: str
+    independent: str
+
+    @property
+    def class_values(self) -> str:
+        return f"{self.dependent}_class_values"
+
+
+@dataclass(frozen=True)
+class Labels:
+    """How labels become one-hot vectors: ``levels`` distinct classes, padded to ``num_classes``."""
+    num_classes: int
+    levels: int
+    one_hot: bool
+
+
+@dataclass(frozen=True)
+class Features:
+    rows: int
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Packing:
+    source: Source
+    output: Output
+    labels: Labels
+    features: Features
+    normalizing_const: float
+    distribution: distribution.Distribution
+    plan: packing.BufferPlan
+    shuffle_seed: int | None  # None: keep the source order (validation)
+    class_values: tuple[TableName, str] | None  # (summary, column) giving the label order; None: one-hot
+    class_values_type: str  # SQL type of the summary's class values column
+
+
+# ---------------------------------------------------------------- argument checks
+
+def _source(conn, source_table, dependent_varname, independent_varname) -> Source:
+    table = catalog.input_table(conn, source_table, "source_table")
+    dependent = catalog.column(conn, table, dependent_varname, "dependent_varname")
+    independent = catalog.column(conn, table, independent_varname, "independent_varname")
+    if dependent.name == independent.name:
+        raise InvalidArgument(f"dependent_varname and independent_varname: both name column {dependent.name!r}; "
+                              "labels and features must be different columns")
+    if not independent.is_numeric_array:
+        raise InvalidArgument(f"independent_varname: column {independent.name!r} of {table} has type "
+                              f"{independent.type}; expected a numeric array such as REAL[] or DOUBLE PRECISION[]")
+    if not (dependent.is_numeric_array or dependent.category in LABEL_CATEGORIES):
+        raise InvalidArgument(f"dependent_varname: column {dependent.name!r} of {table} has type {dependent.type}; "
+                              "expected class labels (text, integer, boolean...) or one-hot numeric arrays")
+    if catalog.is_empty(conn, table):
+        raise InvalidArgument(f"source_table: table {source_table!r} is empty")
+    return Source(table, source_table.strip(), dependent, independent)
+
+
+def _output(conn, output_table, source: Source) -> Output:
+    table = identifiers.output_table(conn, output_table, "output_table")
+    summary = _suffixed(table, "_summary", "output_table")
+    if identifiers.table_exists(conn, summary):
+        raise InvalidArgument(f"output_table: its summary table {summary} already exists; drop it or choose another name")
+    dep, indep = source.dependent.name, source.independent.name
+    reserved = {"__dist_key__", "buffer_id", f"{dep}_shape", f"{indep}_shape"}
+    for argument, name in (("dependent_varname", dep), ("independent_varname", indep)):
+        if name in reserved:
+            raise InvalidArgument(f"{argument}: column name {name!r} is used by the packed table itself; rename it")
+        for suffix in ("_shape", "_class_values"):
+            _check_length(name + suffix, argument)
+    return Output(table, summary, output_table.strip(), dep, indep)
+
+
+def _suffixed(table: TableName, suffix: str, argument: str) -> TableName:
+    _check_length(table.name + suffix, argument)
+    return TableName(table.schema, table.name + suffix)
+
+
+def _check_length(name: str, argument: str) -> None:
+    if len(name.encode()) > 63:
+        raise InvalidArgument(f"{argument}: the name {name!r} derived from it is longer than 63 bytes; use a shorter name")
+
+
+def _buffer_size(value) -> int | None:
+    if value is not None and value < 1:
+        raise InvalidArgument(f"buffer_size: expected a positive number of rows per buffer or NULL, got {value}")
+    return value
+
+
+def _normalizing_const(value) -> float:
+    if value is None:
+        return 1.0
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidArgument(f"normalizing_const: expected a positive number (features are divided by it), got {value}")
+    # Dividing by (almost) one would only add rounding: MADlib skips it the same way.
+    return 1.0 if abs(value - 1.0) <= 1e-6 else float(value)
+
+
+def _num_classes(value) -> int | None:
+    if value is None:
+        return None
+    if len(value) != 1 or value[0] is None:
+        raise InvalidArgument(f"num_classes: expected one class count in an array such as ARRAY[10] or NULL, got {value}")
+    if value[0] < 1:
+        raise InvalidArgument(f"num_classes: expected a positive class count, got {value[0]}")
+    return value[0]
+
+
+def _distribution(conn, distribution_rules) -> distribution.Distribution:
+    return distribution.resolve(distribution_rules, lambda: settings.read(conn, settings.NUM_SEGMENTS),
+                                lambda: len(gpus.nvidia_gpus()))
+
+
+# ---------------------------------------------------------------- what the data holds
+
+def _features(conn, source: Source) -> Features:
+    """Every row must have a feature array of one and the same shape."""
+    indep = conn.quote_ident(source.independent.name)
+    rows = conn.execute(f"SELECT array_dims({indep}) AS dims, count(*) AS n FROM {source.table.sql(conn)} "
+                        f"GROUP BY 1 ORDER BY 2 DESC, 1")
+    missing = sum(r["n"] for r in rows if r["dims"] is None)
+    if missing:
+        raise InvalidArgument(f"independent_varname: {missing} rows of {source.table} have NULL or empty "
+                              f"feature arrays in column {source.independent.name!r}")
+    if len(rows) > 1:
+        shapes = ", ".join(f"{list(_shape(r['dims']))} in {r['n']} rows" for r in rows[:_BAD_VALUES])
+        raise InvalidArgument(f"independent_varname: feature arrays in column {source.independent.name!r} "
+                              f"must all have one shape; found {shapes}")
+    return Features(int(rows[0]["n"]), _shape(rows[0]["dims"]))
+
+
+def _shape(dims: str) -> tuple[int, ...]:
+    """'[1:8][1:8][1:1]' → (8, 8, 1)."""
+    return tuple(int(hi) - int(lo) + 1 for lo, hi in re.findall(r"\[(-?\d+):(-?\d+)\]", dims))
+
+
+def _one_hot_width(conn, source: Source, argument: str = "dependent_varname") -> int:
+    """Already one-hot labels: one-dimensional arrays of one length, no NULLs."""
+    dep = conn.quote_ident(source.dependent.name)
+    rows = conn.execute(f"SELECT array_dims({dep}) AS dims, count(*) AS n FROM {source.table.sql(conn)} "
+                        f"GROUP BY 1 ORDER BY 2 DESC, 1")
+    if any(r["dims"] is None for r in rows):
+        raise InvalidArgument(f"{argument}: one-hot label arrays in column {source.dependent.name!r} must not be NULL or empty")
+    shapes = [_shape(r["dims"]) for r in rows]
+    if len(shapes) > 1 or len(shapes[0]) != 1:
+        found = ", ".join(f"{list(s)} in {r['n']} rows" for s, r in zip(shapes, rows))
+        raise InvalidArgument(f"{argument}: one-hot label arrays in column {source.dependent.name!r} must be "
+                              f"one-dimensional and of one length; found {found}")
+    return shapes[0][0]
+
+
+def _count_levels(conn, source: Source) -> int:
+    dep = conn.quote_ident(source.dependent.name)
+    rows = conn.execute(f"SELECT count(*) AS n FROM (SELECT DISTINCT {dep} FROM {source.table.sql(conn)}) levels")
+    return int(rows[0]["n"])
+
+
+def _training_labels(conn, source: Source, wanted: int | None) -> Labels:
+    found = _one_hot_width(conn, source) if source.one_hot else _count_levels(conn, source)
+    if wanted is not None and wanted < found:
+        what = "the one-hot arrays have" if source.one_hot else f"column {source.dependent.name!r} has"
+        raise InvalidArgument(f"num_classes: {wanted} is fewer than the {found} classes {what}; "
+                              f"give at least {found} or NULL")
+    return Labels(wanted or found, found, source.one_hot)
+
+
+# ---------------------------------------------------------------- writing
+
+def _create_tables(conn, p: Packing) -> None:
+    out = p.output
+    q = conn.quote_ident
+    conn.execute(f"CREATE TABLE {out.table.sql(conn)} (__dist_key__ INTEGER, {q(out.independent)} BYTEA, "
+                 f"{q(out.dependent)} BYTEA, {q(out.independent + '_shape')} INTEGER[], "
+                 f"{q(out.dependent + '_shape')} INTEGER[], buffer_id INTEGER)")
+    # format_type() spells catalog types as valid SQL, so the type name can go into the statement.
+    class_type = p.class_values_type
+    conn.execute(f"CREATE TABLE {out.summary.sql(conn)} (source_table TEXT, output_table TEXT, "
+                 f"dependent_varname TEXT[], independent_varname TEXT[], dependent_vartype TEXT[], "
+                 f"{q(out.class_values)} {class_type}, buffer_size INTEGER, normalizing_const REAL, "
+                 f"num_classes INTEGER[], distribution_rules TEXT, num_segments INTEGER)")
+
+
+def _summary_values(p: Packing, normalizing_const: float) -> tuple[list, list[str]]:
+    values = [p.source.text, p.output.text, [p.output.dependent], [p.output.independent], [p.source.dependent.type],
+              p.plan.buffer_size, normalizing_const, [p.labels.num_classes], p.distribution.rule,
+              p.distribution.segments]
+    types = ["text", "text", "text[]", "text[]", "text[]", "integer", "real", "integer[]", "text", "integer"]
+    return values, types
+
+
+def _write_summary(conn, p: Packing, normalizing_const: float, class_values_sql: str, class_args=()) -> None:
+    values, types = _summary_values(p, normalizing_const)
+    n = len(values)
+    placeholders = [f"${i}" for i in range(1, n + 1)]
+    sql = (f"INSERT INTO {p.output.summary.sql(conn)} SELECT {', '.join(placeholders[:5])}, ({class_values_sql}), "
+           f"{', '.join(placeholders[5:])}")
+    conn.execute(sql, values + list(class_args[0]), types + list(class_args[1]))
+
+
+def _training_class_values_sql(conn, p: Packing) -> tuple[str, tuple]:
+    """Distinct labels in sort order (NULL, a class like any other, first), then NULLs up to num_classes.
+    NULL first means trailing NULLs are always padding."""
+    if p.labels.one_hot:
+        return "NULL", ((), ())
+    dep = conn.quote_ident(p.source.dependent.name)
+    sql = (f"SELECT array_agg(v ORDER BY k, v NULLS FIRST) FROM ("
+           f"SELECT DISTINCT {dep} AS v, 0 AS k FROM {p.source.table.sql(conn)} "
+           f"UNION ALL SELECT NULL, g FROM generate_series(1, $11) g) levels")
+    return sql, ([p.labels.num_classes - p.labels.levels], ["integer"])
+
+
+def _read(conn, p: Packing) -> tuple[np.ndarray, np.ndarray]:
+    """All examples in a fixed order (sorted by label, then features) so the same data packs the same
+    way however it is stored; features normalised to float32, labels one-hot int16."""
+    q = conn.quote_ident
+    dep, indep, src = q(p.source.dependent.name), q(p.source.independent.name), p.source.table.sql(conn)
+    if p.labels.one_hot:
+        label = f"s.{dep}::double precision[]"
+        join = ""
+    else:
+        summary, column = p.class_values
+        label = f"array_position(l.cv[1:{p.labels.levels}], s.{dep}) - 1"
+        join = f" CROSS JOIN (SELECT {q(column)} AS cv FROM {summary.sql(conn)}) l"
+    sql = (f"SELECT {label} AS y, s.{indep}::double precision[] AS x FROM {src} s{join} "
+           f"ORDER BY s.{dep}, s.{indep}")
+    features = np.empty((p.features.rows, *p.features.shape), dtype=packing.FEATURE_DTYPE)
+    labels = np.empty(p.features.rows, dtype=np.int64) if not p.labels.one_hot else \
+        np.empty((p.features.rows, p.labels.levels), dtype=np.float64)
+    start = 0
+    for batch in conn.batches(sql, size=2000):
+        end = start + len(batch)
+        features[start:end] = _checked_features(p, [r["x"] for r in batch])
+        labels[start:end] = [r["y"] for r in batch]
+        start = end
+    if start != p.features.rows:  # the table changed while we read it
+        raise InvalidArgument(f"source_table: {p.source.table} changed while it was being packed; try again")
+    return features, _one_hot(p, labels)
+
+
+def _checked_features(p: Packing, values: list) -> np.ndarray:
+    raw = np.asarray(values, dtype=np.float64)  # a NULL element becomes NaN here
+    if not np.isfinite(raw).all():
+        raise InvalidArgument(f"independent_varname: column {p.source.independent.name!r} of {p.source.table} has "
+                              "NULL, NaN or infinite values inside feature arrays; clean or filter those rows")
+    return packing.normalize(raw, p.normalizing_const)
+
+
+def _one_hot(p: Packing, labels: np.ndarray) -> np.ndarray:
+    if not p.labels.one_hot:
+        return packing.one_hot(labels, p.labels.num_classes)
+    if not np.isin(labels, (0.0, 1.0)).all():
+        raise InvalidArgument(f"dependent_varname: one-hot label arrays in column {p.source.dependent.name!r} "
+                              "must hold only 0 and 1 (they are stored as 16-bit integers)")
+    return packing.pad_classes(labels, p.labels.num_classes)
+
+
+def _write_buffers(conn, p: Packing, features: np.ndarray, labels: np.ndarray) -> None:
+    if p.shuffle_seed is not None:
+        order = packing.shuffled_order(p.features.rows, p.shuffle_seed)
+        features, labels = features[order], labels[order]
+    sql = f"INSERT INTO {p.output.table.sql(conn)} VALUES ($1, $2, $3, $4, $5, $6)"
+    types = ["integer", "bytea", "bytea", "integer[]", "integer[]", "integer"]
+    for buffer_id, start, end in p.plan.bounds():
+        x, x_shape = packing.encode(features[start:end], packing.FEATURE_DTYPE)
+        y, y_shape = packing.encode(labels[start:end], packing.LABEL_DTYPE)
+        conn.execute(sql, [p.plan.dist_key(buffer_id), x, y, x_shape, y_shape, buffer_id], types)
+
+
+def _pack(conn, p: Packing, normalizing_const: float, class_values: tuple[str, tuple]) -> None:
+    _create_tables(conn, p)
+    sql, args = class_values
+    _write_summary(conn, p, normalizing_const, sql, args)
+    features, labels = _read(conn, p)
+    _write_buffers(conn, p, features, labels)
+
+
+# ---------------------------------------------------------------- training
+
+@db.sql_function
+def training_preprocessor_dl(source_table, output_table, dependent_varname, independent_varname,
+                             buffer_size=None, normalizing_const=1.0, num_classes=None,
+                             distribution_rules=None) -> None:
+    conn = db.current()
+    source = _source(conn, source_table, dependent_varname, independent_varname)
+    output = _output(conn, output_table, source)
+    buffer_size = _buffer_size(buffer_size)
+    const = _normalizing_const(normalizing_const)
+    wanted = _num_classes(num_classes)
+    dist = _distribution(conn, distribution_rules)
+    features = _features(conn, source)
+    labels = _training_labels(conn, source, wanted)
+    plan = packing.plan_buffers(features.rows, dist.segments, features.size, buffer_size)
+    one_hot = source.one_hot
+    p = Packing(source, output, labels, features, const, dist, plan, settings.read(conn, settings.SHUFFLE_SEED),
+                None if one_hot else (output.summary, output.class_values),
+                source.dependent.type if one_hot else f"{source.dependent.type}[]")
+    _pack(conn, p, normalizing_const if normalizing_const is not None else 1.0,
+          _training_class_values_sql(conn, p))
+
+
+# ---------------------------------------------------------------- validation
+
+@dataclass(frozen=True)
+class Training:
+    """What a validation table must share with its training table (read from its summary)."""
+    table: TableName
+    summary: TableName
+    class_values: str | None   # column name; None for one-hot labels
+    class_type: Column | None
+    levels: int
+    num_classes: int
+    normalizing_const: float
+    distribution: distribution.Distribution
+    feature_shape: tuple[int, ...]
+
+
+_TRAINING_COLUMNS = ("normalizing_const", "num_classes", "distribution_rules", "num_segments", "dependent_varname",
+                     "independent_varname")
+
+
+def _training(conn, text) -> Training:
+    table = catalog.input_table(conn, text, "training_preprocessor_table")
+    summary = _suffixed(table, "_summary", "training_preprocessor_table")
+    hint = f"training_preprocessor_table: {text!r} must be made by training_preprocessor_dl()"
+    if not identifiers.table_exists(conn, summary):
+        raise ObjectMissing(f"{hint}; its summary table {summary} is missing")
+    columns = catalog.columns(conn, summary)
+    missing = [c for c in _TRAINING_COLUMNS if c not in columns]
+    if missing:
+        raise InvalidArgument(f"{hint}; its summary table {summary} lacks {', '.join(missing)}")
+    row = conn.execute(f"SELECT * FROM {summary.sql(conn)}")
+    if len(row) != 1:
+        raise InvalidArgument(f"{hint}; its summary table {summary} must have one row, it has {len(row)}")
+    row = row[0]
+    class_values = f"{row['dependent_varname'][0]}_class_values"
+    if class_values not in columns:
+        raise InvalidArgument(f"{hint}; its summary table {summary} lacks {class_values}")
+    values = row[class_values]
+    levels = _strip_padding(values) if values is not None else row["num_classes"][0]
+    shape = conn.execute(f"SELECT {conn.quote_ident(row['independent_varname'][0] + '_shape')} AS s "
+                         f"FROM {table.sql(conn)} LIMIT 1")[0]["s"]
+    return Training(table, summary, class_values if values is not None else None,
+                    columns[class_values] if values is not None else None, levels, row["num_classes"][0],
+                    row["normalizing_const"], distribution.Distribution(row["distribution_rules"], row["num_segments"]),
+                    tuple(shape[1:]))
+
+
+def _strip_padding(values: list) -> int:
+    """Count the real classes: trailing NULLs are padding, except a NULL class, which sorts first."""
+    n = len(values)
+    while n > 1 and values[n - 1] is None:
+        n -= 1
+    return n
+
+
+def _validation_labels(conn, source: Source, training: Training) -> Labels:
+    if training.class_values is None:
+        if not source.one_hot:
+            raise InvalidArgument(f"dependent_varname: the training labels were one-hot arrays, but column "
+                                  f"{source.dependent.name!r} has type {source.dependent.type}")
+        width = _one_hot_width(conn, source)
+        if width > training.num_classes:
+            raise InvalidArgument(f"dependent_varname: one-hot arrays of {width} classes; the training table has "
+                                  f"{training.num_classes}")
+        return Labels(training.num_classes, width, True)
+    if source.one_hot or source.dependent.category != training.class_type.element_category:
+        raise InvalidArgument(f"dependent_varname: column {source.dependent.name!r} has type {source.dependent.type}, "
+                              f"which cannot be compared with the training labels ({training.class_type.type})")
+    _check_subset(conn, source, training)
+    return Labels(training.num_classes, training.levels, False)
+
+
+def _check_subset(conn, source: Source, training: Training) -> None:
+    dep = conn.quote_ident(source.dependent.name)
+    rows = conn.execute(
+        f"SELECT DISTINCT s.{dep}::text AS v FROM {source.table.sql(conn)} s CROSS JOIN "
+        f"(SELECT {conn.quote_ident(training.class_values)} AS cv FROM {training.summary.sql(conn)}) l "
+        f"WHERE array_position(l.cv[1:{training.levels}], s.{dep}) IS NULL ORDER BY 1 LIMIT {_BAD_VALUES}")
+    if rows:
+        shown = ", ".join("NULL" if r["v"] is None else repr(r["v"]) for r in rows)
+        raise InvalidArgument(f"dependent_varname: class values of {source.table} must be a subset of those of "
+                              f"{training.table}; not found there: {shown}")
+
+
+def _validation_distribution(conn, distribution_rules, training: Training) -> distribution.Distribution:
+    if distribution_rules is None:
+        return training.distribution
+    dist = _distribution(conn, distribution_rules)
+    if dist.segments != training.distribution.segments:
+        raise InvalidArgument(f"distribution_rules: {distribution_rules!r} means {dist.segments} segments, but "
+                              f"{training.table} uses {training.distribution.segments}; give NULL to use the "
+                              "training table's")
+    return dist
+
+
+@db.sql_function
+def validation_preprocessor_dl(source_table, output_table, dependent_varname, independent_varname,
+                               training_preprocessor_table, buffer_size=None, distribution_rules=None) -> None:
+    conn = db.current()
+    source = _source(conn, source_table, dependent_varname, independent_varname)
+    output = _output(conn, output_table, source)
+    training = _training(conn, training_preprocessor_table)
+    buffer_size = _buffer_size(buffer_size)
+    dist = _validation_distribution(conn, distribution_rules, training)
+    features = _features(conn, source)
+    if features.shape != training.feature_shape:
+        raise InvalidArgument(f"independent_varname: features of shape {list(features.shape)}; the training table "
+                              f"{training.table} has {list(training.feature_shape)}")
+    labels = _validation_labels(conn, source, training)
+    plan = packing.plan_buffers(features.rows, dist.segments, features.size, buffer_size)
+    p = Packing(source, output, labels, features, _normalizing_const(training.normalizing_const), dist, plan, None,
+                None if labels.one_hot else (training.summary, training.class_values),
+                source.dependent.type if labels.one_hot else training.class_type.type)
+    class_values = ("NULL", ((), ())) if labels.one_hot else (
+        f"SELECT {conn.quote_ident(training.class_values)} FROM {training.summary.sql(conn)}", ((), ()))
+    _pack(conn, p, training.normalizing_const, class_values)
+
+
+# ---------------------------------------------------------------- help
+
+_TRAINING_SUMMARY = """training_preprocessor_dl: pack a table of labelled examples for training.
+
+Each output row is a buffer of many examples: features as float32 BYTEA, labels one-hot encoded as int16
+BYTEA, with _shape columns, buffer_id and __dist_key__ (the virtual segment). A table <output>_summary
+records the classes, normalizing constant and segments. Rows are shuffled reproducibly
+(setting madlib_dl.shuffle_seed).
+
+    SELECT madlib_dl.training_preprocessor_dl('iris', 'iris_packed', 'class_text', 'attributes');
+
+For arguments and examples: SELECT madlib_dl.training_preprocessor_dl('usage');
+"""
+
+_TRAINING_USAGE = """training_preprocessor_dl(
+    source_table        VARCHAR,   -- table of examples, one per row
+    output_table        VARCHAR,   -- packed table to create (and output_table_summary)
+    dependent_varname   VARCHAR,   -- label column: text, integer, boolean... (NULL is a class too),
+                                   --   or a numeric array already one-hot encoded
+    independent_varname VARCHAR,   -- feature column: numeric array of any shape, e.g. REAL[] or 8x8x1 images
+    buffer_size         INTEGER,   -- rows per buffer (default: a segment's rows, at most 75M values); adjusted
+                                   --   so every segment gets the same number of buffers
+    normalizing_const   REAL,      -- features are divided by it (default 1.0), e.g. 255.0 for pixels
+    num_classes         INTEGER[], -- e.g. ARRAY[10]: pad the one-hot vectors to this many classes (default: as found)
+    distribution_rules  TEXT       -- 'all_segments' (default: madlib_dl.num_segments segments),
+                                   --   'gpu_segments' (one per GPU), or a count such as '3'
+)
+
+Example:
+    SELECT madlib_dl.training_preprocessor_dl('digits', 'digits_packed', 'label', 'pixels',
+                                              NULL, 16.0, NULL, '4');
+    SELECT buffer_id, __dist_key__, pixels_shape, label_shape FROM digits_packed ORDER BY buffer_id;
+    SELECT * FROM digits_packed_summary;
+"""
+
+_VALIDATION_SUMMARY = """validation_preprocessor_dl: pack a validation table like its training table.
+
+It uses the training table's classes, normalizing constant and segments (from its _summary table);
+rows are not shuffled.
+
+    SELECT madlib_dl.validation_preprocessor_dl('iris_test', 'iris_test_packed', 'class_text',
+                                                'attributes', 'iris_packed');
+
+For arguments and examples: SELECT madlib_dl.validation_preprocessor_dl('usage');
+"""
+
+_VALIDATION_USAGE = """validation_preprocessor_dl(
+    source_table                VARCHAR,  -- table of validation examples
+    output_table                VARCHAR,  -- packed table to create (and output_table_summary)
+    dependent_varname           VARCHAR,  -- label column; its classes must all occur in the training table
+    independent_varname         VARCHAR,  -- feature column, same shape as the training features
+    training_preprocessor_table VARCHAR,  -- output of training_preprocessor_dl
+    buffer_size                 INTEGER,  -- rows per buffer (default: as for training)
+    distribution_rules          TEXT      -- NULL (default): the training table's segments
+)
+
+Example:
+    SELECT madlib_dl.validation_preprocessor_dl('digits_test', 'digits_test_packed', 'label', 'pixels',
+                                                'digits_packed');
+"""
+
+
+@db.sql_function
+def training_preprocessor_help(message) -> str:
+    return help_topics.answer("training_preprocessor_dl", message, _TRAINING_SUMMARY, _TRAINING_USAGE)
+
+
+@db.sql_function
+def validation_preprocessor_help(message) -> str:
+    return help_topics.answer("validation_preprocessor_dl", message, _VALIDATION_SUMMARY, _VALIDATION_USAGE)

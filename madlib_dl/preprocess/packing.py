@@ -1,0 +1,101 @@
+"""Packed-table buffers: how many, how big, which segment each goes to, and their byte format.
+
+Features are stored as little-endian float32 and one-hot labels as little-endian int16, each buffer
+flattened row-major with its shape in a ``_shape`` column whose first element is the row count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from madlib_dl.errors import InvalidArgument
+
+FEATURE_DTYPE = np.dtype("<f4")
+LABEL_DTYPE = np.dtype("<i2")
+# MADlib's cap on a default buffer: 75 million feature values (300 MB of float32).
+DEFAULT_BUFFER_VALUES = 75_000_000
+# A BYTEA value cannot reach 1 GiB; stay well below it.
+MAX_BUFFER_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class BufferPlan:
+    """``sizes[i]`` rows go to buffer i, which lives on segment ``i % segments``."""
+    sizes: tuple[int, ...]
+    segments: int
+
+    @property
+    def buffer_size(self) -> int:
+        return max(self.sizes)
+
+    def dist_key(self, buffer_id: int) -> int:
+        return buffer_id % self.segments
+
+    def bounds(self):
+        """(buffer_id, first row, end row) of every buffer, in order."""
+        start = 0
+        for buffer_id, size in enumerate(self.sizes):
+            yield buffer_id, start, start + size
+            start += size
+
+
+def plan_buffers(rows: int, segments: int, feature_size: int, buffer_size: int | None = None) -> BufferPlan:
+    """MADlib's rule: start from ``buffer_size`` (default: all rows of a segment in one buffer, capped
+    at 75M values), then round the buffer count up to a multiple of the segment count so every segment
+    gets the same number of buffers; buffer sizes then differ by at most one row."""
+    if rows < 1 or segments < 1 or feature_size < 1:
+        raise ValueError("plan_buffers: rows, segments and feature_size must be positive")
+    if buffer_size is None:
+        buffer_size = math.ceil(min(DEFAULT_BUFFER_VALUES / feature_size, rows / segments))
+    count = segments * math.ceil(rows / buffer_size / segments)
+    count = min(count, rows)  # never an empty buffer: fewer rows than segments leaves some segments empty
+    sizes = tuple(len(part) for part in np.array_split(np.arange(rows), count))
+    if max(sizes) * feature_size * FEATURE_DTYPE.itemsize > MAX_BUFFER_BYTES:
+        raise InvalidArgument(
+            f"buffer_size: {max(sizes)} rows of {feature_size} features is more than "
+            f"{MAX_BUFFER_BYTES >> 20} MiB per buffer; give a smaller buffer_size")
+    return BufferPlan(sizes, segments)
+
+
+def normalize(features: np.ndarray, normalizing_const: float) -> np.ndarray:
+    """Divide in double precision, then store as float32 (a constant of 1 leaves values unchanged)."""
+    values = np.asarray(features, dtype=np.float64)
+    if normalizing_const != 1.0:
+        values = values / normalizing_const
+    return values.astype(FEATURE_DTYPE)
+
+
+def one_hot(class_indices: np.ndarray, num_classes: int) -> np.ndarray:
+    indices = np.asarray(class_indices, dtype=np.int64)
+    out = np.zeros((indices.size, num_classes), dtype=LABEL_DTYPE)
+    out[np.arange(indices.size), indices] = 1
+    return out
+
+
+def pad_classes(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Already one-hot labels widened with zero columns up to ``num_classes``."""
+    labels = np.asarray(labels, dtype=LABEL_DTYPE)
+    if labels.shape[1] == num_classes:
+        return labels
+    return np.pad(labels, ((0, 0), (0, num_classes - labels.shape[1])))
+
+
+def encode(array: np.ndarray, dtype: np.dtype) -> tuple[bytes, list[int]]:
+    """A buffer's bytes and its ``_shape`` value."""
+    array = np.ascontiguousarray(array, dtype=dtype)
+    return array.tobytes(), [int(n) for n in array.shape]
+
+
+def decode(blob: bytes, shape, dtype: np.dtype) -> np.ndarray:
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if len(blob) != expected:
+        raise InvalidArgument(f"packed buffer: {len(blob)} bytes, but shape {list(shape)} needs {expected}")
+    return np.frombuffer(blob, dtype=dtype).reshape(shape)
+
+
+def shuffled_order(rows: int, seed: int) -> np.ndarray:
+    """A permutation of row positions that depends only on ``rows`` and ``seed``."""
+    return np.random.default_rng(seed % (2**64)).permutation(rows)
