@@ -11,7 +11,6 @@ same as one already there are skipped. Every argument is checked before anything
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 from madlib_dl import catalog, db, identifiers
@@ -196,23 +195,13 @@ def _check_model_ids(conn, arch: ArchTable, ids) -> None:
 
 
 def _check_optimizer_arguments(uses: list[OptimizerUse]) -> None:
-    """Argument names against the Keras optimizer's constructor, the rule the builder applies when it
-    compiles (so MADlib's decay, gone from Keras 3, is refused now rather than when training starts).
-    Only names: building the optimizer would start TensorFlow's runtime, fixing its thread pools
-    before the training function of this session sets them. Keras is imported only when needed."""
-    uses = [u for u in dict.fromkeys(uses) if u.arguments]
-    if not uses:
-        return
-    from madlib_dl.keras_runtime import tf_setup
+    """The builder's rule, applied now (so MADlib's decay, gone from Keras 3, is refused here rather
+    than when training starts). Keras is imported only when some optimizer has arguments."""
+    from madlib_dl.keras_runtime import builder
 
-    keras = tf_setup.keras()
-    for use in uses:
-        accepted = [p for p in inspect.signature(getattr(keras.optimizers, use.name).__init__).parameters
-                    if p not in ("self", "kwargs", "name")]
-        unknown = [a for a in use.arguments if a not in accepted]
-        if unknown:
-            raise InvalidArgument(f"{use.where}: {use.name} has no argument {', '.join(unknown)}; "
-                                  f"expected some of {', '.join(accepted)} (lr is accepted for learning_rate)")
+    for use in dict.fromkeys(uses):
+        if use.arguments:
+            builder.check_optimizer_arguments(use.name, use.arguments, use.where)
 
 
 # ---------------------------------------------------------------------------------------------------

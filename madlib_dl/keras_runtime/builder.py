@@ -24,15 +24,21 @@ def model_from_json(model_json: str, argument: str = "model_arch"):
     return model
 
 
-def make_optimizer(spec: OptimizerSpec, argument: str = "compile_params: optimizer"):
-    keras = tf_setup.keras()
-    cls = getattr(keras.optimizers, spec.name)
+def check_optimizer_arguments(name: str, arguments, argument: str) -> None:
+    """Argument names against the Keras optimizer's constructor. Only imports Keras: building an
+    optimizer would start TensorFlow's runtime and fix its thread pools for this backend."""
+    cls = getattr(tf_setup.keras().optimizers, name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters
                 if p not in ("self", "kwargs", "name")]
-    unknown = sorted(set(spec.kwargs) - set(accepted))
+    unknown = [a for a in arguments if a not in accepted]
     if unknown:
-        raise InvalidArgument(f"{argument}: {spec.name} has no argument {', '.join(unknown)}; "
+        raise InvalidArgument(f"{argument}: {name} has no argument {', '.join(sorted(unknown))}; "
                               f"expected some of {', '.join(accepted)} (lr is accepted for learning_rate)")
+
+
+def make_optimizer(spec: OptimizerSpec, argument: str = "compile_params: optimizer"):
+    check_optimizer_arguments(spec.name, spec.kwargs, argument)
+    cls = getattr(tf_setup.keras().optimizers, spec.name)
     try:
         return cls(**spec.kwargs)
     except (TypeError, ValueError) as error:
