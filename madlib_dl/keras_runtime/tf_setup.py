@@ -3,6 +3,12 @@
 TensorFlow fixes its thread pools at its first op and refuses changes afterwards, and Keras writes
 ``~/.keras`` on first use (the server's home may not be writable), so both are settled here, before
 anything else touches TensorFlow. Every madlib_dl module gets Keras through :func:`keras`.
+
+PostgreSQL's JIT (llvmjit, which loads the system's LLVM with RTLD_GLOBAL) and TensorFlow (which
+carries its own LLVM) crash a backend with SIGSEGV when both load, in either order (measured on
+PostgreSQL 15 + TF 2.21), and a crashed backend makes the postmaster restart every session. Loading
+llvmjit first and TensorFlow with RTLD_DEEPBIND (its own LLVM symbols bind to its own copy) works in
+both directions, JIT queries and training alike; so inside a server llvmjit is loaded before TF.
 """
 
 from __future__ import annotations
@@ -25,12 +31,51 @@ def _environment() -> None:
         os.environ["KERAS_HOME"] = home
 
 
+def _llvmjit_loaded() -> bool:
+    try:
+        with open("/proc/self/maps") as maps:
+            return "llvmjit" in maps.read()
+    except OSError:
+        return False
+
+
+def _load_postgres_jit_first() -> None:
+    """Inside a backend whose server has JIT: run one tiny JIT-compiled query, so llvmjit is loaded
+    before TensorFlow. The settings it changes are transaction-local and put back at once."""
+    try:
+        import plpy
+    except ImportError:
+        return  # a client process: no PostgreSQL JIT here
+    if _llvmjit_loaded():
+        return
+    old = plpy.execute("SELECT current_setting('jit') AS jit, current_setting('jit_above_cost') AS cost")[0]
+    plpy.execute("SELECT set_config('jit', 'on', true), set_config('jit_above_cost', '0', true)")
+    try:
+        if plpy.execute("SELECT pg_jit_available() AS available")[0]["available"]:
+            plpy.execute("SELECT count(*) FROM generate_series(1, 2) g WHERE g > 0")
+    finally:
+        plan = plpy.prepare("SELECT set_config('jit', $1, true), set_config('jit_above_cost', $2, true)",
+                            ["text", "text"])
+        plpy.execute(plan, [old["jit"], old["cost"]])
+
+
+def _import_tensorflow() -> None:
+    _environment()
+    _load_postgres_jit_first()
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        sys.setdlopenflags(flags)
+
+
 def keras(threads: int | None = None):
     """The keras module, configured. ``threads`` sets TensorFlow's intra- and inter-op pools; it takes
     effect only before this backend's first TensorFlow op, so a different count later is an error."""
     global _threads
     if "tensorflow" not in sys.modules:
-        _environment()
+        _import_tensorflow()
     import keras as keras_module
     import tensorflow as tf
 

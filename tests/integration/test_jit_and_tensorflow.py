@@ -1,0 +1,64 @@
+"""PostgreSQL's JIT (llvmjit: the system LLVM) and TensorFlow (its own LLVM) in one backend: without
+care either order ends in SIGSEGV, which restarts every session of the server. madlib_dl loads llvmjit
+before TensorFlow and TensorFlow with RTLD_DEEPBIND; these sessions must all survive."""
+
+import pytest
+
+from madlib_dl.keras_runtime import tf_setup
+
+keras = tf_setup.keras()
+L = keras.layers
+CONV_JSON = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(4, 3, activation="relu"), L.Flatten(),
+                              L.Dense(10, activation="softmax")]).to_json()
+JIT_QUERY = "SELECT count(*) FROM generate_series(1, 1000) g WHERE g % 3 = 0"
+
+
+@pytest.fixture(scope="module")
+def database(server):
+    with server.fresh_database("jit_tf") as name:
+        yield name
+
+
+def _jit_available(cur):
+    cur.execute("SELECT pg_jit_available()")
+    return cur.fetchone()[0]
+
+
+def _jit_query(cur):
+    """Run a query that is JIT-compiled; return whether this backend now has llvmjit loaded."""
+    cur.execute("SET jit = on")
+    cur.execute("SET jit_above_cost = 0")
+    cur.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {JIT_QUERY}")
+    plan = cur.fetchone()[0][0]
+    cur.execute(JIT_QUERY)
+    assert cur.fetchone()[0] == 333
+    return "JIT" in plan
+
+
+def _load(cur):
+    cur.execute("SELECT madlib_dl.load_keras_model('arch', %s::json)", [CONV_JSON])
+
+
+@pytest.mark.parametrize("order", ["jit_then_tensorflow", "tensorflow_then_jit", "jit_off_then_on"])
+def test_a_backend_survives_jit_and_tensorflow(server, database, order):
+    with server.connect(database) as conn, conn.cursor() as cur:
+        if not _jit_available(cur):
+            pytest.skip("this server has no JIT provider (llvmjit)")
+        if order == "jit_then_tensorflow":
+            assert _jit_query(cur)
+            _load(cur)
+            assert _jit_query(cur)
+        elif order == "tensorflow_then_jit":
+            _load(cur)
+            cur.execute("SHOW jit_above_cost")
+            assert cur.fetchone()[0] == "100000", "the JIT pre-load leaves the session's settings as they were"
+            assert _jit_query(cur)
+            _load(cur)
+        else:
+            cur.execute("SET jit = off")
+            _load(cur)
+            cur.execute("SHOW jit")
+            assert cur.fetchone()[0] == "off"
+            assert _jit_query(cur)
+        cur.execute("SELECT 1")
+        assert cur.fetchone()[0] == 1
