@@ -1,0 +1,183 @@
+"""Packed tables on disk: creating the packed table and its summary, reading the source examples in a
+fixed order, and writing the buffers. Used by the preprocessors; the layout is described in README."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from madlib_dl.catalog import Column
+from madlib_dl.errors import InvalidArgument
+from madlib_dl.identifiers import TableName
+from madlib_dl.preprocess import distribution, packing
+
+# Type categories (pg_type.typcategory) of label columns that are one-hot encoded.
+LABEL_CATEGORIES = {"S": "text", "N": "number", "B": "boolean", "E": "enum"}
+
+
+@dataclass(frozen=True)
+class Source:
+    table: TableName
+    text: str
+    dependent: Column
+    independent: Column
+
+    @property
+    def one_hot(self) -> bool:
+        """Numeric-array labels are taken as already one-hot."""
+        return self.dependent.is_numeric_array
+
+
+@dataclass(frozen=True)
+class Output:
+    table: TableName
+    summary: TableName
+    text: str
+    dependent: str
+    independent: str
+
+    @property
+    def class_values(self) -> str:
+        return f"{self.dependent}_class_values"
+
+
+@dataclass(frozen=True)
+class Labels:
+    """How labels become one-hot vectors: ``levels`` distinct classes, padded to ``num_classes``."""
+    num_classes: int
+    levels: int
+    one_hot: bool
+
+
+@dataclass(frozen=True)
+class Features:
+    rows: int
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Packing:
+    source: Source
+    output: Output
+    labels: Labels
+    features: Features
+    normalizing_const: float
+    distribution: distribution.Distribution
+    plan: packing.BufferPlan
+    shuffle_seed: int | None  # None: keep the source order (validation)
+    class_values: tuple[TableName, str] | None  # (summary, column) giving the label order; None: one-hot
+    class_values_type: str  # SQL type of the summary's class values column
+
+
+def _create_tables(conn, p: Packing) -> None:
+    out = p.output
+    q = conn.quote_ident
+    conn.execute(f"CREATE TABLE {out.table.sql(conn)} (__dist_key__ INTEGER, {q(out.independent)} BYTEA, "
+                 f"{q(out.dependent)} BYTEA, {q(out.independent + '_shape')} INTEGER[], "
+                 f"{q(out.dependent + '_shape')} INTEGER[], buffer_id INTEGER)")
+    # format_type() spells catalog types as valid SQL, so the type name can go into the statement.
+    class_type = p.class_values_type
+    conn.execute(f"CREATE TABLE {out.summary.sql(conn)} (source_table TEXT, output_table TEXT, "
+                 f"dependent_varname TEXT[], independent_varname TEXT[], dependent_vartype TEXT[], "
+                 f"{q(out.class_values)} {class_type}, buffer_size INTEGER, normalizing_const REAL, "
+                 f"num_classes INTEGER[], distribution_rules TEXT, num_segments INTEGER)")
+
+
+def _summary_values(p: Packing, normalizing_const: float) -> tuple[list, list[str]]:
+    values = [p.source.text, p.output.text, [p.output.dependent], [p.output.independent], [p.source.dependent.type],
+              p.plan.buffer_size, normalizing_const, [p.labels.num_classes], p.distribution.rule,
+              p.distribution.segments]
+    types = ["text", "text", "text[]", "text[]", "text[]", "integer", "real", "integer[]", "text", "integer"]
+    return values, types
+
+
+def _write_summary(conn, p: Packing, normalizing_const: float, class_values_sql: str, class_args=()) -> None:
+    values, types = _summary_values(p, normalizing_const)
+    n = len(values)
+    placeholders = [f"${i}" for i in range(1, n + 1)]
+    sql = (f"INSERT INTO {p.output.summary.sql(conn)} SELECT {', '.join(placeholders[:5])}, ({class_values_sql}), "
+           f"{', '.join(placeholders[5:])}")
+    conn.execute(sql, values + list(class_args[0]), types + list(class_args[1]))
+
+
+def training_class_values_sql(conn, p: Packing) -> tuple[str, tuple]:
+    """Distinct labels in sort order (NULL, a class like any other, first), then NULLs up to num_classes.
+    NULL first means trailing NULLs are always padding."""
+    if p.labels.one_hot:
+        return "NULL", ((), ())
+    dep = conn.quote_ident(p.source.dependent.name)
+    sql = (f"SELECT array_agg(v ORDER BY k, v NULLS FIRST) FROM ("
+           f"SELECT DISTINCT {dep} AS v, 0 AS k FROM {p.source.table.sql(conn)} "
+           f"UNION ALL SELECT NULL, g FROM generate_series(1, $11) g) levels")
+    return sql, ([p.labels.num_classes - p.labels.levels], ["integer"])
+
+
+def _read(conn, p: Packing) -> tuple[np.ndarray, np.ndarray]:
+    """All examples in a fixed order (sorted by label, then features) so the same data packs the same
+    way however it is stored; features normalised to float32, labels one-hot int16."""
+    q = conn.quote_ident
+    dep, indep, src = q(p.source.dependent.name), q(p.source.independent.name), p.source.table.sql(conn)
+    if p.labels.one_hot:
+        label = f"s.{dep}::double precision[]"
+        join = ""
+    else:
+        summary, column = p.class_values
+        label = f"array_position(l.cv[1:{p.labels.levels}], s.{dep}) - 1"
+        join = f" CROSS JOIN (SELECT {q(column)} AS cv FROM {summary.sql(conn)}) l"
+    sql = (f"SELECT {label} AS y, s.{indep}::double precision[] AS x FROM {src} s{join} "
+           f"ORDER BY s.{dep}, s.{indep}")
+    features = np.empty((p.features.rows, *p.features.shape), dtype=packing.FEATURE_DTYPE)
+    labels = np.empty(p.features.rows, dtype=np.int64) if not p.labels.one_hot else \
+        np.empty((p.features.rows, p.labels.levels), dtype=np.float64)
+    start = 0
+    for batch in conn.batches(sql, size=2000):
+        end = start + len(batch)
+        features[start:end] = _checked_features(p, [r["x"] for r in batch])
+        labels[start:end] = [r["y"] for r in batch]
+        start = end
+    if start != p.features.rows:  # the table changed while we read it
+        raise InvalidArgument(f"source_table: {p.source.table} changed while it was being packed; try again")
+    return features, _one_hot(p, labels)
+
+
+def _checked_features(p: Packing, values: list) -> np.ndarray:
+    raw = np.asarray(values, dtype=np.float64)  # a NULL element becomes NaN here
+    if not np.isfinite(raw).all():
+        raise InvalidArgument(f"independent_varname: column {p.source.independent.name!r} of {p.source.table} has "
+                              "NULL, NaN or infinite values inside feature arrays; clean or filter those rows")
+    return packing.normalize(raw, p.normalizing_const)
+
+
+def _one_hot(p: Packing, labels: np.ndarray) -> np.ndarray:
+    if not p.labels.one_hot:
+        return packing.one_hot(labels, p.labels.num_classes)
+    if not np.isin(labels, (0.0, 1.0)).all():
+        raise InvalidArgument(f"dependent_varname: one-hot label arrays in column {p.source.dependent.name!r} "
+                              "must hold only 0 and 1 (they are stored as 16-bit integers)")
+    return packing.pad_classes(labels, p.labels.num_classes)
+
+
+def _write_buffers(conn, p: Packing, features: np.ndarray, labels: np.ndarray) -> None:
+    if p.shuffle_seed is not None:
+        order = packing.shuffled_order(p.features.rows, p.shuffle_seed)
+        features, labels = features[order], labels[order]
+    sql = f"INSERT INTO {p.output.table.sql(conn)} VALUES ($1, $2, $3, $4, $5, $6)"
+    types = ["integer", "bytea", "bytea", "integer[]", "integer[]", "integer"]
+    for buffer_id, start, end in p.plan.bounds():
+        x, x_shape = packing.encode(features[start:end], packing.FEATURE_DTYPE)
+        y, y_shape = packing.encode(labels[start:end], packing.LABEL_DTYPE)
+        conn.execute(sql, [p.plan.dist_key(buffer_id), x, y, x_shape, y_shape, buffer_id], types)
+
+
+def pack(conn, p: Packing, normalizing_const: float, class_values: tuple[str, tuple]) -> None:
+    _create_tables(conn, p)
+    sql, args = class_values
+    _write_summary(conn, p, normalizing_const, sql, args)
+    features, labels = _read(conn, p)
+    _write_buffers(conn, p, features, labels)
