@@ -92,13 +92,28 @@ def table_exists(db, table: TableName) -> bool:
     return bool(rows[0]["found"])
 
 
+def check_schema_exists(db, table: TableName, text: str, argument: str) -> None:
+    """A schema-qualified name must name an existing schema (``text``: the name as the caller gave it)."""
+    if table.schema is None:
+        return
+    rows = db.execute("SELECT to_regnamespace($1) IS NOT NULL AS found", [db.quote_ident(table.schema)], ["text"])
+    if not rows[0]["found"]:
+        raise ObjectMissing(f"{argument}: schema {table.schema!r} of {text!r} does not exist")
+
+
+def summary_table(table: TableName, argument: str) -> TableName:
+    """``<name>_summary`` in the same schema; refused when the server would have to truncate it."""
+    name = table.name + "_summary"
+    if len(name.encode()) > _MAX_BYTES:
+        raise InvalidArgument(f"{argument}: name {table.name!r} is too long: its summary table {name!r} "
+                              f"would be longer than {_MAX_BYTES} bytes")
+    return TableName(table.schema, name)
+
+
 def output_table(db, text: str | None, argument: str) -> TableName:
     """A table name the caller wants created: valid, in an existing schema, and not taken."""
     table = parse_table_name(text, argument)
-    if table.schema is not None:
-        rows = db.execute("SELECT to_regnamespace($1) IS NOT NULL AS found", [db.quote_ident(table.schema)], ["text"])
-        if not rows[0]["found"]:
-            raise ObjectMissing(f"{argument}: schema {table.schema!r} of {text!r} does not exist")
+    check_schema_exists(db, table, text, argument)
     if table_exists(db, table):
         raise ObjectExists(f"{argument}: table {text!r} already exists; drop it or choose another name")
     return table

@@ -97,25 +97,25 @@ def _summary_values(p: Packing, normalizing_const: float) -> tuple[list, list[st
     return values, types
 
 
-def _write_summary(conn, p: Packing, normalizing_const: float, class_values_sql: str, class_args=()) -> None:
+def _write_summary(conn, p: Packing, normalizing_const: float, class_values_sql: str) -> None:
+    """``class_values_sql``: a query (no parameters) giving the ``<dep>_class_values`` array."""
     values, types = _summary_values(p, normalizing_const)
-    n = len(values)
-    placeholders = [f"${i}" for i in range(1, n + 1)]
+    placeholders = [f"${i}" for i in range(1, len(values) + 1)]
     sql = (f"INSERT INTO {p.output.summary.sql(conn)} SELECT {', '.join(placeholders[:5])}, ({class_values_sql}), "
            f"{', '.join(placeholders[5:])}")
-    conn.execute(sql, values + list(class_args[0]), types + list(class_args[1]))
+    conn.execute(sql, values, types)
 
 
-def training_class_values_sql(conn, p: Packing) -> tuple[str, tuple]:
+def training_class_values_sql(conn, p: Packing) -> str:
     """Distinct labels in sort order (NULL, a class like any other, first), then NULLs up to num_classes.
     NULL first means trailing NULLs are always padding."""
     if p.labels.one_hot:
-        return "NULL", ((), ())
+        return "NULL"
     dep = conn.quote_ident(p.source.dependent.name)
-    sql = (f"SELECT array_agg(v ORDER BY k, v NULLS FIRST) FROM ("
-           f"SELECT DISTINCT {dep} AS v, 0 AS k FROM {p.source.table.sql(conn)} "
-           f"UNION ALL SELECT NULL, g FROM generate_series(1, $11) g) levels")
-    return sql, ([p.labels.num_classes - p.labels.levels], ["integer"])
+    padding = int(p.labels.num_classes - p.labels.levels)  # our own count, not user text
+    return (f"SELECT array_agg(v ORDER BY k, v NULLS FIRST) FROM ("
+            f"SELECT DISTINCT {dep} AS v, 0 AS k FROM {p.source.table.sql(conn)} "
+            f"UNION ALL SELECT NULL, g FROM generate_series(1, {padding}) g) levels")
 
 
 def _read(conn, p: Packing) -> tuple[np.ndarray, np.ndarray]:
@@ -175,9 +175,9 @@ def _write_buffers(conn, p: Packing, features: np.ndarray, labels: np.ndarray) -
         conn.execute(sql, [p.plan.dist_key(buffer_id), x, y, x_shape, y_shape, buffer_id], types)
 
 
-def pack(conn, p: Packing, normalizing_const: float, class_values: tuple[str, tuple]) -> None:
+def pack(conn, p: Packing, normalizing_const: float, class_values_sql: str) -> None:
+    """Create the packed table and its summary (recording ``normalizing_const`` as given) and fill them."""
     _create_tables(conn, p)
-    sql, args = class_values
-    _write_summary(conn, p, normalizing_const, sql, args)
+    _write_summary(conn, p, normalizing_const, class_values_sql)
     features, labels = _read(conn, p)
     _write_buffers(conn, p, features, labels)

@@ -14,7 +14,7 @@ import uuid
 
 from madlib_dl import catalog, db, identifiers
 from madlib_dl.api.help import answer
-from madlib_dl.errors import InvalidArgument, ObjectMissing
+from madlib_dl.errors import InvalidArgument
 from madlib_dl.identifiers import TableName
 from madlib_dl.keras_runtime import arch_info, builder, serialization
 
@@ -75,7 +75,7 @@ def _check_buildable(model_arch: str, model_weights: bytes | None) -> None:
 def _existing_columns(conn, table: TableName, text: str) -> set[str] | None:
     """The columns of an existing table (None when it does not exist); refuses one that lacks ours."""
     if not identifiers.table_exists(conn, table):
-        _check_schema_exists(conn, table, text)
+        identifiers.check_schema_exists(conn, table, text, TABLE_ARGUMENT)
         return None
     found = set(catalog.columns(conn, table))
     missing = [c for c in REQUIRED_COLUMNS if c not in found]
@@ -83,14 +83,6 @@ def _existing_columns(conn, table: TableName, text: str) -> set[str] | None:
         raise InvalidArgument(f"{TABLE_ARGUMENT}: table {text!r} exists but is not a model architecture table: "
                               f"missing column(s) {', '.join(missing)}")
     return found
-
-
-def _check_schema_exists(conn, table: TableName, text: str) -> None:
-    if table.schema is None:
-        return
-    rows = conn.execute("SELECT to_regnamespace($1) IS NOT NULL AS found", [conn.quote_ident(table.schema)], ["text"])
-    if not rows[0]["found"]:
-        raise ObjectMissing(f"{TABLE_ARGUMENT}: schema {table.schema!r} of {text!r} does not exist")
 
 
 def _insert(conn, table: TableName, columns: set[str], model_arch: str, model_weights: bytes | None,

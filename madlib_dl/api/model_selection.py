@@ -22,8 +22,6 @@ from madlib_dl.model_selection.configs import Config, OptimizerUse
 
 MST_COLUMNS = ("mst_key", "model_id", "compile_params", "fit_params")
 SUMMARY_COLUMNS = ("model_arch_table", "object_table")
-SUMMARY_SUFFIX = "_summary"
-MAX_NAME_BYTES = 63  # NAMEDATALEN - 1
 INTEGER_TYPES = ("smallint", "integer", "bigint")
 
 
@@ -109,10 +107,7 @@ def _target(conn, text, arch: ArchTable) -> Target:
     table whose summary names the same model arch table."""
     argument = "model_selection_table"
     given = identifiers.parse_table_name(text, argument)
-    summary_name = given.name + SUMMARY_SUFFIX
-    if len(summary_name.encode()) > MAX_NAME_BYTES:
-        raise InvalidArgument(f"{argument}: name {given.name!r} is too long: its summary table {summary_name!r} "
-                              f"would be longer than {MAX_NAME_BYTES} bytes")
+    summary_name = identifiers.summary_table(given, argument).name
     found = conn.execute("SELECT n.nspname AS schema, c.relkind::text AS kind FROM pg_class c "
                          "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
                          [given.sql(conn)], ["text"])
@@ -133,9 +128,7 @@ def _target(conn, text, arch: ArchTable) -> Target:
 
 def _creation_schema(conn, table: TableName, argument: str) -> str:
     if table.schema is not None:
-        rows = conn.execute("SELECT to_regnamespace($1) IS NOT NULL AS found", [conn.quote_ident(table.schema)], ["text"])
-        if not rows[0]["found"]:
-            raise ObjectMissing(f"{argument}: schema {table.schema!r} of {str(table)!r} does not exist")
+        identifiers.check_schema_exists(conn, table, str(table), argument)
         return table.schema
     schema = conn.execute("SELECT current_schema() AS schema")[0]["schema"]
     if schema is None:
@@ -145,7 +138,8 @@ def _creation_schema(conn, table: TableName, argument: str) -> str:
 
 
 def _require_columns(conn, table: TableName, names, problem: str) -> None:
-    missing = [c for c in names if c not in catalog.columns(conn, table)]
+    found = catalog.columns(conn, table)
+    missing = [c for c in names if c not in found]
     if missing:
         raise InvalidArgument(f"{problem} (it has no column {', '.join(missing)})")
 

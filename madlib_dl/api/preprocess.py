@@ -45,7 +45,7 @@ def _source(conn, source_table, dependent_varname, independent_varname) -> Sourc
 
 def _output(conn, output_table, source: Source) -> Output:
     table = identifiers.output_table(conn, output_table, "output_table")
-    summary = _suffixed(table, "_summary", "output_table")
+    summary = identifiers.summary_table(table, "output_table")
     if identifiers.table_exists(conn, summary):
         raise InvalidArgument(f"output_table: its summary table {summary} already exists; drop it or choose another name")
     dep, indep = source.dependent.name, source.independent.name
@@ -56,11 +56,6 @@ def _output(conn, output_table, source: Source) -> Output:
         for suffix in ("_shape", "_class_values"):
             _check_length(name + suffix, argument)
     return Output(table, summary, output_table.strip(), dep, indep)
-
-
-def _suffixed(table: TableName, suffix: str, argument: str) -> TableName:
-    _check_length(table.name + suffix, argument)
-    return TableName(table.schema, table.name + suffix)
 
 
 def _check_length(name: str, argument: str) -> None:
@@ -102,9 +97,7 @@ def _distribution(conn, distribution_rules) -> distribution.Distribution:
 
 def _features(conn, source: Source) -> Features:
     """Every row must have a feature array of one and the same shape."""
-    indep = conn.quote_ident(source.independent.name)
-    rows = conn.execute(f"SELECT array_dims({indep}) AS dims, count(*) AS n FROM {source.table.sql(conn)} "
-                        f"GROUP BY 1 ORDER BY 2 DESC, 1")
+    rows = _array_shapes(conn, source.table, source.independent.name)
     missing = sum(r["n"] for r in rows if r["dims"] is None)
     if missing:
         raise InvalidArgument(f"independent_varname: {missing} rows of {source.table} have NULL or empty "
@@ -116,6 +109,13 @@ def _features(conn, source: Source) -> Features:
     return Features(int(rows[0]["n"]), _shape(rows[0]["dims"]))
 
 
+def _array_shapes(conn, table: TableName, column: str) -> list[dict]:
+    """How many rows have each array shape (``dims`` as array_dims() writes it; NULL for NULL or empty),
+    the commonest first."""
+    return conn.execute(f"SELECT array_dims({conn.quote_ident(column)}) AS dims, count(*) AS n "
+                        f"FROM {table.sql(conn)} GROUP BY 1 ORDER BY 2 DESC, 1")
+
+
 def _shape(dims: str) -> tuple[int, ...]:
     """'[1:8][1:8][1:1]' → (8, 8, 1)."""
     return tuple(int(hi) - int(lo) + 1 for lo, hi in re.findall(r"\[(-?\d+):(-?\d+)\]", dims))
@@ -123,9 +123,7 @@ def _shape(dims: str) -> tuple[int, ...]:
 
 def _one_hot_width(conn, source: Source, argument: str = "dependent_varname") -> int:
     """Already one-hot labels: one-dimensional arrays of one length, no NULLs."""
-    dep = conn.quote_ident(source.dependent.name)
-    rows = conn.execute(f"SELECT array_dims({dep}) AS dims, count(*) AS n FROM {source.table.sql(conn)} "
-                        f"GROUP BY 1 ORDER BY 2 DESC, 1")
+    rows = _array_shapes(conn, source.table, source.dependent.name)
     if any(r["dims"] is None for r in rows):
         raise InvalidArgument(f"{argument}: one-hot label arrays in column {source.dependent.name!r} must not be NULL or empty")
     shapes = [_shape(r["dims"]) for r in rows]
@@ -197,7 +195,7 @@ _TRAINING_COLUMNS = ("normalizing_const", "num_classes", "distribution_rules", "
 
 def _training(conn, text) -> Training:
     table = catalog.input_table(conn, text, "training_preprocessor_table")
-    summary = _suffixed(table, "_summary", "training_preprocessor_table")
+    summary = identifiers.summary_table(table, "training_preprocessor_table")
     hint = f"training_preprocessor_table: {text!r} must be made by training_preprocessor_dl()"
     if not identifiers.table_exists(conn, summary):
         raise ObjectMissing(f"{hint}; its summary table {summary} is missing")
@@ -288,8 +286,8 @@ def validation_preprocessor_dl(source_table, output_table, dependent_varname, in
     p = Packing(source, output, labels, features, _normalizing_const(training.normalizing_const), dist, plan, None,
                 None if labels.one_hot else (training.summary, training.class_values),
                 source.dependent.type if labels.one_hot else training.class_type.type)
-    class_values = ("NULL", ((), ())) if labels.one_hot else (
-        f"SELECT {conn.quote_ident(training.class_values)} FROM {training.summary.sql(conn)}", ((), ()))
+    class_values = "NULL" if labels.one_hot else \
+        f"SELECT {conn.quote_ident(training.class_values)} FROM {training.summary.sql(conn)}"
     packed_tables.pack(conn, p, training.normalizing_const, class_values)
 
 
