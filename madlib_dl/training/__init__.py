@@ -1,0 +1,1 @@
+"""Training runs: scheduling, executors, the driver."""
