@@ -4,12 +4,13 @@ fixed order, and writing the buffers. Used by the preprocessors; the layout is d
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from madlib_dl import catalog, identifiers
 from madlib_dl.catalog import Column
-from madlib_dl.errors import InvalidArgument
+from madlib_dl.errors import InvalidArgument, NotSupported, ObjectMissing
 from madlib_dl.identifiers import TableName
 from madlib_dl.preprocess import distribution, packing
 
@@ -181,3 +182,110 @@ def pack(conn, p: Packing, normalizing_const: float, class_values_sql: str) -> N
     _write_summary(conn, p, normalizing_const, class_values_sql)
     features, labels = _read(conn, p)
     _write_buffers(conn, p, features, labels)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading what a packed table holds (training functions)
+
+SUMMARY_COLUMNS = ("dependent_varname", "independent_varname", "normalizing_const", "num_classes", "num_segments")
+PREPROCESS_HINT = "pack it with training_preprocessor_dl() (or validation_preprocessor_dl() for validation data)"
+
+
+@dataclass(frozen=True)
+class SegmentStats:
+    buffers: int
+    images: int
+    cache_bytes: int  # the segment's examples as a worker holds them: float32 features and labels
+
+
+@dataclass(frozen=True)
+class PackedTable:
+    """A table made by training_preprocessor_dl or validation_preprocessor_dl, and its summary."""
+    table: TableName
+    summary: TableName
+    text: str                    # the name as the caller wrote it
+    dependent: str               # column names in the packed table
+    independent: str
+    class_values_column: str
+    class_values: tuple | None   # None: one-hot labels were packed as given
+    num_classes: int
+    normalizing_const: float
+    feature_shape: tuple[int, ...]
+    num_segments: int
+    segments: dict[int, SegmentStats] = field(default_factory=dict)  # __dist_key__ -> stats
+
+    @property
+    def images(self) -> int:
+        return sum(s.images for s in self.segments.values())
+
+
+def describe(conn, text: str | None, argument: str) -> PackedTable:
+    """A packed table and its summary, checked: both exist, have the preprocessor's columns, and hold data."""
+    table = catalog.input_table(conn, text, argument)
+    summary = identifiers.summary_table(table, argument)
+    if not identifiers.table_exists(conn, summary):
+        raise ObjectMissing(f"{argument}: {text!r} has no summary table {str(summary)!r}; it is not a packed table "
+                            f"({PREPROCESS_HINT})")
+    row = _summary_row(conn, summary, argument, text)
+    dependent, independent = row["dependent_varname"][0], row["independent_varname"][0]
+    _check_packed_columns(conn, table, text, argument, dependent, independent)
+    segments = _segment_stats(conn, table, dependent, independent)
+    if not segments:
+        raise InvalidArgument(f"{argument}: packed table {text!r} is empty")
+    class_column = f"{dependent}_class_values"
+    class_values = row.get(class_column)
+    return PackedTable(
+        table=table, summary=summary, text=text, dependent=dependent, independent=independent,
+        class_values_column=class_column, class_values=tuple(class_values) if class_values is not None else None,
+        num_classes=int(row["num_classes"][0]), normalizing_const=float(row["normalizing_const"]),
+        feature_shape=_feature_shape(conn, table, independent, text, argument),
+        num_segments=int(row["num_segments"]), segments=segments)
+
+
+def _summary_row(conn, summary: TableName, argument: str, text: str) -> dict:
+    present = catalog.columns(conn, summary)
+    missing = [c for c in SUMMARY_COLUMNS if c not in present]
+    if missing:
+        raise InvalidArgument(f"{argument}: summary {summary} of {text!r} lacks column(s) {', '.join(missing)}; "
+                              f"{PREPROCESS_HINT}")
+    rows = conn.execute(f"SELECT * FROM {summary.sql(conn)}")
+    if len(rows) != 1:
+        raise InvalidArgument(f"{argument}: summary {summary} of {text!r} must have exactly one row, has {len(rows)}")
+    row = rows[0]
+    for name in ("dependent_varname", "independent_varname", "num_classes"):
+        if not row[name] or len(row[name]) != 1:
+            raise NotSupported(f"{argument}: {text!r} was packed with {row[name]!r} as {name}; one column is "
+                               "supported (models with several inputs or outputs are not supported yet)")
+    return row
+
+
+def _check_packed_columns(conn, table: TableName, text: str, argument: str, dependent: str, independent: str):
+    present = catalog.columns(conn, table)
+    wanted = {"__dist_key__": "integer", "buffer_id": "integer", dependent: "bytea", independent: "bytea",
+              f"{dependent}_shape": "integer[]", f"{independent}_shape": "integer[]"}
+    for name, sql_type in wanted.items():
+        column = present.get(name)
+        if column is None or column.type != sql_type:
+            found = "is missing" if column is None else f"is {column.type}"
+            raise InvalidArgument(f"{argument}: column {name!r} of {text!r} {found}, expected {sql_type}; "
+                                  f"{PREPROCESS_HINT}")
+
+
+def _segment_stats(conn, table: TableName, dependent: str, independent: str) -> dict:
+    q = conn.quote_ident
+    rows = conn.execute(
+        f"SELECT __dist_key__ AS segment, count(*) AS buffers, sum({q(independent + '_shape')}[1]) AS images, "
+        f"sum(octet_length({q(independent)}))::bigint AS x_bytes, sum(octet_length({q(dependent)}))::bigint AS y_bytes "
+        f"FROM {table.sql(conn)} GROUP BY 1 ORDER BY 1")
+    # labels are int16 in the table and float32 once decoded for Keras
+    return {int(r["segment"]): SegmentStats(int(r["buffers"]), int(r["images"]), int(r["x_bytes"]) + 2 * int(r["y_bytes"]))
+            for r in rows}
+
+
+def _feature_shape(conn, table: TableName, independent: str, text: str, argument: str) -> tuple[int, ...]:
+    column = conn.quote_ident(independent + "_shape")
+    rows = conn.execute(f"SELECT DISTINCT {column}[2:] AS shape FROM {table.sql(conn)}")
+    if len(rows) != 1:
+        raise InvalidArgument(f"{argument}: buffers of {text!r} have different example shapes "
+                              f"{sorted(tuple(r['shape']) for r in rows)}; {PREPROCESS_HINT}")
+    return tuple(int(d) for d in rows[0]["shape"])

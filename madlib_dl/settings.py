@@ -16,10 +16,7 @@ GIB = 1 << 30
 def machine_segments() -> int:
     """Default number of virtual segments: one per CPU this server may use, but at most one per
     2 GiB of memory (each training worker holds TensorFlow and its segment's data)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
+    cpus = cpu_count()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return max(1, min(cpus, memory // (2 * GIB)))
 
@@ -38,7 +35,43 @@ NUM_SEGMENTS = Setting("madlib_dl.num_segments", machine_segments, 1, 1024,
 SHUFFLE_SEED = Setting("madlib_dl.shuffle_seed", lambda: 0, -(2**63), 2**63 - 1,
                        "seed of the training preprocessor's shuffle (same seed and data: same packed table)")
 
-ALL = (NUM_SEGMENTS, SHUFFLE_SEED)
+FIT_SEED = Setting("madlib_dl.fit_seed", lambda: 0, -(2**63), 2**63 - 1,
+                   "seed of fit_multiple's schedule, initial weights and Keras shuffling")
+WORKER_THREADS = Setting("madlib_dl.worker_threads", lambda: 0, 0, 1024,
+                         "TensorFlow threads per training worker; 0: the server's CPUs divided among the workers")
+
+
+def memory_default_mib() -> int:
+    """Half of the machine's memory: the rest is left to PostgreSQL, TensorFlow itself and other work."""
+    return max(1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (2 << 20))
+
+
+MEMORY_BUDGET_MB = Setting("madlib_dl.memory_budget_mb", memory_default_mib, 1, 2**40,
+                           "MiB that a training run's cached data and models may take on this machine")
+
+ALL = (NUM_SEGMENTS, SHUFFLE_SEED, FIT_SEED, WORKER_THREADS, MEMORY_BUDGET_MB)
+
+
+@dataclass(frozen=True)
+class Choice:
+    name: str
+    choices: tuple[str, ...]  # the first is the default
+    meaning: str
+
+
+EXECUTOR = Choice("madlib_dl.executor", ("auto", "workers", "in_process"),
+                  "how fit_multiple runs hops: 'auto' (worker sessions, else in this session with a NOTICE), "
+                  "'workers' (worker sessions or an error), 'in_process' (this session, one hop at a time)")
+WORKER_CONNINFO = "madlib_dl.worker_conninfo"  # libpq keywords added to the worker connection string
+
+CHOICES = (EXECUTOR,)
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def parse_int(setting: Setting, text: str | None) -> int:
@@ -58,3 +91,20 @@ def parse_int(setting: Setting, text: str | None) -> int:
 def read(db, setting: Setting) -> int:
     rows = db.execute("SELECT current_setting($1, true) AS value", [setting.name], ["text"])
     return parse_int(setting, rows[0]["value"])
+
+
+def read_text(db, name: str) -> str | None:
+    """A setting's text; None when unset or empty."""
+    rows = db.execute("SELECT current_setting($1, true) AS value", [name], ["text"])
+    value = rows[0]["value"]
+    return value if value and value.strip() else None
+
+
+def read_choice(db, setting: Choice) -> str:
+    value = read_text(db, setting.name)
+    if value is None:
+        return setting.choices[0]
+    if value.strip().lower() not in setting.choices:
+        raise InvalidArgument(f"setting {setting.name}: expected one of {', '.join(setting.choices)}, got {value!r} "
+                              f"(RESET {setting.name} for the default)")
+    return value.strip().lower()

@@ -36,3 +36,15 @@ def nvidia_gpus(run=subprocess.run) -> list[str]:
 
 def parse_nvidia_smi(output: str) -> list[str]:
     return [line.strip() for line in output.splitlines() if line.strip().startswith("GPU ")]
+
+
+def nvidia_gpu_memory(run=subprocess.run) -> str:
+    """``index, memory.total`` lines (MiB) from nvidia-smi; empty when the tool is missing or fails."""
+    if shutil.which("nvidia-smi") is None:
+        return ""
+    try:
+        result = run(["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+                     capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout if result.returncode == 0 else ""

@@ -96,3 +96,16 @@ def tensorflow():
     import tensorflow as tf
 
     return tf
+
+
+def started() -> bool:
+    """Whether TensorFlow is already loaded in this process (its device and thread choices are fixed)."""
+    return "tensorflow" in sys.modules
+
+
+def limit_gpu_memory(memory_limit_mib: int) -> None:
+    """Cap this process's share of its (one visible) GPU; must run before TensorFlow's first GPU op."""
+    tf = tensorflow()
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.set_logical_device_configuration(
+            gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=int(memory_limit_mib))])

@@ -1,0 +1,277 @@
+"""madlib_keras_fit_multiple_model(): train every configuration of a model selection table with Model
+Hopper Parallelism, and last_fit_hops() to see how the last run went.
+
+Every argument is checked before the first hop: the packed tables, the mst table and its summary, the
+architectures against the data (input shape, class count), the parameter strings, the output names and
+the memory the run needs. The output tables are written at the end, in the calling transaction.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+
+from madlib_dl import catalog, db, identifiers, packed_tables, settings
+from madlib_dl.api import help as help_topics
+from madlib_dl.errors import InvalidArgument, NotSupported, ObjectExists, ObjectMissing
+from madlib_dl.identifiers import TableName
+from madlib_dl.keras_runtime import arch_info, params
+from madlib_dl.packed_tables import PackedTable
+from madlib_dl.training import driver, outputs
+from madlib_dl.training.spec import ModelConfig, OutputTables, RunSpec
+
+MST_COLUMNS = ("mst_key", "model_id", "compile_params", "fit_params")
+CONFIG_HINT = "make it with load_model_selection_table() or generate_model_configs()"
+
+
+@db.sql_function
+def fit_multiple_model(source_table, model_output_table, model_selection_table, num_iterations, use_gpus,
+                       validation_table, metrics_compute_frequency, warm_start, name, description,
+                       use_caching) -> None:
+    conn = db.current()
+    iterations = _num_iterations(num_iterations)
+    frequency = _frequency(metrics_compute_frequency, iterations)
+    warm_start = bool(warm_start)
+    source = packed_tables.describe(conn, source_table, "source_table")
+    validation = _validation(conn, validation_table, source)
+    mst, arch_table = _mst_tables(conn, model_selection_table)
+    out = _outputs(conn, model_output_table, warm_start)
+    models = _models(conn, mst, arch_table, source)
+    if warm_start:
+        models = _warm_start(conn, out, models)
+    spec = RunSpec(uuid.uuid4().hex, _extension_schema(conn), source, validation, tuple(models), iterations, frequency,
+                   bool(use_caching), bool(use_gpus), settings.read(conn, settings.FIT_SEED))
+    result = driver.train(conn, spec)
+    if warm_start:
+        outputs.drop(conn, out)
+    request = {"source_table": source_table, "validation_table": validation_table if validation else None,
+               "model_output_table": model_output_table, "model_arch_table": str(arch_table),
+               "model_selection_table": model_selection_table, "warm_start": warm_start, "name": name,
+               "description": description}
+    outputs.write(conn, out, spec, result, request)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scalar arguments
+
+def _num_iterations(value) -> int:
+    if value is None or value < 1:
+        raise InvalidArgument(f"num_iterations: expected an integer of at least 1, got {'NULL' if value is None else value}")
+    return int(value)
+
+
+def _frequency(value, iterations: int) -> int:
+    if value is None:
+        return iterations
+    if not 1 <= value <= iterations:
+        raise InvalidArgument(f"metrics_compute_frequency: expected 1 to num_iterations ({iterations}), or NULL for "
+                              f"metrics after the last iteration only, got {value}")
+    return int(value)
+
+
+def _extension_schema(conn) -> str:
+    # the install script creates its own schema, so ask where its functions are (not pg_extension.extnamespace)
+    rows = conn.execute("SELECT n.nspname AS schema FROM pg_extension e "
+                        "JOIN pg_depend d ON d.refobjid = e.oid AND d.deptype = 'e' AND d.classid = 'pg_proc'::regclass "
+                        "JOIN pg_proc p ON p.oid = d.objid JOIN pg_namespace n ON n.oid = p.pronamespace "
+                        "WHERE e.extname = 'madlib_dl' AND p.proname = 'internal_fit_worker_init'")
+    if not rows:
+        raise ObjectMissing("madlib_dl: the extension is not installed in this database (CREATE EXTENSION madlib_dl)")
+    return rows[0]["schema"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tables
+
+def _validation(conn, text, source: PackedTable) -> PackedTable | None:
+    if text is None or not text.strip():
+        return None
+    validation = packed_tables.describe(conn, text, "validation_table")
+    checks = (("class values", validation.class_values, source.class_values),
+              ("number of classes", validation.num_classes, source.num_classes),
+              ("normalizing_const", validation.normalizing_const, source.normalizing_const),
+              ("example shape", validation.feature_shape, source.feature_shape),
+              ("number of segments", validation.num_segments, source.num_segments))
+    for what, found, expected in checks:
+        if found != expected:
+            raise InvalidArgument(
+                f"validation_table: its {what} {_show(found)} differ from source_table's {_show(expected)}; it was not "
+                f"packed for {source.text!r} (use validation_preprocessor_dl(..., training_preprocessor_table => "
+                f"'{source.text}'))")
+    return validation
+
+
+def _show(value) -> str:
+    return "NULL" if value is None else str(list(value) if isinstance(value, tuple) else value)
+
+
+def _mst_tables(conn, text) -> tuple[TableName, TableName]:
+    argument = "model_selection_table"
+    mst = catalog.input_table(conn, text, argument)
+    present = catalog.columns(conn, mst)
+    missing = [c for c in MST_COLUMNS if c not in present]
+    if missing:
+        raise InvalidArgument(f"{argument}: {text!r} is not a model selection table (no column {', '.join(missing)}); "
+                              f"{CONFIG_HINT}")
+    summary = identifiers.summary_table(mst, argument)
+    if not identifiers.table_exists(conn, summary):
+        raise ObjectMissing(f"{argument}: {text!r} has no summary table {str(summary)!r}; {CONFIG_HINT}")
+    rows = conn.execute(f"SELECT * FROM {summary.sql(conn)}")
+    if len(rows) != 1 or "model_arch_table" not in rows[0]:
+        raise InvalidArgument(f"{argument}: summary {summary} must have one row with model_arch_table; {CONFIG_HINT}")
+    if rows[0].get("object_table") is not None:
+        raise NotSupported(f"{argument}: {summary} names object_table {rows[0]['object_table']!r}; custom functions "
+                           "are not supported yet")
+    arch_text = rows[0]["model_arch_table"]
+    arch = identifiers.parse_table_name(arch_text, f"{argument} (model_arch_table in {summary})")
+    if not identifiers.table_exists(conn, arch):
+        raise ObjectMissing(f"{argument}: its summary names model architecture table {arch_text!r}, which does not exist")
+    return mst, arch
+
+
+def _outputs(conn, text, warm_start: bool) -> OutputTables:
+    argument = "model_output_table"
+    table = identifiers.parse_table_name(text, argument)
+    identifiers.check_schema_exists(conn, table, text, argument)
+    summary = identifiers.summary_table(table, argument)
+    info_name = table.name + "_info"
+    if len(info_name.encode()) > 63:
+        raise InvalidArgument(f"{argument}: name {table.name!r} is too long: its info table would exceed 63 bytes")
+    out = OutputTables(table, summary, TableName(table.schema, info_name), text)
+    for each in (out.model, out.summary, out.info):
+        exists = identifiers.table_exists(conn, each)
+        if warm_start and not exists:
+            raise ObjectMissing(f"warm_start: TRUE but {str(each)!r} does not exist; warm start continues from the "
+                                f"output tables of an earlier run (use warm_start => FALSE for a new run)")
+        if not warm_start and exists:
+            raise ObjectExists(f"{argument}: table {str(each)!r} already exists; drop it, choose another name, or "
+                               "continue training it with warm_start => TRUE")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models
+
+def _models(conn, mst: TableName, arch_table: TableName, source: PackedTable) -> list[ModelConfig]:
+    rows = conn.execute(f"SELECT mst_key, model_id, compile_params, fit_params FROM {mst.sql(conn)} ORDER BY mst_key")
+    if not rows:
+        raise InvalidArgument(f"model_selection_table: {mst} has no rows; {CONFIG_HINT}")
+    archs = {}
+    models = []
+    for row in rows:
+        where = f"model_selection_table: mst_key {row['mst_key']}"
+        if row["model_id"] not in archs:
+            archs[row["model_id"]] = _architecture(conn, arch_table, row["model_id"], where, source)
+        params.parse_compile_params(row["compile_params"], f"{where}: compile_params")
+        params.parse_fit_params(row["fit_params"], f"{where}: fit_params")
+        model_arch, weights = archs[row["model_id"]]
+        models.append(ModelConfig(row["mst_key"], row["model_id"], model_arch, row["compile_params"],
+                                  row["fit_params"] or "", weights))
+    return models
+
+
+def _architecture(conn, arch_table: TableName, model_id, where: str, source: PackedTable):
+    rows = conn.execute(f"SELECT model_arch::text AS model_arch, model_weights FROM {arch_table.sql(conn)} "
+                        "WHERE model_id = $1", [model_id], ["integer"])
+    if not rows:
+        raise InvalidArgument(f"{where}: model_id {model_id} is not in model architecture table {arch_table}")
+    info = arch_info.read(rows[0]["model_arch"])
+    expected = tuple(source.feature_shape)
+    if len(info.input_shape) != len(expected) or any(d is not None and d != e
+                                                     for d, e in zip(info.input_shape, expected)):
+        raise InvalidArgument(f"{where}: model_id {model_id} expects input shape {_shape(info.input_shape)} but "
+                              f"source_table {source.text!r} holds examples of shape {_shape(expected)}")
+    if info.num_classes != source.num_classes:
+        raise InvalidArgument(f"{where}: model_id {model_id} has {info.num_classes} outputs but source_table "
+                              f"{source.text!r} has {source.num_classes} classes")
+    weights = rows[0]["model_weights"]
+    return rows[0]["model_arch"], bytes(weights) if weights is not None else None
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _warm_start(conn, out: OutputTables, models: list[ModelConfig]) -> list[ModelConfig]:
+    """Continue from the earlier run's states: weights always, optimizer state while the model and its
+    compile parameters are unchanged. MSTs added since start fresh; removed ones are not trained."""
+    has_state = "optimizer_state" in catalog.columns(conn, out.model)
+    state = "m.optimizer_state" if has_state else "NULL::bytea"
+    rows = conn.execute(f"SELECT m.mst_key, m.model_weights, {state} AS optimizer_state, i.model_id, i.compile_params "
+                        f"FROM {out.model.sql(conn)} m LEFT JOIN {out.info.sql(conn)} i USING (mst_key)")
+    earlier = {r["mst_key"]: r for r in rows}
+    continued = []
+    for model in models:
+        row = earlier.get(model.mst_key)
+        if row is None or row["model_weights"] is None or (row["model_id"] is not None and row["model_id"] != model.model_id):
+            continued.append(model)
+            continue
+        same_compile = row["compile_params"] == model.compile_params
+        optimizer = bytes(row["optimizer_state"]) if same_compile and row["optimizer_state"] is not None else None
+        continued.append(ModelConfig(model.mst_key, model.model_id, model.model_arch, model.compile_params,
+                                     model.fit_params, bytes(row["model_weights"]), optimizer))
+    return continued
+
+
+# ---------------------------------------------------------------------------------------------------
+# last_fit_hops()
+
+@db.sql_function
+def last_fit_hops() -> list[dict]:
+    def stamp(seconds):
+        return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+
+    return [{"kind": h.kind, "iteration": h.iteration, "mst_key": h.mst_key, "segment": h.segment,
+             "worker_pid": h.worker_pid, "started": stamp(h.started), "ended": stamp(h.ended), "seconds": h.seconds,
+             "overhead_seconds": h.overhead_seconds, "buffers_read": h.buffers_read, "images": h.images,
+             "loss": h.loss} for h in driver.LAST_HOPS]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Help
+
+SUMMARY = """madlib_keras_fit_multiple_model: train every model configuration of a model selection table
+at once, with Model Hopper Parallelism: the packed data stays on its segments, each model visits every
+segment once per iteration, one worker session per segment trains in parallel, and with
+use_caching => TRUE each segment keeps its data in memory after the first hop.
+
+For arguments and examples: SELECT madlib_dl.madlib_keras_fit_multiple_model('usage');
+"""
+
+USAGE = """madlib_keras_fit_multiple_model(
+    source_table              VARCHAR,  -- packed training table (training_preprocessor_dl)
+    model_output_table        VARCHAR,  -- created: <name>, <name>_summary, <name>_info
+    model_selection_table     VARCHAR,  -- mst table and its _summary (generate_model_configs)
+    num_iterations            INTEGER,  -- >= 1; each model visits every segment once per iteration
+    use_gpus                  BOOLEAN,  -- one GPU per worker (shared GPUs are split); error without GPUs
+    validation_table          VARCHAR,  -- DEFAULT NULL; packed by validation_preprocessor_dl
+    metrics_compute_frequency INTEGER,  -- DEFAULT NULL (= num_iterations): metrics every n iterations and at the end
+    warm_start                BOOLEAN,  -- DEFAULT FALSE; TRUE continues from the existing output tables
+    name                      VARCHAR,  -- DEFAULT NULL; free text for the summary
+    description               VARCHAR,  -- DEFAULT NULL
+    use_caching               BOOLEAN DEFAULT FALSE  -- keep each segment's data in memory after the first hop
+) RETURNS VOID
+
+Output tables:
+    <model_output_table>  (mst_key, model_weights BYTEA (MADlib format), model_arch JSON, __dist_key__,
+                           optimizer_state BYTEA)
+    <..>_info             one row per mst_key: compile/fit params, metric and loss arrays (training and
+                          validation), *_final values, metrics_elapsed_time (training),
+                          validation_metrics_elapsed_time, metrics_iters
+    <..>_summary          the run: tables, iterations, times, num_classes, class values, normalizing_const
+
+Settings (SET ...): madlib_dl.executor ('auto' | 'workers' | 'in_process'), madlib_dl.worker_conninfo,
+madlib_dl.worker_threads, madlib_dl.memory_budget_mb, madlib_dl.fit_seed.
+Progress: one NOTICE per iteration; pg_stat_activity.application_name shows the iteration;
+SELECT * FROM madlib_dl.last_fit_hops() lists every hop of the last run in this session.
+
+Example:
+    SELECT madlib_dl.madlib_keras_fit_multiple_model('digits_packed', 'models', 'mst', 10, FALSE,
+        'digits_val_packed', 1, FALSE, NULL, NULL, use_caching => TRUE);
+    SELECT mst_key, validation_metrics_final FROM models_info ORDER BY 2 DESC;
+"""
+
+
+@db.sql_function
+def fit_multiple_model_help(message=None) -> str:
+    return help_topics.answer("madlib_keras_fit_multiple_model", message, SUMMARY, USAGE)

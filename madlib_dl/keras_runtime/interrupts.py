@@ -1,0 +1,53 @@
+"""Letting a backend notice cancel requests while Keras trains.
+
+``model.fit`` runs TensorFlow's loop without returning to PostgreSQL, so ``pg_cancel_backend``,
+``statement_timeout`` and a closing client would wait for the whole fit. Any SPI call lets the server
+process a pending interrupt (it raises the cancel as a Python exception out of ``fit``), so a callback
+makes a trivial query between batches, at most every ``interval`` seconds to keep its cost negligible.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def server_check():
+    """The check to use inside a backend; None in a client process (nothing to notice there)."""
+    try:
+        import plpy
+    except ImportError:
+        return None
+    return lambda: plpy.execute("SELECT 1")
+
+
+_callback_class = None
+
+
+def _callback_class_for(keras):
+    global _callback_class
+    if _callback_class is None:
+        class InterruptCheck(keras.callbacks.Callback):
+            def __init__(self, check, interval):
+                super().__init__()
+                self._check, self._interval, self._last = check, interval, time.monotonic()
+
+            def _maybe_check(self, batch=None, logs=None):
+                now = time.monotonic()
+                if self._check is not None and now - self._last >= self._interval:
+                    self._last = now
+                    self._check()
+
+            on_train_batch_end = _maybe_check
+            on_test_batch_end = _maybe_check
+            on_predict_batch_end = _maybe_check
+
+        _callback_class = InterruptCheck
+    return _callback_class
+
+
+def callback(check=None, interval: float = 0.05):
+    """A Keras callback that calls ``check`` (default: a trivial SPI query) between batches of training,
+    evaluation and prediction, at most every ``interval`` seconds."""
+    from madlib_dl.keras_runtime import tf_setup
+
+    return _callback_class_for(tf_setup.keras())(check or server_check(), interval)

@@ -1,0 +1,245 @@
+"""The transition and final functions of the fit_step_multiple_model and internal_keras_evaluate
+aggregates, and the worker's set-up and release calls. Runs inside the backend that serves a segment.
+
+One hop is one aggregate over the segment's buffers (``ORDER BY buffer_id``): the transition decodes
+each buffer, the final function trains (or evaluates) the model on the segment's examples and returns
+its new state. With ``use_caching`` the first call on a segment keeps the decoded examples in GD and
+later calls pass NULL data (one row), so the table is read once per segment per run. The last call of
+the run on a segment (``is_final_call``) drops that segment's cache.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from madlib_dl import db
+from madlib_dl.errors import InvalidArgument
+from madlib_dl.keras_runtime import builder, interrupts, model_state, params, tf_setup
+from madlib_dl.preprocess import packing
+from madlib_dl.segment import store as stores
+from madlib_dl.segment.store import CompiledModel, Pending, RunStore, SegmentData
+
+EVALUATE_BATCH_SIZE = 256  # results do not depend on it (up to float rounding); memory and speed do
+
+
+@dataclass(frozen=True)
+class FitCall:
+    run_id: str
+    segment: int
+    mst_key: int
+    model_arch: str
+    compile_params: str
+    fit_params: str | None
+    weights: bytes | None          # None: the model's first hop; start from seeded initial weights
+    optimizer_state: bytes | None  # None: a fresh optimizer
+    init_seed: int                 # seeds the initial weights when ``weights`` is None
+    seed: int                      # seeds Keras' shuffling in this hop
+    expected_images: int
+    use_caching: bool
+    is_final_call: bool
+    kind = "train"
+
+
+@dataclass(frozen=True)
+class EvaluateCall:
+    run_id: str
+    segment: int
+    kind: str  # 'train' or 'validation': which cache entry the examples belong to
+    mst_key: int
+    model_arch: str
+    compile_params: str
+    weights: bytes
+    expected_images: int
+    use_caching: bool
+    is_final_call: bool
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading the segment's examples (transition) and finding them again (final)
+
+def collect(gd: dict, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape,
+            call) -> int:
+    """One row of the aggregate: remember the call (first row) and decode the buffer, if any."""
+    store = stores.run_store(gd, call.run_id)
+    if state is None or store.pending is None:
+        store.pending = Pending(call)
+    if independent_var is not None:
+        store.pending.x.append(packing.decode(independent_var, independent_var_shape, packing.FEATURE_DTYPE))
+        store.pending.y.append(packing.decode(dependent_var, dependent_var_shape, packing.LABEL_DTYPE))
+    return (state or 0) + 1
+
+
+def _take_pending(gd: dict, state) -> tuple[RunStore, Pending] | None:
+    store = gd.get(stores.GD_KEY)
+    if state is None or store is None or store.pending is None:
+        return None  # the aggregate saw no rows
+    pending, store.pending = store.pending, None
+    return store, pending
+
+
+def _segment_data(store: RunStore, pending: Pending) -> SegmentData:
+    call = pending.call
+    key = (call.kind, call.segment)
+    if pending.x:
+        data = SegmentData(np.concatenate(pending.x), np.concatenate(pending.y).astype(np.float32))
+        if call.use_caching:
+            store.data[key] = data
+    elif call.use_caching and key in store.data:
+        data = store.data[key]
+    else:
+        raise InvalidArgument(f"segment {call.segment}: no {call.kind} examples were passed and none are cached "
+                              f"for run {call.run_id}")
+    if data.images != call.expected_images:
+        raise InvalidArgument(
+            f"segment {call.segment}: read {data.images} {call.kind} examples but the run counted "
+            f"{call.expected_images}; the table changed during the run, or has changes not yet committed "
+            "that worker sessions cannot see (commit first, or SET madlib_dl.executor = 'in_process')")
+    return data
+
+
+def _release_segment(store: RunStore, segment: int) -> None:
+    for key in [k for k in store.data if k[1] == segment]:
+        del store.data[key]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models kept per MST
+
+def _compiled(store: RunStore, mst_key: int, model_arch: str, compile_params: str) -> CompiledModel:
+    entry = store.models.get(mst_key)
+    if entry is None or entry.model_arch != model_arch or entry.compile_params != compile_params:
+        model = builder.model_from_json(model_arch)
+        builder.compile_model(model, params.parse_compile_params(compile_params))
+        entry = CompiledModel(model, [v.numpy() for v in model.optimizer.variables], model_arch, compile_params)
+        store.models[mst_key] = entry
+    return entry
+
+
+def initial_weights(model_arch: str, seed: int) -> list[np.ndarray]:
+    """Weights of a freshly built model under ``seed``: the same architecture and seed give the same
+    weights in every backend."""
+    tf_setup.keras().utils.set_random_seed(seed)
+    return builder.model_from_json(model_arch).get_weights()
+
+
+def _load_state(entry: CompiledModel, call: FitCall) -> None:
+    if call.weights is None:
+        entry.model.set_weights(initial_weights(call.model_arch, call.init_seed))
+    else:
+        model_state.set_weights(entry.model, call.weights)
+    if call.optimizer_state is None:
+        for variable, value in zip(entry.model.optimizer.variables, entry.initial_optimizer):
+            variable.assign(value)
+    else:
+        model_state.set_state(entry.model, model_state.ModelState(call.weights, call.optimizer_state))
+
+
+def _result(pending: Pending, data: SegmentData, started: float, seconds: float, **values) -> dict:
+    return {"model_weights": None, "optimizer_state": None, "loss": None, "metric": None,
+            "images": data.images, "buffers_read": pending.buffers_read, "seconds": seconds,
+            "started": started, "ended": started + seconds, "pid": os.getpid(), **values}
+
+
+def _finite_or_nan(value) -> float:
+    return float(value) if value is not None else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The SQL entry points
+
+@db.sql_function
+def fit_transition(gd, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape,
+                   run_id, segment, mst_key, model_arch, compile_params, fit_params, model_weights,
+                   optimizer_state, init_seed, seed, expected_images, use_caching, is_final_call) -> int:
+    call = FitCall(run_id, segment, mst_key, model_arch, compile_params, fit_params, model_weights,
+                   optimizer_state, init_seed, seed, expected_images, bool(use_caching), bool(is_final_call))
+    return collect(gd, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape, call)
+
+
+@db.sql_function
+def fit_final(gd, state) -> dict | None:
+    taken = _take_pending(gd, state)
+    if taken is None:
+        return None
+    store, pending = taken
+    call: FitCall = pending.call
+    data = _segment_data(store, pending)
+    entry = _compiled(store, call.mst_key, call.model_arch, call.compile_params)
+    _load_state(entry, call)
+    keras = tf_setup.keras()
+    keras.utils.set_random_seed(call.seed)
+    fit = params.parse_fit_params(call.fit_params)
+    started, clock = time.time(), time.perf_counter()
+    history = entry.model.fit(data.x, data.y, callbacks=[interrupts.callback()], **fit.keras_kwargs())
+    seconds = time.perf_counter() - clock
+    state_out = model_state.get_state(entry.model)
+    losses = history.history.get("loss") or [None]
+    if call.is_final_call:
+        _release_segment(store, call.segment)
+    return _result(pending, data, started, seconds, model_weights=state_out.weights,
+                   optimizer_state=state_out.optimizer_state, loss=_finite_or_nan(losses[-1]))
+
+
+@db.sql_function
+def evaluate_transition(gd, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape,
+                        run_id, segment, kind, mst_key, model_arch, compile_params, model_weights,
+                        expected_images, use_caching, is_final_call) -> int:
+    call = EvaluateCall(run_id, segment, kind, mst_key, model_arch, compile_params, model_weights,
+                        expected_images, bool(use_caching), bool(is_final_call))
+    return collect(gd, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape, call)
+
+
+@db.sql_function
+def evaluate_final(gd, state) -> dict | None:
+    taken = _take_pending(gd, state)
+    if taken is None:
+        return None
+    store, pending = taken
+    call: EvaluateCall = pending.call
+    data = _segment_data(store, pending)
+    entry = _compiled(store, call.mst_key, call.model_arch, call.compile_params)
+    model_state.set_weights(entry.model, call.weights)
+    started, clock = time.time(), time.perf_counter()
+    values = entry.model.evaluate(data.x, data.y, batch_size=EVALUATE_BATCH_SIZE, verbose=0,
+                                  callbacks=[interrupts.callback()])
+    seconds = time.perf_counter() - clock
+    values = values if isinstance(values, list) else [values]
+    if call.is_final_call:
+        _release_segment(store, call.segment)
+    metric = _finite_or_nan(values[1]) if len(values) > 1 else None
+    return _result(pending, data, started, seconds, loss=_finite_or_nan(values[0]), metric=metric)
+
+
+@db.sql_function
+def worker_init(gd, run_id: str, threads: int | None, cuda_visible_devices: str | None,
+                memory_limit_mib: int | None) -> int:
+    """Set up this backend for a run before TensorFlow starts: which GPU it sees, its memory cap, its
+    thread count. Returns the backend's pid (the driver waits for it to end when the run ends)."""
+    stores.release(gd)
+    if cuda_visible_devices is not None:
+        current = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if tf_setup.started() and current != cuda_visible_devices:
+            raise InvalidArgument(f"use_gpus: TensorFlow already runs in this session with CUDA_VISIBLE_DEVICES="
+                                  f"{current!r}; a worker needs a fresh session")
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
+        os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # nvidia-smi's numbering, which placement uses
+    tf_setup.keras(threads=threads or None)
+    if memory_limit_mib:
+        tf_setup.limit_gpu_memory(memory_limit_mib)
+    stores.run_store(gd, run_id)
+    return os.getpid()
+
+
+@db.sql_function
+def release(gd, run_id: str | None) -> bool:
+    return stores.release(gd, run_id)
+
+
+@db.sql_function
+def model_weight_bytes(model_arch: str) -> int:
+    """Bytes of the model's weights as float32 (for the memory check before the first hop)."""
+    return 4 * int(builder.model_from_json(model_arch).count_params())

@@ -1,0 +1,78 @@
+"""What a segment backend keeps between the statements of one run, in PL/Python's GD dictionary.
+
+* data: a segment's examples, decoded once (first hop) and reused by later hops when ``use_caching``;
+* models: one compiled Keras model per MST, reused across hops (rebuilding per hop costs ~10x per hop
+  and leaks memory in TF 2.21), so a hop only loads state into it;
+* pending: the call an aggregate is computing, filled by its transition and consumed by its final function.
+
+Everything is keyed by the run id: a store for another run is dropped, never served, so a later run in
+the same session (or an in-process run after a failed one) cannot see earlier data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+GD_KEY = "madlib_dl_run"
+
+
+@dataclass
+class SegmentData:
+    x: np.ndarray  # float32 features, examples first
+    y: np.ndarray  # float32 one-hot labels
+
+    @property
+    def images(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.x.nbytes + self.y.nbytes)
+
+
+@dataclass
+class CompiledModel:
+    model: Any
+    initial_optimizer: list  # optimizer variables right after build: a fresh optimizer's state
+    model_arch: str
+    compile_params: str
+
+
+@dataclass
+class Pending:
+    call: Any  # FitCall or EvaluateCall
+    x: list = field(default_factory=list)
+    y: list = field(default_factory=list)
+
+    @property
+    def buffers_read(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class RunStore:
+    run_id: str
+    data: dict = field(default_factory=dict)    # (kind, segment) -> SegmentData
+    models: dict = field(default_factory=dict)  # mst_key -> CompiledModel
+    pending: Pending | None = None
+
+
+def run_store(gd: dict, run_id: str) -> RunStore:
+    """This run's store; whatever another run left in this backend is dropped first."""
+    store = gd.get(GD_KEY)
+    if store is None or store.run_id != run_id:
+        gd.pop(GD_KEY, None)
+        store = gd[GD_KEY] = RunStore(run_id)
+    return store
+
+
+def release(gd: dict, run_id: str | None = None) -> bool:
+    """Drop the run's data and models (any run's when ``run_id`` is None). True when something was held."""
+    store = gd.get(GD_KEY)
+    if store is None or (run_id is not None and store.run_id != run_id):
+        return False
+    del gd[GD_KEY]
+    return True

@@ -1,0 +1,257 @@
+"""The driver of a fit_multiple run: it wires the run spec to the scheduler, the executor, the metrics
+and the progress reports, and returns every model's final state and metric history.
+
+Model state (weights and optimizer state) comes back to the driver after every hop and goes out with
+the model's next hop, so any worker can take any model; the driver's memory holds one state per model.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from dataclasses import dataclass, field
+
+from madlib_dl import settings
+from madlib_dl.keras_runtime import gpus
+from madlib_dl.training import memory, placement, segment_calls, workers
+from madlib_dl.training.schedule import Hop, IterationScheduler
+from madlib_dl.training.segment_calls import EvaluateHop, TrainHop
+from madlib_dl.training.spec import ModelConfig, RunSpec, derive_seed
+
+NAME = "madlib_keras_fit_multiple_model"
+SERIES = {"train": "training", "validation": "validation"}  # evaluation kind -> name of its metric series
+
+
+@dataclass
+class ModelProgress:
+    config: ModelConfig
+    weights: bytes | None
+    optimizer_state: bytes | None
+    last_segment: int | None = None
+    metrics: dict = field(default_factory=lambda: {k: [] for k in (
+        "training_loss", "training_metric", "validation_loss", "validation_metric",
+        "training_elapsed", "validation_elapsed")})
+    hop_losses: list = field(default_factory=list)  # (loss, images) of this iteration's hops
+
+
+@dataclass(frozen=True)
+class HopRecord:
+    kind: str  # 'train', 'evaluate train', 'evaluate validation'
+    iteration: int
+    mst_key: int
+    segment: int
+    worker_pid: int | None
+    started: float
+    ended: float
+    seconds: float           # inside Keras (fit or evaluate)
+    overhead_seconds: float  # the rest of the call's wall time as the driver saw it
+    buffers_read: int
+    images: int
+    loss: float | None
+
+
+@dataclass
+class RunResult:
+    models: dict[int, ModelProgress]
+    metrics_iters: list[int]
+    started: datetime.datetime
+    ended: datetime.datetime
+    executor: str
+    hops: list[HopRecord]
+
+
+LAST_HOPS: list[HopRecord] = []  # the last run's hops in this session, for last_fit_hops()
+
+
+def devices_for(spec: RunSpec) -> list[placement.WorkerDevice]:
+    found = placement.parse_nvidia_smi_memory(gpus.nvidia_gpu_memory()) if spec.use_gpus else []
+    return placement.place(len(spec.source.segments), found, spec.use_gpus)
+
+
+def train(db, spec: RunSpec) -> RunResult:
+    """Run every iteration; the executor's sessions and caches are gone when this returns or raises."""
+    LAST_HOPS.clear()
+    devices = devices_for(spec)
+    tables = [spec.source] + ([spec.validation] if spec.validation else [])
+    set_name = _application_name(db)
+    executor = workers.open_executor(db, spec.run_id, spec.schema, tables, devices, "madlib_dl fit_multiple")
+    try:
+        _check_memory(db, spec, executor)
+        return Driver(db, spec, executor, set_name).run()
+    finally:
+        set_name(None)
+        workers.close(db, executor, spec.schema, spec.run_id)
+
+
+def _check_memory(db, spec: RunSpec, executor) -> None:
+    sizes = {}
+    for model in spec.models:
+        if model.weights is not None:
+            sizes[model.model_id] = len(model.weights)
+        elif model.model_id not in sizes:
+            call = segment_calls.weight_bytes_call(db, spec.schema, executor.segments[0], model.model_arch)
+            sizes[model.model_id] = int(workers.run_on_each(executor, [call])[call.segment])
+    training = {k: s.cache_bytes for k, s in spec.source.segments.items()}
+    validation = {k: s.cache_bytes for k, s in spec.validation.segments.items()} if spec.validation else {}
+    estimate = memory.estimate(training, validation, [sizes[m.model_id] for m in spec.models], spec.use_caching)
+    memory.check(estimate, settings.read(db, settings.MEMORY_BUDGET_MB) << 20)
+
+
+def _application_name(db):
+    """A setter for this session's application_name (shown in pg_stat_activity at once); the setting
+    is transaction-local, and None puts back the value it had when the run began."""
+    original = db.execute("SELECT current_setting('application_name') AS a")[0]["a"]
+
+    def set_name(text: str | None) -> None:
+        db.execute("SELECT set_config('application_name', $1, true)", [original if text is None else text[:63]],
+                   ["text"])
+
+    return set_name
+
+
+class Driver:
+    def __init__(self, db, spec: RunSpec, executor, set_name):
+        self.db, self.spec, self.executor, self.set_name = db, spec, executor, set_name
+        self.models = {m.mst_key: ModelProgress(m, m.weights, m.optimizer_state) for m in spec.models}
+        self.segments = sorted(spec.source.segments)
+        self.cached: set = set()  # (kind, segment) whose examples the serving backend holds
+        self.metrics_iters: list[int] = []
+        self.best: tuple[float, int] | None = None
+        self.hops: list[HopRecord] = LAST_HOPS
+
+    def run(self) -> RunResult:
+        started = datetime.datetime.now()
+        clock = time.monotonic()
+        for iteration in range(1, self.spec.num_iterations + 1):
+            progress = f"madlib_dl fit_multiple: iteration {iteration}/{self.spec.num_iterations}"
+            self.set_name(progress)
+            self.executor.set_progress(progress)
+            begun = time.monotonic()
+            self._train_iteration(iteration)
+            trained = time.monotonic() - begun
+            if self.spec.metrics_iteration(iteration):
+                self._evaluate(iteration, clock)
+                self.metrics_iters.append(iteration)
+            self._report(iteration, time.monotonic() - begun, trained)
+        return RunResult(self.models, self.metrics_iters, started, datetime.datetime.now(), self.executor.name,
+                         list(self.hops))
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def _train_iteration(self, iteration: int) -> None:
+        scheduler = IterationScheduler(list(self.models), self.segments, iteration, self.spec.seed)
+        free = list(self.segments)
+        for progress in self.models.values():
+            progress.hop_losses = []
+        while not scheduler.done:
+            for hop in scheduler.assign(sorted(free)):
+                free.remove(hop.segment)
+                self.executor.submit(self._fit_call(TrainHop(iteration, hop.model, hop.segment)))
+            for completed in self.executor.wait():
+                hop = completed.call.tag
+                scheduler.finish(Hop(hop.mst_key, hop.segment, hop.iteration))
+                free.append(hop.segment)
+                self._trained(completed)
+
+    def _fit_call(self, hop: TrainHop):
+        model = self.models[hop.mst_key]
+        read = self._reads(("train", hop.segment))
+        return segment_calls.fit_call(
+            self.db, self.spec.schema, self.spec.source, hop, self.spec.run_id, model.config,
+            (model.weights, model.optimizer_state), init_seed=derive_seed(self.spec.seed, model.config.model_id),
+            seed=derive_seed(self.spec.seed, hop.mst_key, hop.iteration, hop.segment),
+            use_caching=self.spec.use_caching, read_table=read, is_final_call=False)
+
+    def _reads(self, key) -> bool:
+        """Whether this call must read the table; with caching only the first call per segment does."""
+        if not self.spec.use_caching:
+            return True
+        if key in self.cached:
+            return False
+        self.cached.add(key)  # one call at a time per backend: the next one finds the cache filled
+        return True
+
+    def _trained(self, completed) -> None:
+        hop, row = completed.call.tag, completed.row
+        model = self.models[hop.mst_key]
+        model.weights, model.optimizer_state, model.last_segment = (
+            bytes(row["model_weights"]), bytes(row["optimizer_state"]) if row["optimizer_state"] else None, hop.segment)
+        model.hop_losses.append((row["loss"], row["images"]))
+        self._log("train", hop, completed)
+
+    def _log(self, kind: str, hop, completed) -> None:
+        row = completed.row
+        wall = completed.received - completed.submitted
+        self.hops.append(HopRecord(kind, hop.iteration, hop.mst_key, hop.segment, row.get("pid"), row["started"],
+                                   row["ended"], row["seconds"], max(0.0, wall - row["seconds"]),
+                                   row["buffers_read"], row["images"], row["loss"]))
+
+    # -- metrics -------------------------------------------------------------------------------------
+
+    def _evaluate(self, iteration: int, clock: float) -> None:
+        kinds = [("train", self.spec.source)] + ([("validation", self.spec.validation)] if self.spec.validation else [])
+        calls = []
+        for kind, table in kinds:
+            for segment in sorted(table.segments):
+                worker = segment if segment in self.segments else self.segments[segment % len(self.segments)]
+                for mst_key, model in self.models.items():
+                    calls.append((worker, EvaluateHop(iteration, mst_key, segment, kind), table))
+        last = {}
+        for index, (worker, _, _) in enumerate(calls):
+            last[worker] = index
+        final = iteration == self.spec.num_iterations
+        segment_call_list = [
+            segment_calls.evaluate_call(self.db, self.spec.schema, table, hop, worker, self.spec.run_id,
+                                        self.models[hop.mst_key].config, self.models[hop.mst_key].weights,
+                                        self.spec.use_caching, self._reads((hop.kind, hop.segment)),
+                                        final and last[worker] == index)
+            for index, (worker, hop, table) in enumerate(calls)]
+        sums: dict = {}
+        finished: dict = {}
+        for completed in workers.run_calls(self.executor, segment_call_list):
+            hop, row = completed.call.tag, completed.row
+            total = sums.setdefault((hop.kind, hop.mst_key), [0.0, 0.0, 0, row["metric"] is not None])
+            total[0] += row["loss"] * row["images"]
+            total[1] += (row["metric"] or 0.0) * row["images"]
+            total[2] += row["images"]
+            finished[hop.kind] = time.monotonic() - clock
+            self._log(f"evaluate {hop.kind}", hop, completed)
+        for (kind, mst_key), (loss, metric, images, has_metric) in sums.items():
+            metrics, prefix = self.models[mst_key].metrics, SERIES[kind]
+            metrics[f"{prefix}_loss"].append(loss / images)
+            metrics[f"{prefix}_metric"].append(metric / images if has_metric else None)
+        for kind, _ in kinds:
+            for model in self.models.values():
+                model.metrics[f"{SERIES[kind]}_elapsed"].append(finished[kind])
+
+    # -- progress ------------------------------------------------------------------------------------
+
+    def _report(self, iteration: int, seconds: float, trained: float) -> None:
+        evaluated = bool(self.metrics_iters) and self.metrics_iters[-1] == iteration
+        lines = []
+        for mst_key, model in sorted(self.models.items()):
+            if evaluated:
+                loss = model.metrics["training_loss"][-1]
+                lines.append(_metrics_line(mst_key, model))
+            else:
+                images = sum(n for _, n in model.hop_losses)
+                loss = sum(l * n for l, n in model.hop_losses) / images if images else float("nan")
+            if loss == loss and (self.best is None or loss < self.best[0]):
+                self.best = (loss, mst_key)
+        best = f"best training loss so far {self.best[0]:.6g} (mst_key {self.best[1]})" if self.best else \
+            "no finite training loss yet"
+        head = (f"{NAME}: iteration {iteration}/{self.spec.num_iterations} took {seconds:.2f} s "
+                f"(training {trained:.2f} s, {self.executor.name}); {best}")
+        self.db.notice("\n".join([head] + lines))
+
+
+def _metrics_line(mst_key: int, model: ModelProgress) -> str:
+    m = model.metrics
+    text = f"  mst_key={mst_key}: training loss={m['training_loss'][-1]:.6g}"
+    if m["training_metric"][-1] is not None:
+        text += f" metric={m['training_metric'][-1]:.6g}"
+    if m["validation_loss"]:
+        text += f"; validation loss={m['validation_loss'][-1]:.6g}"
+        if m["validation_metric"][-1] is not None:
+            text += f" metric={m['validation_metric'][-1]:.6g}"
+    return text

@@ -1,0 +1,57 @@
+"""What a training run is given, as plain values: the packed tables, the models, the options.
+
+The API module builds a :class:`RunSpec` after checking every argument; the driver, the executors and
+the output writer read it and never look at user text again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from madlib_dl.identifiers import TableName
+from madlib_dl.packed_tables import PackedTable, SegmentStats  # noqa: F401 (part of a run spec)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model selection tuple with where its training starts."""
+    mst_key: int
+    model_id: int
+    model_arch: str
+    compile_params: str
+    fit_params: str
+    weights: bytes | None = None          # warm start or transfer learning; None: seeded initial weights
+    optimizer_state: bytes | None = None  # warm start from our own output; None: a fresh optimizer
+
+
+@dataclass(frozen=True)
+class OutputTables:
+    model: TableName
+    summary: TableName
+    info: TableName
+    text: str
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    schema: str                  # where the extension's functions live
+    source: PackedTable
+    validation: PackedTable | None
+    models: tuple[ModelConfig, ...]
+    num_iterations: int
+    metrics_compute_frequency: int
+    use_caching: bool
+    use_gpus: bool
+    seed: int
+
+    def metrics_iteration(self, iteration: int) -> bool:
+        return iteration % self.metrics_compute_frequency == 0 or iteration == self.num_iterations
+
+
+def derive_seed(*parts: int) -> int:
+    """A seed for TensorFlow/numpy (0 .. 2**31-1) from integers, stable across processes and versions."""
+    words = [p & (2**64 - 1) for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1)[0] & 0x7FFFFFFF)
