@@ -102,9 +102,15 @@ def test_threads_are_set_before_the_first_op_and_fixed_after(functions):
             cur.execute("SELECT kt.threads(2)")
 
 
-def test_demo_trains_inside_the_database(server, capsys):
-    result = demo.run(server, epochs=5)
+def test_demo_runs_a_model_selection_inside_the_database(server, capsys):
+    ranking = demo.run(server, iterations=2)
     out = capsys.readouterr().out
     assert "server runs: madlib_dl 0.1.0" in out
-    assert "loss went down" in out
-    assert len(result["loss"]) == 5 and result["loss"][-1] < result["loss"][0]
+    assert "1437 for training, 360 for validation" in out
+    assert "NOTICE:  madlib_keras_fit_multiple_model: iteration 2/2" in out  # the server's progress, relayed
+    assert "6 configurations trained with Model Hopper Parallelism" in out
+    assert len(ranking) == 6 and {name for _, name, *_ in ranking} == {"cnn", "mlp"}
+    accuracies = [row[3] for row in ranking]
+    assert accuracies == sorted(accuracies, reverse=True) and accuracies[0] >= demo.MIN_BEST_ACCURACY
+    header = next(line for line in out.splitlines() if "val accuracy" in line)
+    assert header.split() == ["rank", "mst_key", "model", "lr", "val", "accuracy", "val", "loss", "train", "loss"]
