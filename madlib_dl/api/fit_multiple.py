@@ -45,7 +45,7 @@ def fit_multiple_model(source_table, model_output_table, model_selection_table, 
     if warm_start:
         outputs.drop(conn, out)
     request = {"source_table": source_table, "validation_table": validation_table if validation else None,
-               "model_output_table": model_output_table, "model_arch_table": str(arch_table),
+               "model_output_table": model_output_table, "model_arch_table": arch_table.sql(conn),
                "model_selection_table": model_selection_table, "warm_start": warm_start, "name": name,
                "description": description}
     outputs.write(conn, out, spec, result, request)
@@ -95,7 +95,7 @@ def _validation(conn, text, source: PackedTable) -> PackedTable | None:
     for what, found, expected in checks:
         if found != expected:
             raise InvalidArgument(
-                f"validation_table: its {what} {_show(found)} differ from source_table's {_show(expected)}; it was not "
+                f"validation_table: its {what} {_show(found)} does not match source_table's {_show(expected)}; it was not "
                 f"packed for {source.text!r} (use validation_preprocessor_dl(..., training_preprocessor_table => "
                 f"'{source.text}'))")
     return validation
@@ -126,6 +126,10 @@ def _mst_tables(conn, text) -> tuple[TableName, TableName]:
     arch = identifiers.parse_table_name(arch_text, f"{argument} (model_arch_table in {summary})")
     if not identifiers.table_exists(conn, arch):
         raise ObjectMissing(f"{argument}: its summary names model architecture table {arch_text!r}, which does not exist")
+    missing = [c for c in ("model_id", "model_arch", "model_weights") if c not in catalog.columns(conn, arch)]
+    if missing:
+        raise InvalidArgument(f"{argument}: its summary names {arch_text!r} as model architecture table, but that "
+                              f"table has no column {', '.join(missing)} (make one with load_keras_model())")
     return mst, arch
 
 
@@ -156,6 +160,7 @@ def _models(conn, mst: TableName, arch_table: TableName, source: PackedTable) ->
     rows = conn.execute(f"SELECT mst_key, model_id, compile_params, fit_params FROM {mst.sql(conn)} ORDER BY mst_key")
     if not rows:
         raise InvalidArgument(f"model_selection_table: {mst} has no rows; {CONFIG_HINT}")
+    _check_keys(mst, rows)
     archs = {}
     models = []
     for row in rows:
@@ -168,6 +173,19 @@ def _models(conn, mst: TableName, arch_table: TableName, source: PackedTable) ->
         models.append(ModelConfig(row["mst_key"], row["model_id"], model_arch, row["compile_params"],
                                   row["fit_params"] or "", weights))
     return models
+
+
+def _check_keys(mst: TableName, rows: list[dict]) -> None:
+    keys = [r["mst_key"] for r in rows]
+    if None in keys:
+        raise InvalidArgument(f"model_selection_table: {mst} has a row with mst_key NULL; every row needs its own key")
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise InvalidArgument(f"model_selection_table: mst_key {', '.join(map(str, repeated))} appears more than once "
+                              f"in {mst}; every row needs its own key")
+    missing_id = [r["mst_key"] for r in rows if r["model_id"] is None]
+    if missing_id:
+        raise InvalidArgument(f"model_selection_table: mst_key {missing_id[0]}: model_id is NULL")
 
 
 def _architecture(conn, arch_table: TableName, model_id, where: str, source: PackedTable):
@@ -195,6 +213,11 @@ def _shape(shape) -> str:
 def _warm_start(conn, out: OutputTables, models: list[ModelConfig]) -> list[ModelConfig]:
     """Continue from the earlier run's states: weights always, optimizer state while the model and its
     compile parameters are unchanged. MSTs added since start fresh; removed ones are not trained."""
+    for table, needed in ((out.model, ("mst_key", "model_weights")), (out.info, ("mst_key", "model_id", "compile_params"))):
+        missing = [c for c in needed if c not in catalog.columns(conn, table)]
+        if missing:
+            raise InvalidArgument(f"warm_start: {table} is not an output table of madlib_keras_fit_multiple_model "
+                                  f"(no column {', '.join(missing)}); warm start continues from such tables")
     has_state = "optimizer_state" in catalog.columns(conn, out.model)
     state = "m.optimizer_state" if has_state else "NULL::bytea"
     rows = conn.execute(f"SELECT m.mst_key, m.model_weights, {state} AS optimizer_state, i.model_id, i.compile_params "

@@ -149,7 +149,7 @@ class Cluster:
                 raise SystemExit("cluster: the madlib_dl extension is not installed in this server; run `make install`")
             if row is None:
                 cur.execute("CREATE EXTENSION madlib_dl")
-            elif row[0] != available[0]:
+            elif row[0] != available[0] or _functions_changed(cur, row[0]):
                 # No update scripts yet: a new version replaces the old one. Without CASCADE, so tables a
                 # user keeps in the extension's schema stop the replacement instead of being dropped.
                 try:
@@ -172,3 +172,18 @@ class Cluster:
 
     def psql_command(self, *extra: str) -> list[str]:
         return ["psql", "-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user, "-d", self.dbname, *extra]
+
+
+def _functions_changed(cur, version: str) -> bool:
+    """Whether the installed script declares other functions than the database's extension has (a
+    `make install` of new code under the same version number)."""
+    import re
+
+    script = Path(paths.pg_config("--sharedir")) / "extension" / f"madlib_dl--{version}.sql"
+    if not script.exists():
+        return False
+    declared = set(re.findall(r"^CREATE (?:FUNCTION|AGGREGATE) [^.\s]+\.(\w+)\(", script.read_text(), re.M))
+    cur.execute("SELECT DISTINCT p.proname FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid "
+                "JOIN pg_extension e ON e.oid = d.refobjid WHERE e.extname = 'madlib_dl' AND d.deptype = 'e' "
+                "AND d.classid = 'pg_proc'::regclass")
+    return declared != {r[0] for r in cur.fetchall()}

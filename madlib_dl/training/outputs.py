@@ -87,7 +87,7 @@ def _write_summary(db, out: OutputTables, spec: RunSpec, result: RunResult, requ
     q = db.quote_ident
     columns = [
         ("source_table", "TEXT", request["source_table"]), ("validation_table", "TEXT", request["validation_table"]),
-        ("model", "TEXT", request["model_output_table"]), ("model_info", "TEXT", str(out.info)),
+        ("model", "TEXT", request["model_output_table"]), ("model_info", "TEXT", out.info.sql(db)),
         ("dependent_varname", "TEXT[]", [source.dependent]), ("independent_varname", "TEXT[]", [source.independent]),
         ("model_arch_table", "TEXT", request["model_arch_table"]),
         ("model_selection_table", "TEXT", request["model_selection_table"]), ("object_table", "TEXT", None),

@@ -15,8 +15,13 @@ ENABLE_HINT = ("to use worker sessions, let this role connect from the database 
                "madlib_dl.worker_conninfo = 'host=... port=... password=...'")
 
 
+UNCOMMITTED_HINT = "commit the transaction that created or changed it to train with worker sessions in parallel"
+
+
 class WorkersUnusable(Exception):
-    pass
+    def __init__(self, reason: str, hint: str = ENABLE_HINT):
+        super().__init__(reason)
+        self.hint = hint
 
 
 def conninfo(db) -> dict:
@@ -53,9 +58,9 @@ def open_executor(db, run_id: str, schema: str, tables: list[PackedTable], devic
             return _worker_pool(db, run_id, schema, tables, devices, name)
         except WorkersUnusable as error:
             if mode == "workers":
-                raise InvalidArgument(f"setting madlib_dl.executor is 'workers' but {error}; {ENABLE_HINT}") from None
-            db.notice(f"{name}: training runs in this session, one hop at a time: {error}. {ENABLE_HINT}, "
-                      "or SET madlib_dl.executor = 'in_process' to skip this attempt")
+                raise InvalidArgument(f"setting madlib_dl.executor is 'workers' but {error}; {error.hint}") from None
+            db.notice(f"{name}: training runs in this session, one hop at a time, because {error}; {error.hint} "
+                      "(SET madlib_dl.executor = 'in_process' skips this attempt)")
     executor = InProcess(db, segments)
     executor.pids = {s: p for s, p in run_on_each(executor, [segment_calls.init_call(
         db, schema, s, run_id, None, _in_process_device(devices)) for s in segments[:1]]).items()}
@@ -111,12 +116,16 @@ def _check_same_data(db, pool: WorkerPool, tables: list[PackedTable]) -> None:
             run_on_each(pool, [segment_calls.SegmentCall(segment, "SELECT set_config('lock_timeout', '0', false)",
                                                          (), ())])
         except executors.SegmentFailed as error:
-            raise WorkersUnusable(f"worker sessions cannot read {table.text} ({error})") from None
+            if error.sqlstate == "42P01":  # undefined_table
+                raise WorkersUnusable(f"worker sessions cannot see {table.text}: it is not yet committed",
+                                      UNCOMMITTED_HINT) from None
+            raise WorkersUnusable(f"worker sessions cannot read {table.text} ({error})",
+                                  "check that a new session of this role can read it") from None
         counts = seen[0].get("counts") if seen else None
         expected = ",".join(f"{k}:{s.buffers}:{s.images}" for k, s in sorted(table.segments.items()))
         if counts != expected:
-            raise WorkersUnusable(f"worker sessions see other data in {table.text} than this transaction "
-                                  "(changes not yet committed?)")
+            raise WorkersUnusable(f"worker sessions see other data in {table.text} than this transaction: its "
+                                  "changes are not yet committed", UNCOMMITTED_HINT)
 
 
 def _stats_sql(db, table: PackedTable) -> str:

@@ -20,8 +20,13 @@ def _functions_in(cur, schema):
 
 def _declared_functions():
     """(name, count of signatures) as the install script templates declare them."""
-    names = re.findall(r"^CREATE FUNCTION @SCHEMA@\.(\w+)\(", install.script_template(paths.REPO / "sql"), re.M)
+    names = re.findall(r"^CREATE (?:FUNCTION|AGGREGATE) @SCHEMA@\.(\w+)\(", install.script_template(paths.REPO / "sql"),
+                       re.M)
     return set(names), len(names)
+
+
+def _declared_types():
+    return re.findall(r"^CREATE TYPE @SCHEMA@\.(\w+) ", install.script_template(paths.REPO / "sql"), re.M)
 
 
 def test_create_and_drop_extension_leave_nothing_behind(server):
@@ -33,7 +38,7 @@ def test_create_and_drop_extension_leave_nothing_behind(server):
         assert {"version", "gpu_configuration", "training_preprocessor_dl", "load_keras_model"} <= names
         assert set(_functions_in(cur, "madlib_dl")) == names
         cur.execute(MEMBER_OBJECTS)
-        assert cur.fetchone()[0] == 1 + signatures  # the schema and every function
+        assert cur.fetchone()[0] == 1 + signatures + len(_declared_types())  # the schema, functions, types
         cur.execute("SELECT madlib_dl.version()")
         assert cur.fetchone()[0].startswith("madlib_dl ")
         cur.execute("DROP EXTENSION madlib_dl")

@@ -454,11 +454,8 @@ def test_help(cur):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Product bugs: bad input that does not (yet) get a clean error. Strict xfail: fix the bug, drop the mark.
+# Bad rows and tables that fit_multiple's checks must catch before anything runs.
 
-@pytest.mark.xfail(strict=True, reason="duplicate mst_key values in a hand-made mst table are not refused: the "
-                   "driver keys models by mst_key, so the run trains only the last row per key and silently "
-                   "drops the other configuration")
 def test_duplicate_mst_key_is_refused(cur):
     make_mst(cur, "mst_dup", [GOOD_ROW, (1, SMALL, COMPILE, "batch_size=8, epochs=1")])
     try:
@@ -468,8 +465,6 @@ def test_duplicate_mst_key_is_refused(cur):
         drop_outputs(cur, "out_dup")
 
 
-@pytest.mark.xfail(strict=True, reason="a NULL mst_key gets through the checks and fails in the scheduler with "
-                   "a raw TypeError (SQLSTATE 38000, no 'madlib_dl: model_selection_table:' prefix)")
 def test_null_mst_key_is_refused(cur):
     make_mst(cur, "mst_null_key", [GOOD_ROW, (None, SMALL, COMPILE, FITS[1])])
     try:
@@ -479,15 +474,11 @@ def test_null_mst_key_is_refused(cur):
         drop_outputs(cur, "out_null_key")
 
 
-@pytest.mark.xfail(strict=True, reason="an mst summary naming a table that is not a model architecture table "
-                   "gives the raw server error 42703 'column \"model_arch\" does not exist'")
 def test_mst_summary_naming_a_non_architecture_table(cur):
     make_mst(cur, "mst_not_arch", [GOOD_ROW], arch_table="iris")
     fails(cur, "22023", "model_selection_table", "iris", model_selection_table="mst_not_arch")
 
 
-@pytest.mark.xfail(strict=True, reason="warm_start TRUE over existing tables that fit_multiple did not write gives "
-                   "the raw server error 42703 'column \"mst_key\" specified in USING clause does not exist'")
 def test_warm_start_over_tables_not_written_by_fit(cur):
     drop_outputs(cur, "not_ours")
     for table in ("not_ours", "not_ours_summary", "not_ours_info"):
