@@ -410,3 +410,23 @@ def test_one_notice_per_iteration_with_best_loss(cur):
     assert len(notices) == 3
     assert all("best training loss so far" in n for n in notices)
     assert "mst_key=1: training loss=" in notices[1] and "mst_key=1" not in notices[0]
+
+
+def test_workers_that_cannot_connect(cur):
+    """madlib_dl.worker_conninfo pointing nowhere: 'auto' trains in this session and says why and how to
+    enable workers; 'workers' refuses; a malformed value is an error naming the setting."""
+    _mst(cur, "mst1", [(1, _adam(0.05), "batch_size=8,epochs=1")])
+    cur.execute("SET madlib_dl.worker_conninfo = 'host=127.0.0.1 port=1 connect_timeout=2'")
+    cur.connection.notices.clear()
+    _fit(cur, "out_nc", mst="mst1", iterations=1)
+    assert any("cannot connect" in n and "pg_hba.conf" in n and "worker_conninfo" in n
+               for n in cur.connection.notices)
+    assert {h["worker_pid"] for h in _hops(cur)} == {cur.connection.get_backend_pid()}
+    cur.execute("SET madlib_dl.executor = 'workers'")
+    with pytest.raises(psycopg2.Error, match="madlib_dl.executor is 'workers' but worker sessions cannot connect"):
+        _fit(cur, "out_nc2", mst="mst1", iterations=1)
+    cur.execute("SET madlib_dl.worker_conninfo = 'nonsense'")
+    with pytest.raises(psycopg2.Error, match="setting madlib_dl.worker_conninfo: not a libpq connection string"):
+        _fit(cur, "out_nc2", mst="mst1", iterations=1)
+    cur.execute("SELECT to_regclass('out_nc2') IS NULL")
+    assert cur.fetchone()[0]

@@ -85,3 +85,24 @@ def test_digits_from_table_to_trainable_configurations(cur):
     y_val = np.concatenate([y for _, _, y in val]).argmax(axis=1)
     accuracy = float((model.predict(x_val, verbose=0).argmax(axis=1) == y_val).mean())
     assert accuracy > 0.8, f"a CNN trained on the packed digits should learn them; validation accuracy {accuracy}"
+
+
+def test_model_selection_on_digits_finds_a_good_model(cur):
+    """The whole product on digits: 4 configurations, 5 iterations over 3 segments with caching; the
+    best model's validation accuracy is at least 0.9."""
+    cur.execute("DROP TABLE IF EXISTS mst4, mst4_summary, sel, sel_summary, sel_info")
+    cur.execute("SELECT madlib_dl.generate_model_configs('arch', 'mst4', ARRAY[1], "
+                "$${'loss': ['categorical_crossentropy'], 'metrics': ['accuracy'], "
+                "'optimizer_params_list': [{'optimizer': ['Adam'], 'lr': [0.01, 0.003]}]}$$, "
+                "$${'batch_size': [32, 64], 'epochs': [1]}$$)")
+    cur.execute("SELECT count(*) FROM mst4")
+    assert cur.fetchone()[0] == 4
+    cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('train_packed', 'sel', 'mst4', 5, FALSE, "
+                "'val_packed', NULL, FALSE, NULL, NULL, use_caching => TRUE)")
+    cur.execute("SELECT mst_key, validation_metrics_final, training_loss_final FROM sel_info "
+                "ORDER BY validation_metrics_final DESC")
+    ranked = cur.fetchall()
+    assert len(ranked) == 4
+    assert ranked[0][1] >= 0.9, f"best validation accuracy {ranked[0][1]}"
+    cur.execute("SELECT count(*), sum(images) FROM madlib_dl.last_fit_hops() WHERE kind = 'train'")
+    assert cur.fetchone() == (4 * 3 * 5, 4 * 1437 * 5)
