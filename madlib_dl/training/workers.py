@@ -3,6 +3,8 @@ data as the caller, otherwise this session (with a NOTICE saying why and how to 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from madlib_dl import settings
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.keras_runtime import interrupts
@@ -62,16 +64,10 @@ def open_executor(db, run_id: str, schema: str, tables: list[PackedTable], devic
             db.notice(f"{name}: training runs in this session, one hop at a time, because {error}; {error.hint} "
                       "(SET madlib_dl.executor = 'in_process' skips this attempt)")
     executor = InProcess(db, segments)
-    executor.pids = {s: p for s, p in run_on_each(executor, [segment_calls.init_call(
-        db, schema, s, run_id, None, _in_process_device(devices)) for s in segments[:1]]).items()}
+    # This session keeps the TensorFlow set-up it has (threads, devices): only the run's store is made.
+    device = devices[0] if devices[0].uses_gpu else replace(devices[0], cuda_visible_devices=None)
+    executor.pids = run_on_each(executor, [segment_calls.init_call(db, schema, segments[0], run_id, None, device)])
     return executor
-
-
-def _in_process_device(devices):
-    """This session keeps whatever TensorFlow set-up it has; only a GPU choice is passed on."""
-    device = devices[0]
-    return type(device)(device.worker, None if not device.uses_gpu else device.cuda_visible_devices,
-                        device.memory_limit_mib)
 
 
 def _worker_pool(db, run_id, schema, tables, devices, name) -> WorkerPool:
