@@ -160,15 +160,24 @@ def fit_transition(gd, state, dependent_var, independent_var, dependent_var_shap
     return collect(gd, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape, call)
 
 
-@db.sql_function
-def fit_final(gd, state) -> dict | None:
+def _final_call(gd, state):
+    """What a final function works on: (store, pending call, examples, compiled model); None for no rows."""
     taken = _take_pending(gd, state)
     if taken is None:
         return None
     store, pending = taken
+    call = pending.call
+    return store, pending, _segment_data(store, pending), _compiled(store, call.mst_key, call.model_arch,
+                                                                      call.compile_params)
+
+
+@db.sql_function
+def fit_final(gd, state) -> dict | None:
+    prepared = _final_call(gd, state)
+    if prepared is None:
+        return None
+    store, pending, data, entry = prepared
     call: FitCall = pending.call
-    data = _segment_data(store, pending)
-    entry = _compiled(store, call.mst_key, call.model_arch, call.compile_params)
     _load_state(entry, call)
     keras = tf_setup.keras()
     keras.utils.set_random_seed(call.seed)
@@ -195,13 +204,11 @@ def evaluate_transition(gd, state, dependent_var, independent_var, dependent_var
 
 @db.sql_function
 def evaluate_final(gd, state) -> dict | None:
-    taken = _take_pending(gd, state)
-    if taken is None:
+    prepared = _final_call(gd, state)
+    if prepared is None:
         return None
-    store, pending = taken
+    store, pending, data, entry = prepared
     call: EvaluateCall = pending.call
-    data = _segment_data(store, pending)
-    entry = _compiled(store, call.mst_key, call.model_arch, call.compile_params)
     model_state.set_weights(entry.model, call.weights)
     started, clock = time.time(), time.perf_counter()
     values = entry.model.evaluate(data.x, data.y, batch_size=EVALUATE_BATCH_SIZE, verbose=0,
