@@ -104,13 +104,11 @@ def _check_same_data(db, pool: WorkerPool, tables: list[PackedTable]) -> None:
     looks different (or absent) to them. Compare what the caller counted with what a worker sees."""
     segment = pool.segments[0]
     for table in tables:
-        call = segment_calls.SegmentCall(segment, _stats_sql(db, table), (), ())
+        # One implicit transaction (a multi-statement query): the lock timeout applies to this read only,
+        # so a lock the caller holds on the table makes the check fail instead of waiting forever.
+        call = segment_calls.SegmentCall(segment, "SET LOCAL lock_timeout = '5s'; " + _stats_sql(db, table), (), ())
         try:
-            run_on_each(pool, [segment_calls.SegmentCall(segment, "SELECT set_config('lock_timeout', '5s', false)",
-                                                         (), ())])
             seen = [c.row for c in run_calls(pool, [call])]
-            run_on_each(pool, [segment_calls.SegmentCall(segment, "SELECT set_config('lock_timeout', '0', false)",
-                                                         (), ())])
         except executors.SegmentFailed as error:
             if error.sqlstate == "42P01":  # undefined_table
                 raise WorkersUnusable(f"worker sessions cannot see {table.text}: it is not yet committed",

@@ -430,3 +430,21 @@ def test_workers_that_cannot_connect(cur):
         _fit(cur, "out_nc2", mst="mst1", iterations=1)
     cur.execute("SELECT to_regclass('out_nc2') IS NULL")
     assert cur.fetchone()[0]
+
+
+def test_a_lock_the_caller_holds_does_not_hang_the_workers(cur):
+    """Workers would wait forever for a lock the caller's transaction holds; the check before the first
+    hop gives up after lock_timeout and the run trains in this session instead."""
+    _mst(cur, "mst1", [(1, _adam(0.05), "batch_size=8,epochs=1")])
+    _drop(cur, "out_lock")
+    cur.execute("BEGIN")
+    try:
+        cur.execute("LOCK TABLE iris_packed IN ACCESS EXCLUSIVE MODE")
+        cur.connection.notices.clear()
+        _fit(cur, "out_lock", mst="mst1", iterations=1)
+        assert any("cannot read iris_packed" in n and "lock timeout" in n for n in cur.connection.notices)
+        cur.execute("SELECT count(*) FROM out_lock_info")
+        assert cur.fetchone()[0] == 1
+    finally:
+        cur.execute("ROLLBACK")
+    assert _workers_alive(cur) == 0
