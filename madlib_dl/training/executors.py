@@ -59,9 +59,10 @@ class InProcess:
         self._queue.append((call, time.time()))
 
     def wait(self) -> list[Completed]:
-        call, submitted = self._queue.popleft()
+        call, _ = self._queue.popleft()
+        started = time.time()  # calls run one at a time: time spent queued is not this call's overhead
         rows = self.db.execute(call.sql, list(call.args), list(call.types))
-        return [Completed(call, rows[0] if rows else {}, submitted, time.time())]
+        return [Completed(call, rows[0] if rows else {}, started, time.time())]
 
     def busy(self) -> bool:
         return bool(self._queue)
