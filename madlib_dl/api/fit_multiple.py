@@ -247,7 +247,8 @@ def last_fit_hops() -> list[dict]:
     return [{"kind": h.kind, "iteration": h.iteration, "mst_key": h.mst_key, "segment": h.segment,
              "worker_pid": h.worker_pid, "started": stamp(h.started), "ended": stamp(h.ended), "seconds": h.seconds,
              "overhead_seconds": h.overhead_seconds, "buffers_read": h.buffers_read, "images": h.images,
-             "loss": h.loss} for h in driver.LAST_HOPS]
+             "loss": h.loss, "worker_rss_bytes": h.rss_bytes, "worker_peak_rss_bytes": h.peak_rss_bytes,
+             "worker_shared_rss_bytes": h.shared_rss_bytes} for h in driver.LAST_HOPS]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -18,12 +18,14 @@ import numpy as np
 
 from madlib_dl import db
 from madlib_dl.errors import InvalidArgument
-from madlib_dl.keras_runtime import builder, interrupts, model_state, params, tf_setup
+from madlib_dl.keras_runtime import builder, interrupts, model_state, params, tf_setup, training_loop
 from madlib_dl.preprocess import packing
+from madlib_dl.segment import process_memory
 from madlib_dl.segment import store as stores
 from madlib_dl.segment.store import CompiledModel, Pending, RunStore, SegmentData
 
 EVALUATE_BATCH_SIZE = 256  # results do not depend on it (up to float rounding); memory and speed do
+DEFAULT_BATCH_SIZE = 32    # Keras fit's default
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ def collect(gd: dict, state, dependent_var, independent_var, dependent_var_shape
     if independent_var is not None:
         store.pending.x.append(packing.decode(independent_var, independent_var_shape, packing.FEATURE_DTYPE))
         store.pending.y.append(packing.decode(dependent_var, dependent_var_shape, packing.LABEL_DTYPE))
+        store.pending.buffers_read += 1
     return (state or 0) + 1
 
 
@@ -85,7 +88,9 @@ def _segment_data(store: RunStore, pending: Pending) -> SegmentData:
     call = pending.call
     key = (call.kind, call.segment)
     if pending.x:
-        data = SegmentData(np.concatenate(pending.x), np.concatenate(pending.y).astype(np.float32))
+        x, y = np.concatenate(pending.x), np.concatenate(pending.y).astype(np.float32)
+        pending.x, pending.y = [], []  # the buffers are not needed past this point (memory)
+        data = SegmentData(*training_loop.as_tensors(x, y))
         if call.use_caching:
             store.data[key] = data
     elif call.use_caching and key in store.data:
@@ -114,7 +119,8 @@ def _compiled(store: RunStore, mst_key: int, model_arch: str, compile_params: st
     if entry is None or entry.model_arch != model_arch or entry.compile_params != compile_params:
         model = builder.model_from_json(model_arch)
         builder.compile_model(model, params.parse_compile_params(compile_params))
-        entry = CompiledModel(model, [v.numpy() for v in model.optimizer.variables], model_arch, compile_params)
+        entry = CompiledModel(model, training_loop.loop_for(model), [v.numpy() for v in model.optimizer.variables],
+                              model_arch, compile_params)
         store.models[mst_key] = entry
     return entry
 
@@ -139,9 +145,12 @@ def _load_state(entry: CompiledModel, call: FitCall) -> None:
 
 
 def _result(pending: Pending, data: SegmentData, started: float, seconds: float, **values) -> dict:
+    used = process_memory.current()
     return {"model_weights": None, "optimizer_state": None, "loss": None, "metric": None,
             "images": data.images, "buffers_read": pending.buffers_read, "seconds": seconds,
-            "started": started, "ended": started + seconds, "pid": os.getpid(), **values}
+            "started": started, "ended": started + seconds, "pid": os.getpid(),
+            "rss_bytes": used and used.rss, "peak_rss_bytes": used and used.peak,
+            "shared_rss_bytes": used and used.shared, **values}
 
 
 def _finite_or_nan(value) -> float:
@@ -179,18 +188,29 @@ def fit_final(gd, state) -> dict | None:
     store, pending, data, entry = prepared
     call: FitCall = pending.call
     _load_state(entry, call)
-    keras = tf_setup.keras()
-    keras.utils.set_random_seed(call.seed)
+    tf_setup.keras().utils.set_random_seed(call.seed)  # layers' own randomness (dropout), as in fit
     fit = params.parse_fit_params(call.fit_params)
     started, clock = time.time(), time.perf_counter()
-    history = entry.model.fit(data.x, data.y, callbacks=[interrupts.callback()], **fit.keras_kwargs())
+    loss = train(entry, data, fit, call.seed)
     seconds = time.perf_counter() - clock
     state_out = model_state.get_state(entry.model)
-    losses = history.history.get("loss") or [None]
     if call.is_final_call:
         _release_segment(store, call.segment)
     return _result(pending, data, started, seconds, model_weights=state_out.weights,
-                   optimizer_state=state_out.optimizer_state, loss=_finite_or_nan(losses[-1]))
+                   optimizer_state=state_out.optimizer_state, loss=_finite_or_nan(loss))
+
+
+def train(entry: CompiledModel, data: SegmentData, fit: params.FitParams, seed: int) -> float | None:
+    """One hop's training: training_loop's passes, or Keras' fit for the options that loop does not
+    have (class_weight, steps_per_epoch). Returns the last epoch's loss."""
+    if fit.class_weight is not None or fit.steps_per_epoch is not None:
+        history = entry.model.fit(data.x, data.y, callbacks=[interrupts.callback()], **fit.keras_kwargs())
+        return (history.history.get("loss") or [None])[-1]
+    epochs = fit.epochs - fit.initial_epoch
+    if epochs <= 0:
+        return None
+    return training_loop.train(entry.loop, data.x, data.y, fit.batch_size or DEFAULT_BATCH_SIZE, epochs,
+                               fit.shuffle, seed, interrupts.server_check())
 
 
 @db.sql_function
@@ -211,10 +231,8 @@ def evaluate_final(gd, state) -> dict | None:
     call: EvaluateCall = pending.call
     model_state.set_weights(entry.model, call.weights)
     started, clock = time.time(), time.perf_counter()
-    values = entry.model.evaluate(data.x, data.y, batch_size=EVALUATE_BATCH_SIZE, verbose=0,
-                                  callbacks=[interrupts.callback()])
+    values = training_loop.evaluate(entry.loop, data.x, data.y, EVALUATE_BATCH_SIZE, interrupts.server_check())
     seconds = time.perf_counter() - clock
-    values = values if isinstance(values, list) else [values]
     if call.is_final_call:
         _release_segment(store, call.segment)
     metric = _finite_or_nan(values[1]) if len(values) > 1 else None

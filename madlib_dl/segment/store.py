@@ -21,8 +21,8 @@ GD_KEY = "madlib_dl_run"
 
 @dataclass
 class SegmentData:
-    x: np.ndarray  # float32 features, examples first
-    y: np.ndarray  # float32 one-hot labels
+    x: Any  # float32 features, examples first (a tensor on TensorFlow's device once made ready)
+    y: Any  # float32 one-hot labels
 
     @property
     def images(self) -> int:
@@ -30,12 +30,13 @@ class SegmentData:
 
     @property
     def nbytes(self) -> int:
-        return int(self.x.nbytes + self.y.nbytes)
+        return 4 * int(np.prod(self.x.shape) + np.prod(self.y.shape))
 
 
 @dataclass
 class CompiledModel:
     model: Any
+    loop: Any  # training_loop.Loop: the model's traced training and evaluation loops
     initial_optimizer: list  # optimizer variables right after build: a fresh optimizer's state
     model_arch: str
     compile_params: str
@@ -44,12 +45,9 @@ class CompiledModel:
 @dataclass
 class Pending:
     call: Any  # FitCall or EvaluateCall
-    x: list = field(default_factory=list)
+    x: list = field(default_factory=list)  # decoded buffers, until the final function concatenates them
     y: list = field(default_factory=list)
-
-    @property
-    def buffers_read(self) -> int:
-        return len(self.x)
+    buffers_read: int = 0
 
 
 @dataclass

@@ -149,12 +149,14 @@ class Cluster:
                 raise SystemExit("cluster: the madlib_dl extension is not installed in this server; run `make install`")
             if row is None:
                 cur.execute("CREATE EXTENSION madlib_dl")
-            elif row[0] != available[0] or _functions_changed(cur, row[0]):
+                _mark_script(cur, available[0])
+            elif row[0] != available[0] or _script_changed(cur, row[0]):
                 # No update scripts yet: a new version replaces the old one. Without CASCADE, so tables a
                 # user keeps in the extension's schema stop the replacement instead of being dropped.
                 try:
                     cur.execute("DROP EXTENSION madlib_dl")
                     cur.execute("CREATE EXTENSION madlib_dl")
+                    _mark_script(cur, available[0])
                 except psycopg2.Error as error:
                     raise SystemExit(f"cluster: could not replace madlib_dl {row[0]} by {available[0]}: "
                                      f"{error.diag.message_primary}") from None
@@ -174,16 +176,28 @@ class Cluster:
         return ["psql", "-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user, "-d", self.dbname, *extra]
 
 
-def _functions_changed(cur, version: str) -> bool:
-    """Whether the installed script declares other functions than the database's extension has (a
-    `make install` of new code under the same version number)."""
-    import re
+SCRIPT_MARK = " [install script sha256 "
+
+
+def _script_digest(version: str) -> str | None:
+    import hashlib
 
     script = Path(paths.pg_config("--sharedir")) / "extension" / f"madlib_dl--{version}.sql"
-    if not script.exists():
-        return False
-    declared = set(re.findall(r"^CREATE (?:FUNCTION|AGGREGATE) [^.\s]+\.(\w+)\(", script.read_text(), re.M))
-    cur.execute("SELECT DISTINCT p.proname FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid "
-                "JOIN pg_extension e ON e.oid = d.refobjid WHERE e.extname = 'madlib_dl' AND d.deptype = 'e' "
-                "AND d.classid = 'pg_proc'::regclass")
-    return declared != {r[0] for r in cur.fetchall()}
+    return hashlib.sha256(script.read_bytes()).hexdigest()[:16] if script.exists() else None
+
+
+def _mark_script(cur, version: str) -> None:
+    """Note in the extension's comment which install script created it, so that a `make install` of
+    new code under the same version number is noticed (no update scripts during development)."""
+    digest = _script_digest(version)
+    cur.execute("SELECT obj_description(oid, 'pg_extension') FROM pg_extension WHERE extname = 'madlib_dl'")
+    comment = (cur.fetchone()[0] or "madlib_dl").split(SCRIPT_MARK)[0]
+    cur.execute("COMMENT ON EXTENSION madlib_dl IS %s", [f"{comment}{SCRIPT_MARK}{digest}]"])
+
+
+def _script_changed(cur, version: str) -> bool:
+    """Whether the installed script differs from the one that created the database's extension."""
+    digest = _script_digest(version)
+    cur.execute("SELECT obj_description(oid, 'pg_extension') FROM pg_extension WHERE extname = 'madlib_dl'")
+    comment = cur.fetchone()[0] or ""
+    return digest is not None and not comment.endswith(f"{SCRIPT_MARK}{digest}]")

@@ -48,6 +48,9 @@ class HopRecord:
     buffers_read: int
     images: int
     loss: float | None
+    rss_bytes: int | None = None         # the worker's memory right after the call (process_memory)
+    peak_rss_bytes: int | None = None
+    shared_rss_bytes: int | None = None
 
 
 @dataclass
@@ -184,7 +187,8 @@ class Driver:
         wall = completed.received - completed.submitted
         self.hops.append(HopRecord(kind, hop.iteration, hop.mst_key, hop.segment, row.get("pid"), row["started"],
                                    row["ended"], row["seconds"], max(0.0, wall - row["seconds"]),
-                                   row["buffers_read"], row["images"], row["loss"]))
+                                   row["buffers_read"], row["images"], row["loss"], row.get("rss_bytes"),
+                                   row.get("peak_rss_bytes"), row.get("shared_rss_bytes")))
 
     # -- metrics -------------------------------------------------------------------------------------
 

@@ -1,0 +1,78 @@
+"""The limit `make bench` compares against: plain Keras in one Python process, training each
+configuration of an mst table sequentially for the same number of epochs over the same examples (read
+from the packed table, so they are exactly the examples the workers train on), with a fixed TF thread
+count (that of one worker), then evaluating it on those examples as the run's final metrics do.
+
+Run as a separate process (`python bench/baseline.py CONFIG.json`) so that its thread settings are
+fixed before TensorFlow starts and its peak memory is its own. Prints one JSON object on stdout.
+Timing starts with the data in memory: loading them is not part of the limit."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def read_examples(cur, table: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every example of a packed table (columns label and x), segment by segment in buffer order, as the runtime decodes them."""
+    from madlib_dl.preprocess import packing
+
+    cur.execute(f"SELECT label, x, label_shape, x_shape FROM {table} ORDER BY __dist_key__, buffer_id")
+    xs, ys = [], []
+    for dependent, independent, dependent_shape, independent_shape in cur:
+        xs.append(packing.decode(bytes(independent), independent_shape, packing.FEATURE_DTYPE))
+        ys.append(packing.decode(bytes(dependent), dependent_shape, packing.LABEL_DTYPE))
+    return np.concatenate(xs), np.concatenate(ys).astype(np.float32)
+
+
+def configurations(cur, mst_table: str, arch_table: str) -> list[tuple]:
+    cur.execute(f"SELECT m.mst_key, a.model_arch::text, m.compile_params, m.fit_params FROM {mst_table} m "
+                f"JOIN {arch_table} a USING (model_id) ORDER BY m.mst_key")
+    return cur.fetchall()
+
+
+def train_all(configs, x, y, iterations: int, seed: int) -> list[dict]:
+    from madlib_dl.keras_runtime import builder, params, tf_setup
+
+    keras = tf_setup.keras()
+    results = []
+    for mst_key, model_arch, compile_params, fit_params in configs:
+        started = time.perf_counter()
+        keras.utils.set_random_seed(seed + mst_key)
+        model = builder.model_from_json(model_arch)
+        builder.compile_model(model, params.parse_compile_params(compile_params))
+        fit = params.parse_fit_params(fit_params).keras_kwargs()
+        fit["epochs"] = fit.get("epochs", 1) * iterations
+        model.fit(x, y, **fit)
+        loss = model.evaluate(x, y, batch_size=256, verbose=0)
+        results.append({"mst_key": mst_key, "seconds": time.perf_counter() - started,
+                        "loss": float(loss[0] if isinstance(loss, list) else loss)})
+    return results
+
+
+def main(config_path: str) -> None:
+    import psycopg2
+
+    from madlib_dl.keras_runtime import tf_setup
+    from madlib_dl.segment import process_memory
+
+    config = json.load(open(config_path))
+    tf_setup.keras(threads=config["threads"])  # before TensorFlow's first op, as in a worker
+    with psycopg2.connect(**config["dsn"]) as conn, conn.cursor() as cur:
+        x, y = read_examples(cur, config["source_table"])
+        configs = configurations(cur, config["mst_table"], config["arch_table"])
+    conn.close()
+    started = time.perf_counter()
+    results = train_all(configs, x, y, config["iterations"], config.get("seed", 0))
+    seconds = time.perf_counter() - started
+    memory = process_memory.current()
+    json.dump({"seconds": seconds, "configs": results, "examples": int(x.shape[0]),
+               "data_bytes": int(x.nbytes + y.nbytes), "peak_bytes": memory.own_peak if memory else None,
+               "threads": config["threads"]}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

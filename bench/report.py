@@ -1,0 +1,152 @@
+"""From measurements to verdicts: the ratios and targets of `make bench`, and the printed table.
+Pure functions of the measurements (dicts as stored in the JSON file), so they are unit-tested."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+MIB = 1 << 20
+FLAT_SLACK_BYTES = 8 * MIB  # growth under this (or under FLAT_SLACK_FRACTION of the peak) counts as flat
+FLAT_SLACK_FRACTION = 0.02
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    measured: float | None
+    limit: float
+    kind: str  # 'max': measured must be <= limit; 'min': measured must be >= limit
+    detail: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        if self.measured is None:
+            return None
+        return self.measured <= self.limit if self.kind == "max" else self.measured >= self.limit
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "met": self.met}
+
+
+def variant(workers: int, caching: bool) -> str:
+    return f"S={workers} caching {'on' if caching else 'off'}"
+
+
+def limit_seconds(keras_seconds: float, workers: int) -> float:
+    """Plain Keras' time divided by S: the best S workers can do."""
+    return keras_seconds / workers
+
+
+def flat(growth_bytes: float | None, peak_bytes: float | None) -> bool | None:
+    if growth_bytes is None or peak_bytes is None:
+        return None
+    return growth_bytes <= max(FLAT_SLACK_BYTES, FLAT_SLACK_FRACTION * peak_bytes)
+
+
+def _run(result: dict, workers: int, caching: bool) -> dict | None:
+    return result["runs"].get(variant(workers, caching))
+
+
+def _wall(result: dict, workers: int, caching: bool) -> float | None:
+    run = _run(result, workers, caching)
+    return run["wall_seconds"] if run else None
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def targets(results: dict) -> list[Target]:
+    """The issue's targets over the measured workloads (those missing from ``results`` are skipped)."""
+    found = []
+    compute, small = results.get("compute"), results.get("small")
+    if compute:
+        limit = limit_seconds(compute["keras"]["seconds"], 2)
+        found.append(Target("compute, caching on, S=2: wall / (keras / 2)", _ratio(_wall(compute, 2, True), limit),
+                            1.15, "max"))
+        found.append(Target("compute, caching on: speed-up S=2 over S=1",
+                            _ratio(_wall(compute, 1, True), _wall(compute, 2, True)), 1.8, "min"))
+    if small:
+        limit = limit_seconds(small["keras"]["seconds"], 2)
+        found.append(Target("small, caching on, S=2: wall / (keras / 2)", _ratio(_wall(small, 2, True), limit),
+                            1.5, "max"))
+        for workers in (1, 2):
+            found.append(Target(f"small, S={workers}: caching off / caching on",
+                                _ratio(_wall(small, workers, False), _wall(small, workers, True)), 1.5, "min"))
+        overheads = [run["hop_overhead_ms"] for run in small["runs"].values() if run.get("hop_overhead_ms") is not None]
+        found.append(Target("small: per-hop overhead, ms (worst run)", max(overheads) if overheads else None,
+                            20.0, "max"))
+    for name, workload in results.items():
+        found.extend(_never_slower(name, workload))
+        found.extend(_memory(name, workload))
+    return found
+
+
+def _never_slower(name: str, workload: dict) -> list[Target]:
+    out = []
+    for workers in (1, 2):
+        ratio = _ratio(_wall(workload, workers, True), _wall(workload, workers, False))
+        if ratio is not None:
+            out.append(Target(f"{name}, S={workers}: caching on / caching off", ratio, 1.0, "max"))
+    return out
+
+
+def _memory(name: str, workload: dict) -> list[Target]:
+    keras_peak = workload["keras"].get("peak_bytes")
+    out = []
+    for label, run in workload["runs"].items():
+        if not run["caching"]:
+            continue
+        for worker in run["workers"]:
+            if keras_peak is None or worker["peak_bytes"] is None:
+                continue
+            allowed = keras_peak + 1.2 * worker["cache_bytes"]
+            out.append(Target(f"{name}, {label}, worker {worker['segment']}: peak / (keras peak + 1.2 x cache)",
+                              worker["peak_bytes"] / allowed, 1.0, "max",
+                              f"peak {worker['peak_bytes'] / MIB:.0f} MiB, keras {keras_peak / MIB:.0f} MiB, "
+                              f"cache {worker['cache_bytes'] / MIB:.1f} MiB"))
+            growth = worker.get("growth_bytes")
+            if growth is not None:
+                slack = max(FLAT_SLACK_BYTES, FLAT_SLACK_FRACTION * worker["peak_bytes"])
+                out.append(Target(f"{name}, {label}, worker {worker['segment']}: memory growth after iteration 1, MiB",
+                                  growth / MIB, slack / MIB, "max",
+                                  f"over {worker['hops_after_first']} hops"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Printing
+
+def _fmt(value, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def table(name: str, workload: dict) -> str:
+    keras = workload["keras"]
+    header = (f"  {'run':<18}{'wall s':>9}{'limit s':>9}{'ratio':>7}{'hop ovh ms':>11}{'iter>1':>8}"
+              f"{'in fit s':>9}{'setup s':>8}{'end s':>7}{'worker peak MiB':>16}{'growth MiB':>11}")
+    peak = keras.get("peak_bytes")
+    lines = [f"{name}: {workload['description']}", header,
+             f"  {'keras, 1 process':<18}{keras['seconds']:>9.2f}{'':>52}{_fmt(peak and peak / MIB, '.0f'):>16}"]
+    for label, run in sorted(workload["runs"].items()):
+        limit = limit_seconds(keras["seconds"], run["workers_count"])
+        peaks = [w["peak_bytes"] for w in run["workers"] if w["peak_bytes"] is not None]
+        growths = [w["growth_bytes"] for w in run["workers"] if w.get("growth_bytes") is not None]
+        lines.append(
+            f"  {label:<18}{run['wall_seconds']:>9.2f}{limit:>9.2f}{run['wall_seconds'] / limit:>7.2f}"
+            f"{_fmt(run.get('hop_overhead_ms'), '.1f'):>11}{_fmt(run.get('hop_overhead_later_ms'), '.1f'):>8}"
+            f"{run['fit_seconds']:>9.2f}{run['setup_seconds']:>8.2f}{run['teardown_seconds']:>7.2f}"
+            f"{_fmt(max(peaks) / MIB if peaks else None, '.0f'):>16}"
+            f"{_fmt(max(growths) / MIB if growths else None, '.1f'):>11}")
+    return "\n".join(lines)
+
+
+def verdicts(found: list[Target]) -> str:
+    lines = ["targets:"]
+    for target in found:
+        mark = {True: "met", False: "NOT MET", None: "not measured"}[target.met]
+        sign = "<=" if target.kind == "max" else ">="
+        measured = _fmt(target.measured, ".3g")
+        detail = f"  ({target.detail})" if target.detail else ""
+        lines.append(f"  [{mark:>12}] {target.name}: {measured} {sign} {target.limit:g}{detail}")
+    return "\n".join(lines)

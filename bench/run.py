@@ -1,0 +1,242 @@
+"""`make bench`: madlib_keras_fit_multiple_model side by side with plain Keras, on the embedded cluster.
+
+For each workload (bench/workloads.py) it runs, on the same packed data and the same configurations:
+plain Keras in one process (bench/baseline.py; the limit), then the SQL call with S=1 and S=2 worker
+sessions, caching on and off, each from a fresh psycopg2 session, every process with the same TF thread
+count. It prints a table per workload and the targets of issue 5 (bench/report.py), and writes every
+measurement to a JSON file. Tables live in the schema madlib_dl_bench and are kept between runs (data
+are re-made only when the workload or scale changes).
+
+    .venv/bin/python bench/run.py [--scale 1] [--workloads small,compute] [--threads N] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import report  # noqa: E402
+import workloads  # noqa: E402
+
+SCHEMA = "madlib_dl_bench"
+DATA_VERSION = 2  # bump when the way data are made changes: prepared tables are re-made
+SEGMENT_COUNTS = (1, 2)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data and configurations, through the public SQL API
+
+def _source_rows(x, y) -> io.StringIO:
+    """COPY text: id, the example as a multidimensional array literal (its shape is the model's input), label."""
+    text = io.StringIO()
+    for i, (example, label) in enumerate(zip(x, y)):
+        array = json.dumps(example.tolist(), separators=(",", ":")).replace("[", "{").replace("]", "}")
+        text.write(f"{i}\t{array}\t{int(label)}\n")
+    text.seek(0)
+    return text
+
+
+def prepare_data(cur, lib: str, workload: workloads.Workload, scale: float) -> None:
+    """The source table and one packed table per segment count; kept when already made alike."""
+    fingerprint = f"{workload.name}:{workload.size(scale)}:{workload.shape}:{DATA_VERSION}"
+    cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}; CREATE TABLE IF NOT EXISTS {SCHEMA}.prepared "
+                "(workload TEXT PRIMARY KEY, fingerprint TEXT)")
+    cur.execute(f"SELECT fingerprint FROM {SCHEMA}.prepared WHERE workload = %s", [workload.name])
+    row = cur.fetchone()
+    if row and row[0] == fingerprint:
+        say(f"{workload.name}: data already prepared ({fingerprint})")
+        return
+    started = time.monotonic()
+    x, y = workloads.data(workload, scale)
+    name = workload.name
+    cur.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{name}_source; "
+                f"CREATE TABLE {SCHEMA}.{name}_source (id INTEGER, x REAL[], label INTEGER)")
+    cur.copy_expert(f"COPY {SCHEMA}.{name}_source FROM STDIN", _source_rows(x, y))
+    for segments in SEGMENT_COUNTS:
+        packed = f"{SCHEMA}.{name}_packed_{segments}"
+        cur.execute(f"DROP TABLE IF EXISTS {packed}, {packed}_summary")
+        cur.execute(f"SELECT {lib}.training_preprocessor_dl(%s, %s, 'label', 'x', NULL, %s, NULL, %s)",
+                    [f"{SCHEMA}.{name}_source", packed, workload.normalizing_const, str(segments)])
+    cur.execute(f"INSERT INTO {SCHEMA}.prepared VALUES (%s, %s) ON CONFLICT (workload) DO UPDATE SET "
+                "fingerprint = EXCLUDED.fingerprint", [workload.name, fingerprint])
+    say(f"{workload.name}: prepared {len(y)} examples of shape {workload.shape} in {time.monotonic() - started:.1f} s")
+
+
+def prepare_configs(cur, lib: str, workload: workloads.Workload) -> int:
+    from madlib_dl.keras_runtime import tf_setup
+
+    arch, mst = f"{SCHEMA}.{workload.name}_arch", f"{SCHEMA}.{workload.name}_mst"
+    cur.execute(f"DROP TABLE IF EXISTS {arch}, {mst}, {mst}_summary")
+    for name, model in workloads.architectures(workload, tf_setup.keras()):
+        cur.execute(f"SELECT {lib}.load_keras_model(%s, %s::json, NULL, %s, NULL)", [arch, model.to_json(), name])
+    cur.execute(f"SELECT array_agg(model_id ORDER BY model_id) FROM {arch}")
+    cur.execute(f"SELECT {lib}.generate_model_configs(%s, %s, %s, %s, %s)",
+                [arch, mst, cur.fetchone()[0], workload.compile_grid(), workload.fit_grid()])
+    cur.execute(f"SELECT count(*) FROM {mst}")
+    return cur.fetchone()[0]
+
+
+def segment_cache_bytes(cur, packed: str, workload: workloads.Workload) -> dict[int, int]:
+    """What a worker caches: its segment's examples as float32 features and float32 one-hot labels."""
+    cur.execute(f"SELECT __dist_key__, sum(x_shape[1]), max(label_shape[2]) FROM {packed} "
+                "GROUP BY 1")
+    features = 1
+    for n in workload.shape:
+        features *= n
+    return {segment: int(images) * (features + int(classes)) * 4 for segment, images, classes in cur.fetchall()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The runs
+
+def run_keras(cluster, workload: workloads.Workload, threads: int) -> dict:
+    config = {"dsn": cluster.dsn(), "threads": threads, "iterations": workload.iterations,
+              "source_table": f"{SCHEMA}.{workload.name}_packed_1", "mst_table": f"{SCHEMA}.{workload.name}_mst",
+              "arch_table": f"{SCHEMA}.{workload.name}_arch"}
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        json.dump(config, file)
+        file.flush()
+        done = subprocess.run([sys.executable, str(HERE / "baseline.py"), file.name], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    if done.returncode != 0:
+        raise SystemExit(f"bench: the plain Keras run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout)
+
+
+def run_ours(cluster, lib: str, workload: workloads.Workload, segments: int, caching: bool, threads: int,
+             cache_bytes: dict[int, int]) -> dict:
+    name = workload.name
+    output = f"{SCHEMA}.{name}_model"
+    with cluster.connect() as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {output}, {output}_summary, {output}_info")
+            cur.execute("SET madlib_dl.executor = 'workers'; SET madlib_dl.worker_threads = %s; "
+                        "SET client_min_messages = warning", [threads])
+            started = time.time()
+            cur.execute(f"SELECT {lib}.madlib_keras_fit_multiple_model(%s, %s, %s, %s, FALSE, NULL, NULL, FALSE, "
+                        "NULL, NULL, %s)", [f"{SCHEMA}.{name}_packed_{segments}", output, f"{SCHEMA}.{name}_mst",
+                                            workload.iterations, caching])
+            ended = time.time()
+            cur.execute(f"SELECT kind, iteration, segment, worker_pid, extract(epoch FROM started)::float8, "
+                        f"extract(epoch FROM ended)::float8, seconds, overhead_seconds, worker_peak_rss_bytes, "
+                        f"worker_shared_rss_bytes, worker_rss_bytes FROM {lib}.last_fit_hops()")
+            hops = [dict(zip(("kind", "iteration", "segment", "pid", "started", "ended", "seconds", "overhead",
+                              "peak", "shared", "rss"), row)) for row in cur.fetchall()]
+            cur.execute(f"SELECT min(training_loss_final) FROM {output}_info")
+            best_loss = cur.fetchone()[0]
+    conn.close()
+    return summarize(hops, started, ended, segments, caching, cache_bytes, best_loss)
+
+
+def summarize(hops: list[dict], started: float, ended: float, segments: int, caching: bool,
+              cache_bytes: dict[int, int], best_loss) -> dict:
+    train = [h for h in hops if h["kind"] == "train"]
+    later = [h for h in train if h["iteration"] > 1]
+    mean_ms = (lambda rows: 1000 * sum(h["overhead"] for h in rows) / len(rows) if rows else None)
+    return {
+        "workers_count": segments, "caching": caching, "wall_seconds": ended - started, "best_training_loss": best_loss,
+        "train_hops": len(train), "evaluate_calls": len(hops) - len(train),
+        "hop_overhead_ms": mean_ms(train), "hop_overhead_later_ms": mean_ms(later),
+        "evaluate_overhead_ms": mean_ms([h for h in hops if h["kind"] != "train"]),
+        "fit_seconds": sum(h["seconds"] for h in train),
+        "setup_seconds": min(h["started"] for h in hops) - started if hops else 0.0,
+        "teardown_seconds": ended - max(h["ended"] for h in hops) if hops else 0.0,
+        "workers": [worker_memory(segment, [h for h in hops if h["segment"] == segment and h["kind"] == "train"],
+                                  cache_bytes.get(segment, 0)) for segment in sorted(cache_bytes)],
+    }
+
+
+def worker_memory(segment: int, hops: list[dict], cache_bytes: int) -> dict:
+    """A worker's own peak (without shared buffers) and how much its own memory grew from the end of
+    iteration 1 to the end of the run (flat when it does not grow per hop)."""
+    hops = sorted(hops, key=lambda h: h["ended"])
+    measured = [h for h in hops if h["peak"] is not None]
+    peak = max((h["peak"] - h["shared"] for h in measured), default=None)
+    first = [h for h in measured if h["iteration"] == 1]
+    later = [h for h in measured if h["iteration"] > 1]
+    growth = (later[-1]["rss"] - later[-1]["shared"]) - (first[-1]["rss"] - first[-1]["shared"]) \
+        if first and later else None
+    return {"segment": segment, "peak_bytes": peak, "cache_bytes": cache_bytes, "growth_bytes": growth,
+            "hops_after_first": len(later)}
+
+
+def bench_workload(cluster, lib: str, workload: workloads.Workload, scale: float, threads: int) -> dict:
+    with cluster.connect() as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            prepare_data(cur, lib, workload, scale)
+            configs = prepare_configs(cur, lib, workload)
+            caches = {s: segment_cache_bytes(cur, f"{SCHEMA}.{workload.name}_packed_{s}", workload)
+                      for s in SEGMENT_COUNTS}
+    conn.close()
+    description = (f"{configs} configurations x {workload.iterations} iterations, {workload.size(scale)} examples "
+                   f"{workload.shape}, batch {workload.batch_size}, {threads} TF thread(s) per process")
+    say(f"{workload.name}: {description}")
+    say(f"  keras ...")
+    result = {"description": description, "keras": run_keras(cluster, workload, threads), "runs": {}}
+    say(f"  keras: {result['keras']['seconds']:.2f} s")
+    for segments in SEGMENT_COUNTS:
+        for caching in (True, False):
+            label = report.variant(segments, caching)
+            run = run_ours(cluster, lib, workload, segments, caching, threads, caches[segments])
+            result["runs"][label] = run
+            say(f"  {label}: {run['wall_seconds']:.2f} s")
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies the examples of every workload")
+    parser.add_argument("--workloads", default="small,compute", help="comma-separated: small, compute")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TF threads of every process (default: CPUs / 2, at least 1: one per worker at S=2)")
+    parser.add_argument("--json", default=str(HERE / "results" / "latest.json"), help="where the results go")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
+    unknown = [n for n in names if n not in workloads.WORKLOADS]
+    if unknown or not names or args.scale <= 0:
+        parser.error(f"--workloads: expected names from {sorted(workloads.WORKLOADS)}, got {args.workloads!r}"
+                     if unknown or not names else f"--scale: expected a positive number, got {args.scale}")
+    from madlib_dl import settings
+    from madlib_dl.tools.cluster import EXTENSION_QUERY, Cluster
+
+    threads = args.threads or max(1, settings.cpu_count() // 2)
+    cluster = Cluster.from_environment()
+    cluster.start()
+    with cluster.connect() as conn, conn.cursor() as cur:
+        cur.execute(EXTENSION_QUERY)
+        lib = cur.fetchone()[1]
+    conn.close()
+    started = time.monotonic()
+    results = {name: bench_workload(cluster, lib, workloads.WORKLOADS[name], args.scale, threads) for name in names}
+    found = report.targets(results)
+    say("")
+    for name, workload in results.items():
+        say(report.table(name, workload) + "\n")
+    say(report.verdicts(found))
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"scale": args.scale, "threads": threads, "cpus": settings.cpu_count(),
+                                "seconds": time.monotonic() - started, "workloads": results,
+                                "targets": [t.as_dict() for t in found]}, indent=1))
+    say(f"\nresults: {path} ({time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
