@@ -1,7 +1,8 @@
 """The limit `make bench` compares against: plain Keras in one Python process, training each
 configuration of an mst table sequentially for the same number of epochs over the same examples (read
 from the packed table, so they are exactly the examples the workers train on), with a fixed TF thread
-count (that of one worker), then evaluating it on those examples as the run's final metrics do.
+count (that of one worker), then evaluating it on those examples as the run's final metrics do. Mode 'keras' uses Keras' fit and
+evaluate; mode 'loop' the training loop a hop runs, to tell the loop's gain from the database's cost.
 
 Run as a separate process (`python bench/baseline.py CONFIG.json`) so that its thread settings are
 fixed before TensorFlow starts and its peak memory is its own. Prints one JSON object on stdout.
@@ -34,7 +35,30 @@ def configurations(cur, mst_table: str, arch_table: str) -> list[tuple]:
     return cur.fetchall()
 
 
-def train_all(configs, x, y, iterations: int, seed: int) -> list[dict]:
+def _keras_fit(model, x, y, fit, iterations: int) -> float:
+    """Plain Keras: one fit for all epochs, then evaluate."""
+    kwargs = fit.keras_kwargs()
+    kwargs["epochs"] = fit.epochs * iterations
+    model.fit(x, y, **kwargs)
+    loss = model.evaluate(x, y, batch_size=256, verbose=0)
+    return float(loss[0] if isinstance(loss, list) else loss)
+
+
+def _same_loop(model, x, y, fit, iterations: int) -> float:
+    """The loop a hop runs (madlib_dl.keras_runtime.training_loop), in this one process: what is left
+    between it and the database run is the database's own cost (sessions, hops, transfers)."""
+    from madlib_dl.keras_runtime import training_loop
+
+    loop = training_loop.loop_for(model)
+    x, y = training_loop.as_tensors(x, y)
+    training_loop.train(loop, x, y, fit.batch_size or 32, fit.epochs * iterations, fit.shuffle, 0)
+    return training_loop.evaluate(loop, x, y, 256)[0]
+
+
+MODES = {"keras": _keras_fit, "loop": _same_loop}
+
+
+def train_all(configs, x, y, iterations: int, seed: int, mode: str) -> list[dict]:
     from madlib_dl.keras_runtime import builder, params, tf_setup
 
     keras = tf_setup.keras()
@@ -44,12 +68,8 @@ def train_all(configs, x, y, iterations: int, seed: int) -> list[dict]:
         keras.utils.set_random_seed(seed + mst_key)
         model = builder.model_from_json(model_arch)
         builder.compile_model(model, params.parse_compile_params(compile_params))
-        fit = params.parse_fit_params(fit_params).keras_kwargs()
-        fit["epochs"] = fit.get("epochs", 1) * iterations
-        model.fit(x, y, **fit)
-        loss = model.evaluate(x, y, batch_size=256, verbose=0)
-        results.append({"mst_key": mst_key, "seconds": time.perf_counter() - started,
-                        "loss": float(loss[0] if isinstance(loss, list) else loss)})
+        loss = MODES[mode](model, x, y, params.parse_fit_params(fit_params), iterations)
+        results.append({"mst_key": mst_key, "seconds": time.perf_counter() - started, "loss": loss})
     return results
 
 
@@ -66,12 +86,12 @@ def main(config_path: str) -> None:
         configs = configurations(cur, config["mst_table"], config["arch_table"])
     conn.close()
     started = time.perf_counter()
-    results = train_all(configs, x, y, config["iterations"], config.get("seed", 0))
+    results = train_all(configs, x, y, config["iterations"], config.get("seed", 0), config["mode"])
     seconds = time.perf_counter() - started
     memory = process_memory.current()
     json.dump({"seconds": seconds, "configs": results, "examples": int(x.shape[0]),
                "data_bytes": int(x.nbytes + y.nbytes), "peak_bytes": memory.own_peak if memory else None,
-               "threads": config["threads"]}, sys.stdout)
+               "threads": config["threads"], "mode": config["mode"]}, sys.stdout)
 
 
 if __name__ == "__main__":

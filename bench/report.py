@@ -128,6 +128,10 @@ def table(name: str, workload: dict) -> str:
     peak = keras.get("peak_bytes")
     lines = [f"{name}: {workload['description']}", header,
              f"  {'keras, 1 process':<18}{keras['seconds']:>9.2f}{'':>52}{_fmt(peak and peak / MIB, '.0f'):>16}"]
+    loop = workload.get("loop")
+    if loop:
+        lines.append(f"  {'our loop, 1 proc.':<18}{loop['seconds']:>9.2f}{'':>52}"
+                     f"{_fmt(loop.get('peak_bytes') and loop['peak_bytes'] / MIB, '.0f'):>16}")
     for label, run in sorted(workload["runs"].items()):
         limit = limit_seconds(keras["seconds"], run["workers_count"])
         peaks = [w["peak_bytes"] for w in run["workers"] if w["peak_bytes"] is not None]
@@ -138,6 +142,10 @@ def table(name: str, workload: dict) -> str:
             f"{run['fit_seconds']:>9.2f}{run['setup_seconds']:>8.2f}{run['teardown_seconds']:>7.2f}"
             f"{_fmt(max(peaks) / MIB if peaks else None, '.0f'):>16}"
             f"{_fmt(max(growths) / MIB if growths else None, '.1f'):>11}")
+    if loop:
+        lines.append("  vs our loop in one process (the database's own cost): " + ", ".join(
+            f"{label} {run['wall_seconds'] / limit_seconds(loop['seconds'], run['workers_count']):.2f}x"
+            for label, run in sorted(workload["runs"].items())))
     return "\n".join(lines)
 
 

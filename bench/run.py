@@ -104,8 +104,8 @@ def segment_cache_bytes(cur, packed: str, workload: workloads.Workload) -> dict[
 # ---------------------------------------------------------------------------------------------------
 # The runs
 
-def run_keras(cluster, workload: workloads.Workload, threads: int) -> dict:
-    config = {"dsn": cluster.dsn(), "threads": threads, "iterations": workload.iterations,
+def run_keras(cluster, workload: workloads.Workload, threads: int, mode: str = "keras") -> dict:
+    config = {"dsn": cluster.dsn(), "threads": threads, "mode": mode, "iterations": workload.iterations,
               "source_table": f"{SCHEMA}.{workload.name}_packed_1", "mst_table": f"{SCHEMA}.{workload.name}_mst",
               "arch_table": f"{SCHEMA}.{workload.name}_arch"}
     with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
@@ -188,9 +188,10 @@ def bench_workload(cluster, lib: str, workload: workloads.Workload, scale: float
     description = (f"{configs} configurations x {workload.iterations} iterations, {workload.size(scale)} examples "
                    f"{workload.shape}, batch {workload.batch_size}, {threads} TF thread(s) per process")
     say(f"{workload.name}: {description}")
-    say(f"  keras ...")
-    result = {"description": description, "keras": run_keras(cluster, workload, threads), "runs": {}}
-    say(f"  keras: {result['keras']['seconds']:.2f} s")
+    result = {"description": description, "runs": {}}
+    for mode in ("keras", "loop"):
+        result[mode] = run_keras(cluster, workload, threads, mode)
+        say(f"  {mode}: {result[mode]['seconds']:.2f} s")
     for segments in SEGMENT_COUNTS:
         for caching in (True, False):
             label = report.variant(segments, caching)

@@ -18,7 +18,8 @@ import numpy as np
 
 from madlib_dl import db
 from madlib_dl.errors import InvalidArgument
-from madlib_dl.keras_runtime import builder, interrupts, model_state, params, tf_setup, training_loop
+from madlib_dl.keras_runtime import (builder, interrupts, model_state, params, serialization, tf_setup,
+                                     training_loop)
 from madlib_dl.preprocess import packing
 from madlib_dl.segment import process_memory
 from madlib_dl.segment import store as stores
@@ -188,7 +189,7 @@ def fit_final(gd, state) -> dict | None:
     store, pending, data, entry = prepared
     call: FitCall = pending.call
     _load_state(entry, call)
-    tf_setup.keras().utils.set_random_seed(call.seed)  # layers' own randomness (dropout), as in fit
+    training_loop.seed_layers(entry.model, call.seed)
     fit = params.parse_fit_params(call.fit_params)
     started, clock = time.time(), time.perf_counter()
     loss = train(entry, data, fit, call.seed)
@@ -265,6 +266,8 @@ def release(gd, run_id: str | None) -> bool:
 
 
 @db.sql_function
-def model_weight_bytes(model_arch: str) -> int:
-    """Bytes of the model's weights as float32 (for the memory check before the first hop)."""
-    return 4 * int(builder.model_from_json(model_arch).count_params())
+def initial_model_weights(model_arch: str, seed: int) -> bytes:
+    """The weights a run starts the model from: the same architecture and seed give the same weights.
+    Computed once per model (by the driver, before the first hop): seeding resets TensorFlow's global
+    seed, which clears its kernel caches, so doing it in a worker mid-run slows every traced loop's next call."""
+    return serialization.serialize_weights(initial_weights(model_arch, seed))

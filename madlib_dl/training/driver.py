@@ -79,24 +79,28 @@ def train(db, spec: RunSpec) -> RunResult:
     set_name = _application_name(db)
     executor = workers.open_executor(db, spec.run_id, spec.schema, tables, devices, "madlib_dl fit_multiple")
     try:
-        _check_memory(db, spec, executor)
-        return Driver(db, spec, executor, set_name).run()
+        initial = _initial_weights(db, spec, executor)
+        _check_memory(db, spec, initial)
+        return Driver(db, spec, executor, set_name, initial).run()
     finally:
         set_name(None)
         workers.close(db, executor, spec.schema, spec.run_id)
 
 
-def _check_memory(db, spec: RunSpec, executor) -> None:
-    sizes = {}
-    for model in spec.models:
-        if model.weights is not None:
-            sizes[model.model_id] = len(model.weights)
-        elif model.model_id not in sizes:
-            call = segment_calls.weight_bytes_call(db, spec.schema, executor.segments[0], model.model_arch)
-            sizes[model.model_id] = int(workers.run_on_each(executor, [call])[call.segment])
+def _initial_weights(db, spec: RunSpec, executor) -> dict[int, bytes]:
+    """Seeded initial weights of every model_id that does not bring its own (transfer learning, warm
+    start), computed once, on the first worker, before any hop."""
+    calls = {m.model_id: segment_calls.initial_weights_call(db, spec.schema, executor.segments[0], m.model_arch,
+                                                            derive_seed(spec.seed, m.model_id), m.model_id)
+             for m in spec.models if m.weights is None}
+    return {c.call.tag: bytes(c.row["weights"]) for c in workers.run_calls(executor, list(calls.values()))}
+
+
+def _check_memory(db, spec: RunSpec, initial: dict[int, bytes]) -> None:
+    sizes = [len(m.weights if m.weights is not None else initial[m.model_id]) for m in spec.models]
     training = {k: s.cache_bytes for k, s in spec.source.segments.items()}
     validation = {k: s.cache_bytes for k, s in spec.validation.segments.items()} if spec.validation else {}
-    estimate = memory.estimate(training, validation, [sizes[m.model_id] for m in spec.models], spec.use_caching)
+    estimate = memory.estimate(training, validation, sizes, spec.use_caching)
     memory.check(estimate, settings.read(db, settings.MEMORY_BUDGET_MB) << 20)
 
 
@@ -113,9 +117,10 @@ def _application_name(db):
 
 
 class Driver:
-    def __init__(self, db, spec: RunSpec, executor, set_name):
+    def __init__(self, db, spec: RunSpec, executor, set_name, initial_weights: dict[int, bytes]):
         self.db, self.spec, self.executor, self.set_name = db, spec, executor, set_name
-        self.models = {m.mst_key: ModelProgress(m, m.weights, m.optimizer_state) for m in spec.models}
+        self.models = {m.mst_key: ModelProgress(m, m.weights if m.weights is not None else initial_weights[m.model_id],
+                                                m.optimizer_state) for m in spec.models}
         self.segments = sorted(spec.source.segments)
         self.cached: set = set()  # (kind, segment) whose examples the serving backend holds
         self.metrics_iters: list[int] = []

@@ -89,6 +89,6 @@ def release_call(db, schema: str, segment: int, run_id: str) -> SegmentCall:
                        (run_id,), ("text",))
 
 
-def weight_bytes_call(db, schema: str, segment: int, model_arch: str) -> SegmentCall:
-    return SegmentCall(segment, f"SELECT {db.quote_ident(schema)}.internal_model_weight_bytes($1) AS bytes",
-                       (model_arch,), ("text",))
+def initial_weights_call(db, schema: str, segment: int, model_arch: str, seed: int, model_id: int) -> SegmentCall:
+    return SegmentCall(segment, f"SELECT {db.quote_ident(schema)}.internal_model_initial_weights($1, $2) AS weights",
+                       (model_arch, seed), ("text", "bigint"), tag=model_id)

@@ -94,10 +94,13 @@ def test_check_runs_during_a_pass_and_its_error_stops_training():
     assert not np.allclose(reference.get_weights()[0], moved[0])  # ... but not all five epochs
 
 
-def test_dropout_follows_keras_seed():
+def test_seed_layers_makes_dropout_depend_on_the_seed_only():
     x, y = _data()
-    a, b = _model(dropout=True), _model(dropout=True)
-    for model in (a, b):
-        keras.utils.set_random_seed(5)
-        training_loop.train(training_loop.loop_for(model), x, y, batch_size=10, epochs=1, shuffle=True, seed=3)
+    a, b, c = _model(dropout=True), _model(dropout=True), _model(dropout=True)
+    for _ in range(3):
+        b(x, training=True)  # b's dropout has drawn masks before: its generator is elsewhere than a's
+    for model, seed in ((a, 5), (b, 5), (c, 6)):
+        training_loop.seed_layers(model, seed)
+        training_loop.train(training_loop.loop_for(model), x, y, batch_size=10, epochs=1, shuffle=False, seed=3)
     np.testing.assert_array_equal(a.get_weights()[0], b.get_weights()[0])
+    assert not np.allclose(a.get_weights()[0], c.get_weights()[0])  # other dropout masks
