@@ -5,13 +5,14 @@ MADLIB_DL_SCHEMA ?= madlib_dl
 CLI        := $(PYTHON) -m madlib_dl.tools.cli
 export MADLIB_DL_SCHEMA
 
-.PHONY: help setup install start stop status psql demo test test-unit clean
+.PHONY: help setup install start stop status psql demo test test-unit bench clean
 
 help:
 	@echo "make demo     set up, start the embedded cluster, train a model inside the database"
 	@echo "make test     set up, install, run every test suite"
 	@echo "make setup    apt packages, venv with pinned packages, madlib_dl (idempotent)"
 	@echo "make install  install the extension into the server (MADLIB_DL_SCHEMA=madlib for MADlib scripts)"
+	@echo "make bench    fit_multiple vs plain Keras, side by side (BENCH_ARGS='--scale 2 --workloads small')"
 	@echo "make start | stop | status | psql   the embedded cluster"
 
 setup:
@@ -40,6 +41,9 @@ test: install
 
 test-unit: setup
 	@$(PYTHON) -m pytest -p no:cacheprovider tests/unit
+
+bench: install
+	@$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 clean: stop
 	rm -rf .cluster build *.egg-info

@@ -39,7 +39,7 @@ class Workload:
 
 SMALL = Workload("small", (8, 8, 1), 16.0, iterations=10, learning_rates=(0.01, 0.003, 0.001), batch_size=32,
                  examples=1797)
-COMPUTE = Workload("compute", (32, 32, 3), 255.0, iterations=2, learning_rates=(0.003, 0.001), batch_size=64,
+COMPUTE = Workload("compute", (32, 32, 3), 255.0, iterations=4, learning_rates=(0.003, 0.001), batch_size=64,
                    examples=10000)
 WORKLOADS = {w.name: w for w in (SMALL, COMPUTE)}
 
@@ -77,4 +77,4 @@ def architectures(workload: Workload, keras) -> list[tuple[str, object]]:
         layers.Conv2D(filters, 3, activation="relu"), layers.MaxPooling2D(2),
         layers.Conv2D(2 * filters, 3, activation="relu"), layers.MaxPooling2D(2),
         layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dense(10, activation="softmax")],
-        name=f"cnn{filters}")) for filters in (8, 16)]
+        name=f"cnn{filters}")) for filters in (16, 32)]

@@ -1,0 +1,57 @@
+"""`make bench` end to end at a tiny size against the test cluster: every run happens (plain Keras, our
+loop, S=1/S=2 with and without caching, on worker sessions), the hop counts are those of the
+configurations, the instrumentation gives overheads and worker memory, and the report is complete."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import report  # noqa: E402
+import run  # noqa: E402
+import workloads  # noqa: E402
+
+TINY = dataclasses.replace(workloads.SMALL, iterations=2, learning_rates=(0.01,))
+
+
+@dataclasses.dataclass
+class TestDatabase:
+    """What bench/run.py needs of the embedded cluster, pointed at the test server."""
+    server: object
+
+    def dsn(self) -> dict:
+        return self.server.dsn("bench")
+
+    def connect(self):
+        return self.server.connect("bench")
+
+
+def test_a_tiny_bench_runs_every_variant_and_reports_them(server):
+    with server.fresh_database("bench"):
+        database = TestDatabase(server)
+        result = run.bench_workload(database, "madlib_dl", TINY, scale=0.1, threads=1)
+        for reference in ("keras", "loop"):
+            assert result[reference]["seconds"] > 0 and result[reference]["examples"] == TINY.size(0.1)
+            assert result[reference]["peak_bytes"] > 100 * report.MIB  # TensorFlow is in there
+        assert sorted(result["runs"]) == sorted(report.variant(s, c) for s in (1, 2) for c in (True, False))
+        configs = 2  # two architectures x one learning rate
+        for label, measured in result["runs"].items():
+            segments = measured["workers_count"]
+            assert measured["train_hops"] == configs * TINY.iterations * segments, label
+            assert measured["evaluate_calls"] == configs * segments, label
+            assert 0 < measured["hop_overhead_ms"] < 5000 and measured["setup_seconds"] > 0, label
+            assert measured["wall_seconds"] > measured["fit_seconds"] / segments, label
+            assert [w["segment"] for w in measured["workers"]] == list(range(segments)), label
+            for worker in measured["workers"]:
+                assert worker["peak_bytes"] > 100 * report.MIB and worker["cache_bytes"] > 0, label
+                assert worker["growth_bytes"] is not None and worker["hops_after_first"] == configs, label
+        cache = sum(w["cache_bytes"] for w in result["runs"][report.variant(2, True)]["workers"])
+        assert cache == TINY.size(0.1) * (8 * 8 * 1 + 10) * 4  # features and one-hot labels as float32
+        found = report.targets({"small": result})
+        assert len(found) == 4 + 2 + 2 * (1 + 2)  # small-workload targets, never slower per S, memory per worker
+        assert all(t.measured is not None for t in found)
+        text = report.table("small", result) + report.verdicts(found)
+        assert "S=2 caching on" in text and "targets:" in text
