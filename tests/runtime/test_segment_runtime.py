@@ -116,3 +116,19 @@ def test_derived_seeds_are_stable_and_distinct():
     assert derive_seed(0, 1) == derive_seed(0, 1)
     assert len({derive_seed(0, k, i, s) for k in range(5) for i in range(5) for s in range(5)}) == 125
     assert 0 <= derive_seed(-5, 2**70) < 2**31
+
+
+@pytest.mark.parametrize("fit_params", ["batch_size=5, epochs=2, class_weight={0: 1.0, 1: 3.0, 2: 1.0}",
+                                        "batch_size=5, epochs=2, steps_per_epoch=2"])
+def test_fit_options_the_loop_lacks_train_through_keras_fit(fit_params):
+    """class_weight and steps_per_epoch go to Keras' fit: the hop trains and reports fit's loss."""
+    gd = {}
+    state = None
+    for (y, y_shape), (x, x_shape) in _buffers():
+        state = runtime.fit_transition(gd, state, y, x, y_shape, x_shape, "run_cw", 0, 1, _arch(), COMPILE, fit_params,
+                                       None, None, 7, 9, 20, False, False)
+    result = runtime.fit_final(gd, state)
+    assert np.isfinite(result["loss"]) and result["images"] == 20
+    start = runtime.initial_weights(_arch(), 7)
+    trained = serialization.deserialize_weights(result["model_weights"], [w.shape for w in start])
+    assert not np.allclose(trained[0], start[0])
