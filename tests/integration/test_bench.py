@@ -18,7 +18,7 @@ TINY = dataclasses.replace(workloads.SMALL, iterations=2, learning_rates=(0.01,)
 
 
 @dataclasses.dataclass
-class TestDatabase:
+class BenchDatabase:
     """What bench/run.py needs of the embedded cluster, pointed at the test server."""
     server: object
 
@@ -31,7 +31,7 @@ class TestDatabase:
 
 def test_a_tiny_bench_runs_every_variant_and_reports_them(server):
     with server.fresh_database("bench"):
-        database = TestDatabase(server)
+        database = BenchDatabase(server)
         result = run.bench_workload(database, "madlib_dl", TINY, scale=0.1, threads=1)
         for reference in ("keras", "loop"):
             assert result[reference]["seconds"] > 0 and result[reference]["examples"] == TINY.size(0.1)
