@@ -186,18 +186,21 @@ def _script_digest(version: str) -> str | None:
     return hashlib.sha256(script.read_bytes()).hexdigest()[:16] if script.exists() else None
 
 
+def _extension_comment(cur) -> str | None:
+    cur.execute("SELECT obj_description(oid, 'pg_extension') FROM pg_extension WHERE extname = 'madlib_dl'")
+    return cur.fetchone()[0]
+
+
 def _mark_script(cur, version: str) -> None:
     """Note in the extension's comment which install script created it, so that a `make install` of
     new code under the same version number is noticed (no update scripts during development)."""
     digest = _script_digest(version)
-    cur.execute("SELECT obj_description(oid, 'pg_extension') FROM pg_extension WHERE extname = 'madlib_dl'")
-    comment = (cur.fetchone()[0] or "madlib_dl").split(SCRIPT_MARK)[0]
+    comment = (_extension_comment(cur) or "madlib_dl").split(SCRIPT_MARK)[0]
     cur.execute("COMMENT ON EXTENSION madlib_dl IS %s", [f"{comment}{SCRIPT_MARK}{digest}]"])
 
 
 def _script_changed(cur, version: str) -> bool:
     """Whether the installed script differs from the one that created the database's extension."""
     digest = _script_digest(version)
-    cur.execute("SELECT obj_description(oid, 'pg_extension') FROM pg_extension WHERE extname = 'madlib_dl'")
-    comment = cur.fetchone()[0] or ""
+    comment = _extension_comment(cur) or ""
     return digest is not None and not comment.endswith(f"{SCRIPT_MARK}{digest}]")
