@@ -8,7 +8,9 @@ PostgreSQL's JIT (llvmjit, which loads the system's LLVM with RTLD_GLOBAL) and T
 carries its own LLVM) crash a backend with SIGSEGV when both load, in either order (measured on
 PostgreSQL 15 + TF 2.21), and a crashed backend makes the postmaster restart every session. Loading
 llvmjit first and TensorFlow with RTLD_DEEPBIND (its own LLVM symbols bind to its own copy) works in
-both directions, JIT queries and training alike; so inside a server llvmjit is loaded before TF.
+both directions, JIT queries and training alike; so inside a server llvmjit is loaded before TF. A
+worker session (opened by the driver with JIT off, running only the driver's statements) never loads
+llvmjit at all, and starts TensorFlow without the optional modules Keras would import for nothing.
 """
 
 from __future__ import annotations
@@ -59,23 +61,45 @@ def _load_postgres_jit_first() -> None:
         plpy.execute(plan, [old["jit"], old["cost"]])
 
 
-def _import_tensorflow() -> None:
+def _in_server_with_jit_off() -> bool:
+    try:
+        import plpy
+    except ImportError:
+        return False
+    return plpy.execute("SELECT current_setting('jit') = 'off' AS off")[0]["off"]
+
+
+# Imported by Keras only for its scikit-learn wrappers (keras.wrappers), which training never uses:
+# hidden while a worker imports TensorFlow, they cost ~0.3 s and ~60 MiB per worker (measured).
+WORKER_SKIPPED_MODULES = ("sklearn",)
+
+
+def _import_tensorflow(worker_session: bool) -> None:
     _environment()
-    _load_postgres_jit_first()
+    lean = worker_session and _in_server_with_jit_off()
+    if not lean:
+        _load_postgres_jit_first()
+    hidden = [m for m in WORKER_SKIPPED_MODULES if m not in sys.modules] if lean else []
+    for name in hidden:
+        sys.modules[name] = None  # makes ``import sklearn`` raise ImportError, which Keras handles
     flags = sys.getdlopenflags()
     sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
     try:
         import tensorflow  # noqa: F401
     finally:
         sys.setdlopenflags(flags)
+        for name in hidden:
+            sys.modules.pop(name, None)
 
 
-def keras(threads: int | None = None):
+def keras(threads: int | None = None, worker_session: bool = False):
     """The keras module, configured. ``threads`` sets TensorFlow's intra- and inter-op pools; it takes
-    effect only before this backend's first TensorFlow op, so a different count later is an error."""
+    effect only before this backend's first TensorFlow op, so a different count later is an error.
+    ``worker_session``: this backend is a worker session the driver opened; with its JIT off, TensorFlow
+    starts without loading llvmjit first (the session never runs a JIT query)."""
     global _threads
     if "tensorflow" not in sys.modules:
-        _import_tensorflow()
+        _import_tensorflow(worker_session)
     import keras as keras_module
     import tensorflow as tf
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from madlib_dl.keras_runtime import (builder, interrupts, model_state, params, s
 from madlib_dl.preprocess import packing
 from madlib_dl.segment import process_memory
 from madlib_dl.segment import store as stores
-from madlib_dl.segment.store import CompiledModel, Pending, RunStore, SegmentData
+from madlib_dl.segment.store import CompiledModel, ConfiguredModel, Pending, RunStore, SegmentData
 
 EVALUATE_BATCH_SIZE = 256  # results do not depend on it (up to float rounding); memory and speed do
 DEFAULT_BATCH_SIZE = 32    # Keras fit's default
@@ -115,15 +115,32 @@ def _release_segment(store: RunStore, segment: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Models kept per MST
 
-def _compiled(store: RunStore, mst_key: int, model_arch: str, compile_params: str) -> CompiledModel:
-    entry = store.models.get(mst_key)
-    if entry is None or entry.model_arch != model_arch or entry.compile_params != compile_params:
-        model = builder.model_from_json(model_arch)
-        builder.compile_model(model, params.parse_compile_params(compile_params))
-        entry = CompiledModel(model, training_loop.loop_for(model), [v.numpy() for v in model.optimizer.variables],
-                              model_arch, compile_params)
-        store.models[mst_key] = entry
+def _configured(store: RunStore, model_arch: str, compile_params: str) -> ConfiguredModel:
+    entry = store.configs.get((model_arch, compile_params))
+    if entry is None:
+        parsed = params.parse_compile_params(compile_params)
+        key = (model_arch, _without_learning_rate(parsed))
+        compiled = store.models.get(key)
+        if compiled is None:
+            model = builder.model_from_json(model_arch)
+            builder.compile_model(model, parsed)
+            compiled = store.models[key] = CompiledModel(model, training_loop.loop_for(model))
+            initial = [v.numpy() for v in model.optimizer.variables]
+        else:  # the shared optimizer holds another MST's state: take a fresh one's values
+            optimizer = builder.make_optimizer(parsed.optimizer)
+            optimizer.build(compiled.model.trainable_variables)
+            initial = [v.numpy() for v in optimizer.variables]
+        entry = store.configs[(model_arch, compile_params)] = ConfiguredModel(compiled, initial)
     return entry
+
+
+def _without_learning_rate(parsed: params.CompileParams) -> str:
+    """The compile parameters as a key, the learning rate left out when it is a number: it lives in an
+    optimizer variable (loaded with the state every hop), while other hyper-parameters are constants
+    in the traced graph."""
+    kwargs = {k: v for k, v in parsed.optimizer.kwargs.items()
+              if not (k == "learning_rate" and isinstance(v, (int, float)))}
+    return repr(replace(parsed, optimizer=replace(parsed.optimizer, kwargs=kwargs)))
 
 
 def initial_weights(model_arch: str, seed: int) -> list[np.ndarray]:
@@ -133,7 +150,7 @@ def initial_weights(model_arch: str, seed: int) -> list[np.ndarray]:
     return builder.model_from_json(model_arch).get_weights()
 
 
-def _load_state(entry: CompiledModel, call: FitCall) -> None:
+def _load_state(entry: ConfiguredModel, call: FitCall) -> None:
     if call.weights is None:
         entry.model.set_weights(initial_weights(call.model_arch, call.init_seed))
     else:
@@ -177,8 +194,7 @@ def _final_call(gd, state):
         return None
     store, pending = taken
     call = pending.call
-    return store, pending, _segment_data(store, pending), _compiled(store, call.mst_key, call.model_arch,
-                                                                      call.compile_params)
+    return store, pending, _segment_data(store, pending), _configured(store, call.model_arch, call.compile_params)
 
 
 @db.sql_function
@@ -201,7 +217,7 @@ def fit_final(gd, state) -> dict | None:
                    optimizer_state=state_out.optimizer_state, loss=_finite_or_nan(loss))
 
 
-def train(entry: CompiledModel, data: SegmentData, fit: params.FitParams, seed: int) -> float | None:
+def train(entry: ConfiguredModel, data: SegmentData, fit: params.FitParams, seed: int) -> float | None:
     """One hop's training: training_loop's passes, or Keras' fit for the options that loop does not
     have (class_weight, steps_per_epoch). Returns the last epoch's loss."""
     if fit.class_weight is not None or fit.steps_per_epoch is not None:
@@ -242,9 +258,10 @@ def evaluate_final(gd, state) -> dict | None:
 
 @db.sql_function
 def worker_init(gd, run_id: str, threads: int | None, cuda_visible_devices: str | None,
-                memory_limit_mib: int | None) -> int:
+                memory_limit_mib: int | None, worker_session: bool = False) -> int:
     """Set up this backend for a run before TensorFlow starts: which GPU it sees, its memory cap, its
-    thread count. Returns the backend's pid (the driver waits for it to end when the run ends)."""
+    thread count (``worker_session``: a session the driver opened, see tf_setup.keras). Returns the
+    backend's pid (the driver waits for it to end when the run ends)."""
     stores.release(gd)
     if cuda_visible_devices is not None:
         current = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -253,7 +270,7 @@ def worker_init(gd, run_id: str, threads: int | None, cuda_visible_devices: str 
                                   f"{current!r}; a worker needs a fresh session")
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
         os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # nvidia-smi's numbering, which placement uses
-    tf_setup.keras(threads=threads or None)
+    tf_setup.keras(threads=threads or None, worker_session=bool(worker_session))
     if memory_limit_mib:
         tf_setup.limit_gpu_memory(memory_limit_mib)
     stores.run_store(gd, run_id)

@@ -1,8 +1,12 @@
 """What a segment backend keeps between the statements of one run, in PL/Python's GD dictionary.
 
 * data: a segment's examples, decoded once (first hop) and reused by later hops when ``use_caching``;
-* models: one compiled Keras model per MST, reused across hops (rebuilding per hop costs ~10x per hop
-  and leaks memory in TF 2.21), so a hop only loads state into it;
+* models: compiled Keras models reused across hops (rebuilding per hop costs ~10x per hop and leaks
+  memory in TF 2.21), so a hop only loads its MST's state into one. Every hop loads the whole state
+  (weights and optimizer variables, the learning rate among them), so MSTs whose architecture and
+  compile parameters differ at most in the learning rate share one model and its traced loops: tracing
+  is most of a first hop's cost (~0.2 s for an MLP, ~0.5 s for a small CNN) and would otherwise be paid
+  once per MST in every worker;
 * pending: the call an aggregate is computing, filled by its transition and consumed by its final function.
 
 Everything is keyed by the run id: a store for another run is dropped, never served, so a later run in
@@ -37,9 +41,22 @@ class SegmentData:
 class CompiledModel:
     model: Any
     loop: Any  # training_loop.Loop: the model's traced training and evaluation loops
-    initial_optimizer: list  # optimizer variables right after build: a fresh optimizer's state
-    model_arch: str
-    compile_params: str
+
+
+@dataclass
+class ConfiguredModel:
+    """What a call with one (model_arch, compile_params) trains: a possibly shared compiled model and the
+    optimizer state a fresh optimizer of exactly these compile parameters starts from."""
+    compiled: CompiledModel
+    initial_optimizer: list
+
+    @property
+    def model(self):
+        return self.compiled.model
+
+    @property
+    def loop(self):
+        return self.compiled.loop
 
 
 @dataclass
@@ -54,7 +71,8 @@ class Pending:
 class RunStore:
     run_id: str
     data: dict = field(default_factory=dict)    # (kind, segment) -> SegmentData
-    models: dict = field(default_factory=dict)  # mst_key -> CompiledModel
+    models: dict = field(default_factory=dict)   # (model_arch, compile parameters but the learning rate) -> CompiledModel
+    configs: dict = field(default_factory=dict)  # (model_arch, compile_params) -> ConfiguredModel
     pending: Pending | None = None
 
 

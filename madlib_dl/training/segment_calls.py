@@ -76,12 +76,13 @@ def evaluate_call(db, schema: str, table: PackedTable, hop: EvaluateHop, worker_
     return SegmentCall(worker_segment, sql, args, _EVALUATE_TYPES, hop)
 
 
-def init_call(db, schema: str, segment: int, run_id: str, threads: int | None, device) -> SegmentCall:
-    """``device``: a placement.WorkerDevice."""
+def init_call(db, schema: str, segment: int, run_id: str, threads: int | None, device,
+              worker_session: bool = False) -> SegmentCall:
+    """``device``: a placement.WorkerDevice; ``worker_session``: a session the driver opened (JIT off)."""
     q = db.quote_ident
-    return SegmentCall(segment, f"SELECT {q(schema)}.internal_fit_worker_init($1, $2, $3, $4) AS pid",
-                       (run_id, threads, device.cuda_visible_devices, device.memory_limit_mib),
-                       ("text", "integer", "text", "integer"))
+    return SegmentCall(segment, f"SELECT {q(schema)}.internal_fit_worker_init($1, $2, $3, $4, $5) AS pid",
+                       (run_id, threads, device.cuda_visible_devices, device.memory_limit_mib, worker_session),
+                       ("text", "integer", "text", "integer", "boolean"))
 
 
 def release_call(db, schema: str, segment: int, run_id: str) -> SegmentCall:

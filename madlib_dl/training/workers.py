@@ -95,7 +95,7 @@ def _prepare(db, pool: WorkerPool, run_id, schema, tables, devices) -> None:
                                                      ("text",)) for s in segments])
     _check_same_data(db, pool, tables)
     threads = threads_per_worker(db, len(segments))
-    pool.pids = run_on_each(pool, [segment_calls.init_call(db, schema, s, run_id, threads, devices[i])
+    pool.pids = run_on_each(pool, [segment_calls.init_call(db, schema, s, run_id, threads, devices[i], True)
                                    for i, s in enumerate(segments)])
 
 

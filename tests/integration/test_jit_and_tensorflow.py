@@ -62,3 +62,33 @@ def test_a_backend_survives_jit_and_tensorflow(server, database, order):
             assert _jit_query(cur)
         cur.execute("SELECT 1")
         assert cur.fetchone()[0] == 1
+
+
+PROBE = ("CREATE FUNCTION pg_temp.loaded() RETURNS TEXT[] LANGUAGE plpython3u AS $$\n"
+         "import sys\n"
+         "maps = open('/proc/self/maps').read()\n"
+         "return [name for name, found in (('llvmjit', 'llvmjit' in maps), ('tensorflow', 'tensorflow' in sys.modules),\n"
+         "        ('sklearn', 'sklearn' in sys.modules)) if found]\n$$")
+
+
+def _init_and_probe(server, database, options: str, worker_session: bool) -> list[str]:
+    from madlib_dl.tools.cluster import autocommit_connection
+
+    with autocommit_connection(**server.dsn(database), options=options) as conn, conn.cursor() as cur:
+        cur.execute("SELECT madlib_dl.internal_fit_worker_init('probe', 1, NULL, NULL, %s)", [worker_session])
+        cur.execute(PROBE)
+        cur.execute("SELECT pg_temp.loaded()")
+        return sorted(cur.fetchone()[0])
+
+
+def test_a_worker_session_with_jit_off_starts_tensorflow_without_llvmjit_or_sklearn(server, database):
+    import importlib.util
+
+    with server.connect(database) as conn, conn.cursor() as cur:
+        if not _jit_available(cur):
+            pytest.skip("this server has no JIT provider (llvmjit)")
+    assert _init_and_probe(server, database, "-c jit=off", True) == ["tensorflow"]
+    # A user's session (or a worker whose conninfo turned JIT on) keeps the JIT-first order.
+    expected = sorted(["llvmjit", "tensorflow"] + (["sklearn"] if importlib.util.find_spec("sklearn") else []))
+    assert _init_and_probe(server, database, "-c jit=off", False) == expected
+    assert _init_and_probe(server, database, "-c jit=on", True) == expected

@@ -1,5 +1,6 @@
 """The segment runtime outside a server, with a plain dict as GD: hops train from the buffers or the
-cache, models are compiled once per MST, caches are keyed by run and released."""
+cache, compiled models are reused (shared by MSTs that differ only in learning rate), caches are keyed by
+run and released."""
 
 from __future__ import annotations
 
@@ -25,9 +26,12 @@ def client_side():
         yield
 
 
-def _arch():
-    keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")]).to_json()
+def _arch(activation="softmax"):
+    """The same text on every call for the same ``activation``, as a run passes the same model_arch every hop."""
+    return ('{"module": "keras", "class_name": "Sequential", "config": {"name": "seq", "layers": ['
+            '{"module": "keras.layers", "class_name": "InputLayer", "config": {"batch_shape": [null, 4], '
+            '"dtype": "float32", "name": "input"}}, {"module": "keras.layers", "class_name": "Dense", "config": '
+            f'{{"name": "dense", "units": 3, "activation": "{activation}"}}}}]}}}}')
 
 
 def _buffers(n=2, rows=10, seed=0):
@@ -40,10 +44,11 @@ def _buffers(n=2, rows=10, seed=0):
     return out
 
 
-def _hop(gd, run_id, buffers, weights=None, caching=True, final=False, images=20):
+def _hop(gd, run_id, buffers, weights=None, caching=True, final=False, images=20, compile_params=COMPILE,
+         optimizer_state=None, mst_key=1, arch=None):
     state = None
-    args = (run_id, 0, 1, _arch(), COMPILE, "batch_size=5, epochs=1, shuffle=False", weights, None, 7, 9, images,
-            caching, final)
+    args = (run_id, 0, mst_key, arch or _arch(), compile_params, "batch_size=5, epochs=1, shuffle=False", weights,
+            optimizer_state, 7, 9, images, caching, final)
     for (y, y_shape), (x, x_shape) in buffers or [((None, None), (None, None))]:
         state = runtime.fit_transition(gd, state, y, x, y_shape, x_shape, *args)
     return runtime.fit_final(gd, state)
@@ -61,6 +66,38 @@ def test_a_cached_hop_trains_like_a_hop_that_read_the_buffers():
     reread = _hop(plain, "run2", buffers, weights=reread["model_weights"], caching=False)
     assert reread["model_weights"] == again["model_weights"]
     assert len(gd[store.GD_KEY].models) == 1  # one compiled model reused across hops
+
+
+def test_msts_differing_only_in_learning_rate_share_one_compiled_model_and_train_as_if_alone():
+    buffers, slow = _buffers(), COMPILE.replace("0.01", "0.001")
+    shared = {}
+    fast_1 = _hop(shared, "run", buffers, compile_params=COMPILE, mst_key=1)
+    slow_1 = _hop(shared, "run", None, compile_params=slow, mst_key=2)  # fresh optimizer: its own rate
+    fast_2 = _hop(shared, "run", None, fast_1["model_weights"], compile_params=COMPILE,
+                  optimizer_state=fast_1["optimizer_state"], mst_key=1)
+    run_store = shared[store.GD_KEY]
+    assert len(run_store.models) == 1 and len(run_store.configs) == 2
+
+    alone_slow = _hop({}, "other", buffers, compile_params=slow, mst_key=2)
+    alone_fast = {}
+    first = _hop(alone_fast, "other", buffers, compile_params=COMPILE)
+    second = _hop(alone_fast, "other", None, first["model_weights"], compile_params=COMPILE,
+                  optimizer_state=first["optimizer_state"])
+    assert slow_1["model_weights"] == alone_slow["model_weights"] != fast_1["model_weights"]
+    assert slow_1["optimizer_state"] == alone_slow["optimizer_state"]
+    assert fast_2["model_weights"] == second["model_weights"]
+    rates = [serialization.deserialize_arrays(r["optimizer_state"])[1] for r in (fast_2, slow_1)]
+    assert np.isclose(rates[0], 0.01) and np.isclose(rates[1], 0.001)
+
+
+def test_other_architectures_and_optimizer_settings_get_their_own_compiled_model():
+    gd, buffers = {}, _buffers()
+    _hop(gd, "run", buffers)
+    _hop(gd, "run", None, arch=_arch("sigmoid"), mst_key=2)
+    _hop(gd, "run", None, compile_params=COMPILE.replace("0.01)", "0.01, beta_1=0.8)"), mst_key=3)
+    _hop(gd, "run", None, compile_params=COMPILE.replace("'Adam(learning_rate=0.01)'", "'SGD(learning_rate=0.01)'"),
+         mst_key=4)
+    assert len(gd[store.GD_KEY].models) == 4
 
 
 def test_the_cache_belongs_to_one_run_and_the_final_call_drops_it():
