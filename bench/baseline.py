@@ -6,7 +6,12 @@ evaluate; mode 'loop' the training loop a hop runs, to tell the loop's gain from
 
 Run as a separate process (`python bench/baseline.py CONFIG.json`) so that its thread settings are
 fixed before TensorFlow starts and its peak memory is its own. Prints one JSON object on stdout.
-Timing starts with the data in memory: loading them is not part of the limit."""
+Timing starts with the data in memory: loading them is not part of the limit.
+
+Two optional config keys let `make bench` run it as several concurrent processes (the machine's own
+ceiling for S processes): "part": [i, n] trains only configurations i, i+n, i+2n, ... in mst_key order;
+"barrier": true prints a line "ready" on stdout once the data are in memory and TensorFlow is set up,
+then waits for a line on stdin before starting its clock (the JSON object follows on the next line)."""
 
 from __future__ import annotations
 
@@ -85,13 +90,35 @@ def main(config_path: str) -> None:
         x, y = read_examples(cur, config["source_table"])
         configs = configurations(cur, config["mst_table"], config["arch_table"])
     conn.close()
-    started = time.perf_counter()
+    part = config.get("part")
+    if part:
+        configs = select_part(configs, *part)
+    if config.get("barrier"):
+        wait_for_go()
+    started_at = time.time()
+    started, cpu_started = time.perf_counter(), time.process_time()
     results = train_all(configs, x, y, config["iterations"], config.get("seed", 0), config["mode"])
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     memory = process_memory.current()
-    json.dump({"seconds": seconds, "configs": results, "examples": int(x.shape[0]),
+    json.dump({"seconds": seconds, "cpu_seconds": cpu_seconds, "configs": results, "examples": int(x.shape[0]),
                "data_bytes": int(x.nbytes + y.nbytes), "peak_bytes": memory.own_peak if memory else None,
-               "threads": config["threads"], "mode": config["mode"]}, sys.stdout)
+               "threads": config["threads"], "mode": config["mode"], "part": part, "started_at": started_at},
+              sys.stdout)
+
+
+def select_part(configs: list[tuple], index: int, count: int) -> list[tuple]:
+    """Configurations index, index + count, ... of those ordered by mst_key: process index of count."""
+    if not 0 <= index < count:
+        raise SystemExit(f"baseline: part {index} of {count} does not exist")
+    return sorted(configs, key=lambda c: c[0])[index::count]
+
+
+def wait_for_go() -> None:
+    """The start barrier: say ready (data in memory, TensorFlow set up), then wait for the parent's line."""
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    if not sys.stdin.readline():
+        raise SystemExit("baseline: stdin closed before the go signal")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """`make bench`: madlib_keras_fit_multiple_model side by side with plain Keras, on the embedded cluster.
 
 For each workload (bench/workloads.py) it runs, on the same packed data and the same configurations:
-plain Keras in one process (bench/baseline.py; the limit), then the SQL call with S=1 and S=2 worker
-sessions, caching on and off, each from a fresh psycopg2 session, every process with the same TF thread
-count. It prints a table per workload and the targets of issue 5 (bench/report.py), and writes every
-measurement to a JSON file. Tables live in the schema madlib_dl_bench and are kept between runs (data
-are re-made only when the workload or scale changes).
+plain Keras in one process (bench/baseline.py; the limit), plain Keras as two concurrent processes each
+training half of the configurations (the machine's own ceiling for S=2: two processes share its memory
+bandwidth and caches), then the SQL call with S=1 and S=2 worker sessions, caching on and off, each from
+a fresh psycopg2 session, every process with the same TF thread count. It prints a table per workload
+and the targets of issue 5 (bench/report.py), and writes every measurement to a JSON file. Tables live
+in the schema madlib_dl_bench and are kept between runs (data are re-made only when the workload or
+scale changes).
 
     .venv/bin/python bench/run.py [--scale 1] [--workloads small,compute] [--threads N] [--json PATH]
 """
@@ -104,18 +106,76 @@ def segment_cache_bytes(cur, packed: str, workload: workloads.Workload) -> dict[
 # ---------------------------------------------------------------------------------------------------
 # The runs
 
+def _keras_config(cluster, workload: workloads.Workload, threads: int, mode: str, **extra) -> dict:
+    return {"dsn": cluster.dsn(), "threads": threads, "mode": mode, "iterations": workload.iterations,
+            "source_table": f"{SCHEMA}.{workload.name}_packed_1", "mst_table": f"{SCHEMA}.{workload.name}_mst",
+            "arch_table": f"{SCHEMA}.{workload.name}_arch", **extra}
+
+
+def _baseline_command(config_path) -> tuple[list[str], dict]:
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    return [sys.executable, str(HERE / "baseline.py"), str(config_path)], env
+
+
 def run_keras(cluster, workload: workloads.Workload, threads: int, mode: str = "keras") -> dict:
-    config = {"dsn": cluster.dsn(), "threads": threads, "mode": mode, "iterations": workload.iterations,
-              "source_table": f"{SCHEMA}.{workload.name}_packed_1", "mst_table": f"{SCHEMA}.{workload.name}_mst",
-              "arch_table": f"{SCHEMA}.{workload.name}_arch"}
     with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
-        json.dump(config, file)
+        json.dump(_keras_config(cluster, workload, threads, mode), file)
         file.flush()
-        done = subprocess.run([sys.executable, str(HERE / "baseline.py"), file.name], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+        command, env = _baseline_command(file.name)
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"bench: the plain Keras run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout)
+
+
+def run_keras_processes(cluster, workload: workloads.Workload, threads: int, processes: int = 2) -> dict:
+    """Plain Keras (mode 'keras') as `processes` concurrent processes, process i training configurations
+    i, i + processes, ... in mst_key order, each with `threads` TF threads. Each loads its data and sets
+    up TensorFlow, says ready, and waits at a barrier; the parent then lets all go at once. As for the
+    single run, only training counts: the wall is the longest of the processes' own training times."""
+    children: list[tuple[subprocess.Popen, object]] = []
+
+    def failed(index: int, child: subprocess.Popen, errors, what: str) -> SystemExit:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        errors.seek(0)
+        return SystemExit(f"bench: plain Keras process {index} of {processes} {what}:\n{errors.read()[-3000:]}")
+
+    with tempfile.TemporaryDirectory(prefix="bench_keras_") as folder:
+        try:
+            for index in range(processes):
+                path = Path(folder) / f"config_{index}.json"
+                path.write_text(json.dumps(_keras_config(cluster, workload, threads, "keras",
+                                                         part=[index, processes], barrier=True)))
+                errors = open(Path(folder) / f"stderr_{index}", "w+")  # a file: a full pipe would block the child
+                command, env = _baseline_command(path)
+                children.append((subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                  stderr=errors, text=True, env=env), errors))
+            for index, (child, errors) in enumerate(children):
+                line = child.stdout.readline()
+                if line.strip() != "ready":
+                    raise failed(index, child, errors, f"did not get ready (said {line.strip()!r})")
+            go = time.perf_counter()
+            for child, _ in children:
+                child.stdin.write("go\n")
+                child.stdin.flush()
+            outputs = []
+            for index, (child, errors) in enumerate(children):
+                out, _ = child.communicate()
+                if child.returncode != 0:
+                    raise failed(index, child, errors, f"failed (exit status {child.returncode})")
+                outputs.append(json.loads(out))
+            parent_seconds = time.perf_counter() - go
+        finally:
+            for child, errors in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+                errors.close()
+    starts = [o["started_at"] for o in outputs]
+    return {"seconds": max(o["seconds"] for o in outputs), "parent_seconds": parent_seconds,
+            "start_skew_seconds": max(starts) - min(starts), "processes": outputs}
 
 
 def run_ours(cluster, lib: str, workload: workloads.Workload, segments: int, caching: bool, threads: int,
@@ -191,7 +251,11 @@ def bench_workload(cluster, lib: str, workload: workloads.Workload, scale: float
     result = {"description": description, "runs": {}}
     for mode in ("keras", "loop"):
         result[mode] = run_keras(cluster, workload, threads, mode)
-        say(f"  {mode}: {result[mode]['seconds']:.2f} s")
+        say(f"  {mode}: {result[mode]['seconds']:.2f} s (CPU {result[mode]['cpu_seconds']:.2f} s)")
+    two = result["keras_2proc"] = run_keras_processes(cluster, workload, threads, 2)
+    each = " and ".join(f"{p['seconds']:.2f} s (CPU {p['cpu_seconds']:.2f} s)" for p in two["processes"])
+    say(f"  keras, 2 processes: {two['seconds']:.2f} s: {each}, "
+        f"started {1000 * two['start_skew_seconds']:.0f} ms apart")
     for segments in SEGMENT_COUNTS:
         for caching in (True, False):
             label = report.variant(segments, caching)

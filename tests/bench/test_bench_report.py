@@ -22,10 +22,17 @@ def _run(workers, caching, wall, overhead=5.0, peak=700 * MIB, cache=1 * MIB, gr
                          "hops_after_first": 10} for s in range(workers)]}
 
 
-def _workload(keras, walls, **kw):
+def _workload(keras, walls, two=None, **kw):
+    """``two``: the per-process training seconds of plain Keras as two concurrent processes (none: an
+    older result without them)."""
     runs = {report.variant(s, c): _run(s, c, walls[(s, c)], **kw) for (s, c) in walls}
-    return {"description": "test", "keras": {"seconds": keras, "peak_bytes": 650 * MIB},
-            "loop": {"seconds": keras / 2, "peak_bytes": 640 * MIB}, "runs": runs}
+    result = {"description": "test", "keras": {"seconds": keras, "cpu_seconds": keras, "peak_bytes": 650 * MIB},
+              "loop": {"seconds": keras / 2, "peak_bytes": 640 * MIB}, "runs": runs}
+    if two is not None:
+        result["keras_2proc"] = {"seconds": max(two), "processes": [
+            {"seconds": seconds, "cpu_seconds": seconds / 2, "peak_bytes": (600 + i) * MIB, "part": [i, len(two)]}
+            for i, seconds in enumerate(two)]}
+    return result
 
 
 def _by_name(found):
@@ -103,3 +110,63 @@ def test_summarize_splits_hops_and_measures_memory_per_worker():
     assert worker["peak_bytes"] == 703 * MIB            # VmHWM minus shared buffers
     assert worker["growth_bytes"] == 2 * MIB            # own RSS after iteration 3 minus after iteration 1
     assert worker["hops_after_first"] == 2
+
+
+CEILING = "{}: keras 2 processes / (keras / 2) (the machine's own ceiling for S=2)"
+VERSUS_TWO = "{}, caching on, S=2: wall / keras 2 processes"
+
+
+def test_two_process_keras_gives_informational_lines_never_counted_as_met():
+    walls = {(1, True): 100.0, (1, False): 104.0, (2, True): 80.0, (2, False): 82.0}
+    found = report.targets({"compute": _workload(100.0, walls, two=(64.0, 60.0)),
+                            "small": _workload(10.0, walls={(1, True): 10.0, (1, False): 20.0, (2, True): 9.0,
+                                                            (2, False): 18.0}, two=(6.0, 7.5))})
+    by_name = _by_name(found)
+    assert by_name[CEILING.format("compute")].measured == pytest.approx(64.0 / 50.0)   # the slower process
+    assert by_name[CEILING.format("compute")].detail == ("2 processes 64.00 s, keras 1 process 100.00 s; "
+                                                         "CPU s 32.00 + 30.00 against 100.00")
+    assert by_name[VERSUS_TWO.format("compute")].measured == pytest.approx(80.0 / 64.0)
+    assert by_name[CEILING.format("small")].measured == pytest.approx(7.5 / 5.0)
+    assert by_name[VERSUS_TWO.format("small")].measured == pytest.approx(9.0 / 7.5)
+    info = [t for t in found if t.kind == "info"]
+    expected = [line.format(name) for line in (CEILING, VERSUS_TWO) for name in ("compute", "small")]
+    assert sorted(t.name for t in info) == sorted(expected)
+    assert all(t.met is None and t.as_dict()["met"] is None for t in info)
+    # the targets themselves are unchanged by the extra lines
+    assert by_name["compute, caching on, S=2: wall / (keras / 2)"].measured == pytest.approx(1.6)
+    assert by_name["compute, caching on, S=2: wall / (keras / 2)"].met is False
+    text = report.verdicts(found)
+    for target in info:
+        line = next(line for line in text.splitlines() if target.name in line)
+        assert line.startswith("  [        info] ") and f": {target.measured:.3g}" in line
+        assert "met" not in line.lower() and "<=" not in line and ">=" not in line
+    assert text.count("[        info]") == 4
+    assert text.count("NOT MET") == sum(t.met is False for t in found)
+
+
+def test_info_lines_are_skipped_for_results_without_two_process_keras():
+    walls = {(1, True): 100.0, (1, False): 104.0, (2, True): 55.0, (2, False): 58.0}
+    found = report.targets({"compute": _workload(100.0, walls), "small": _workload(10.0, walls)})
+    assert not [t for t in found if t.kind == "info" or "2 processes" in t.name]
+    assert "info" not in report.verdicts(found)
+    assert "keras, 2 procs" not in report.table("compute", _workload(100.0, walls))
+
+
+def test_info_line_without_an_s2_run_is_unmeasured_but_still_info():
+    result = _workload(10.0, {(1, True): 10.0, (1, False): 11.0}, two=(6.0, 6.0))
+    found = _by_name(report.targets({"small": result}))
+    assert found[CEILING.format("small")].measured == pytest.approx(1.2)
+    versus = found[VERSUS_TWO.format("small")]
+    assert versus.measured is None and versus.met is None
+    assert "[        info] " + VERSUS_TWO.format("small") + ": -" in report.verdicts([versus])
+
+
+def test_table_prints_two_process_keras_against_keras_divided_by_two():
+    walls = {(1, True): 10.0, (1, False): 12.0, (2, True): 6.0, (2, False): 7.0}
+    text = report.table("compute", _workload(10.0, walls, two=(6.5, 6.0)))
+    row = next(line for line in text.splitlines() if "keras, 2 procs" in line)
+    assert row.split()[3:] == ["6.50", "5.00", "1.30", "601"]  # wall, keras / 2, ratio, the larger process peak
+    lines = text.splitlines()
+    peak_column_end = lines[1].index("worker peak MiB") + len("worker peak MiB")
+    for line, peak in ((row, "601"), (lines[2], "650"), (next(l for l in lines if "our loop" in l), "640")):
+        assert line.endswith(peak) and len(line) == peak_column_end, line  # peaks in their column

@@ -1,6 +1,7 @@
-"""`make bench` end to end at a tiny size against the test cluster: every run happens (plain Keras, our
-loop, S=1/S=2 with and without caching, on worker sessions), the hop counts are those of the
-configurations, the instrumentation gives overheads and worker memory, and the report is complete."""
+"""`make bench` end to end at a tiny size against the test cluster: every run happens (plain Keras, plain
+Keras as two concurrent processes, our loop, S=1/S=2 with and without caching, on worker sessions), the
+hop counts are those of the configurations, the instrumentation gives overheads and worker memory, and
+the report is complete."""
 
 from __future__ import annotations
 
@@ -36,8 +37,16 @@ def test_a_tiny_bench_runs_every_variant_and_reports_them(server):
         for reference in ("keras", "loop"):
             assert result[reference]["seconds"] > 0 and result[reference]["examples"] == TINY.size(0.1)
             assert result[reference]["peak_bytes"] > 100 * report.MIB  # TensorFlow is in there
-        assert sorted(result["runs"]) == sorted(report.variant(s, c) for s in (1, 2) for c in (True, False))
         configs = 2  # two architectures x one learning rate
+        two = result["keras_2proc"]
+        assert two["seconds"] > 0 and len(two["processes"]) == 2
+        assert [p["part"] for p in two["processes"]] == [[0, 2], [1, 2]]
+        assert two["seconds"] == max(p["seconds"] for p in two["processes"])
+        assert sorted(c["mst_key"] for p in two["processes"] for c in p["configs"]) == \
+            sorted(c["mst_key"] for c in result["keras"]["configs"])  # each configuration once, split in two
+        assert all(len(p["configs"]) == configs // 2 and p["examples"] == TINY.size(0.1) for p in two["processes"])
+        assert 0 <= two["start_skew_seconds"] < 1.0  # they left the barrier together
+        assert sorted(result["runs"]) == sorted(report.variant(s, c) for s in (1, 2) for c in (True, False))
         for label, measured in result["runs"].items():
             segments = measured["workers_count"]
             assert measured["train_hops"] == configs * TINY.iterations * segments, label
@@ -51,7 +60,10 @@ def test_a_tiny_bench_runs_every_variant_and_reports_them(server):
         cache = sum(w["cache_bytes"] for w in result["runs"][report.variant(2, True)]["workers"])
         assert cache == TINY.size(0.1) * (8 * 8 * 1 + 10) * 4  # features and one-hot labels as float32
         found = report.targets({"small": result})
-        assert len(found) == 4 + 2 + 2 * (1 + 2)  # small-workload targets, never slower per S, memory per worker
+        # small-workload targets, never slower per S, memory per worker, and two informational lines against
+        # two-process Keras (the ceiling, our S=2 wall over it)
+        assert len(found) == 4 + 2 + 2 * (1 + 2) + 2
+        assert len([t for t in found if t.kind == "info"]) == 2
         assert all(t.measured is not None for t in found)
         text = report.table("small", result) + report.verdicts(found)
-        assert "S=2 caching on" in text and "targets:" in text
+        assert "S=2 caching on" in text and "keras, 2 procs" in text and "targets:" in text
