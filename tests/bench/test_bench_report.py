@@ -19,7 +19,7 @@ def _run(workers, caching, wall, overhead=5.0, peak=700 * MIB, cache=1 * MIB, gr
     return {"workers_count": workers, "caching": caching, "wall_seconds": wall, "hop_overhead_ms": overhead,
             "hop_overhead_later_ms": overhead, "fit_seconds": wall / 2, "setup_seconds": 1.0, "teardown_seconds": 0.1,
             "workers": [{"segment": s, "peak_bytes": peak, "cache_bytes": cache, "growth_bytes": growth,
-                         "hops_after_first": 10} for s in range(workers)]}
+                         "hops_measured": 10} for s in range(workers)]}
 
 
 def _workload(keras, walls, two=None, **kw):
@@ -109,7 +109,19 @@ def test_summarize_splits_hops_and_measures_memory_per_worker():
     worker = summary["workers"][0]
     assert worker["peak_bytes"] == 703 * MIB            # VmHWM minus shared buffers
     assert worker["growth_bytes"] == 2 * MIB            # own RSS after iteration 3 minus after iteration 1
-    assert worker["hops_after_first"] == 2
+    assert worker["hops_measured"] == 2 and worker["growth_from_iteration"] == 1
+
+
+def test_memory_growth_is_measured_over_the_second_half_of_the_iterations():
+    # warm-up in iterations 1-2 (+50 MiB), then +1 MiB per iteration: the second half sees only the latter
+    own = {1: 600, 2: 650, 3: 651, 4: 652, 5: 653, 6: 654}
+    hops = [{"kind": "train", "iteration": i, "segment": 0, "pid": 10, "started": 100.0 * i, "ended": 100.0 * i + 1,
+             "seconds": 1.0, "overhead": 0.0, "peak": 900 * MIB, "shared": 100 * MIB, "rss": (own[i] + 100) * MIB}
+            for i in own]
+    worker = run.worker_memory(0, hops, 5 * MIB)
+    assert worker["growth_from_iteration"] == 3 and worker["hops_measured"] == 3
+    assert worker["growth_bytes"] == 3 * MIB  # after iteration 6 minus after iteration 3
+    assert worker["peak_bytes"] == 800 * MIB
 
 
 CEILING = "{}: keras 2 processes / (keras / 2) (the machine's own ceiling for S=2)"

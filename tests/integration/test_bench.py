@@ -56,7 +56,7 @@ def test_a_tiny_bench_runs_every_variant_and_reports_them(server):
             assert [w["segment"] for w in measured["workers"]] == list(range(segments)), label
             for worker in measured["workers"]:
                 assert worker["peak_bytes"] > 100 * report.MIB and worker["cache_bytes"] > 0, label
-                assert worker["growth_bytes"] is not None and worker["hops_after_first"] == configs, label
+                assert worker["growth_bytes"] is not None and worker["hops_measured"] == configs, label
         cache = sum(w["cache_bytes"] for w in result["runs"][report.variant(2, True)]["workers"])
         assert cache == TINY.size(0.1) * (8 * 8 * 1 + 10) * 4  # features and one-hot labels as float32
         found = report.targets({"small": result})
