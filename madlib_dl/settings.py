@@ -36,9 +36,9 @@ SHUFFLE_SEED = Setting("madlib_dl.shuffle_seed", lambda: 0, -(2**63), 2**63 - 1,
                        "seed of the training preprocessor's shuffle (same seed and data: same packed table)")
 
 FIT_SEED = Setting("madlib_dl.fit_seed", lambda: 0, -(2**63), 2**63 - 1,
-                   "seed of fit_multiple's schedule, initial weights and Keras shuffling")
+                   "seed of fit_multiple's and fit's schedule, initial weights and Keras shuffling")
 WORKER_THREADS = Setting("madlib_dl.worker_threads", lambda: 0, 0, 1024,
-                         "TensorFlow threads per training worker; 0: the server's CPUs divided among the workers")
+                         "TensorFlow threads per training worker; 0: the server's CPUs divided among the workers training at once")
 
 
 def memory_default_mib() -> int:

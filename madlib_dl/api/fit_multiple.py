@@ -4,6 +4,9 @@ Hopper Parallelism, and last_fit_hops() to see how the last run went.
 Every argument is checked before the first hop: the packed tables, the mst table and its summary, the
 architectures against the data (input shape, class count), the parameter strings, the output names and
 the memory the run needs. The output tables are written at the end, in the calling transaction.
+
+The checks that madlib_keras_fit shares (iteration arguments, validation table, an architecture against
+the data, output names, the extension's schema) are the public functions here.
 """
 
 from __future__ import annotations
@@ -29,17 +32,17 @@ def fit_multiple_model(source_table, model_output_table, model_selection_table, 
                        validation_table, metrics_compute_frequency, warm_start, name, description,
                        use_caching) -> None:
     conn = db.current()
-    iterations = _num_iterations(num_iterations)
-    frequency = _frequency(metrics_compute_frequency, iterations)
+    iterations = num_iterations_argument(num_iterations)
+    frequency = frequency_argument(metrics_compute_frequency, iterations)
     warm_start = bool(warm_start)
     source = packed_tables.describe(conn, source_table, "source_table")
-    validation = _validation(conn, validation_table, source)
+    validation = validation_argument(conn, validation_table, source)
     mst, arch_table = _mst_tables(conn, model_selection_table)
     out = _outputs(conn, model_output_table, warm_start)
     models = _models(conn, mst, arch_table, source)
     if warm_start:
         models = _warm_start(conn, out, models)
-    spec = RunSpec(uuid.uuid4().hex, _extension_schema(conn), source, validation, tuple(models), iterations, frequency,
+    spec = RunSpec(uuid.uuid4().hex, extension_schema(conn), source, validation, tuple(models), iterations, frequency,
                    bool(use_caching), bool(use_gpus), settings.read(conn, settings.FIT_SEED))
     result = driver.train(conn, spec)
     if warm_start:
@@ -54,13 +57,13 @@ def fit_multiple_model(source_table, model_output_table, model_selection_table, 
 # ---------------------------------------------------------------------------------------------------
 # Scalar arguments
 
-def _num_iterations(value) -> int:
+def num_iterations_argument(value) -> int:
     if value is None or value < 1:
         raise InvalidArgument(f"num_iterations: expected an integer of at least 1, got {'NULL' if value is None else value}")
     return int(value)
 
 
-def _frequency(value, iterations: int) -> int:
+def frequency_argument(value, iterations: int) -> int:
     if value is None:
         return iterations
     if not 1 <= value <= iterations:
@@ -69,7 +72,7 @@ def _frequency(value, iterations: int) -> int:
     return int(value)
 
 
-def _extension_schema(conn) -> str:
+def extension_schema(conn) -> str:
     # the install script creates its own schema, so ask where its functions are (not pg_extension.extnamespace)
     rows = conn.execute("SELECT n.nspname AS schema FROM pg_extension e "
                         "JOIN pg_depend d ON d.refobjid = e.oid AND d.deptype = 'e' AND d.classid = 'pg_proc'::regclass "
@@ -83,7 +86,8 @@ def _extension_schema(conn) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Tables
 
-def _validation(conn, text, source: PackedTable) -> PackedTable | None:
+def validation_argument(conn, text, source: PackedTable) -> PackedTable | None:
+    """The validation table, packed for ``source`` (same classes, shape, normalizing_const, segments)."""
     if text is None or not text.strip():
         return None
     validation = packed_tables.describe(conn, text, "validation_table")
@@ -95,13 +99,13 @@ def _validation(conn, text, source: PackedTable) -> PackedTable | None:
     for what, found, expected in checks:
         if found != expected:
             raise InvalidArgument(
-                f"validation_table: its {what} {_show(found)} does not match source_table's {_show(expected)}; it was not "
+                f"validation_table: its {what} {show_value(found)} does not match source_table's {show_value(expected)}; it was not "
                 f"packed for {source.text!r} (use validation_preprocessor_dl(..., training_preprocessor_table => "
                 f"'{source.text}'))")
     return validation
 
 
-def _show(value) -> str:
+def show_value(value) -> str:
     return "NULL" if value is None else str(list(value) if isinstance(value, tuple) else value)
 
 
@@ -126,11 +130,17 @@ def _mst_tables(conn, text) -> tuple[TableName, TableName]:
     arch = identifiers.parse_table_name(arch_text, f"{argument} (model_arch_table in {summary})")
     if not identifiers.table_exists(conn, arch):
         raise ObjectMissing(f"{argument}: its summary names model architecture table {arch_text!r}, which does not exist")
-    missing = [c for c in ("model_id", "model_arch", "model_weights") if c not in catalog.columns(conn, arch)]
+    missing = missing_arch_columns(conn, arch)
     if missing:
         raise InvalidArgument(f"{argument}: its summary names {arch_text!r} as model architecture table, but that "
                               f"table has no column {', '.join(missing)} (make one with load_keras_model())")
     return mst, arch
+
+
+def missing_arch_columns(conn, arch: TableName) -> list[str]:
+    """The model architecture table's columns that training reads and ``arch`` lacks."""
+    present = catalog.columns(conn, arch)
+    return [c for c in ("model_id", "model_arch", "model_weights") if c not in present]
 
 
 def _outputs(conn, text, warm_start: bool) -> OutputTables:
@@ -142,7 +152,14 @@ def _outputs(conn, text, warm_start: bool) -> OutputTables:
     if len(info_name.encode()) > 63:
         raise InvalidArgument(f"{argument}: name {table.name!r} is too long: its info table would exceed 63 bytes")
     out = OutputTables(table, summary, TableName(table.schema, info_name), text)
-    for each in (out.model, out.summary, out.info):
+    check_outputs(conn, (out.model, out.summary, out.info), warm_start, argument)
+    return out
+
+
+def check_outputs(conn, tables, warm_start: bool, argument: str) -> None:
+    """Output tables must not exist yet, or, for a warm start, must all exist (``argument``: the output
+    name's argument, named in the error)."""
+    for each in tables:
         exists = identifiers.table_exists(conn, each)
         if warm_start and not exists:
             raise ObjectMissing(f"warm_start: TRUE but {str(each)!r} does not exist; warm start continues from the "
@@ -150,7 +167,6 @@ def _outputs(conn, text, warm_start: bool) -> OutputTables:
         if not warm_start and exists:
             raise ObjectExists(f"{argument}: table {str(each)!r} already exists; drop it, choose another name, or "
                                "continue training it with warm_start => TRUE")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -166,7 +182,7 @@ def _models(conn, mst: TableName, arch_table: TableName, source: PackedTable) ->
     for row in rows:
         where = f"model_selection_table: mst_key {row['mst_key']}"
         if row["model_id"] not in archs:
-            archs[row["model_id"]] = _architecture(conn, arch_table, row["model_id"], where, source)
+            archs[row["model_id"]] = architecture(conn, arch_table, row["model_id"], where, source)
         params.parse_compile_params(row["compile_params"], f"{where}: compile_params")
         params.parse_fit_params(row["fit_params"], f"{where}: fit_params")
         model_arch, weights = archs[row["model_id"]]
@@ -188,26 +204,23 @@ def _check_keys(mst: TableName, rows: list[dict]) -> None:
         raise InvalidArgument(f"model_selection_table: mst_key {missing_id[0]}: model_id is NULL")
 
 
-def _architecture(conn, arch_table: TableName, model_id, where: str, source: PackedTable):
+def architecture(conn, arch_table: TableName, model_id, where: str, source: PackedTable) -> tuple[str, bytes | None]:
+    """(model_arch, model_weights or None) of ``model_id``, whose input shape and class count must fit
+    ``source`` (errors start with ``where``)."""
     rows = conn.execute(f"SELECT model_arch::text AS model_arch, model_weights FROM {arch_table.sql(conn)} "
                         "WHERE model_id = $1", [model_id], ["integer"])
     if not rows:
         raise InvalidArgument(f"{where}: model_id {model_id} is not in model architecture table {arch_table}")
     info = arch_info.read(rows[0]["model_arch"])
     expected = tuple(source.feature_shape)
-    if len(info.input_shape) != len(expected) or any(d is not None and d != e
-                                                     for d, e in zip(info.input_shape, expected)):
-        raise InvalidArgument(f"{where}: model_id {model_id} expects input shape {_shape(info.input_shape)} but "
-                              f"source_table {source.text!r} holds examples of shape {_shape(expected)}")
+    if not arch_info.accepts(info.input_shape, expected):
+        raise InvalidArgument(f"{where}: model_id {model_id} expects input shape {arch_info.shape_text(info.input_shape)} but "
+                              f"source_table {source.text!r} holds examples of shape {arch_info.shape_text(expected)}")
     if info.num_classes != source.num_classes:
         raise InvalidArgument(f"{where}: model_id {model_id} has {info.num_classes} outputs but source_table "
                               f"{source.text!r} has {source.num_classes} classes")
     weights = rows[0]["model_weights"]
     return rows[0]["model_arch"], bytes(weights) if weights is not None else None
-
-
-def _shape(shape) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 def _warm_start(conn, out: OutputTables, models: list[ModelConfig]) -> list[ModelConfig]:

@@ -245,3 +245,13 @@ def _layer_named(model: dict, name: str, message: str) -> dict:
         if layer.get("name", _config(layer).get("name")) == name:
             return layer
     raise InvalidArgument(message)
+
+
+def shape_text(shape) -> str:
+    """A shape as Python writes a tuple, None for a free dimension: ``(8, 8, 1)``, ``(None, 4)``, ``(10,)``."""
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def accepts(input_shape, example_shape) -> bool:
+    """Whether a model with ``input_shape`` (None: any size) takes examples of ``example_shape``."""
+    return len(input_shape) == len(example_shape) and all(d is None or d == e for d, e in zip(input_shape, example_shape))

@@ -1,5 +1,6 @@
-"""The driver of a fit_multiple run: it wires the run spec to the scheduler, the executor, the metrics
-and the progress reports, and returns every model's final state and metric history.
+"""The driver of a training run (fit_multiple's models, or fit's one model): it wires the run spec to
+the scheduler, the executor, the metrics and the progress reports, and returns every model's final
+state and metric history.
 
 Model state (weights and optimizer state) comes back to the driver after every hop and goes out with
 the model's next hop, so any worker can take any model; the driver's memory holds one state per model.
@@ -12,13 +13,13 @@ import time
 from dataclasses import dataclass, field
 
 from madlib_dl import settings
+from madlib_dl.errors import InvalidArgument
 from madlib_dl.keras_runtime import gpus
 from madlib_dl.training import memory, placement, segment_calls, workers
 from madlib_dl.training.schedule import Hop, IterationScheduler
 from madlib_dl.training.segment_calls import EvaluateHop, TrainHop
 from madlib_dl.training.spec import ModelConfig, RunSpec, derive_seed
 
-NAME = "madlib_keras_fit_multiple_model"
 SERIES = {"train": "training", "validation": "validation"}  # evaluation kind -> name of its metric series
 
 
@@ -66,6 +67,14 @@ class RunResult:
 LAST_HOPS: list[HopRecord] = []  # the last run's hops in this session, for last_fit_hops()
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    use_caching: bool
+    # Evaluation visits the segments in turn as training does, so that one segment's examples at a
+    # time are in memory (a single model read from the table on every hop: madlib_keras_fit).
+    one_segment_at_a_time: bool = False
+
+
 def devices_for(spec: RunSpec) -> list[placement.WorkerDevice]:
     found = placement.parse_nvidia_smi_memory(gpus.nvidia_gpu_memory()) if spec.use_gpus else []
     return placement.place(len(spec.source.segments), found, spec.use_gpus)
@@ -77,11 +86,13 @@ def train(db, spec: RunSpec) -> RunResult:
     devices = devices_for(spec)
     tables = [spec.source] + ([spec.validation] if spec.validation else [])
     set_name = _application_name(db)
-    executor = workers.open_executor(db, spec.run_id, spec.schema, tables, devices, "madlib_dl fit_multiple")
+    busy = min(len(spec.models), len(spec.source.segments))
+    executor = workers.open_executor(db, spec.run_id, spec.schema, tables, devices, f"madlib_dl {spec.caller.label}",
+                                     busy)
     try:
         initial = _initial_weights(db, spec, executor)
-        _check_memory(db, spec, initial)
-        return Driver(db, spec, executor, set_name, initial).run()
+        plan = plan_memory(db, spec, initial)
+        return Driver(db, spec, executor, set_name, initial, plan).run()
     finally:
         set_name(None)
         workers.close(db, executor, spec.schema, spec.run_id)
@@ -96,12 +107,40 @@ def _initial_weights(db, spec: RunSpec, executor) -> dict[int, bytes]:
     return {c.call.tag: bytes(c.row["weights"]) for c in workers.run_calls(executor, list(calls.values()))}
 
 
-def _check_memory(db, spec: RunSpec, initial: dict[int, bytes]) -> None:
+def plan_memory(db, spec: RunSpec, initial: dict[int, bytes]) -> MemoryPlan:
+    """Refuse a run that does not fit madlib_dl.memory_budget_mb. With use_caching None (fit, whose
+    MADlib signature has no such argument) the run caches when the cached run fits, and otherwise
+    reads every hop's examples from the table with a NOTICE: one model trains on one segment at a time,
+    and evaluation then visits the segments in turn too, so the bound is the largest segment's
+    examples plus the model compiled in every worker."""
     sizes = [len(m.weights if m.weights is not None else initial[m.model_id]) for m in spec.models]
     training = {k: s.cache_bytes for k, s in spec.source.segments.items()}
     validation = {k: s.cache_bytes for k, s in spec.validation.segments.items()} if spec.validation else {}
-    estimate = memory.estimate(training, validation, sizes, spec.use_caching)
-    memory.check(estimate, settings.read(db, settings.MEMORY_BUDGET_MB) << 20)
+    budget = settings.read(db, settings.MEMORY_BUDGET_MB) << 20
+    estimate = memory.estimate(training, validation, sizes, spec.use_caching is not False)
+    if spec.use_caching is not None or estimate.total_bytes <= budget:
+        memory.check(estimate, budget)
+        return MemoryPlan(estimate.use_caching)
+    _check_one_segment(spec, estimate, budget)
+    setting, total = settings.MEMORY_BUDGET_MB.name, estimate.total_bytes
+    db.notice(f"{spec.caller.function}: caching the examples would need about {memory.format_bytes(total)} but "
+              f"{setting} is {budget >> 20} MiB, so every hop reads its segment's buffers from {spec.source.text} "
+              f"and evaluation visits one segment at a time (slower); SET {setting} = "
+              f"{memory.suggested_budget_mib(total)} to cache them")
+    return MemoryPlan(False, one_segment_at_a_time=True)
+
+
+def _check_one_segment(spec: RunSpec, estimate: memory.MemoryEstimate, budget: int) -> None:
+    workers_models = estimate.workers * estimate.model_bytes_per_worker
+    needed = estimate.largest_segment_bytes + workers_models
+    if needed <= budget:
+        return
+    size = memory.format_bytes
+    raise InvalidArgument(
+        f"memory: {spec.caller.function} needs about {size(needed)} even reading one segment at a time (largest "
+        f"segment {size(estimate.largest_segment_bytes)}; model {size(estimate.model_bytes_per_worker)} per worker x "
+        f"{estimate.workers} workers) but the memory budget {settings.MEMORY_BUDGET_MB.name} is {budget >> 20} MiB; "
+        f"raise it (SET {settings.MEMORY_BUDGET_MB.name} = {memory.suggested_budget_mib(needed)})")
 
 
 def _application_name(db):
@@ -117,8 +156,8 @@ def _application_name(db):
 
 
 class Driver:
-    def __init__(self, db, spec: RunSpec, executor, set_name, initial_weights: dict[int, bytes]):
-        self.db, self.spec, self.executor, self.set_name = db, spec, executor, set_name
+    def __init__(self, db, spec: RunSpec, executor, set_name, initial_weights: dict[int, bytes], plan: MemoryPlan):
+        self.db, self.spec, self.executor, self.set_name, self.plan = db, spec, executor, set_name, plan
         self.models = {m.mst_key: ModelProgress(m, m.weights if m.weights is not None else initial_weights[m.model_id],
                                                 m.optimizer_state) for m in spec.models}
         self.segments = sorted(spec.source.segments)
@@ -131,7 +170,7 @@ class Driver:
         started = datetime.datetime.now()
         clock = time.monotonic()
         for iteration in range(1, self.spec.num_iterations + 1):
-            progress = f"madlib_dl fit_multiple: iteration {iteration}/{self.spec.num_iterations}"
+            progress = f"madlib_dl {self.spec.caller.label}: iteration {iteration}/{self.spec.num_iterations}"
             self.set_name(progress)
             self.executor.set_progress(progress)
             begun = time.monotonic()
@@ -147,7 +186,10 @@ class Driver:
     # -- training ------------------------------------------------------------------------------------
 
     def _train_iteration(self, iteration: int) -> None:
-        scheduler = IterationScheduler(list(self.models), self.segments, iteration, self.spec.seed)
+        # Seeds and the schedule count iterations from the model's first run, so that a warm start
+        # continues exactly where the earlier run stopped (iteration_offset: fit's warm start).
+        offset = self.spec.iteration_offset
+        scheduler = IterationScheduler(list(self.models), self.segments, iteration + offset, self.spec.seed)
         free = list(self.segments)
         for progress in self.models.values():
             progress.hop_losses = []
@@ -157,7 +199,7 @@ class Driver:
                 self.executor.submit(self._fit_call(TrainHop(iteration, hop.model, hop.segment)))
             for completed in self.executor.wait():
                 hop = completed.call.tag
-                scheduler.finish(Hop(hop.mst_key, hop.segment, hop.iteration))
+                scheduler.finish(Hop(hop.mst_key, hop.segment, hop.iteration + offset))
                 free.append(hop.segment)
                 self._trained(completed)
 
@@ -167,12 +209,12 @@ class Driver:
         return segment_calls.fit_call(
             self.db, self.spec.schema, self.spec.source, hop, self.spec.run_id, model.config,
             (model.weights, model.optimizer_state), init_seed=derive_seed(self.spec.seed, model.config.model_id),
-            seed=derive_seed(self.spec.seed, hop.mst_key, hop.iteration, hop.segment),
-            use_caching=self.spec.use_caching, read_table=read, is_final_call=False)
+            seed=derive_seed(self.spec.seed, hop.mst_key, hop.iteration + self.spec.iteration_offset, hop.segment),
+            use_caching=self.plan.use_caching, read_table=read, is_final_call=False)
 
     def _reads(self, key) -> bool:
         """Whether this call must read the table; with caching only the first call per segment does."""
-        if not self.spec.use_caching:
+        if not self.plan.use_caching:
             return True
         if key in self.cached:
             return False
@@ -212,12 +254,16 @@ class Driver:
         segment_call_list = [
             segment_calls.evaluate_call(self.db, self.spec.schema, table, hop, worker, self.spec.run_id,
                                         self.models[hop.mst_key].config, self.models[hop.mst_key].weights,
-                                        self.spec.use_caching, self._reads((hop.kind, hop.segment)),
+                                        self.plan.use_caching, self._reads((hop.kind, hop.segment)),
                                         final and last[worker] == index)
             for index, (worker, hop, table) in enumerate(calls)]
+        if self.plan.one_segment_at_a_time:
+            completions = [c for call in segment_call_list for c in workers.run_calls(self.executor, [call])]
+        else:
+            completions = workers.run_calls(self.executor, segment_call_list)
         sums: dict = {}
         finished: dict = {}
-        for completed in workers.run_calls(self.executor, segment_call_list):
+        for completed in completions:
             hop, row = completed.call.tag, completed.row
             total = sums.setdefault((hop.kind, hop.mst_key), [0.0, 0.0, 0, row["metric"] is not None])
             total[0] += row["loss"] * row["images"]
@@ -237,26 +283,33 @@ class Driver:
 
     def _report(self, iteration: int, seconds: float, trained: float) -> None:
         evaluated = bool(self.metrics_iters) and self.metrics_iters[-1] == iteration
-        lines = []
+        lines, losses = [], {}
         for mst_key, model in sorted(self.models.items()):
             if evaluated:
-                loss = model.metrics["training_loss"][-1]
-                lines.append(_metrics_line(mst_key, model))
+                losses[mst_key] = model.metrics["training_loss"][-1]
+                lines.append(f"  mst_key={mst_key}: {_metrics_text(model)}")
             else:
                 images = sum(n for _, n in model.hop_losses)
-                loss = sum(l * n for l, n in model.hop_losses) / images if images else float("nan")
+                losses[mst_key] = sum(l * n for l, n in model.hop_losses) / images if images else float("nan")
+        head = (f"{self.spec.caller.function}: iteration {iteration}/{self.spec.num_iterations} took {seconds:.2f} s "
+                f"(training {trained:.2f} s, {self.executor.name}); ")
+        if self.spec.caller.one_model:
+            (model,) = self.models.values()
+            (loss,) = losses.values()
+            self.db.notice(head + (_metrics_text(model) if evaluated else
+                                   f"training loss={loss:.6g} (mean over this iteration's hops)"))
+            return
+        for mst_key, loss in losses.items():
             if loss == loss and (self.best is None or loss < self.best[0]):
                 self.best = (loss, mst_key)
         best = f"best training loss so far {self.best[0]:.6g} (mst_key {self.best[1]})" if self.best else \
             "no finite training loss yet"
-        head = (f"{NAME}: iteration {iteration}/{self.spec.num_iterations} took {seconds:.2f} s "
-                f"(training {trained:.2f} s, {self.executor.name}); {best}")
-        self.db.notice("\n".join([head] + lines))
+        self.db.notice("\n".join([head + best] + lines))
 
 
-def _metrics_line(mst_key: int, model: ModelProgress) -> str:
+def _metrics_text(model: ModelProgress) -> str:
     m = model.metrics
-    text = f"  mst_key={mst_key}: training loss={m['training_loss'][-1]:.6g}"
+    text = f"training loss={m['training_loss'][-1]:.6g}"
     if m["training_metric"][-1] is not None:
         text += f" metric={m['training_metric'][-1]:.6g}"
     if m["validation_loss"]:

@@ -39,15 +39,24 @@ def _write_models(db, out: OutputTables, result: RunResult) -> None:
                    ["integer", "bytea", "text", "integer", "bytea"])
 
 
+# A model's training history as MADlib's metric columns (fit_multiple's _info, fit's _summary), plus
+# our metrics_iters and validation_metrics_elapsed_time.
+HISTORY_TYPES = {
+    "metrics_elapsed_time": "DOUBLE PRECISION[]", "metrics_type": "TEXT[]", "loss_type": "TEXT",
+    "training_metrics_final": "DOUBLE PRECISION", "training_loss_final": "DOUBLE PRECISION",
+    "training_metrics": "DOUBLE PRECISION[]", "training_loss": "DOUBLE PRECISION[]",
+    "validation_metrics_final": "DOUBLE PRECISION", "validation_loss_final": "DOUBLE PRECISION",
+    "validation_metrics": "DOUBLE PRECISION[]", "validation_loss": "DOUBLE PRECISION[]",
+    "metrics_iters": "INTEGER[]", "validation_metrics_elapsed_time": "DOUBLE PRECISION[]",
+}
+
 _INFO_COLUMNS = (
     ("mst_key", "INTEGER PRIMARY KEY"), ("model_id", "INTEGER"), ("compile_params", "TEXT"), ("fit_params", "TEXT"),
-    ("model_type", "TEXT"), ("model_size", "DOUBLE PRECISION"), ("metrics_elapsed_time", "DOUBLE PRECISION[]"),
-    ("metrics_type", "TEXT[]"), ("loss_type", "TEXT"), ("training_metrics_final", "DOUBLE PRECISION"),
-    ("training_loss_final", "DOUBLE PRECISION"), ("training_metrics", "DOUBLE PRECISION[]"),
-    ("training_loss", "DOUBLE PRECISION[]"), ("validation_metrics_final", "DOUBLE PRECISION"),
-    ("validation_loss_final", "DOUBLE PRECISION"), ("validation_metrics", "DOUBLE PRECISION[]"),
-    ("validation_loss", "DOUBLE PRECISION[]"), ("metrics_iters", "INTEGER[]"),
-    ("validation_metrics_elapsed_time", "DOUBLE PRECISION[]"),
+    ("model_type", "TEXT"), ("model_size", "DOUBLE PRECISION"),
+    *((name, HISTORY_TYPES[name]) for name in (
+        "metrics_elapsed_time", "metrics_type", "loss_type", "training_metrics_final", "training_loss_final",
+        "training_metrics", "training_loss", "validation_metrics_final", "validation_loss_final",
+        "validation_metrics", "validation_loss", "metrics_iters", "validation_metrics_elapsed_time")),
 )
 
 
@@ -55,19 +64,34 @@ def _last(values):
     return values[-1] if values else None
 
 
-def _info_row(mst_key: int, model, metrics_iters: list[int]) -> list:
+def history_values(model, metrics_iters: list[int]) -> dict:
+    """The HISTORY_TYPES columns of a trained model (driver.ModelProgress): metric NULL when the
+    compile parameters have none, validation columns NULL without a validation table."""
     config, m = model.config, model.metrics
     compiled = keras_params.parse_compile_params(config.compile_params)
     has_metric = bool(compiled.metrics)
-    train_metric = m["training_metric"] if has_metric else None
-    valid_metric = m["validation_metric"] if has_metric and m["validation_loss"] else None
     validation = bool(m["validation_loss"])
-    return [mst_key, config.model_id, config.compile_params, config.fit_params, MODEL_TYPE,
-            len(model.weights) / 1024.0, m["training_elapsed"], list(compiled.metrics) or None, compiled.loss,
-            _last(train_metric or []), _last(m["training_loss"]), train_metric, m["training_loss"],
-            _last(valid_metric or []) if validation else None, _last(m["validation_loss"]) if validation else None,
-            valid_metric, m["validation_loss"] if validation else None, metrics_iters,
-            m["validation_elapsed"] if validation else None]
+    train_metric = m["training_metric"] if has_metric else None
+    valid_metric = m["validation_metric"] if has_metric and validation else None
+    return {
+        "metrics_elapsed_time": m["training_elapsed"], "metrics_type": list(compiled.metrics) or None,
+        "loss_type": compiled.loss, "training_metrics_final": _last(train_metric or []),
+        "training_loss_final": _last(m["training_loss"]), "training_metrics": train_metric,
+        "training_loss": m["training_loss"],
+        "validation_metrics_final": _last(valid_metric or []) if validation else None,
+        "validation_loss_final": _last(m["validation_loss"]) if validation else None,
+        "validation_metrics": valid_metric, "validation_loss": m["validation_loss"] if validation else None,
+        "metrics_iters": metrics_iters,
+        "validation_metrics_elapsed_time": m["validation_elapsed"] if validation else None,
+    }
+
+
+def _info_row(mst_key: int, model, metrics_iters: list[int]) -> list:
+    config = model.config
+    values = {"mst_key": mst_key, "model_id": config.model_id, "compile_params": config.compile_params,
+              "fit_params": config.fit_params, "model_type": MODEL_TYPE, "model_size": len(model.weights) / 1024.0,
+              **history_values(model, metrics_iters)}
+    return [values[name] for name, _ in _INFO_COLUMNS]
 
 
 def _write_info(db, out: OutputTables, result: RunResult) -> None:

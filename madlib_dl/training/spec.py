@@ -35,6 +35,18 @@ class OutputTables:
 
 
 @dataclass(frozen=True)
+class Caller:
+    """The SQL function a run serves, as its NOTICEs and pg_stat_activity name it."""
+    function: str            # 'madlib_keras_fit_multiple_model'
+    label: str               # application_name 'madlib_dl <label>: iteration i/n'
+    one_model: bool = False  # NOTICEs give the model's values without naming an mst_key
+
+
+FIT_MULTIPLE = Caller("madlib_keras_fit_multiple_model", "fit_multiple")
+FIT = Caller("madlib_keras_fit", "fit", one_model=True)
+
+
+@dataclass(frozen=True)
 class RunSpec:
     run_id: str
     schema: str                  # where the extension's functions live
@@ -43,9 +55,12 @@ class RunSpec:
     models: tuple[ModelConfig, ...]
     num_iterations: int
     metrics_compute_frequency: int
-    use_caching: bool
+    use_caching: bool | None     # None (one model: fit): cache when the run fits the memory budget, else
+                                 # read one segment at a time (driver.plan_memory)
     use_gpus: bool
     seed: int
+    caller: Caller = FIT_MULTIPLE
+    iteration_offset: int = 0    # iterations trained before (warm start): seeds continue after them
 
     def metrics_iteration(self, iteration: int) -> bool:
         return iteration % self.metrics_compute_frequency == 0 or iteration == self.num_iterations

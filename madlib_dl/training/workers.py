@@ -51,17 +51,20 @@ def threads_per_worker(db, workers: int) -> int:
     return configured or max(1, settings.cpu_count() // workers)
 
 
-def open_executor(db, run_id: str, schema: str, tables: list[PackedTable], devices, name: str):
-    """An executor with every worker set up (``devices``: one placement.WorkerDevice per segment)."""
+def open_executor(db, run_id: str, schema: str, tables: list[PackedTable], devices, name: str,
+                  busy_workers: int | None = None):
+    """An executor with every worker set up (``devices``: one placement.WorkerDevice per segment).
+    ``busy_workers``: how many workers train at once (fewer than the segments when there are fewer
+    models, e.g. madlib_keras_fit's one): the CPUs are shared among those, not among all workers."""
     mode = settings.read_choice(db, settings.EXECUTOR)
     segments = sorted(tables[0].segments)
     if mode != "in_process":
         try:
-            return _worker_pool(db, run_id, schema, tables, devices, name)
+            return _worker_pool(db, run_id, schema, tables, devices, name, busy_workers or len(segments))
         except WorkersUnusable as error:
             if mode == "workers":
                 raise InvalidArgument(f"setting madlib_dl.executor is 'workers' but {error}; {error.hint}") from None
-            db.notice(f"{name}: training runs in this session, one hop at a time, because {error}; {error.hint} "
+            db.notice(f"{name}: runs in this session, one segment at a time, because {error}; {error.hint} "
                       "(SET madlib_dl.executor = 'in_process' skips this attempt)")
     executor = InProcess(db, segments)
     # This session keeps the TensorFlow set-up it has (threads, devices): only the run's store is made.
@@ -70,7 +73,7 @@ def open_executor(db, run_id: str, schema: str, tables: list[PackedTable], devic
     return executor
 
 
-def _worker_pool(db, run_id, schema, tables, devices, name) -> WorkerPool:
+def _worker_pool(db, run_id, schema, tables, devices, name, busy_workers: int) -> WorkerPool:
     import psycopg2
 
     segments = sorted(tables[0].segments)
@@ -80,21 +83,21 @@ def _worker_pool(db, run_id, schema, tables, devices, name) -> WorkerPool:
     except psycopg2.Error as error:
         raise WorkersUnusable(f"worker sessions cannot connect ({_first_line(error)})") from None
     try:
-        _prepare(db, pool, run_id, schema, tables, devices)
+        _prepare(db, pool, run_id, schema, tables, devices, busy_workers)
     except BaseException:
         close(db, pool)
         raise
     return pool
 
 
-def _prepare(db, pool: WorkerPool, run_id, schema, tables, devices) -> None:
+def _prepare(db, pool: WorkerPool, run_id, schema, tables, devices, busy_workers: int) -> None:
     segments = pool.segments
     role = db.execute("SELECT current_user AS role, session_user AS login")[0]
     if role["role"] != role["login"]:  # act with the caller's current privileges, not the login role's
         run_on_each(pool, [segment_calls.SegmentCall(s, "SELECT set_config('role', $1, false) AS r", (role["role"],),
                                                      ("text",)) for s in segments])
     _check_same_data(db, pool, tables)
-    threads = threads_per_worker(db, len(segments))
+    threads = threads_per_worker(db, busy_workers)
     pool.pids = run_on_each(pool, [segment_calls.init_call(db, schema, s, run_id, threads, devices[i], True)
                                    for i, s in enumerate(segments)])
 

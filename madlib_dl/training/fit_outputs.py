@@ -1,0 +1,118 @@
+"""The two output tables of madlib_keras_fit, written in the calling transaction (so a failed or
+cancelled run leaves none), with MADlib's columns in MADlib's order, plus what MADlib lacks:
+
+* ``<model>.optimizer_state``: the optimizer's state (so warm start continues Adam's moments);
+* ``<model>_summary.validation_metrics_elapsed_time``: MADlib took one time per metrics iteration after
+  both evaluations; here ``metrics_elapsed_time`` is the training series and this one the validation's;
+* ``<model>_summary.total_iterations``: iterations trained in all, earlier runs continued by warm start
+  included (a warm start seeds its iterations after these);
+* ``num_classes`` is the class count of the data, as MADlib's fit writes it.
+
+The metric columns are fit_multiple's ``_info`` values (outputs.history_values), so both functions
+report a model the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from madlib_dl import __version__, catalog
+from madlib_dl.identifiers import TableName
+from madlib_dl.training import outputs
+from madlib_dl.training.driver import RunResult
+from madlib_dl.training.spec import RunSpec
+
+
+@dataclass(frozen=True)
+class FitOutputTables:
+    model: TableName
+    summary: TableName
+    text: str  # the model table's name as the caller wrote it
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """The caller's arguments as given, for the summary."""
+    source_table: str
+    model: str
+    model_arch_table: str
+    model_id: int
+    validation_table: str | None  # None when no validation table was given
+    name: str | None
+    description: str | None
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    value: object = None
+    copied: str | None = None  # an expression over the source summary ``s`` instead of a bound value
+
+
+def drop(db, out: FitOutputTables) -> None:
+    for table in (out.model, out.summary):
+        db.execute(f"DROP TABLE IF EXISTS {table.sql(db)}")
+
+
+def write(db, out: FitOutputTables, spec: RunSpec, result: RunResult, request: FitRequest) -> None:
+    (model,) = result.models.values()
+    table = out.model.sql(db)
+    db.execute(f"CREATE TABLE {table} (model_weights BYTEA, model_arch JSON, optimizer_state BYTEA)")
+    db.execute(f"INSERT INTO {table} VALUES ($1, $2::json, $3)",
+               [model.weights, model.config.model_arch, model.optimizer_state], ["bytea", "text", "bytea"])
+    _write_summary(db, out.summary, spec.source.summary, _summary_columns(db, spec, result, request))
+
+
+def _summary_columns(db, spec: RunSpec, result: RunResult, request: FitRequest) -> list[Column]:
+    (model,) = result.models.values()
+    source, config = spec.source, model.config
+    history = outputs.history_values(model, result.metrics_iters)
+
+    def metric(name: str) -> Column:
+        return Column(name, outputs.HISTORY_TYPES[name], history[name])
+
+    class_column = catalog.columns(db, source.summary).get(source.class_values_column)
+    q = db.quote_ident
+    return [
+        Column("source_table", "TEXT", request.source_table), Column("model", "TEXT", request.model),
+        Column("dependent_varname", "TEXT[]", [source.dependent]),
+        Column("independent_varname", "TEXT[]", [source.independent]),
+        Column("model_arch_table", "TEXT", request.model_arch_table), Column("model_id", "INTEGER", request.model_id),
+        Column("compile_params", "TEXT", config.compile_params), Column("fit_params", "TEXT", config.fit_params),
+        Column("num_iterations", "INTEGER", spec.num_iterations),
+        Column("validation_table", "TEXT", request.validation_table), Column("object_table", "TEXT", None),
+        Column("metrics_compute_frequency", "INTEGER", spec.metrics_compute_frequency),
+        Column("name", "TEXT", request.name), Column("description", "TEXT", request.description),
+        Column("model_type", "TEXT", outputs.MODEL_TYPE),
+        Column("model_size", "DOUBLE PRECISION", len(model.weights) / 1024.0),
+        Column("start_training_time", "TIMESTAMP", result.started),
+        Column("end_training_time", "TIMESTAMP", result.ended), metric("metrics_elapsed_time"),
+        Column("madlib_version", "TEXT", f"madlib_dl {__version__}"),
+        Column("num_classes", "INTEGER[]", [source.num_classes]),
+        Column("dependent_vartype", "TEXT[]", copied="s.dependent_vartype"),
+        Column("normalizing_const", "REAL", copied="s.normalizing_const"),
+        *[metric(name) for name in ("metrics_type", "loss_type", "training_metrics_final", "training_loss_final",
+                                    "training_metrics", "training_loss", "validation_metrics_final",
+                                    "validation_loss_final", "validation_metrics", "validation_loss",
+                                    "metrics_iters")],
+        # the class values keep the source summary's type (text[], integer[], boolean[]...); NULL for one-hot labels
+        Column(source.class_values_column, class_column.type if class_column else "TEXT[]",
+               copied=f"s.{q(source.class_values_column)}" if class_column else "NULL"),
+        metric("validation_metrics_elapsed_time"),
+        Column("total_iterations", "INTEGER", spec.iteration_offset + spec.num_iterations),
+    ]
+
+
+def _write_summary(db, summary: TableName, source_summary: TableName, columns: list[Column]) -> None:
+    """CREATE the summary, then one INSERT ... SELECT over the source summary: bound values as $n,
+    copied columns as their expressions."""
+    q = db.quote_ident
+    db.execute(f"CREATE TABLE {summary.sql(db)} ({', '.join(f'{q(c.name)} {c.type}' for c in columns)})")
+    select, bound = [], []
+    for column in columns:
+        if column.copied is None:
+            bound.append(column)
+        select.append(column.copied if column.copied is not None else f"${len(bound)}")
+    db.execute(f"INSERT INTO {summary.sql(db)} SELECT {', '.join(select)} FROM {source_summary.sql(db)} s",
+               [c.value for c in bound], [c.type.lower() for c in bound])
