@@ -1,0 +1,121 @@
+"""madlib_keras_evaluate(): loss and metric of one trained model on a packed test table.
+
+The model comes from the output of madlib_keras_fit (one model) or madlib_keras_fit_multiple_model
+(one per mst_key; trained_models reads both). Every argument is checked before anything runs: the
+model, the test table and whether its examples fit the model (shape, classes, class values,
+normalizing_const), the output name. The evaluation runs on the test table's segments in parallel
+(training/evaluation.py); the one-row output table is written at the end, in the calling transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+
+from madlib_dl import db, identifiers, packed_tables, trained_models
+from madlib_dl.api import help as help_topics
+from madlib_dl.api.fit_multiple import extension_schema, show_value
+from madlib_dl.errors import InvalidArgument
+from madlib_dl.identifiers import TableName
+from madlib_dl.keras_runtime import arch_info, params
+from madlib_dl.packed_tables import PackedTable
+from madlib_dl.trained_models import TrainedModel
+from madlib_dl.training import evaluation
+from madlib_dl.training.evaluation import Evaluation, EvaluationSpec
+
+NAME = "madlib_keras_evaluate"
+PACK_HINT = ("pack the test data with validation_preprocessor_dl(..., training_preprocessor_table => <the model's "
+             "training table>)")
+
+
+@db.sql_function
+def evaluate(model_table, test_table, output_table, use_gpus, mst_key) -> None:
+    conn = db.current()
+    model = trained_models.load(conn, model_table, mst_key)
+    compiled = params.parse_compile_params(model.compile_params, f"model_table: compile_params of {model.described}")
+    test = packed_tables.describe(conn, test_table, "test_table")
+    check_fits(model, test)
+    output = identifiers.output_table(conn, output_table, "output_table")
+    spec = EvaluationSpec(uuid.uuid4().hex, extension_schema(conn), test, model, bool(use_gpus))
+    result = evaluation.evaluate(conn, spec)
+    write(conn, output, result, model, compiled)
+
+
+def check_fits(model: TrainedModel, test: PackedTable) -> None:
+    """The test table's examples must be what the model was trained on: its input shape and class count,
+    and, when both are known, the same class values (in the same order) and normalizing_const."""
+    try:
+        info = arch_info.read(model.model_arch)
+    except InvalidArgument as error:  # the stored architecture, not an argument the caller typed
+        raise InvalidArgument(f"model_table: the architecture of {model.described} cannot be read ({error})") from None
+    shape = tuple(test.feature_shape)
+    if not arch_info.accepts(info.input_shape, shape):
+        raise InvalidArgument(f"test_table: {test.text!r} holds examples of shape {arch_info.shape_text(shape)} but the model "
+                              f"{model.described} expects input shape {arch_info.shape_text(info.input_shape)}")
+    if info.num_classes != test.num_classes:
+        raise InvalidArgument(f"test_table: {test.text!r} has {test.num_classes} classes but the model "
+                              f"{model.described} has {info.num_classes} outputs")
+    if model.class_values is not None and test.class_values is not None and \
+            list(model.class_values) != list(test.class_values):
+        raise InvalidArgument(f"test_table: its class values {show_value(test.class_values)} differ from the model's "
+                              f"{show_value(model.class_values)} (labels would be read as other classes); {PACK_HINT}")
+    # Both were stored as REAL: compare them as such, so a value read back through double precision matches.
+    if np.float32(test.normalizing_const) != np.float32(model.normalizing_const):
+        raise InvalidArgument(f"test_table: {test.text!r} was packed with normalizing_const {test.normalizing_const:g} "
+                              f"but the model {model.described} was trained with {model.normalizing_const:g}; "
+                              f"{PACK_HINT}")
+
+
+def write(conn, table: TableName, result: Evaluation, model: TrainedModel, compiled: params.CompileParams) -> None:
+    """MADlib's one-row output; the model's recorded metric and loss names, else its compile parameters'."""
+    metrics_type = list(model.metrics_type) if model.metrics_type else (list(compiled.metrics) or None)
+    conn.execute(f"CREATE TABLE {table.sql(conn)} (loss DOUBLE PRECISION, metric DOUBLE PRECISION, "
+                 "metrics_type TEXT[], loss_type TEXT)")
+    conn.execute(f"INSERT INTO {table.sql(conn)} VALUES ($1, $2, $3, $4)",
+                 [result.loss, result.metric, metrics_type, model.loss_type or compiled.loss],
+                 ["double precision", "double precision", "text[]", "text"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Help
+
+SUMMARY = """madlib_keras_evaluate: loss and metric of a trained model on a packed test table, computed
+on the table's segments in parallel (one worker session per segment). The model comes from
+madlib_keras_fit (mst_key NULL) or madlib_keras_fit_multiple_model (choose it with mst_key).
+
+For arguments and examples: SELECT madlib_dl.madlib_keras_evaluate('usage');
+"""
+
+USAGE = """madlib_keras_evaluate(
+    model_table   VARCHAR,  -- output table of madlib_keras_fit or madlib_keras_fit_multiple_model
+                            -- (with its _summary, and _info for several models)
+    test_table    VARCHAR,  -- packed by training_preprocessor_dl or validation_preprocessor_dl; the same
+                            -- example shape, classes and normalizing_const as the model's training data
+    output_table  VARCHAR,  -- created; must not exist
+    use_gpus      BOOLEAN,  -- DEFAULT FALSE (NULL); one GPU per worker; an error when the server has none
+    mst_key       INTEGER   -- DEFAULT NULL; the model of a fit_multiple output table (required there,
+                            -- NULL for a madlib_keras_fit table)
+) RETURNS VOID
+
+Overloads: (model_table, test_table, output_table [, use_gpus [, mst_key]]).
+
+Output table (one row):
+    loss          DOUBLE PRECISION  -- mean over the test examples
+    metric        DOUBLE PRECISION  -- the compiled metric's mean; NULL when the model has none
+    metrics_type  TEXT[]            -- e.g. {accuracy}
+    loss_type     TEXT              -- e.g. categorical_crossentropy
+
+Settings (SET ...): madlib_dl.executor ('auto' | 'workers' | 'in_process'), madlib_dl.worker_conninfo,
+madlib_dl.worker_threads.
+
+Example:
+    SELECT madlib_dl.madlib_keras_evaluate('models', 'digits_test_packed', 'eval_best', FALSE,
+        (SELECT mst_key FROM models_info ORDER BY validation_metrics_final DESC LIMIT 1));
+    SELECT * FROM eval_best;
+"""
+
+
+@db.sql_function
+def evaluate_help(message=None) -> str:
+    return help_topics.answer(NAME, message, SUMMARY, USAGE)
