@@ -112,5 +112,8 @@ def test_demo_runs_a_model_selection_inside_the_database(server, capsys):
     assert len(ranking) == 6 and {name for _, name, *_ in ranking} == {"cnn", "mlp"}
     accuracies = [row[3] for row in ranking]
     assert accuracies == sorted(accuracies, reverse=True) and accuracies[0] >= demo.MIN_BEST_ACCURACY
+    # the winner is evaluated, then scores the validation rows; the demo itself fails when the two disagree
+    assert f"madlib_keras_evaluate(mst_key {ranking[0][0]}) on the validation table" in out
+    assert f"madlib_keras_predict(mst_key {ranking[0][0]}, 'response') on the 360 validation rows" in out
     header = next(line for line in out.splitlines() if "val accuracy" in line)
     assert header.split() == ["rank", "mst_key", "model", "lr", "val", "accuracy", "val", "loss", "train", "loss"]
