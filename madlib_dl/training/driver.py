@@ -100,11 +100,14 @@ def train(db, spec: RunSpec) -> RunResult:
 
 def _initial_weights(db, spec: RunSpec, executor) -> dict[int, bytes]:
     """Seeded initial weights of every model_id that does not bring its own (transfer learning, warm
-    start), computed once, on the first worker, before any hop."""
-    calls = {m.model_id: segment_calls.initial_weights_call(db, spec.schema, executor.segments[0], m.model_arch,
-                                                            derive_seed(spec.seed, m.model_id), m.model_id)
-             for m in spec.models if m.weights is None}
-    return {c.call.tag: bytes(c.row["weights"]) for c in workers.run_calls(executor, list(calls.values()))}
+    start), computed once per model_id before any hop, spread over the workers (the same architecture
+    and seed give the same weights in every backend)."""
+    needed = sorted({m.model_id: m.model_arch for m in spec.models if m.weights is None}.items())
+    segments = executor.segments
+    calls = [segment_calls.initial_weights_call(db, spec.schema, segments[i % len(segments)], model_arch,
+                                                derive_seed(spec.seed, model_id), model_id)
+             for i, (model_id, model_arch) in enumerate(needed)]
+    return {c.call.tag: bytes(c.row["weights"]) for c in workers.run_calls(executor, calls)}
 
 
 def plan_memory(db, spec: RunSpec, initial: dict[int, bytes]) -> MemoryPlan:

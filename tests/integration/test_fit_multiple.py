@@ -15,6 +15,8 @@ from sklearn.datasets import load_iris
 
 from madlib_dl.keras_runtime import serialization, tf_setup
 from madlib_dl.preprocess import packing
+from madlib_dl.segment import runtime
+from madlib_dl.training.spec import derive_seed
 
 keras = tf_setup.keras()
 
@@ -228,6 +230,32 @@ def test_same_weights_as_plain_keras_visiting_the_same_segments(cur, caching, ex
         for g, e in zip(got, expected[key]):
             np.testing.assert_allclose(g, e, rtol=0, atol=1e-6)
     assert _weights(cur, "out_eq")[1] != _weights(cur, "out_eq")[2]
+
+
+def test_seeded_initial_weights_are_the_same_on_whichever_worker_made_them(cur):
+    """Each architecture's seeded initial weights are made once, on one of the workers (spread over
+    them); with a learning rate of 0 the trained weights are those initial weights."""
+    cur.execute("DROP TABLE IF EXISTS arch_seeded")
+    archs = {}
+    for units in (5, 7):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(units, activation="relu"),
+                                  keras.layers.Dense(3, activation="softmax")])
+        cur.execute("SELECT madlib_dl.load_keras_model('arch_seeded', %s::json)", [model.to_json()])
+        cur.execute("SELECT max(model_id), (array_agg(model_arch::text ORDER BY model_id DESC))[1] FROM arch_seeded")
+        model_id, arch = cur.fetchone()
+        archs[model_id] = arch
+    sgd = "loss='categorical_crossentropy', optimizer='SGD(learning_rate=0.0)'"
+    cur.execute("DROP TABLE IF EXISTS mst_seeded, mst_seeded_summary")
+    cur.execute("SELECT madlib_dl.load_model_selection_table('arch_seeded', 'mst_seeded', %s, %s, %s)",
+                [sorted(archs), [sgd], ["batch_size=8,epochs=1"]])
+    cur.execute("SET madlib_dl.executor = 'workers'")
+    _fit(cur, "out_seeded", mst="mst_seeded", iterations=1)
+    assert len({h["worker_pid"] for h in _hops(cur)}) > 1
+    cur.execute("SELECT o.model_weights, i.model_id FROM out_seeded o JOIN out_seeded_info i USING (mst_key)")
+    found = {model_id: bytes(weights) for weights, model_id in cur.fetchall()}
+    assert sorted(found) == sorted(archs)
+    for model_id, arch in archs.items():
+        assert found[model_id] == serialization.serialize_weights(runtime.initial_weights(arch, derive_seed(0, model_id)))
 
 
 def test_caching_reads_each_segment_once_and_changes_nothing(cur):
