@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from madlib_dl import settings
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.keras_runtime import gpus
-from madlib_dl.training import memory, placement, segment_calls, workers
+from madlib_dl.training import memory, placement, segment_calls, segment_means, workers
 from madlib_dl.training.schedule import Hop, IterationScheduler
 from madlib_dl.training.segment_calls import EvaluateHop, TrainHop
 from madlib_dl.training.spec import ModelConfig, RunSpec, derive_seed
@@ -264,20 +264,17 @@ class Driver:
             completions = [c for call in segment_call_list for c in workers.run_calls(self.executor, [call])]
         else:
             completions = workers.run_calls(self.executor, segment_call_list)
-        sums: dict = {}
+        results: dict = {}
         finished: dict = {}
         for completed in completions:
-            hop, row = completed.call.tag, completed.row
-            total = sums.setdefault((hop.kind, hop.mst_key), [0.0, 0.0, 0, row["metric"] is not None])
-            total[0] += row["loss"] * row["images"]
-            total[1] += (row["metric"] or 0.0) * row["images"]
-            total[2] += row["images"]
+            hop = completed.call.tag
+            results.setdefault((hop.kind, hop.mst_key), []).append(segment_means.from_row(hop.segment, completed.row))
             finished[hop.kind] = time.monotonic() - clock
             self._log(f"evaluate {hop.kind}", hop, completed)
-        for (kind, mst_key), (loss, metric, images, has_metric) in sums.items():
-            metrics, prefix = self.models[mst_key].metrics, SERIES[kind]
-            metrics[f"{prefix}_loss"].append(loss / images)
-            metrics[f"{prefix}_metric"].append(metric / images if has_metric else None)
+        for (kind, mst_key), per_segment in results.items():
+            mean, metrics, prefix = segment_means.combine(per_segment), self.models[mst_key].metrics, SERIES[kind]
+            metrics[f"{prefix}_loss"].append(mean.loss)
+            metrics[f"{prefix}_metric"].append(mean.metric)
         for kind, _ in kinds:
             for model in self.models.values():
                 model.metrics[f"{SERIES[kind]}_elapsed"].append(finished[kind])

@@ -1,9 +1,9 @@
 """Loss and metric of one trained model on a packed table, evaluated on the table's segments in parallel.
 
 One call of the internal_keras_evaluate aggregate per segment (over that segment's buffers), in worker
-sessions when they can connect (workers.open_executor), else in this session. Each segment returns the
-mean loss and metric over its examples, so the table's values are their means weighted by example count.
-Nothing is cached: each segment is read once, and its call is the run's last on that segment.
+sessions when they can connect (workers.open_executor), else in this session; segment_means combines
+the segments' means. Nothing is cached: each segment is read once, and its call is the run's last on
+that segment.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from madlib_dl.packed_tables import PackedTable
 from madlib_dl.trained_models import TrainedModel
-from madlib_dl.training import driver, segment_calls, workers
+from madlib_dl.training import driver, segment_calls, segment_means, workers
 from madlib_dl.training.segment_calls import EvaluateHop
+from madlib_dl.training.segment_means import SegmentResult
 
 NAME = "madlib_dl evaluate"  # names the worker sessions in pg_stat_activity
 KIND = "test"  # the runtime's cache key for these examples (nothing is cached: use_caching is off)
@@ -26,15 +27,6 @@ class EvaluationSpec:
     source: PackedTable    # the table evaluated on (named as in RunSpec, so driver.devices_for reads it)
     model: TrainedModel
     use_gpus: bool
-
-
-@dataclass(frozen=True)
-class SegmentResult:
-    segment: int
-    loss: float
-    metric: float | None   # None: the model has no metric
-    images: int
-    worker_pid: int | None
 
 
 @dataclass(frozen=True)
@@ -54,7 +46,7 @@ def evaluate(db, spec: EvaluationSpec) -> Evaluation:
         completed = workers.run_calls(executor, calls(db, spec))
     finally:
         workers.close(db, executor, spec.schema, spec.run_id)
-    return combine([_segment_result(c) for c in completed], executor.name)
+    return combine([segment_means.from_row(c.call.tag.segment, c.row) for c in completed], executor.name)
 
 
 def calls(db, spec: EvaluationSpec) -> list[segment_calls.SegmentCall]:
@@ -65,17 +57,6 @@ def calls(db, spec: EvaluationSpec) -> list[segment_calls.SegmentCall]:
             for segment in sorted(spec.source.segments)]
 
 
-def _segment_result(completed) -> SegmentResult:
-    row = completed.row
-    return SegmentResult(completed.call.tag.segment, row["loss"], row["metric"], int(row["images"]), row.get("pid"))
-
-
 def combine(results: list[SegmentResult], executor: str) -> Evaluation:
-    """Means over all examples. Summed in segment order, so the result does not depend on which worker
-    finished first."""
-    ordered = tuple(sorted(results, key=lambda r: r.segment))
-    images = sum(r.images for r in ordered)
-    loss = sum(r.loss * r.images for r in ordered) / images
-    has_metric = all(r.metric is not None for r in ordered)
-    metric = sum(r.metric * r.images for r in ordered) / images if has_metric else None
-    return Evaluation(loss, metric, images, executor, ordered)
+    mean = segment_means.combine(results)
+    return Evaluation(mean.loss, mean.metric, mean.images, executor, tuple(sorted(results, key=lambda r: r.segment)))
