@@ -37,9 +37,8 @@ class FitCall:
     model_arch: str
     compile_params: str
     fit_params: str | None
-    weights: bytes | None          # None: the model's first hop; start from seeded initial weights
+    weights: bytes                 # the model's first hop brings its initial weights (initial_model_weights)
     optimizer_state: bytes | None  # None: a fresh optimizer
-    init_seed: int                 # seeds the initial weights when ``weights`` is None
     seed: int                      # seeds Keras' shuffling in this hop
     expected_images: int
     use_caching: bool
@@ -151,10 +150,9 @@ def initial_weights(model_arch: str, seed: int) -> list[np.ndarray]:
 
 
 def _load_state(entry: ConfiguredModel, call: FitCall) -> None:
-    if call.weights is None:
-        entry.model.set_weights(initial_weights(call.model_arch, call.init_seed))
-    else:
-        model_state.set_weights(entry.model, call.weights)
+    if call.weights is None:  # the driver always sends them; a direct call must too
+        raise InvalidArgument("model_weights: expected the model's weights (MADlib's format), got NULL")
+    model_state.set_weights(entry.model, call.weights)
     if call.optimizer_state is None:
         for variable, value in zip(entry.model.optimizer.variables, entry.initial_optimizer):
             variable.assign(value)
@@ -181,9 +179,9 @@ def _finite_or_nan(value) -> float:
 @db.sql_function
 def fit_transition(gd, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape,
                    run_id, segment, mst_key, model_arch, compile_params, fit_params, model_weights,
-                   optimizer_state, init_seed, seed, expected_images, use_caching, is_final_call) -> int:
+                   optimizer_state, seed, expected_images, use_caching, is_final_call) -> int:
     call = FitCall(run_id, segment, mst_key, model_arch, compile_params, fit_params, model_weights,
-                   optimizer_state, init_seed, seed, expected_images, bool(use_caching), bool(is_final_call))
+                   optimizer_state, seed, expected_images, bool(use_caching), bool(is_final_call))
     return collect(gd, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape, call)
 
 

@@ -211,7 +211,7 @@ class Driver:
         read = self._reads(("train", hop.segment))
         return segment_calls.fit_call(
             self.db, self.spec.schema, self.spec.source, hop, self.spec.run_id, model.config,
-            (model.weights, model.optimizer_state), init_seed=derive_seed(self.spec.seed, model.config.model_id),
+            (model.weights, model.optimizer_state),
             seed=derive_seed(self.spec.seed, hop.mst_key, hop.iteration + self.spec.iteration_offset, hop.segment),
             use_caching=self.plan.use_caching, read_table=read, is_final_call=False)
 

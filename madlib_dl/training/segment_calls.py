@@ -38,7 +38,7 @@ class EvaluateHop:
 
 
 _FIT_TYPES = ("text", "integer", "integer", "text", "text", "text", "bytea", "bytea", "bigint", "bigint",
-              "bigint", "boolean", "boolean")
+              "boolean", "boolean")
 _EVALUATE_TYPES = ("text", "integer", "text", "integer", "text", "text", "bytea", "bigint", "boolean", "boolean")
 
 
@@ -57,13 +57,13 @@ def _aggregate_sql(db, schema: str, aggregate: str, table: PackedTable, segment_
     return f"SELECT (s.r).* FROM ({inner} OFFSET 0) s"
 
 
-def fit_call(db, schema: str, table: PackedTable, hop: TrainHop, run_id: str, model, state, init_seed: int,
-             seed: int, use_caching: bool, read_table: bool, is_final_call: bool) -> SegmentCall:
-    """``model``: a ModelConfig; ``state``: (weights, optimizer_state), either may be None."""
+def fit_call(db, schema: str, table: PackedTable, hop: TrainHop, run_id: str, model, state, seed: int,
+             use_caching: bool, read_table: bool, is_final_call: bool) -> SegmentCall:
+    """``model``: a ModelConfig; ``state``: (weights, optimizer_state); no optimizer state: a fresh optimizer."""
     params = [f"${i}" for i in range(1, len(_FIT_TYPES) + 1)]
     sql = _aggregate_sql(db, schema, "fit_step_multiple_model", table, "$2", params, read_table)
     args = (run_id, hop.segment, hop.mst_key, model.model_arch, model.compile_params, model.fit_params, state[0],
-            state[1], init_seed, seed, table.segments[hop.segment].images, use_caching, is_final_call)
+            state[1], seed, table.segments[hop.segment].images, use_caching, is_final_call)
     return SegmentCall(hop.segment, sql, args, _FIT_TYPES, hop)
 
 

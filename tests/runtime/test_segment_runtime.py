@@ -44,11 +44,16 @@ def _buffers(n=2, rows=10, seed=0):
     return out
 
 
+def _start(arch=None) -> bytes:
+    """A model's first-hop weights, as the driver sends them (initial_model_weights with seed 7)."""
+    return serialization.serialize_weights(runtime.initial_weights(arch or _arch(), 7))
+
+
 def _hop(gd, run_id, buffers, weights=None, caching=True, final=False, images=20, compile_params=COMPILE,
          optimizer_state=None, mst_key=1, arch=None):
     state = None
-    args = (run_id, 0, mst_key, arch or _arch(), compile_params, "batch_size=5, epochs=1, shuffle=False", weights,
-            optimizer_state, 7, 9, images, caching, final)
+    args = (run_id, 0, mst_key, arch or _arch(), compile_params, "batch_size=5, epochs=1, shuffle=False",
+            weights or _start(arch), optimizer_state, 9, images, caching, final)
     for (y, y_shape), (x, x_shape) in buffers or [((None, None), (None, None))]:
         state = runtime.fit_transition(gd, state, y, x, y_shape, x_shape, *args)
     return runtime.fit_final(gd, state)
@@ -116,6 +121,15 @@ def test_a_wrong_example_count_is_an_error():
         _hop({}, "run1", _buffers(), images=21)
 
 
+def test_a_hop_without_weights_is_an_error():
+    gd, state = {}, None
+    for (y, y_shape), (x, x_shape) in _buffers():
+        state = runtime.fit_transition(gd, state, y, x, y_shape, x_shape, "r", 0, 1, _arch(), COMPILE, "", None, None,
+                                       9, 20, True, False)
+    with pytest.raises(InvalidArgument, match="model_weights: expected the model's weights"):
+        runtime.fit_final(gd, state)
+
+
 def test_initial_weights_depend_only_on_the_seed():
     a, b, c = (runtime.initial_weights(_arch(), s) for s in (5, 5, 6))
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
@@ -163,7 +177,7 @@ def test_fit_options_the_loop_lacks_train_through_keras_fit(fit_params):
     state = None
     for (y, y_shape), (x, x_shape) in _buffers():
         state = runtime.fit_transition(gd, state, y, x, y_shape, x_shape, "run_cw", 0, 1, _arch(), COMPILE, fit_params,
-                                       None, None, 7, 9, 20, False, False)
+                                       _start(), None, 9, 20, False, False)
     result = runtime.fit_final(gd, state)
     assert np.isfinite(result["loss"]) and result["images"] == 20
     start = runtime.initial_weights(_arch(), 7)
