@@ -46,4 +46,4 @@ bench: install
 	@$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 clean: stop
-	rm -rf .cluster build *.egg-info
+	rm -rf .cluster build *.egg-info src/*.o src/*.so src/*.bc

@@ -154,6 +154,21 @@ def using(db: Database):
         _override.reset(token)
 
 
+_client_dict: dict = {}
+
+
+def session_dict() -> dict:
+    """PL/Python's GD inside a server (the dictionary every function of the session shares, which the
+    aggregates' bodies pass to the segment runtime); a dictionary of this process elsewhere."""
+    try:
+        import plpy  # noqa: F401 (only importable inside a PostgreSQL backend)
+    except ImportError:
+        return _client_dict
+    import __main__
+
+    return __main__.GD
+
+
 def sql_function(fn: Callable) -> Callable:
     """Mark a function called from a SQL body: user errors become one clean server error with SQLSTATE."""
 

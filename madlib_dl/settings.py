@@ -49,7 +49,11 @@ def memory_default_mib() -> int:
 MEMORY_BUDGET_MB = Setting("madlib_dl.memory_budget_mb", memory_default_mib, 1, 2**40,
                            "MiB that a training run's cached data and models may take on this machine")
 
-ALL = (NUM_SEGMENTS, SHUFFLE_SEED, FIT_SEED, WORKER_THREADS, MEMORY_BUDGET_MB)
+WORKER_IDLE_TIMEOUT = Setting("madlib_dl.worker_idle_timeout", lambda: 60, 0, 86400,
+                              "seconds a session's background workers wait for its next call after a run (0: they "
+                              "end with each call)")
+
+ALL = (NUM_SEGMENTS, SHUFFLE_SEED, FIT_SEED, WORKER_THREADS, MEMORY_BUDGET_MB, WORKER_IDLE_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,9 @@ class Choice:
 
 
 EXECUTOR = Choice("madlib_dl.executor", ("auto", "workers", "in_process"),
-                  "how fit_multiple runs hops: 'auto' (worker sessions, else in this session with a NOTICE), "
-                  "'workers' (worker sessions or an error), 'in_process' (this session, one hop at a time)")
-WORKER_CONNINFO = "madlib_dl.worker_conninfo"  # libpq keywords added to the worker connection string
+                  "how training and evaluation run: 'auto' (background workers, else in this session with a "
+                  "NOTICE), 'workers' (background workers or an error), 'in_process' (this session, one segment "
+                  "at a time)")
 
 CHOICES = (EXECUTOR,)
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what madlib_dl needs on a Debian 12 machine and skips what is already there:
-#   1. PostgreSQL 15 with PL/Python 3 and libpq headers (apt, as root);
+#   1. PostgreSQL 15 with PL/Python 3, libpq and server headers, gcc and make (apt, as root): the
+#      server headers and PGXS build the extension's small C library (src/madlib_dl.c); Debian's
+#      server headers include <gssapi/gssapi.h> (libkrb5-dev) without depending on it;
 #   2. a venv built from Debian's /usr/bin/python3 (the interpreter plpython3u embeds) holding
 #      requirements.txt, with psycopg2 compiled against the system libpq;
 #   3. madlib_dl itself, installed editable into that venv.
@@ -12,7 +14,7 @@ quiet_pip() { "$venv/bin/pip" "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" 
 
 venv=${1:?usage: setup.sh VENV_DIR}
 repo=$(cd "$(dirname "$0")/.." && pwd)
-apt_packages=(postgresql-15 postgresql-plpython3-15 libpq-dev python3-venv python3-dev gcc)
+apt_packages=(postgresql-15 postgresql-plpython3-15 postgresql-server-dev-15 libkrb5-dev libpq-dev python3-venv python3-dev gcc make)
 
 missing=()
 for p in "${apt_packages[@]}"; do

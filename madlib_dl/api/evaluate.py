@@ -106,7 +106,7 @@ Output table (one row):
     metrics_type  TEXT[]            -- e.g. {accuracy}
     loss_type     TEXT              -- e.g. categorical_crossentropy
 
-Settings (SET ...): madlib_dl.executor ('auto' | 'workers' | 'in_process'), madlib_dl.worker_conninfo,
+Settings (SET ...): madlib_dl.executor ('auto' | 'workers' | 'in_process'), madlib_dl.worker_idle_timeout,
 madlib_dl.worker_threads.
 
 Example:

@@ -160,7 +160,7 @@ Output tables:
                      metrics_elapsed_time (training), metrics_iters, validation_metrics_elapsed_time,
                      total_iterations (all runs, warm starts included)
 
-Settings (SET ...): madlib_dl.executor ('auto' | 'workers' | 'in_process'), madlib_dl.worker_conninfo,
+Settings (SET ...): madlib_dl.executor ('auto' | 'workers' | 'in_process'), madlib_dl.worker_idle_timeout,
 madlib_dl.worker_threads, madlib_dl.memory_budget_mb, madlib_dl.fit_seed.
 Progress: one NOTICE per iteration; pg_stat_activity.application_name shows the iteration;
 SELECT * FROM madlib_dl.last_fit_hops() lists every hop of the last run in this session.

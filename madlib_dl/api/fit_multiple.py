@@ -77,7 +77,7 @@ def extension_schema(conn) -> str:
     rows = conn.execute("SELECT n.nspname AS schema FROM pg_extension e "
                         "JOIN pg_depend d ON d.refobjid = e.oid AND d.deptype = 'e' AND d.classid = 'pg_proc'::regclass "
                         "JOIN pg_proc p ON p.oid = d.objid JOIN pg_namespace n ON n.oid = p.pronamespace "
-                        "WHERE e.extname = 'madlib_dl' AND p.proname = 'internal_fit_worker_init'")
+                        "WHERE e.extname = 'madlib_dl' AND p.proname = 'internal_worker_serve'")
     if not rows:
         raise ObjectMissing("madlib_dl: the extension is not installed in this database (CREATE EXTENSION madlib_dl)")
     return rows[0]["schema"]
@@ -297,7 +297,7 @@ Output tables:
                           validation_metrics_elapsed_time, metrics_iters
     <..>_summary          the run: tables, iterations, times, num_classes, class values, normalizing_const
 
-Settings (SET ...): madlib_dl.executor ('auto' | 'workers' | 'in_process'), madlib_dl.worker_conninfo,
+Settings (SET ...): madlib_dl.executor ('auto' | 'workers' | 'in_process'), madlib_dl.worker_idle_timeout,
 madlib_dl.worker_threads, madlib_dl.memory_budget_mb, madlib_dl.fit_seed.
 Progress: one NOTICE per iteration; pg_stat_activity.application_name shows the iteration;
 SELECT * FROM madlib_dl.last_fit_hops() lists every hop of the last run in this session.

@@ -11,13 +11,29 @@ from __future__ import annotations
 import time
 
 
+_extra_checks: list = []  # more checks made with the server's (see also_check)
+
+
 def server_check():
     """The check to use inside a backend; None in a client process (nothing to notice there)."""
     try:
         import plpy
     except ImportError:
         return None
-    return lambda: plpy.execute("SELECT 1")
+
+    def check():
+        plpy.execute("SELECT 1")
+        for extra in _extra_checks:
+            extra()
+
+    return check
+
+
+def also_check(check) -> None:
+    """Make ``check`` part of every server check in this process from now on (a background worker
+    checks that its driver is still there: it raises when not)."""
+    if check not in _extra_checks:
+        _extra_checks.append(check)
 
 
 _callback_class = None

@@ -1,9 +1,11 @@
 """The transition and final functions of the fit_step_multiple_model and internal_keras_evaluate
 aggregates, and the worker's set-up and release calls. Runs inside the backend that serves a segment.
 
-One hop is one aggregate over the segment's buffers (``ORDER BY buffer_id``): the transition decodes
-each buffer, the final function trains (or evaluates) the model on the segment's examples and returns
-its new state. With ``use_caching`` the first call on a segment keeps the decoded examples in GD and
+A run registers its models once (:func:`begin_run`); a hop's request, model state included, is staged
+in GD (:func:`stage`) and the aggregate is called with data and keys only (run id, call id). One hop is
+one aggregate over the segment's buffers (``ORDER BY buffer_id``): the transition decodes each buffer,
+the final function trains (or evaluates) the model on the segment's examples and leaves its new state
+in GD for :func:`take_output`. With ``use_caching`` the first call on a segment keeps the decoded examples in GD and
 later calls pass NULL data (one row), so the table is read once per segment per run. The last call of
 the run on a segment (``is_final_call``) drops that segment's cache.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,7 +23,7 @@ from madlib_dl.errors import InvalidArgument
 from madlib_dl.keras_runtime import (builder, interrupts, model_state, params, serialization, tf_setup,
                                      training_loop)
 from madlib_dl.preprocess import packing
-from madlib_dl.segment import process_memory
+from madlib_dl.segment import process_memory, requests
 from madlib_dl.segment import store as stores
 from madlib_dl.segment.store import CompiledModel, ConfiguredModel, Pending, RunStore, SegmentData
 
@@ -29,46 +31,53 @@ EVALUATE_BATCH_SIZE = 256  # results do not depend on it (up to float rounding);
 DEFAULT_BATCH_SIZE = 32    # Keras fit's default
 
 
-@dataclass(frozen=True)
-class FitCall:
-    run_id: str
-    segment: int
-    mst_key: int
-    model_arch: str
-    compile_params: str
-    fit_params: str | None
-    weights: bytes                 # the model's first hop brings its initial weights (initial_model_weights)
-    optimizer_state: bytes | None  # None: a fresh optimizer
-    seed: int                      # seeds Keras' shuffling in this hop
-    expected_images: int
-    use_caching: bool
-    is_final_call: bool
-    kind = "train"
-
-
-@dataclass(frozen=True)
-class EvaluateCall:
-    run_id: str
-    segment: int
-    kind: str  # 'train' or 'validation': which cache entry the examples belong to
-    mst_key: int
-    model_arch: str
-    compile_params: str
-    weights: bytes
-    expected_images: int
-    use_caching: bool
-    is_final_call: bool
-
-
 # ---------------------------------------------------------------------------------------------------
 # Reading the segment's examples (transition) and finding them again (final)
 
+def begin_run(gd: dict, run: requests.BeginRun) -> RunStore:
+    """Register a run's tables and models in this backend (whatever another run left is dropped)."""
+    store = stores.run_store(gd, run.run_id)
+    store.schema, store.tables, store.constants = run.schema, dict(run.tables), dict(run.models)
+    return store
+
+
+def stage(gd: dict, call) -> int:
+    """Hand a Fit or Evaluate request to the aggregate that runs next; returns the key the aggregate is
+    called with. The request (model state included) stays here: it never travels as a SQL value."""
+    store = begun(gd, call.run_id)
+    if call.mst_key not in store.constants:
+        raise InvalidArgument(f"mst_key {call.mst_key}: not a model of run {call.run_id}")
+    store.next_call_id += 1
+    store.staged = (store.next_call_id, call)
+    store.output = None
+    return store.next_call_id
+
+
+def take_output(gd: dict) -> model_state.ModelState | None:
+    """The state the last fit hop left (and forget it)."""
+    store = gd.get(stores.GD_KEY)
+    if store is None:
+        return None
+    output, store.output = store.output, None
+    return output
+
+
+def begun(gd: dict, run_id: str) -> RunStore:
+    """The store of a run begun here (an error for any other run)."""
+    store = gd.get(stores.GD_KEY)
+    if store is None or store.run_id != run_id:
+        raise InvalidArgument(f"run {run_id}: not begun in this session")
+    return store
+
+
 def collect(gd: dict, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape,
-            call) -> int:
-    """One row of the aggregate: remember the call (first row) and decode the buffer, if any."""
-    store = stores.run_store(gd, call.run_id)
+            run_id: str, call_id: int) -> int:
+    """One row of the aggregate: take the staged call (first row) and decode the buffer, if any."""
+    store = begun(gd, run_id)
     if state is None or store.pending is None:
-        store.pending = Pending(call)
+        if store.staged is None or store.staged[0] != call_id:
+            raise InvalidArgument(f"call {call_id}: no such call is staged for run {run_id}")
+        store.pending, store.staged = Pending(store.staged[1]), None
     if independent_var is not None:
         store.pending.x.append(packing.decode(independent_var, independent_var_shape, packing.FEATURE_DTYPE))
         store.pending.y.append(packing.decode(dependent_var, dependent_var_shape, packing.LABEL_DTYPE))
@@ -102,7 +111,7 @@ def _segment_data(store: RunStore, pending: Pending) -> SegmentData:
         raise InvalidArgument(
             f"segment {call.segment}: read {data.images} {call.kind} examples but the run counted "
             f"{call.expected_images}; the table changed during the run, or has changes not yet committed "
-            "that worker sessions cannot see (commit first, or SET madlib_dl.executor = 'in_process')")
+            "that background workers cannot see (commit first, or SET madlib_dl.executor = 'in_process')")
     return data
 
 
@@ -149,8 +158,8 @@ def initial_weights(model_arch: str, seed: int) -> list[np.ndarray]:
     return builder.model_from_json(model_arch).get_weights()
 
 
-def _load_state(entry: ConfiguredModel, call: FitCall) -> None:
-    if call.weights is None:  # the driver always sends them; a direct call must too
+def _load_state(entry: ConfiguredModel, call: requests.Fit) -> None:
+    if not call.weights:  # the driver always sends them; a direct call must too
         raise InvalidArgument("model_weights: expected the model's weights (MADlib's format), got NULL")
     model_state.set_weights(entry.model, call.weights)
     if call.optimizer_state is None:
@@ -162,7 +171,7 @@ def _load_state(entry: ConfiguredModel, call: FitCall) -> None:
 
 def _result(pending: Pending, data: SegmentData, started: float, seconds: float, **values) -> dict:
     used = process_memory.current()
-    return {"model_weights": None, "optimizer_state": None, "loss": None, "metric": None,
+    return {"loss": None, "metric": None,
             "images": data.images, "buffers_read": pending.buffers_read, "seconds": seconds,
             "started": started, "ended": started + seconds, "pid": os.getpid(),
             "rss_bytes": used and used.rss, "peak_rss_bytes": used and used.peak,
@@ -178,11 +187,9 @@ def _finite_or_nan(value) -> float:
 
 @db.sql_function
 def fit_transition(gd, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape,
-                   run_id, segment, mst_key, model_arch, compile_params, fit_params, model_weights,
-                   optimizer_state, seed, expected_images, use_caching, is_final_call) -> int:
-    call = FitCall(run_id, segment, mst_key, model_arch, compile_params, fit_params, model_weights,
-                   optimizer_state, seed, expected_images, bool(use_caching), bool(is_final_call))
-    return collect(gd, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape, call)
+                   run_id, call_id) -> int:
+    return collect(gd, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape, run_id,
+                   call_id)
 
 
 def _final_call(gd, state):
@@ -191,8 +198,9 @@ def _final_call(gd, state):
     if taken is None:
         return None
     store, pending = taken
-    call = pending.call
-    return store, pending, _segment_data(store, pending), _configured(store, call.model_arch, call.compile_params)
+    constants = store.constants[pending.call.mst_key]
+    return store, pending, _segment_data(store, pending), _configured(store, constants.model_arch,
+                                                                      constants.compile_params)
 
 
 @db.sql_function
@@ -201,18 +209,17 @@ def fit_final(gd, state) -> dict | None:
     if prepared is None:
         return None
     store, pending, data, entry = prepared
-    call: FitCall = pending.call
+    call: requests.Fit = pending.call
     _load_state(entry, call)
     training_loop.seed_layers(entry.model, call.seed)
-    fit = params.parse_fit_params(call.fit_params)
+    fit = params.parse_fit_params(store.constants[call.mst_key].fit_params)
     started, clock = time.time(), time.perf_counter()
     loss = train(entry, data, fit, call.seed)
     seconds = time.perf_counter() - clock
-    state_out = model_state.get_state(entry.model)
+    store.output = model_state.get_state(entry.model)
     if call.is_final_call:
         _release_segment(store, call.segment)
-    return _result(pending, data, started, seconds, model_weights=state_out.weights,
-                   optimizer_state=state_out.optimizer_state, loss=_finite_or_nan(loss))
+    return _result(pending, data, started, seconds, loss=_finite_or_nan(loss))
 
 
 def train(entry: ConfiguredModel, data: SegmentData, fit: params.FitParams, seed: int) -> float | None:
@@ -230,11 +237,9 @@ def train(entry: ConfiguredModel, data: SegmentData, fit: params.FitParams, seed
 
 @db.sql_function
 def evaluate_transition(gd, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape,
-                        run_id, segment, kind, mst_key, model_arch, compile_params, model_weights,
-                        expected_images, use_caching, is_final_call) -> int:
-    call = EvaluateCall(run_id, segment, kind, mst_key, model_arch, compile_params, model_weights,
-                        expected_images, bool(use_caching), bool(is_final_call))
-    return collect(gd, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape, call)
+                        run_id, call_id) -> int:
+    return collect(gd, state, dependent_var, independent_var, dependent_var_shape, independent_var_shape, run_id,
+                   call_id)
 
 
 @db.sql_function
@@ -243,7 +248,7 @@ def evaluate_final(gd, state) -> dict | None:
     if prepared is None:
         return None
     store, pending, data, entry = prepared
-    call: EvaluateCall = pending.call
+    call: requests.Evaluate = pending.call
     model_state.set_weights(entry.model, call.weights)
     started, clock = time.time(), time.perf_counter()
     values = training_loop.evaluate(entry.loop, data.x, data.y, EVALUATE_BATCH_SIZE, interrupts.server_check())
@@ -254,12 +259,11 @@ def evaluate_final(gd, state) -> dict | None:
     return _result(pending, data, started, seconds, loss=_finite_or_nan(values[0]), metric=metric)
 
 
-@db.sql_function
-def worker_init(gd, run_id: str, threads: int | None, cuda_visible_devices: str | None,
-                memory_limit_mib: int | None, worker_session: bool = False) -> int:
-    """Set up this backend for a run before TensorFlow starts: which GPU it sees, its memory cap, its
-    thread count (``worker_session``: a session the driver opened, see tf_setup.keras). Returns the
-    backend's pid (the driver waits for it to end when the run ends)."""
+def worker_init(gd, threads: int | None, cuda_visible_devices: str | None, memory_limit_mib: int | None,
+                worker_session: bool = False) -> int:
+    """Set up this backend before TensorFlow starts: which GPU it sees, its memory cap, its thread count
+    (``worker_session``: a background worker the driver started, see tf_setup.keras). Drops whatever
+    a run left here. Returns the backend's pid."""
     stores.release(gd)
     if cuda_visible_devices is not None:
         current = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -271,16 +275,13 @@ def worker_init(gd, run_id: str, threads: int | None, cuda_visible_devices: str 
     tf_setup.keras(threads=threads or None, worker_session=bool(worker_session))
     if memory_limit_mib:
         tf_setup.limit_gpu_memory(memory_limit_mib)
-    stores.run_store(gd, run_id)
     return os.getpid()
 
 
-@db.sql_function
 def release(gd, run_id: str | None) -> bool:
     return stores.release(gd, run_id)
 
 
-@db.sql_function
 def initial_model_weights(model_arch: str, seed: int) -> bytes:
     """The weights a run starts the model from: the same architecture and seed give the same weights.
     Computed once per model (by the driver, before the first hop): seeding resets TensorFlow's global

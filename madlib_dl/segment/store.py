@@ -7,7 +7,10 @@
   compile parameters differ at most in the learning rate share one model and its traced loops: tracing
   is most of a first hop's cost (~0.2 s for an MLP, ~0.5 s for a small CNN) and would otherwise be paid
   once per MST in every worker;
-* pending: the call an aggregate is computing, filled by its transition and consumed by its final function.
+* constants and tables: the run's models (architecture, compile and fit parameters) and packed tables,
+  registered once per backend, so hops name a model by its mst_key;
+* staged / pending / output: the call the next aggregate computes (with the model state it brought), the
+  buffers its transition decoded, the state its final function left.
 
 Everything is keyed by the run id: a store for another run is dropped, never served, so a later run in
 the same session (or an in-process run after a failed one) cannot see earlier data.
@@ -61,7 +64,7 @@ class ConfiguredModel:
 
 @dataclass
 class Pending:
-    call: Any  # FitCall or EvaluateCall
+    call: Any  # requests.Fit or requests.Evaluate
     x: list = field(default_factory=list)  # decoded buffers, until the final function concatenates them
     y: list = field(default_factory=list)
     buffers_read: int = 0
@@ -73,7 +76,13 @@ class RunStore:
     data: dict = field(default_factory=dict)    # (kind, segment) -> SegmentData
     models: dict = field(default_factory=dict)   # (model_arch, compile parameters but the learning rate) -> CompiledModel
     configs: dict = field(default_factory=dict)  # (model_arch, compile_params) -> ConfiguredModel
+    schema: str = ""                 # the extension's schema (where the aggregates are)
+    constants: dict = field(default_factory=dict)  # mst_key -> requests.ModelConstants
+    tables: dict = field(default_factory=dict)     # 'train', 'validation', 'test' -> requests.TableRef
+    next_call_id: int = 0
+    staged: tuple | None = None    # (call id, requests.Fit or Evaluate) for the next aggregate
     pending: Pending | None = None
+    output: Any = None             # model_state.ModelState the last fit hop left
 
 
 def run_store(gd: dict, run_id: str) -> RunStore:

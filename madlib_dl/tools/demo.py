@@ -134,7 +134,10 @@ def _fit(conn, lib: str, iterations: int) -> float:
            f"'{SCHEMA}.mst', {int(iterations)}, FALSE, '{SCHEMA}.val_packed', 1, FALSE, 'demo', "
            "'digits model selection', use_caching => TRUE)")
     _say(f"training, {iterations} iterations:\n  {sql}")
-    live = psycopg2.connect(**conn.get_dsn_parameters(), async_=True)
+    dsn = conn.get_dsn_parameters()  # without the password, which a scram-sha-256 server asks for
+    if conn.info.password:
+        dsn["password"] = conn.info.password
+    live = psycopg2.connect(**dsn, async_=True)
     try:
         _wait(live)
         started = time.monotonic()

@@ -1,12 +1,16 @@
 """`make install`: write the extension's control file and install script into the server's share
-directory, with the venv's path recorded so PL/Python finds madlib_dl without any server setting."""
+directory, with the venv's path recorded so PL/Python finds madlib_dl without any server setting, and
+build the extension's small C library (src/madlib_dl.c: background workers) into the server's pkglibdir."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from madlib_dl import __version__
@@ -14,6 +18,9 @@ from madlib_dl.tools import paths
 
 EXTENSION = "madlib_dl"
 DEFAULT_SCHEMA = "madlib_dl"
+LIBRARY = f"{EXTENSION}.so"
+# What the server reads runs as the postgres OS user: readable by all whatever root's umask is.
+READABLE = 0o644
 
 
 def boot_lines(site: str) -> str:
@@ -60,8 +67,51 @@ def install(sharedir: str, schema: str = DEFAULT_SCHEMA, site: str | None = None
         target / f"{EXTENSION}--{__version__}.sql": script_template(sql_dir),
     }
     for path, template in outputs.items():
-        path.write_text(render(template, schema, site))
+        _write_if_changed(path, render(template, schema, site).encode())
     return list(outputs)
+
+
+def _write_if_changed(path: Path, data: bytes) -> bool:
+    """Replace `path` by `data` atomically (a server may have the old library mapped: a new inode
+    leaves it intact), mode 644; nothing happens when the contents are the same."""
+    if path.exists() and path.read_bytes() == data and (path.stat().st_mode & 0o777) == READABLE:
+        return False
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except PermissionError:
+        raise SystemExit(f"install: cannot write into {path.parent}; run `make install` as root") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, READABLE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+def build_library(pg_config: str = "pg_config") -> Path:
+    """Build src/madlib_dl.so with PGXS (make skips it when nothing changed). with_llvm=no: no JIT
+    bitcode, so clang is not needed; the library only starts workers and is never worth inlining."""
+    src = paths.REPO / "src"
+    make = shutil.which("make")
+    if make is None:
+        raise SystemExit("install: `make` is missing; run `make setup` (as root) to install the build tools")
+    result = subprocess.run([make, "-C", str(src), f"PG_CONFIG={pg_config}", "with_llvm=no"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"install: building {src / LIBRARY} failed (the server headers come with "
+                         f"`make setup`: postgresql-server-dev-15):\n{(result.stdout + result.stderr).strip()}")
+    return src / LIBRARY
+
+
+def install_library(pkglibdir: str, pg_config: str = "pg_config") -> tuple[Path, bool]:
+    """Build the C library and copy it into the server's pkglibdir ($libdir); (path, whether copied)."""
+    built = build_library(pg_config)
+    target = Path(pkglibdir) / LIBRARY
+    return target, _write_if_changed(target, built.read_bytes())
 
 
 def main(argv=None) -> None:
@@ -69,9 +119,13 @@ def main(argv=None) -> None:
     parser.add_argument("--sharedir", default=None, help="default: pg_config --sharedir")
     parser.add_argument("--schema", default=os.environ.get("MADLIB_DL_SCHEMA") or DEFAULT_SCHEMA,
                         help="schema the extension creates (default madlib_dl; 'madlib' for MADlib scripts)")
+    parser.add_argument("--pkglibdir", default=None, help="where the C library goes; default: pg_config --pkglibdir")
     args = parser.parse_args(argv)
     for path in install(args.sharedir or paths.pg_config("--sharedir"), args.schema):
         print(f"install: wrote {path}")
+    library, copied = install_library(args.pkglibdir or paths.pg_config("--pkglibdir"),
+                                      shutil.which("pg_config") or "pg_config")
+    print(f"install: {'wrote' if copied else 'up to date:'} {library}")
 
 
 if __name__ == "__main__":

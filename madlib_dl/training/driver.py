@@ -81,33 +81,34 @@ def devices_for(spec: RunSpec) -> list[placement.WorkerDevice]:
 
 
 def train(db, spec: RunSpec) -> RunResult:
-    """Run every iteration; the executor's sessions and caches are gone when this returns or raises."""
+    """Run every iteration; the run's data and models are gone from its backends when this returns or
+    raises (and its workers too, when it raises)."""
     LAST_HOPS.clear()
     devices = devices_for(spec)
-    tables = [spec.source] + ([spec.validation] if spec.validation else [])
+    tables = {"train": spec.source, **({"validation": spec.validation} if spec.validation else {})}
     set_name = _application_name(db)
     busy = min(len(spec.models), len(spec.source.segments))
-    executor = workers.open_executor(db, spec.run_id, spec.schema, tables, devices, f"madlib_dl {spec.caller.label}",
-                                     busy)
+    models = {m.mst_key: m for m in spec.models}
     try:
-        initial = _initial_weights(db, spec, executor)
-        plan = plan_memory(db, spec, initial)
-        return Driver(db, spec, executor, set_name, initial, plan).run()
+        with workers.executor_for(db, spec.run_id, spec.schema, tables, models, devices,
+                                  f"madlib_dl {spec.caller.label}", busy) as executor:
+            initial = _initial_weights(spec, executor)
+            plan = plan_memory(db, spec, initial)
+            return Driver(db, spec, executor, set_name, initial, plan).run()
     finally:
         set_name(None)
-        workers.close(db, executor, spec.schema, spec.run_id)
 
 
-def _initial_weights(db, spec: RunSpec, executor) -> dict[int, bytes]:
+def _initial_weights(spec: RunSpec, executor) -> dict[int, bytes]:
     """Seeded initial weights of every model_id that does not bring its own (transfer learning, warm
     start), computed once per model_id before any hop, spread over the workers (the same architecture
     and seed give the same weights in every backend)."""
     needed = sorted({m.model_id: m.model_arch for m in spec.models if m.weights is None}.items())
     segments = executor.segments
-    calls = [segment_calls.initial_weights_call(db, spec.schema, segments[i % len(segments)], model_arch,
+    calls = [segment_calls.initial_weights_call(segments[i % len(segments)], model_arch,
                                                 derive_seed(spec.seed, model_id), model_id)
              for i, (model_id, model_arch) in enumerate(needed)]
-    return {c.call.tag: bytes(c.row["weights"]) for c in workers.run_calls(executor, calls)}
+    return {c.call.tag: c.weights for c in workers.run_calls(executor, calls)}
 
 
 def plan_memory(db, spec: RunSpec, initial: dict[int, bytes]) -> MemoryPlan:
@@ -210,8 +211,7 @@ class Driver:
         model = self.models[hop.mst_key]
         read = self._reads(("train", hop.segment))
         return segment_calls.fit_call(
-            self.db, self.spec.schema, self.spec.source, hop, self.spec.run_id, model.config,
-            (model.weights, model.optimizer_state),
+            self.spec.source, hop, self.spec.run_id, (model.weights, model.optimizer_state),
             seed=derive_seed(self.spec.seed, hop.mst_key, hop.iteration + self.spec.iteration_offset, hop.segment),
             use_caching=self.plan.use_caching, read_table=read, is_final_call=False)
 
@@ -228,7 +228,7 @@ class Driver:
         hop, row = completed.call.tag, completed.row
         model = self.models[hop.mst_key]
         model.weights, model.optimizer_state, model.last_segment = (
-            bytes(row["model_weights"]), bytes(row["optimizer_state"]) if row["optimizer_state"] else None, hop.segment)
+            completed.weights, completed.optimizer_state, hop.segment)
         model.hop_losses.append((row["loss"], row["images"]))
         self._log("train", hop, completed)
 
@@ -255,8 +255,7 @@ class Driver:
             last[worker] = index
         final = iteration == self.spec.num_iterations
         segment_call_list = [
-            segment_calls.evaluate_call(self.db, self.spec.schema, table, hop, worker, self.spec.run_id,
-                                        self.models[hop.mst_key].config, self.models[hop.mst_key].weights,
+            segment_calls.evaluate_call(table, hop, worker, self.spec.run_id, self.models[hop.mst_key].weights,
                                         self.plan.use_caching, self._reads((hop.kind, hop.segment)),
                                         final and last[worker] == index)
             for index, (worker, hop, table) in enumerate(calls)]

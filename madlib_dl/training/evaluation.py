@@ -1,7 +1,7 @@
 """Loss and metric of one trained model on a packed table, evaluated on the table's segments in parallel.
 
-One call of the internal_keras_evaluate aggregate per segment (over that segment's buffers), in worker
-sessions when they can connect (workers.open_executor), else in this session; segment_means combines
+One call of the internal_keras_evaluate aggregate per segment (over that segment's buffers), on
+background workers when they can start (workers.executor_for), else in this session; segment_means combines
 the segments' means. Nothing is cached: each segment is read once, and its call is the run's last on
 that segment.
 """
@@ -17,7 +17,7 @@ from madlib_dl.training.segment_calls import EvaluateHop
 from madlib_dl.training.segment_means import SegmentResult
 
 NAME = "madlib_dl evaluate"  # names the worker sessions in pg_stat_activity
-KIND = "test"  # the runtime's cache key for these examples (nothing is cached: use_caching is off)
+KIND = "test"  # the run's name for the table (and the runtime's cache key; nothing is cached: use_caching is off)
 
 
 @dataclass(frozen=True)
@@ -41,20 +41,23 @@ class Evaluation:
 def evaluate(db, spec: EvaluationSpec) -> Evaluation:
     """Evaluate on every segment; the executor's sessions and the run's store are gone when this returns or raises."""
     devices = driver.devices_for(spec)
-    executor = workers.open_executor(db, spec.run_id, spec.schema, [spec.source], devices, NAME)
-    try:
-        completed = workers.run_calls(executor, calls(db, spec))
-    finally:
-        workers.close(db, executor, spec.schema, spec.run_id)
+    with workers.executor_for(db, spec.run_id, spec.schema, {KIND: spec.source}, {_key(spec): spec.model},
+                              devices, NAME) as executor:
+        completed = workers.run_calls(executor, calls(spec))
     return combine([segment_means.from_row(c.call.tag.segment, c.row) for c in completed], executor.name)
 
 
-def calls(db, spec: EvaluationSpec) -> list[segment_calls.SegmentCall]:
+def calls(spec: EvaluationSpec) -> list[segment_calls.SegmentCall]:
     """One evaluation per segment, run by that segment's worker; each is the run's last call there."""
-    return [segment_calls.evaluate_call(db, spec.schema, spec.source, EvaluateHop(0, spec.model.mst_key, segment, KIND),
-                                        segment, spec.run_id, spec.model, spec.model.weights, use_caching=False,
-                                        read_table=True, is_final_call=True)
+    return [segment_calls.evaluate_call(spec.source, EvaluateHop(0, _key(spec), segment, KIND), segment,
+                                        spec.run_id, spec.model.weights, use_caching=False, read_table=True,
+                                        is_final_call=True)
             for segment in sorted(spec.source.segments)]
+
+
+def _key(spec: EvaluationSpec) -> int:
+    """The model's key in the run (a single-model table has no mst_key)."""
+    return 0 if spec.model.mst_key is None else spec.model.mst_key
 
 
 def combine(results: list[SegmentResult], executor: str) -> Evaluation:

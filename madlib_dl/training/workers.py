@@ -1,49 +1,32 @@
-"""Choosing and preparing the executor of a run: worker sessions when they can connect and see the same
-data as the caller, otherwise this session (with a NOTICE saying why and how to enable workers)."""
+"""Choosing and preparing the executor of a run: background workers when they can start and see the
+same data as the caller, otherwise this session (with a NOTICE saying why)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 from madlib_dl import settings
-from madlib_dl.errors import InvalidArgument
-from madlib_dl.keras_runtime import interrupts
+from madlib_dl.errors import InvalidArgument, MadlibDLError
 from madlib_dl.packed_tables import PackedTable
-from madlib_dl.training import executors, segment_calls
-from madlib_dl.training.executors import InProcess, WorkerPool
+from madlib_dl.segment import requests
+from madlib_dl.training import background, executors, segment_calls
+from madlib_dl.training.background import BackgroundWorkers, WorkerConfig
+from madlib_dl.training.executors import InProcess
 
-ENABLE_HINT = ("to use worker sessions, let this role connect from the database server to itself (a 'local' "
-               "trust or peer line in pg_hba.conf, or a password in the server OS user's ~/.pgpass) or SET "
-               "madlib_dl.worker_conninfo = 'host=... port=... password=...'")
-
-
-UNCOMMITTED_HINT = "commit the transaction that created or changed it to train with worker sessions in parallel"
+UNCOMMITTED_HINT = "commit the transaction that created or changed it to train with background workers in parallel"
+SLOTS_HINT = ("background workers share the server's max_worker_processes slots with parallel queries and other "
+              "extensions; a DBA can raise it (server restart)")
 
 
 class WorkersUnusable(Exception):
-    def __init__(self, reason: str, hint: str = ENABLE_HINT):
+    def __init__(self, reason: str, hint: str):
         super().__init__(reason)
         self.hint = hint
 
 
-def conninfo(db) -> dict:
-    """Connection keywords for worker sessions: this database, as the session's login role, over the
-    server's first Unix socket; madlib_dl.worker_conninfo adds or overrides keywords."""
-    row = db.execute("SELECT current_database() AS dbname, session_user AS login, current_setting('port') AS port, "
-                     "current_setting('unix_socket_directories') AS sockets")[0]
-    sockets = [s.strip() for s in (row["sockets"] or "").split(",") if s.strip()]
-    info = {"dbname": row["dbname"], "user": row["login"], "port": row["port"],
-            "host": sockets[0] if sockets else "localhost"}
-    extra = settings.read_text(db, settings.WORKER_CONNINFO)
-    if extra:
-        from psycopg2.extensions import parse_dsn
-
-        try:
-            info.update(parse_dsn(extra))
-        except Exception as error:
-            raise InvalidArgument(f"setting {settings.WORKER_CONNINFO}: not a libpq connection string "
-                                  f"({str(error).strip()})") from None
-    return info
+class ClientGone(MadlibDLError):
+    sqlstate = "08006"
 
 
 def threads_per_worker(db, workers: int) -> int:
@@ -51,85 +34,105 @@ def threads_per_worker(db, workers: int) -> int:
     return configured or max(1, settings.cpu_count() // workers)
 
 
-def open_executor(db, run_id: str, schema: str, tables: list[PackedTable], devices, name: str,
-                  busy_workers: int | None = None):
-    """An executor with every worker set up (``devices``: one placement.WorkerDevice per segment).
-    ``busy_workers``: how many workers train at once (fewer than the segments when there are fewer
-    models, e.g. madlib_keras_fit's one): the CPUs are shared among those, not among all workers."""
+@contextlib.contextmanager
+def executor_for(db, run_id: str, schema: str, tables: dict[str, PackedTable], models: dict, devices, name: str,
+                 busy_workers: int | None = None):
+    """The executor of a run, with the run begun on every worker (``tables``: the run's packed tables by
+    the name its calls use, 'train' first; ``models``: mst_key -> its constants; ``devices``: one
+    placement.WorkerDevice per segment; ``busy_workers``: how many workers train at once, when fewer
+    than the segments, e.g. madlib_keras_fit's one: the CPUs are shared among those).
+    On success its workers are kept for the session's next call; on failure they are ended."""
+    executor = open_executor(db, schema, list(tables.values()), devices, name, busy_workers)
+    try:
+        run_on_each(executor, segment_calls.begin_calls(executor.segments, run_id, schema, tables, models))
+        yield executor
+    except BaseException:
+        _end(db, executor, run_id, succeeded=False)
+        raise
+    _end(db, executor, run_id, succeeded=True)
+
+
+def open_executor(db, schema: str, tables: list[PackedTable], devices, name: str, busy_workers: int | None = None):
     mode = settings.read_choice(db, settings.EXECUTOR)
     segments = sorted(tables[0].segments)
     if mode != "in_process":
         try:
-            return _worker_pool(db, run_id, schema, tables, devices, name, busy_workers or len(segments))
+            return _background(db, schema, tables, devices, name, busy_workers or len(segments), mode)
         except WorkersUnusable as error:
             if mode == "workers":
                 raise InvalidArgument(f"setting madlib_dl.executor is 'workers' but {error}; {error.hint}") from None
             db.notice(f"{name}: runs in this session, one segment at a time, because {error}; {error.hint} "
                       "(SET madlib_dl.executor = 'in_process' skips this attempt)")
     executor = InProcess(db, segments)
-    # This session keeps the TensorFlow set-up it has (threads, devices): only the run's store is made.
+    # This session keeps the TensorFlow set-up it has (threads, devices): only the GPU choice is made.
     device = devices[0] if devices[0].uses_gpu else replace(devices[0], cuda_visible_devices=None)
-    executor.pids = run_on_each(executor, [segment_calls.init_call(db, schema, segments[0], run_id, None, device)])
+    start = segment_calls.SegmentCall(segments[0], requests.Start(None, None, device.cuda_visible_devices,
+                                                                  device.memory_limit_mib, worker_session=False))
+    executor.pids = run_on_each(executor, [start])
     return executor
 
 
-def _worker_pool(db, run_id, schema, tables, devices, name, busy_workers: int) -> WorkerPool:
-    import psycopg2
-
+def _background(db, schema, tables, devices, name, busy_workers: int, mode: str) -> BackgroundWorkers:
     segments = sorted(tables[0].segments)
-    check = interrupts.server_check() or (lambda: None)
-    try:
-        pool = WorkerPool.connect(conninfo(db), segments, check, lambda s: f"{name} worker (segment {s})"[:63])
-    except psycopg2.Error as error:
-        raise WorkersUnusable(f"worker sessions cannot connect ({_first_line(error)})") from None
-    try:
-        _prepare(db, pool, run_id, schema, tables, devices, busy_workers)
-    except BaseException:
-        close(db, pool)
-        raise
-    return pool
-
-
-def _prepare(db, pool: WorkerPool, run_id, schema, tables, devices, busy_workers: int) -> None:
-    segments = pool.segments
     role = db.execute("SELECT current_user AS role, session_user AS login")[0]
-    if role["role"] != role["login"]:  # act with the caller's current privileges, not the login role's
-        run_on_each(pool, [segment_calls.SegmentCall(s, "SELECT set_config('role', $1, false) AS r", (role["role"],),
-                                                     ("text",)) for s in segments])
-    _check_same_data(db, pool, tables)
     threads = threads_per_worker(db, busy_workers)
-    pool.pids = run_on_each(pool, [segment_calls.init_call(db, schema, s, run_id, threads, devices[i], True)
-                                   for i, s in enumerate(segments)])
+    configs = [WorkerConfig(role["role"] if role["role"] != role["login"] else None, threads,
+                            devices[i].cuda_visible_devices, devices[i].memory_limit_mib) for i in range(len(segments))]
+    idle = settings.read(db, settings.WORKER_IDLE_TIMEOUT)
+    check = driver_check(db, schema)
+    workers = background.acquire(db, schema, configs, idle, check, lambda text: db.notice(f"{name}: {text}"))
+    if len(workers) < len(configs):
+        slots = db.execute("SELECT current_setting('max_worker_processes') AS n")[0]["n"]
+        if not workers or mode == "workers":
+            background.end(workers, background.EXIT_WAIT_SECONDS)
+            raise WorkersUnusable(f"only {len(workers)} of the {len(configs)} background workers it needs could start "
+                                  f"(max_worker_processes is {slots})", SLOTS_HINT)
+        db.notice(f"{name}: {len(workers)} background workers serve {len(segments)} segments, because only "
+                  f"{len(workers)} could start (max_worker_processes is {slots}); {SLOTS_HINT}")
+    executor = BackgroundWorkers(workers, segments, check, idle)
+    try:
+        _check_same_data(executor, tables)
+    except WorkersUnusable:
+        executor.finish(None)  # healthy workers: kept for the session's next call
+        raise
+    except BaseException:
+        executor.close()
+        raise
+    return executor
 
 
-def _check_same_data(db, pool: WorkerPool, tables: list[PackedTable]) -> None:
+def driver_check(db, schema: str):
+    """The driver's check while it waits on workers: an SPI call (a cancel or statement_timeout takes
+    effect) that also asks whether the client is still connected."""
+    sql = f"SELECT {db.quote_ident(schema)}.internal_client_connected() AS connected"
+
+    def check() -> None:
+        if not db.execute(sql)[0]["connected"]:
+            raise ClientGone("the client connection was lost; the run is stopped")
+
+    return check
+
+
+def _check_same_data(executor: BackgroundWorkers, tables: list[PackedTable]) -> None:
     """Workers see only committed data: a table created or changed in the caller's open transaction
     looks different (or absent) to them. Compare what the caller counted with what a worker sees."""
-    segment = pool.segments[0]
+    segment = executor.segments[0]
     for table in tables:
-        # One implicit transaction (a multi-statement query): the lock timeout applies to this read only,
-        # so a lock the caller holds on the table makes the check fail instead of waiting forever.
-        call = segment_calls.SegmentCall(segment, "SET LOCAL lock_timeout = '5s'; " + _stats_sql(db, table), (), ())
         try:
-            seen = [c.row for c in run_calls(pool, [call])]
+            seen = [c.row for c in run_calls(executor, [segment_calls.count_rows_call(segment, table)])]
         except executors.SegmentFailed as error:
             if error.sqlstate == "42P01":  # undefined_table
-                raise WorkersUnusable(f"worker sessions cannot see {table.text}: it is not yet committed",
+                raise WorkersUnusable(f"background workers cannot see {table.text}: it is not yet committed",
                                       UNCOMMITTED_HINT) from None
-            raise WorkersUnusable(f"worker sessions cannot read {table.text} ({error})",
+            if error.sqlstate == "42501":  # insufficient_privilege: the caller has it too
+                raise
+            raise WorkersUnusable(f"background workers cannot read {table.text} ({error})",
                                   "check that a new session of this role can read it") from None
         counts = seen[0].get("counts") if seen else None
         expected = ",".join(f"{k}:{s.buffers}:{s.images}" for k, s in sorted(table.segments.items()))
         if counts != expected:
-            raise WorkersUnusable(f"worker sessions see other data in {table.text} than this transaction: its "
+            raise WorkersUnusable(f"background workers see other data in {table.text} than this transaction: its "
                                   "changes are not yet committed", UNCOMMITTED_HINT)
-
-
-def _stats_sql(db, table: PackedTable) -> str:
-    shape = db.quote_ident(table.independent + "_shape")
-    return (f"SELECT string_agg(segment || ':' || buffers || ':' || images, ',' ORDER BY segment) AS counts FROM ("
-            f"SELECT __dist_key__ AS segment, count(*) AS buffers, sum({shape}[1]) AS images "
-            f"FROM {table.table.sql(db)} GROUP BY 1) t")
 
 
 def run_calls(executor, calls) -> list[executors.Completed]:
@@ -154,19 +157,11 @@ def run_on_each(executor, calls) -> dict[int, object]:
     return {c.call.segment: next(iter(c.row.values()), None) for c in run_calls(executor, calls)}
 
 
-def close(db, executor, schema: str | None = None, run_id: str | None = None) -> None:
-    """End the run's sessions (workers) or drop its cache and models from this session (in process)."""
-    if isinstance(executor, WorkerPool):
-        pids = list(executor.pids.values())
-        executor.close()
-        executors.wait_for_exit(db, pids)
+def _end(db, executor, run_id: str, succeeded: bool) -> None:
+    """Workers: kept for the next call after a success, ended after a failure. In process: the run's
+    data and models leave this session either way."""
+    if isinstance(executor, BackgroundWorkers):
+        executor.finish(run_id) if succeeded else executor.close()
         return
     executor.close()
-    if schema is not None:
-        call = segment_calls.release_call(db, schema, 0, run_id)
-        db.execute(call.sql, list(call.args), list(call.types))
-
-
-def _first_line(error) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    run_on_each(executor, [segment_calls.release_call(executor.segments[0], run_id)])

@@ -35,7 +35,8 @@ def test_create_and_drop_extension_leave_nothing_behind(server):
         namespaces_before = cur.fetchone()[0]
         cur.execute("CREATE EXTENSION madlib_dl")
         names, signatures = _declared_functions()
-        assert {"version", "gpu_configuration", "training_preprocessor_dl", "load_keras_model"} <= names
+        assert {"version", "gpu_configuration", "training_preprocessor_dl", "load_keras_model",
+                "internal_launch_worker", "internal_client_connected", "internal_worker_serve"} <= names
         assert set(_functions_in(cur, "madlib_dl")) == names
         cur.execute(MEMBER_OBJECTS)
         assert cur.fetchone()[0] == 1 + signatures + len(_declared_types())  # the schema, functions, types
@@ -51,6 +52,20 @@ def test_create_and_drop_extension_leave_nothing_behind(server):
         # and it can be created again in the same database
         cur.execute("CREATE EXTENSION madlib_dl")
         assert "version" in _functions_in(cur, "madlib_dl")
+
+
+def test_the_c_library_is_loaded_from_libdir_and_the_schema_is_usable_by_everyone(cur):
+    cur.execute("SELECT p.proname, p.probin, p.prosrc, p.provolatile, p.proisstrict FROM pg_proc p "
+                "JOIN pg_language l ON l.oid = p.prolang WHERE l.lanname = 'c' "
+                "AND p.pronamespace = 'madlib_dl'::regnamespace ORDER BY 1")
+    assert cur.fetchall() == [
+        ("internal_client_connected", "$libdir/madlib_dl", "madlib_dl_client_connected", "v", False),
+        ("internal_launch_worker", "$libdir/madlib_dl", "madlib_dl_launch_worker", "v", True),
+    ]
+    cur.execute("SELECT madlib_dl.internal_client_connected()")
+    assert cur.fetchone()[0] is True
+    cur.execute("SELECT has_schema_privilege('public', 'madlib_dl', 'USAGE')")
+    assert cur.fetchone()[0] is True
 
 
 def test_extension_refuses_a_schema_it_did_not_create(server):

@@ -1,9 +1,11 @@
 """madlib_keras_fit_multiple_model on a real server: MADlib's scenarios on iris, equivalence with plain
 Keras, caching, real parallelism, progress, cancel and failure clean-up. Each scenario runs both with
-and without caching; worker sessions are the default executor, in_process where a fixed order is needed."""
+and without caching. Everything runs as a plain role on a server with Debian's pg_hba, with background
+workers required (a fallback to one session would fail the run); in_process where a fixed order is needed."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -31,8 +33,9 @@ def _mlp(seed=0, inputs=4, classes=3):
 
 
 @pytest.fixture(scope="module")
-def db(server):
-    with server.fresh_database("fit_multiple") as name, server.connect(name) as conn:
+def db(training_database):
+    """Everything runs as a plain role, and its runs must use background workers (conftest)."""
+    with training_database("fit_multiple") as conn:
         with conn.cursor() as cur:
             iris = load_iris()
             cur.execute("CREATE TABLE iris (id INTEGER, attributes DOUBLE PRECISION[], class_text TEXT, "
@@ -176,9 +179,10 @@ def test_one_hot_labels_and_null_class(cur, caching, label):
     assert cur.fetchone()[0] == (None if label == "onehot" else [None, "versicolor", "virginica"])
 
 
-def test_schema_qualified_tables(cur):
-    cur.execute("DROP SCHEMA IF EXISTS s1 CASCADE")
-    cur.execute("CREATE SCHEMA s1")
+def test_schema_qualified_tables(cur, server, plain_role):
+    with server.connect("fit_multiple") as admin, admin.cursor() as c:  # a schema the DBA gave the role
+        c.execute("DROP SCHEMA IF EXISTS s1 CASCADE")
+        c.execute(f"CREATE SCHEMA s1 AUTHORIZATION {plain_role.name}")
     cur.execute("SELECT madlib_dl.training_preprocessor_dl('iris_train', 's1.packed', 'class_text', 'attributes', "
                 "NULL, 1.0, NULL, '3')")
     _mst(cur, "mst1", [(1, _adam(0.05), "batch_size=8,epochs=1")])
@@ -351,6 +355,13 @@ def test_two_workers_train_two_models_at_the_same_time(cur, server):
     cur.connection.notices.clear()
 
 
+def _wait_gone(pid, seconds=30):
+    deadline = time.monotonic() + seconds
+    while os.path.exists(f"/proc/{pid}"):
+        assert time.monotonic() < deadline, f"process {pid} is still there"
+        time.sleep(0.05)
+
+
 def _workers_alive(cur):
     cur.execute("SELECT pg_stat_clear_snapshot()")
     cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'madlib_dl fit_multiple%' "
@@ -404,6 +415,7 @@ def test_workers_cannot_see_uncommitted_tables(cur):
     """A packed table made in the caller's open transaction: 'auto' trains in process with a NOTICE
     saying why; 'workers' is an error; either way nothing is left and no worker remains."""
     _mst(cur, "mst1", [(1, _adam(0.05), "batch_size=8,epochs=1")])
+    cur.execute("SET madlib_dl.executor = 'auto'")
     cur.execute("BEGIN")
     try:
         cur.execute("SELECT madlib_dl.training_preprocessor_dl('iris_train', 'fresh', 'class_text', 'attributes', "
@@ -440,24 +452,39 @@ def test_one_notice_per_iteration_with_best_loss(cur):
     assert "mst_key=1: training loss=" in notices[1] and "mst_key=1" not in notices[0]
 
 
-def test_workers_that_cannot_connect(cur):
-    """madlib_dl.worker_conninfo pointing nowhere: 'auto' trains in this session and says why and how to
-    enable workers; 'workers' refuses; a malformed value is an error naming the setting."""
-    _mst(cur, "mst1", [(1, _adam(0.05), "batch_size=8,epochs=1")])
-    cur.execute("SET madlib_dl.worker_conninfo = 'host=127.0.0.1 port=1 connect_timeout=2'")
-    cur.connection.notices.clear()
-    _fit(cur, "out_nc", mst="mst1", iterations=1)
-    assert any("cannot connect" in n and "pg_hba.conf" in n and "worker_conninfo" in n
-               for n in cur.connection.notices)
-    assert {h["worker_pid"] for h in _hops(cur)} == {cur.connection.get_backend_pid()}
-    cur.execute("SET madlib_dl.executor = 'workers'")
-    with pytest.raises(psycopg2.Error, match="madlib_dl.executor is 'workers' but worker sessions cannot connect"):
-        _fit(cur, "out_nc2", mst="mst1", iterations=1)
-    cur.execute("SET madlib_dl.worker_conninfo = 'nonsense'")
-    with pytest.raises(psycopg2.Error, match="setting madlib_dl.worker_conninfo: not a libpq connection string"):
-        _fit(cur, "out_nc2", mst="mst1", iterations=1)
-    cur.execute("SELECT to_regclass('out_nc2') IS NULL")
-    assert cur.fetchone()[0]
+def test_too_few_worker_slots(db, server, plain_role, worker_slots):
+    """With 2 background worker slots free (max_worker_processes), 'auto' trains a 3-segment table on
+    2 workers and says so; 'workers' refuses and creates nothing; with none free, 'auto' trains in this
+    session and names the setting."""
+    with server.connect("fit_multiple", user=plain_role) as conn, conn.cursor() as cur:  # no idle workers
+        _mst(cur, "mst1", [(1, _adam(0.05), "batch_size=8,epochs=1")])
+        _drop(cur, "out_slots")
+        _drop(cur, "out_slots2")
+        assert worker_slots.fill(cur) > 0
+        worker_slots.free(2)
+        cur.execute("SET madlib_dl.executor = 'auto'")
+        _fit(cur, "out_slots", mst="mst1", iterations=2)
+        assert any("2 background workers serve 3 segments" in n and "max_worker_processes" in n
+                   for n in conn.notices), conn.notices
+        hops = _hops(cur)
+        assert len({h["worker_pid"] for h in hops}) == 2 and conn.get_backend_pid() not in {h["worker_pid"] for h in hops}
+        assert sorted((h["iteration"], h["segment"]) for h in hops) == [(i, s) for i in (1, 2) for s in (0, 1, 2)]
+        assert sum(h["images"] for h in hops) == 2 * 120
+        cur.execute("SET madlib_dl.executor = 'workers'")  # the two idle workers are reused, a third cannot start
+        with pytest.raises(psycopg2.Error, match="madlib_dl.executor is 'workers' but only 2 of the 3 background "
+                                                 "workers it needs could start \\(max_worker_processes is"):
+            _fit(cur, "out_slots2", mst="mst1", iterations=1)
+        cur.execute("SELECT to_regclass('out_slots2') IS NULL AND to_regclass('out_slots2_info') IS NULL")
+        assert cur.fetchone()[0]
+        for pid in {h["worker_pid"] for h in hops}:  # the refused run ended the two; their slots come free
+            _wait_gone(pid)
+        worker_slots.fill(cur)
+        cur.execute("SET madlib_dl.executor = 'auto'")
+        conn.notices.clear()
+        _fit(cur, "out_slots2", mst="mst1", iterations=1)
+        assert any("runs in this session" in n and "only 0 of the 3" in n and "max_worker_processes" in n
+                   for n in conn.notices), conn.notices
+        assert {h["worker_pid"] for h in _hops(cur)} == {conn.get_backend_pid()}
 
 
 def test_a_lock_the_caller_holds_does_not_hang_the_workers(cur):
@@ -465,6 +492,7 @@ def test_a_lock_the_caller_holds_does_not_hang_the_workers(cur):
     hop gives up after lock_timeout and the run trains in this session instead."""
     _mst(cur, "mst1", [(1, _adam(0.05), "batch_size=8,epochs=1")])
     _drop(cur, "out_lock")
+    cur.execute("SET madlib_dl.executor = 'auto'")
     cur.execute("BEGIN")
     try:
         cur.execute("LOCK TABLE iris_packed IN ACCESS EXCLUSIVE MODE")

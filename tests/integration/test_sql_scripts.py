@@ -17,8 +17,8 @@ SCRIPTS = sorted(SQL_DIR.glob("*.sql"))
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
 def test_sql_script(server, script):
     with server.fresh_database(f"sql_{script.stem}", extension=False) as db:
-        env = dict(os.environ, PGHOST=server.host, PGPORT=str(server.port), PGUSER=server.user, PGDATABASE=db,
-                   PGOPTIONS="-c client_min_messages=notice", PSQLRC="/dev/null")
+        env = dict(os.environ, **server.libpq_env(db), PGOPTIONS="-c client_min_messages=notice",
+                   PSQLRC="/dev/null")  # the password comes in PGPASSWORD (no .pgpass, no trust line)
         with script.open() as stdin:
             result = subprocess.run(["psql", "-X", "-a", "-q", "-v", "VERBOSITY=terse"], stdin=stdin,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300,

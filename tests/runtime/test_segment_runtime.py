@@ -11,8 +11,7 @@ from madlib_dl import db
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.keras_runtime import serialization, tf_setup
 from madlib_dl.preprocess import packing
-from madlib_dl.segment import runtime, store
-from madlib_dl.training import executors
+from madlib_dl.segment import requests, runtime, store
 from madlib_dl.training.spec import derive_seed
 
 keras = tf_setup.keras()
@@ -49,14 +48,33 @@ def _start(arch=None) -> bytes:
     return serialization.serialize_weights(runtime.initial_weights(arch or _arch(), 7))
 
 
-def _hop(gd, run_id, buffers, weights=None, caching=True, final=False, images=20, compile_params=COMPILE,
-         optimizer_state=None, mst_key=1, arch=None):
+def _begin(gd, run_id, mst_key, arch, compile_params, fit_params):
+    """Register the model in the run (a store for another run is dropped, as a new run does)."""
+    constants = requests.ModelConstants(arch or _arch(), compile_params, fit_params)
+    held = gd.get(store.GD_KEY)
+    if held is not None and held.run_id == run_id:
+        held.constants[mst_key] = constants
+    else:
+        runtime.begin_run(gd, requests.BeginRun(run_id, "madlib_dl", {}, {mst_key: constants}))
+
+
+def _aggregate(gd, call, buffers, transition, final):
+    call_id = runtime.stage(gd, call)
     state = None
-    args = (run_id, 0, mst_key, arch or _arch(), compile_params, "batch_size=5, epochs=1, shuffle=False",
-            weights or _start(arch), optimizer_state, 9, images, caching, final)
     for (y, y_shape), (x, x_shape) in buffers or [((None, None), (None, None))]:
-        state = runtime.fit_transition(gd, state, y, x, y_shape, x_shape, *args)
-    return runtime.fit_final(gd, state)
+        state = transition(gd, state, y, x, y_shape, x_shape, call.run_id, call_id)
+    return final(gd, state)
+
+
+def _hop(gd, run_id, buffers, weights=None, caching=True, final=False, images=20, compile_params=COMPILE,
+         optimizer_state=None, mst_key=1, arch=None, fit_params="batch_size=5, epochs=1, shuffle=False"):
+    _begin(gd, run_id, mst_key, arch, compile_params, fit_params)
+    call = requests.Fit(run_id, "train", 0, mst_key, 9, images, caching, bool(buffers), final,
+                        _start(arch) if weights is None else weights, optimizer_state)
+    result = _aggregate(gd, call, buffers, runtime.fit_transition, runtime.fit_final)
+    output = runtime.take_output(gd)
+    assert "model_weights" not in result  # the state stays in the backend, never in the aggregate's row
+    return dict(result, model_weights=output.weights, optimizer_state=output.optimizer_state)
 
 
 def test_a_cached_hop_trains_like_a_hop_that_read_the_buffers():
@@ -122,12 +140,20 @@ def test_a_wrong_example_count_is_an_error():
 
 
 def test_a_hop_without_weights_is_an_error():
-    gd, state = {}, None
-    for (y, y_shape), (x, x_shape) in _buffers():
-        state = runtime.fit_transition(gd, state, y, x, y_shape, x_shape, "r", 0, 1, _arch(), COMPILE, "", None, None,
-                                       9, 20, True, False)
     with pytest.raises(InvalidArgument, match="model_weights: expected the model's weights"):
-        runtime.fit_final(gd, state)
+        _hop({}, "r", _buffers(), weights=b"")
+
+
+def test_a_call_names_a_begun_run_and_one_of_its_models():
+    gd = {}
+    with pytest.raises(InvalidArgument, match="run r: not begun in this session"):
+        runtime.stage(gd, requests.Fit("r", "train", 0, 1, 9, 20, True, True, False, _start()))
+    _begin(gd, "r", 1, None, COMPILE, "")
+    with pytest.raises(InvalidArgument, match="mst_key 2: not a model of run r"):
+        runtime.stage(gd, requests.Fit("r", "train", 0, 2, 9, 20, True, True, False, _start()))
+    call_id = runtime.stage(gd, requests.Fit("r", "train", 0, 1, 9, 20, True, True, False, _start()))
+    with pytest.raises(InvalidArgument, match=f"call {call_id + 1}: no such call is staged"):
+        runtime.fit_transition(gd, None, None, None, None, None, "r", call_id + 1)
 
 
 def test_initial_weights_depend_only_on_the_seed():
@@ -140,11 +166,8 @@ def test_evaluate_returns_loss_and_metric_of_the_given_weights():
     gd = {}
     buffers = _buffers()
     trained = _hop(gd, "run1", buffers)
-    state = None
-    for (y, ys), (x, xs) in buffers:
-        state = runtime.evaluate_transition(gd, state, y, x, ys, xs, "run1", 0, "validation", 1, _arch(), COMPILE,
-                                            trained["model_weights"], 20, True, False)
-    result = runtime.evaluate_final(gd, state)
+    call = requests.Evaluate("run1", "validation", 0, "validation", 1, 20, True, True, False, trained["model_weights"])
+    result = _aggregate(gd, call, buffers, runtime.evaluate_transition, runtime.evaluate_final)
     model = keras.models.model_from_json(_arch())
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     model.set_weights(serialization.deserialize_weights(trained["model_weights"], [w.shape for w in model.get_weights()]))
@@ -158,11 +181,6 @@ def test_an_aggregate_over_no_rows_returns_null():
     assert runtime.fit_final({}, None) is None
 
 
-def test_parameters_become_psycopg2_placeholders_with_casts():
-    sql = executors.to_pyformat("SELECT f($1, $2, $10) FROM \"a%b\"", ["text"] * 9 + ["bytea"])
-    assert sql == 'SELECT f(%(p1)s::text, %(p2)s::text, %(p10)s::bytea) FROM "a%%b"'
-
-
 def test_derived_seeds_are_stable_and_distinct():
     assert derive_seed(0, 1) == derive_seed(0, 1)
     assert len({derive_seed(0, k, i, s) for k in range(5) for i in range(5) for s in range(5)}) == 125
@@ -173,12 +191,7 @@ def test_derived_seeds_are_stable_and_distinct():
                                         "batch_size=5, epochs=2, steps_per_epoch=2"])
 def test_fit_options_the_loop_lacks_train_through_keras_fit(fit_params):
     """class_weight and steps_per_epoch go to Keras' fit: the hop trains and reports fit's loss."""
-    gd = {}
-    state = None
-    for (y, y_shape), (x, x_shape) in _buffers():
-        state = runtime.fit_transition(gd, state, y, x, y_shape, x_shape, "run_cw", 0, 1, _arch(), COMPILE, fit_params,
-                                       _start(), None, 9, 20, False, False)
-    result = runtime.fit_final(gd, state)
+    result = _hop({}, "run_cw", _buffers(), caching=False, fit_params=fit_params)
     assert np.isfinite(result["loss"]) and result["images"] == 20
     start = runtime.initial_weights(_arch(), 7)
     trained = serialization.deserialize_weights(result["model_weights"], [w.shape for w in start])

@@ -38,6 +38,44 @@ def test_function_bodies_are_valid_python_that_boots_the_venv():
         assert body.splitlines()[-1].startswith(("from madlib_dl.api import", "from madlib_dl.segment import"))
 
 
+def test_c_functions_name_symbols_of_the_library():
+    script = _script()
+    declared = re.findall(r"LANGUAGE C \w+(?: STRICT)? AS '\$libdir/madlib_dl', '(\w+)';", script)
+    assert sorted(declared) == ["madlib_dl_client_connected", "madlib_dl_launch_worker"]
+    assert script.count("LANGUAGE C ") == len(declared)
+    source = (SQL_DIR.parent / "src" / "madlib_dl.c").read_text()
+    for symbol in declared:
+        assert f"PG_FUNCTION_INFO_V1({symbol});" in source
+    # the worker calls the function the install script declares, in the extension's schema
+    assert "CREATE FUNCTION madlib_dl.internal_worker_serve(token TEXT) RETURNS BOOLEAN" in script
+    assert "internal_worker_serve($1)" in source
+
+
+def test_plain_roles_may_use_the_schema():
+    assert "CREATE SCHEMA madlib;\nGRANT USAGE ON SCHEMA madlib TO PUBLIC;" in _script("madlib")
+
+
+def _server_headers() -> bool:
+    if shutil.which("pg_config") is None:
+        return False
+    return (Path(install.paths.pg_config("--includedir-server")) / "postgres.h").exists()
+
+
+@pytest.mark.skipif(not _server_headers(), reason="needs the server headers (postgresql-server-dev-15, `make setup`)")
+def test_library_is_built_and_copied_readable_and_only_when_changed(tmp_path):
+    target, copied = install.install_library(str(tmp_path))
+    assert (target, copied) == (tmp_path / "madlib_dl.so", True)
+    assert target.read_bytes() == (SQL_DIR.parent / "src" / "madlib_dl.so").read_bytes()
+    assert target.stat().st_mode & 0o777 == 0o644  # the postgres OS user reads what root installs
+    inode = target.stat().st_ino
+    assert install.install_library(str(tmp_path)) == (target, False)  # nothing changed: nothing written
+    assert target.stat().st_ino == inode
+    target.write_bytes(b"old library")
+    assert install.install_library(str(tmp_path)) == (target, True)
+    assert target.read_bytes() == (SQL_DIR.parent / "src" / "madlib_dl.so").read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["madlib_dl.so"]  # no temporary file left
+
+
 def test_schema_is_chosen_at_install():
     script = _script("madlib")
     assert "CREATE SCHEMA madlib;" in script

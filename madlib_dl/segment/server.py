@@ -1,0 +1,100 @@
+"""Serving a driver's requests in the backend that holds a segment: a background worker, or the driver's
+own backend when it runs in process. Each request type is one small handler; a hop runs the
+fit_step_multiple_model (or internal_keras_evaluate) aggregate over the segment's buffers through SPI,
+with the hop's request staged in GD so that the aggregate takes data and keys only.
+"""
+
+from __future__ import annotations
+
+from madlib_dl.errors import InvalidArgument
+from madlib_dl.segment import requests, runtime
+from madlib_dl.segment.requests import Reply, TableRef
+
+LOCK_TIMEOUT = "5s"  # CountRows: a lock the caller holds on the table makes the check fail, not hang
+
+
+def handle(db, gd: dict, request) -> Reply:
+    handler = HANDLERS.get(type(request))
+    if handler is None:
+        raise InvalidArgument(f"a segment backend cannot serve {type(request).__name__}")
+    return handler(db, gd, request)
+
+
+def _start(db, gd, request: requests.Start) -> Reply:
+    if request.role is not None:  # the caller's current role: exactly its privileges, never more
+        db.execute("SELECT set_config('role', $1, false)", [request.role], ["text"])
+    pid = runtime.worker_init(gd, request.threads, request.cuda_visible_devices, request.memory_limit_mib,
+                              request.worker_session)
+    return Reply({"pid": pid})
+
+
+def _begin_run(db, gd, request: requests.BeginRun) -> Reply:
+    runtime.begin_run(gd, request)
+    return Reply({})
+
+
+def _initial_weights(db, gd, request: requests.InitialWeights) -> Reply:
+    return Reply({}, weights=runtime.initial_model_weights(request.model_arch, request.seed))
+
+
+def _release(db, gd, request: requests.Release) -> Reply:
+    return Reply({"released": runtime.release(gd, request.run_id)})
+
+
+def _count_rows(db, gd, request: requests.CountRows) -> Reply:
+    shape = db.quote_ident(request.table.independent + "_shape")
+    previous = db.execute("SELECT current_setting('lock_timeout') AS t")[0]["t"]
+    db.execute("SELECT set_config('lock_timeout', $1, true)", [LOCK_TIMEOUT], ["text"])
+    try:
+        rows = db.execute(
+            "SELECT string_agg(segment || ':' || buffers || ':' || images, ',' ORDER BY segment) AS counts FROM ("
+            f"SELECT __dist_key__ AS segment, count(*) AS buffers, sum({shape}[1]) AS images "
+            f"FROM {_table_sql(db, request.table)} GROUP BY 1) t")
+    finally:
+        db.execute("SELECT set_config('lock_timeout', $1, true)", [previous], ["text"])
+    return Reply({"counts": rows[0]["counts"]})
+
+
+def _fit(db, gd, request: requests.Fit) -> Reply:
+    row = _aggregate(db, gd, "fit_step_multiple_model", request)
+    state = runtime.take_output(gd)
+    return Reply(row, weights=state.weights, optimizer_state=state.optimizer_state)
+
+
+def _evaluate(db, gd, request: requests.Evaluate) -> Reply:
+    return Reply(_aggregate(db, gd, "internal_keras_evaluate", request))
+
+
+HANDLERS = {requests.Start: _start, requests.BeginRun: _begin_run, requests.InitialWeights: _initial_weights,
+            requests.Release: _release, requests.CountRows: _count_rows, requests.Fit: _fit,
+            requests.Evaluate: _evaluate}
+
+
+def _aggregate(db, gd, aggregate: str, call) -> dict:
+    """One aggregate over the segment's buffers in buffer order, or over one row of NULL data when the
+    examples are cached here already."""
+    store = runtime.begun(gd, call.run_id)
+    table = store.tables.get(call.table)
+    if table is None:
+        raise InvalidArgument(f"table {call.table!r}: not a table of run {call.run_id}")
+    call_id = runtime.stage(gd, call)
+    q = db.quote_ident
+    fn = f"{q(store.schema)}.{q(aggregate)}"
+    if call.read_table:
+        data = (f"{q(table.dependent)}, {q(table.independent)}, {q(table.dependent + '_shape')}, "
+                f"{q(table.independent + '_shape')}")
+        inner = (f"SELECT {fn}({data}, $1, $2 ORDER BY buffer_id) AS r FROM {_table_sql(db, table)} "
+                 "WHERE __dist_key__ = $3")
+        args, types = [call.run_id, call_id, call.segment], ["text", "bigint", "integer"]
+    else:
+        inner = f"SELECT {fn}(NULL::bytea, NULL::bytea, NULL::integer[], NULL::integer[], $1, $2) AS r"
+        args, types = [call.run_id, call_id], ["text", "bigint"]
+    rows = db.execute(f"SELECT (s.r).* FROM ({inner} OFFSET 0) s", args, types)
+    if not rows or rows[0].get("images") is None:
+        raise InvalidArgument(f"segment {call.segment}: {table.name} has no buffers there")
+    return rows[0]
+
+
+def _table_sql(db, table: TableRef) -> str:
+    parts = [table.schema, table.name] if table.schema else [table.name]
+    return ".".join(db.quote_ident(p) for p in parts)

@@ -1,0 +1,140 @@
+"""The body of a background worker: serve one driver's requests over its channel until the driver is
+gone, it says stop, or nothing has come for the idle timeout.
+
+The C library's worker main (src/madlib_dl.c) calls :func:`serve` again and again, each call in a
+transaction of its own, as long as it returns True. One call waits at most ``WAIT_SECONDS`` for a
+request and serves at most one, so no transaction (or snapshot) of a worker lasts much longer than its
+request. The first call connects to the driver's socket and authenticates; the token the driver gave
+the launcher holds the socket's path, the secret and this worker's index.
+
+While waiting, and between training batches (keras_runtime.interrupts), the worker makes an SPI call
+(so terminate and cancel signals take effect) and checks that its driver's end of the channel is still
+open and that the postmaster is still its parent.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from madlib_dl import channel, db
+from madlib_dl.keras_runtime import interrupts
+from madlib_dl.segment import requests, server
+
+GD_KEY = "madlib_dl_worker"
+WAIT_SECONDS = 1.0
+AUTH_SECONDS = 10.0
+DEFAULT_IDLE_SECONDS = 60.0
+
+
+class DriverGone(Exception):
+    pass
+
+
+@dataclass
+class WorkerState:
+    conn: channel.Connection
+    parent: int
+    idle_timeout: float = DEFAULT_IDLE_SECONDS
+    last_request: float = 0.0
+
+
+@dataclass(frozen=True)
+class Token:
+    path: str
+    secret: bytes
+    index: int
+
+    def text(self) -> str:
+        return f"{self.path}\t{self.secret.hex()}\t{self.index}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Token":
+        path, secret, index = text.split("\t")
+        return cls(path, bytes.fromhex(secret), int(index))
+
+
+def serve(gd: dict, token: str) -> bool:
+    """Serve at most one request; False when this worker should end."""
+    state = gd.get(GD_KEY)
+    if state is None:
+        state = _connect(token)
+        if state is None:
+            return False
+        gd[GD_KEY] = state
+    try:
+        message = state.conn.receive(WAIT_SECONDS, lambda: _check(state))
+        if message is None:
+            return time.monotonic() - state.last_request < state.idle_timeout
+        state.last_request = time.monotonic()
+        header, blobs = message
+        request = requests.decode(header, blobs)
+        if isinstance(request, requests.Stop):
+            return False
+        _apply_envelope(state, header)
+        state.conn.send(*_answer(gd, request), check=lambda: _check(state))
+        state.last_request = time.monotonic()
+        return True
+    except (channel.ChannelClosed, channel.ChannelError, requests.BadRequest, DriverGone):
+        return False
+
+
+def _connect(token: str) -> WorkerState | None:
+    try:
+        parsed = Token.parse(token)
+        conn = channel.connect(parsed.path)
+    except (ValueError, OSError):
+        return None  # the driver gave up before this worker got here, and removed its socket
+    state = WorkerState(conn, os.getppid(), last_request=time.monotonic())
+    try:
+        channel.authenticate_driver(conn, parsed.secret, {"index": parsed.index, "pid": os.getpid()}, AUTH_SECONDS,
+                                    lambda: _check(state))
+    except (channel.ChannelClosed, channel.ChannelError):
+        conn.close()
+        return None
+    interrupts.also_check(lambda: _check_driver(state))
+    return state
+
+
+def _check(state: WorkerState) -> None:
+    db.current().execute("SELECT 1")  # lets a pending terminate or cancel take effect
+    _check_driver(state)
+
+
+def _check_driver(state: WorkerState) -> None:
+    if os.getppid() != state.parent:
+        raise DriverGone("the postmaster is gone")
+    if state.conn.closed_by_peer():
+        raise DriverGone("the driver closed the channel")
+
+
+def _apply_envelope(state: WorkerState, header: dict) -> None:
+    """What a request's header says besides the request: progress text, idle timeout."""
+    progress = header.get("progress")
+    if isinstance(progress, str):
+        db.current().execute("SELECT set_config('application_name', $1, false)", [progress[:63]], ["text"])
+    idle = header.get("idle_timeout")
+    if isinstance(idle, (int, float)) and not isinstance(idle, bool):
+        state.idle_timeout = float(idle)
+
+
+def _answer(gd: dict, request) -> tuple[dict, list]:
+    """The reply's header and blobs; a failure becomes an error reply the driver raises."""
+    try:
+        header, blobs = requests.encode(server.handle(db.current(), gd, request))
+    except DriverGone:
+        raise
+    except Exception as error:  # reported to the driver, which fails the run with it
+        return {"error": {"message": _message(error), "sqlstate": _sqlstate(error)}}, []
+    return header, blobs
+
+
+def _message(error: Exception) -> str:
+    text = str(error.args[0]) if error.args else type(error).__name__
+    return text.strip().removeprefix("madlib_dl: ")
+
+
+def _sqlstate(error: Exception) -> str:
+    state = getattr(error, "sqlstate", None)
+    return state if isinstance(state, str) and len(state) == 5 else "XX000"

@@ -1,0 +1,331 @@
+"""Background workers: the executor that runs a run's segments in parallel, one PostgreSQL dynamic
+background worker per segment (or fewer, each then serving several segments).
+
+The driver asks the C library (internal_launch_worker) to start workers. Each logs in to the caller's
+database as the caller's login role, with no authentication and no pg_hba entry, then SETs ROLE to the
+caller's current role (requests.Start), so it has exactly the caller's privileges. It connects back to
+the driver over a Unix socket in a private directory made for this start-up only, and both ends prove
+they know a per-start secret (channel). Requests and model state then travel as raw bytes.
+
+Workers of a session stay for the next call for ``madlib_dl.worker_idle_timeout`` seconds once a run
+has succeeded (their run's data and models dropped), so a second call starts at once. A failed or
+cancelled run ends its workers: they are told nothing, their channel closes and they exit as soon as
+they can (a worker still importing TensorFlow exits right after the import).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+
+from madlib_dl import channel
+from madlib_dl.errors import InvalidArgument
+from madlib_dl.segment import requests
+from madlib_dl.segment.worker import Token
+from madlib_dl.training.executors import Completed, SegmentFailed
+
+POLL_SECONDS = channel.POLL_SECONDS
+CONNECT_SECONDS = 120.0   # a worker that neither connects nor exits by then is given up on
+AUTH_SECONDS = 10.0
+EXIT_WAIT_SECONDS = 2.0   # how long a failing run waits for its workers to exit before returning its error
+TOKEN_BYTES = 119          # what internal_launch_worker can hand a worker
+IDLE_MARGIN_SECONDS = 2.0  # a pooled worker this close to its idle timeout is not reused (it may be exiting)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker was started with; a pooled worker serves a later run only with the same."""
+    role: str | None
+    threads: int | None
+    cuda_visible_devices: str | None
+    memory_limit_mib: int | None
+
+
+@dataclass
+class Worker:
+    index: int
+    pid: int
+    conn: channel.Connection
+    config: WorkerConfig | None = None
+    idle_since: float = 0.0
+
+
+_POOL: list[Worker] = []  # this session's idle workers, kept between calls
+
+
+def pooled_pids() -> list[int]:
+    return [w.pid for w in _POOL]
+
+
+def acquire(db, schema: str, configs: list[WorkerConfig], idle_timeout: float, check, notice) -> list[Worker]:
+    """Started workers, one per config: idle ones of this session first, then new ones. Fewer come back
+    when fewer slots are free (max_worker_processes): the caller decides what to do with those."""
+    workers = _take_pooled(configs, idle_timeout)
+    wanted = [position for position, worker in enumerate(workers) if worker is None]
+    if wanted:
+        reused = len(configs) - len(wanted)
+        notice(f"starting {len(wanted)} background worker{'s' if len(wanted) > 1 else ''}"
+               + (f" ({reused} idle worker{'s' if reused > 1 else ''} of this session reused)" if reused else ""))
+        started = launch(db, schema, len(wanted), check)
+        try:
+            _start(started, [configs[p] for p in wanted], idle_timeout, check)
+        except BaseException:
+            end([w for w in workers if w is not None] + started, EXIT_WAIT_SECONDS)
+            raise
+        for position, worker in zip(wanted, started):
+            workers[position] = worker
+    return [w for w in workers if w is not None]
+
+
+def _take_pooled(configs: list[WorkerConfig], idle_timeout: float) -> list[Worker | None]:
+    now, taken = time.monotonic(), [None] * len(configs)
+    keep: list[Worker] = []
+    for worker in _POOL:
+        alive = now - worker.idle_since < idle_timeout - IDLE_MARGIN_SECONDS and not worker.conn.closed_by_peer()
+        slot = next((i for i, c in enumerate(configs) if taken[i] is None and c == worker.config), None) if alive else None
+        if slot is None:
+            keep.append(worker) if alive else worker.conn.close()
+        else:
+            taken[slot] = worker
+    # Idle workers no run of this call wants are ended: the session's needs have changed.
+    end(keep)
+    _POOL.clear()
+    return taken
+
+
+def keep_idle(workers: list[Worker]) -> None:
+    now = time.monotonic()
+    for worker in workers:
+        worker.idle_since = now
+        _POOL.append(worker)
+
+
+def launch(db, schema: str, count: int, check) -> list[Worker]:
+    """Start up to ``count`` workers (as many as slots are free) and wait until each has connected and
+    authenticated. The socket's directory exists only during this call."""
+    directory = tempfile.mkdtemp(prefix="madlib_dl-")  # mode 0700: only the server's OS user enters it
+    path = os.path.join(directory, "socket")
+    if len(Token(path, b"\0" * 16, count).text().encode()) > TOKEN_BYTES:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise InvalidArgument(f"the server's temporary directory {tempfile.gettempdir()!r} has too long a path for "
+                              "a worker socket; set TMPDIR to a shorter one in the server's environment")
+    secret = os.urandom(16)
+    listener = channel.Listener(path)
+    pids: dict[int, int] = {}
+    connected: dict[int, Worker] = {}
+    try:
+        for index in range(count):
+            row = db.execute(f"SELECT {db.quote_ident(schema)}.internal_launch_worker($1) AS pid",
+                             [Token(path, secret, index).text()], ["text"])[0]
+            if row["pid"] is None:
+                break
+            pids[index] = int(row["pid"])
+        deadline = time.monotonic() + CONNECT_SECONDS
+        while len(connected) < len(pids):
+            conn = listener.accept(POLL_SECONDS)
+            check()
+            if conn is not None:
+                worker = _authenticated(conn, secret, pids, connected, check)
+                if worker is not None:
+                    connected[worker.index] = worker
+                continue
+            gone = [pid for index, pid in pids.items() if index not in connected and not _alive(pid)]
+            if gone or time.monotonic() > deadline:
+                raise InvalidArgument(
+                    f"background worker{'s' if len(gone) > 1 else ''} {', '.join(map(str, gone or pids.values()))} "
+                    f"{'exited' if gone else 'did not connect'} before serving this run; see the server log")
+        return [connected[i] for i in sorted(connected)]
+    except BaseException:
+        for worker in connected.values():
+            worker.conn.close()
+        _terminate(list(pids.values()))
+        raise
+    finally:
+        listener.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _authenticated(conn, secret, pids, connected, check) -> Worker | None:
+    try:
+        about = channel.authenticate_worker(conn, secret, AUTH_SECONDS, check)
+    except (channel.ChannelClosed, channel.ChannelError):
+        conn.close()
+        return None
+    index, pid = about.get("index"), about.get("pid")
+    if index not in pids or index in connected or pids[index] != pid:
+        conn.close()
+        return None
+    return Worker(index, pid, conn)
+
+
+def _start(workers: list[Worker], configs: list[WorkerConfig], idle_timeout: float, check) -> None:
+    """Send each new worker its Start (role, threads, GPU) and wait for all: TensorFlow starts in each
+    at once."""
+    for worker, config in zip(workers, configs):
+        request = requests.Start(config.role, config.threads, config.cuda_visible_devices, config.memory_limit_mib)
+        header, blobs = requests.encode(request)
+        header["idle_timeout"] = idle_timeout
+        worker.conn.send(header, blobs, check)
+        worker.config = config
+    for worker in workers:
+        reply = _reply(worker, "start", check)
+        if reply.row.get("pid") != worker.pid:
+            raise InvalidArgument(f"background worker {worker.pid} answered as another process")
+
+
+def _reply(worker: Worker, what: str, check) -> requests.Reply:
+    try:
+        message = worker.conn.receive(None, check)
+    except channel.ChannelClosed:
+        raise SegmentFailed(f"background worker {worker.pid} exited during {what}; see the server log", "XX000") \
+            from None
+    return _decoded(message, f"background worker {worker.pid}")
+
+
+def _decoded(message, who: str) -> requests.Reply:
+    header, blobs = message
+    error = header.get("error") if isinstance(header, dict) else None
+    if error is not None:
+        raise SegmentFailed(f"{who}: {error.get('message')}", error.get("sqlstate"))
+    reply = requests.decode(header, blobs)
+    if not isinstance(reply, requests.Reply):
+        raise SegmentFailed(f"{who}: answered with {type(reply).__name__}", "XX000")
+    return reply
+
+
+def end(workers: list[Worker], wait: float = 0.0) -> None:
+    """Close the workers' channels (they exit on their own) and signal them to exit now; wait up to
+    ``wait`` seconds for them to be gone."""
+    for worker in workers:
+        worker.conn.close()
+    _terminate([w.pid for w in workers], wait)
+
+
+def _terminate(pids: list[int], wait: float = 0.0) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)  # a worker this session started; it exits at its next interrupt check
+        except OSError:
+            pass
+    deadline = time.monotonic() + wait
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # the postmaster reaps its children quickly, but a zombie still answers kill(0)
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class BackgroundWorkers:
+    """The executor over started workers: a segment's calls go to the worker that serves it (segment
+    ``i`` of the run to worker ``i % workers``), one call at a time per worker, queued in order."""
+    name = "workers"
+
+    def __init__(self, workers: list[Worker], segments, check, idle_timeout: float):
+        self.workers = workers
+        self.segments = list(segments)
+        self._worker_of = {s: workers[i % len(workers)] for i, s in enumerate(self.segments)}
+        self.pids = {s: w.pid for s, w in self._worker_of.items()}
+        self._check = check
+        self._idle_timeout = idle_timeout
+        self._busy: dict[int, tuple] = {}  # worker index -> (call, submitted)
+        self._queues: dict[int, collections.deque] = {w.index: collections.deque() for w in workers}
+        self._progress: dict[int, str] = {}
+
+    def submit(self, call) -> None:
+        worker = self._worker_of[call.segment]
+        if worker.index in self._busy:
+            self._queues[worker.index].append(call)
+        else:
+            self._send(worker, call)
+
+    def _send(self, worker: Worker, call) -> None:
+        header, blobs = requests.encode(call.request)
+        progress = self._progress.pop(worker.index, None)
+        if progress is not None:
+            header["progress"] = progress
+        try:
+            worker.conn.send(header, blobs, self._check)
+        except channel.ChannelClosed:
+            raise self._exited(worker, call) from None
+        self._busy[worker.index] = (call, time.time())
+
+    def busy(self) -> bool:
+        return bool(self._busy)
+
+    def wait(self) -> list[Completed]:
+        while True:
+            done = self._collect()
+            if done:
+                return done
+            select.select([self._by_index(i).conn for i in self._busy], [], [], POLL_SECONDS)
+            self._check()
+
+    def _collect(self) -> list[Completed]:
+        done = []
+        for index, (call, submitted) in list(self._busy.items()):
+            worker = self._by_index(index)
+            try:
+                message = worker.conn.poll()
+            except (channel.ChannelClosed, channel.ChannelError):
+                raise self._exited(worker, call) from None
+            if message is None:
+                continue
+            del self._busy[index]
+            reply = _decoded(message, f"worker of segment {call.segment}")
+            done.append(Completed(call, reply.row, submitted, time.time(), reply.weights, reply.optimizer_state))
+            if self._queues[index]:
+                self._send(worker, self._queues[index].popleft())
+        return done
+
+    def _by_index(self, index: int) -> Worker:
+        return next(w for w in self.workers if w.index == index)
+
+    @staticmethod
+    def _exited(worker: Worker, call) -> SegmentFailed:
+        return SegmentFailed(f"the background worker of segment {call.segment} (pid {worker.pid}) exited while "
+                             f"serving {type(call.request).__name__.lower()} calls; see the server log", "XX000")
+
+    def set_progress(self, text: str) -> None:
+        """Shown as the workers' application_name from their next call on."""
+        for worker in self.workers:
+            segments = [s for s, w in self._worker_of.items() if w is worker]
+            self._progress[worker.index] = f"{text} (segment {', '.join(map(str, segments))})"[:63]
+
+    def finish(self, run_id: str) -> None:
+        """After a successful run: drop the run from every worker and keep them for the session's next
+        call, or end them when the idle timeout is 0."""
+        if self._idle_timeout <= 0:
+            self.close()
+            return
+        for worker in self.workers:
+            header, blobs = requests.encode(requests.Release(run_id))
+            header["idle_timeout"] = self._idle_timeout
+            header["progress"] = "madlib_dl worker (idle)"
+            worker.conn.send(header, blobs, self._check)
+        for worker in self.workers:
+            _reply(worker, "release", self._check)
+        keep_idle(self.workers)
+        self.workers = []
+
+    def close(self) -> None:
+        """End every worker (a failed or cancelled run): their channels close and they are signalled."""
+        self._busy.clear()
+        end(self.workers, EXIT_WAIT_SECONDS)
+        self.workers = []

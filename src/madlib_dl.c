@@ -1,0 +1,210 @@
+/*
+ * madlib_dl.c: the extension's only C code. It lets the Python driver start PostgreSQL dynamic
+ * background workers and notice a dead client; everything else stays in Python.
+ *
+ *   madlib_dl_launch_worker(token text) -> int4   start one worker, return its pid (NULL: no free slot)
+ *   madlib_dl_worker_main(Datum)                  the worker: calls <schema>.internal_worker_serve(token)
+ *                                                 in a loop, one transaction per call, until it returns
+ *                                                 false or NULL
+ *   madlib_dl_client_connected() -> bool          false once the client of this backend has gone away
+ *
+ * A worker connects to the caller's database as the caller's session user (the role that logged in),
+ * so it has exactly that role's privileges: no login, no password, no pg_hba entry.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/dependency.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_depend.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "libpq/libpq.h"
+#include "libpq/libpq-be.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+PG_MODULE_MAGIC;
+
+PG_FUNCTION_INFO_V1(madlib_dl_launch_worker);
+PG_FUNCTION_INFO_V1(madlib_dl_client_connected);
+PGDLLEXPORT void madlib_dl_worker_main(Datum main_arg);
+
+/* What a worker gets from its launcher, in bgw_extra (BGW_EXTRALEN = 128 bytes). */
+typedef struct WorkerArgs
+{
+	Oid			database;		/* the caller's database */
+	Oid			login;			/* the caller's session user: the role that logged in */
+	char		token[BGW_EXTRALEN - 2 * sizeof(Oid)];	/* NUL-terminated */
+} WorkerArgs;
+
+StaticAssertDecl(sizeof(WorkerArgs) <= BGW_EXTRALEN, "WorkerArgs must fit in bgw_extra");
+
+Datum
+madlib_dl_launch_worker(PG_FUNCTION_ARGS)
+{
+	char	   *token = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	WorkerArgs	args;
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	BgwHandleStatus status;
+	pid_t		pid;
+
+	memset(&args, 0, sizeof(args));
+	if (strlen(token) >= sizeof(args.token))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("madlib_dl: token: expected at most %d bytes, got %d",
+						(int) sizeof(args.token) - 1, (int) strlen(token))));
+	args.database = MyDatabaseId;
+	args.login = GetSessionUserId();
+	strlcpy(args.token, token, sizeof(args.token));
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "madlib_dl");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "madlib_dl_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "madlib_dl worker for PID %d", MyProcPid);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "madlib_dl worker");
+	worker.bgw_main_arg = (Datum) 0;
+	memcpy(worker.bgw_extra, &args, sizeof(args));
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		PG_RETURN_NULL();		/* every worker slot is taken (max_worker_processes) */
+
+	status = WaitForBackgroundWorkerStartup(handle, &pid);
+	if (status == BGWH_POSTMASTER_DIED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg("madlib_dl: cannot start a background worker without the postmaster")));
+	if (status != BGWH_STARTED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg("madlib_dl: the background worker could not be started"),
+				 errhint("The server log may say why.")));
+	PG_RETURN_INT32((int32) pid);
+}
+
+/*
+ * The schema madlib_dl's install script created: the schema that is a member of the extension, as
+ * madlib_dl/tools/cluster.py finds it. Not pg_extension.extnamespace (get_extension_schema): the control
+ * file names no schema, so that is only the schema CREATE EXTENSION ran in, public as a rule.
+ */
+static Oid
+extension_schema(Oid extension)
+{
+	Relation	rel;
+	ScanKeyData key[2];
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			schema = InvalidOid;
+
+	rel = table_open(DependRelationId, AccessShareLock);
+	ScanKeyInit(&key[0], Anum_pg_depend_refclassid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(ExtensionRelationId));
+	ScanKeyInit(&key[1], Anum_pg_depend_refobjid, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(extension));
+	scan = systable_beginscan(rel, DependReferenceIndexId, true, NULL, 2, key);
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		Form_pg_depend depend = (Form_pg_depend) GETSTRUCT(tuple);
+
+		if (depend->classid == NamespaceRelationId && depend->deptype == DEPENDENCY_EXTENSION)
+		{
+			schema = depend->objid;
+			break;
+		}
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return schema;
+}
+
+void
+madlib_dl_worker_main(Datum main_arg)
+{
+	WorkerArgs	args;
+	char	   *query = NULL;
+	bool		more = true;
+
+	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(args));
+	args.token[sizeof(args.token) - 1] = '\0';
+
+	/* pg_terminate_backend and pg_cancel_backend act as in a normal backend, at CHECK_FOR_INTERRUPTS */
+	pqsignal(SIGTERM, die);
+	pqsignal(SIGINT, StatementCancelHandler);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(args.database, args.login, 0);
+
+	while (more)
+	{
+		Oid			argtypes[1] = {TEXTOID};
+		Datum		values[1];
+		bool		isnull;
+		Datum		result;
+
+		CHECK_FOR_INTERRUPTS();
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (query == NULL)
+		{
+			Oid			schema = extension_schema(get_extension_oid("madlib_dl", false));
+			char	   *name = OidIsValid(schema) ? get_namespace_name(schema) : NULL;
+			MemoryContext old;
+
+			if (name == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_SCHEMA),
+						 errmsg("madlib_dl: worker: extension madlib_dl owns no schema")));
+			old = MemoryContextSwitchTo(TopMemoryContext);
+			query = psprintf("SELECT %s.internal_worker_serve($1)", quote_identifier(name));
+			MemoryContextSwitchTo(old);
+		}
+		pgstat_report_activity(STATE_RUNNING, query);
+
+		values[0] = CStringGetTextDatum(args.token);
+		if (SPI_execute_with_args(query, 1, argtypes, values, NULL, false, 0) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("madlib_dl: worker: %s did not return one row", query)));
+		result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		more = !isnull && DatumGetBool(result);
+
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_stat(false);
+		pgstat_report_activity(STATE_IDLE, NULL);
+	}
+	proc_exit(0);
+}
+
+Datum
+madlib_dl_client_connected(PG_FUNCTION_ARGS)
+{
+	/* Not a client backend (a background worker, say): there is no client to lose. */
+	if (MyProcPort == NULL || MyBackendType != B_BACKEND || !WaitEventSetCanReportClosed())
+		PG_RETURN_BOOL(true);
+	PG_RETURN_BOOL(pq_check_connection());
+}

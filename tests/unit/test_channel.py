@@ -1,0 +1,165 @@
+"""The driver-worker channel: framing of headers and raw blobs, partial reads, mutual authentication,
+end of stream, and refusing what is not a message of the protocol."""
+
+import os
+import socket
+import struct
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from madlib_dl import channel
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    left, right = channel.Connection(a), channel.Connection(b)
+    yield left, right
+    left.close()
+    right.close()
+
+
+def _in_thread(fn):
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except BaseException as error:  # surfaced by the test
+            result["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def test_a_header_and_blobs_arrive_as_sent(pair):
+    left, right = pair
+    left.send({"type": "x", "n": [1, 2]}, [b"abc", b"", bytearray(b"\x00\xff")])
+    header, blobs = right.receive(timeout=5)
+    assert header == {"type": "x", "n": [1, 2]}
+    assert [bytes(b) for b in blobs] == [b"abc", b"", b"\x00\xff"]
+
+
+def test_a_large_blob_crosses_while_the_reader_drains_it(pair):
+    """64 MB is far more than a socket buffer: send waits for the reader (checking for interrupts while
+    it waits), and the bytes arrive intact (numpy arrays are sent without a copy to bytes)."""
+    left, right = pair
+    data = np.random.default_rng(0).random(8 << 20)  # 64 MiB of float64
+
+    def slow_reader():
+        time.sleep(0.3)
+        return right.receive(timeout=30)
+
+    thread, result = _in_thread(slow_reader)
+    checks = []
+    left.send({"type": "big"}, [data], check=lambda: checks.append(1))
+    thread.join()
+    header, (blob,) = result["value"]
+    assert header == {"type": "big"} and np.array_equal(np.frombuffer(blob, dtype=np.float64), data)
+    assert checks, "the sender waited without calling its check"
+
+
+def test_messages_in_a_row_are_kept_apart(pair):
+    left, right = pair
+    for i in range(3):
+        left.send({"i": i}, [bytes([i]) * (i + 1)])
+    got = [right.receive(timeout=5) for _ in range(3)]
+    assert [(h["i"], bytes(b[0])) for h, b in got] == [(0, b"\x00"), (1, b"\x01\x01"), (2, b"\x02\x02\x02")]
+
+
+def test_poll_returns_nothing_until_the_whole_message_is_there(pair):
+    left, right = pair
+    frame = b"".join(bytes(v) for v in channel._frame({"a": 1}, [b"xyz"]))
+    left._sock.sendall(frame[:-2])
+    assert right.poll() is None
+    left._sock.sendall(frame[-2:])
+    assert right.poll() == ({"a": 1}, [bytearray(b"xyz")])
+
+
+def test_receive_times_out_and_calls_its_check(pair):
+    _, right = pair
+    checks = []
+    assert right.receive(timeout=0.35, check=lambda: checks.append(1)) is None
+    assert 2 <= len(checks) <= 5
+
+
+def test_a_closed_peer_is_seen(pair):
+    left, right = pair
+    assert not right.closed_by_peer()
+    left.send({"a": 1})
+    assert not right.closed_by_peer()  # data waiting is not an end of stream, and is not consumed
+    left.close()
+    assert right.receive(timeout=1) == ({"a": 1}, [])
+    assert right.closed_by_peer()
+    with pytest.raises(channel.ChannelClosed):
+        right.receive(timeout=1)
+
+
+def test_sending_to_a_closed_peer_raises_channel_closed(pair):
+    left, right = pair
+    right.close()
+    with pytest.raises(channel.ChannelClosed):
+        left.send({"a": 1}, [b"x" * (8 << 20)])
+
+
+@pytest.mark.parametrize("frame", [
+    b"HTTP/1.1 200 OK\r\n\r\n",                                    # not our magic
+    struct.pack("<4sII", channel.MAGIC, channel.MAX_HEADER_BYTES + 1, 0),
+    struct.pack("<4sII", channel.MAGIC, 4, channel.MAX_BLOBS + 1),
+    struct.pack("<4sII", channel.MAGIC, 3, 0) + b"{no",            # header is not JSON
+])
+def test_what_is_not_a_message_is_refused(pair, frame):
+    left, right = pair
+    left._sock.sendall(frame)
+    with pytest.raises(channel.ChannelError):
+        right.receive(timeout=2)
+
+
+def test_both_ends_authenticate_with_the_shared_secret(pair):
+    left, right = pair
+    secret = os.urandom(16)
+    thread, result = _in_thread(lambda: channel.authenticate_driver(right, secret, {"index": 3}, 5))
+    about = channel.authenticate_worker(left, secret, 5)
+    thread.join()
+    assert about == {"index": 3} and "error" not in result
+
+
+def test_a_worker_with_the_wrong_secret_is_refused(pair):
+    left, right = pair
+    thread, result = _in_thread(lambda: channel.authenticate_driver(right, b"wrong" * 4, {"index": 0}, 2))
+    with pytest.raises(channel.ChannelError, match="worker failed to authenticate"):
+        channel.authenticate_worker(left, b"right" * 4, 2)
+    left.close()
+    thread.join()
+    assert isinstance(result.get("error"), (channel.ChannelClosed, channel.ChannelError))
+
+
+def test_a_driver_with_the_wrong_secret_is_refused(pair):
+    left, right = pair
+    thread, result = _in_thread(lambda: channel.authenticate_worker(left, b"other" * 4, 2))
+    with pytest.raises(channel.ChannelError):
+        channel.authenticate_driver(right, b"right" * 4, {}, 2)
+    right.close()
+    thread.join()
+    assert isinstance(result.get("error"), channel.ChannelError)  # the worker's answer did not match either
+
+
+def test_a_listener_accepts_a_connection_on_its_path():
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "socket")
+        listener = channel.Listener(path)
+        try:
+            assert listener.accept(0.05) is None
+            client = channel.connect(path)
+            server = listener.accept(2)
+            client.send({"hello": True})
+            assert server.receive(timeout=2) == ({"hello": True}, [])
+            client.close()
+            server.close()
+        finally:
+            listener.close()
