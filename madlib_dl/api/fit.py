@@ -24,7 +24,7 @@ from madlib_dl.errors import InvalidArgument, NotSupported
 from madlib_dl.identifiers import TableName
 from madlib_dl.keras_runtime import params
 from madlib_dl.packed_tables import PackedTable
-from madlib_dl.training import driver, fit_outputs
+from madlib_dl.training import driver, fit_outputs, stored_state
 from madlib_dl.training.fit_outputs import FitOutputTables, FitRequest
 from madlib_dl.training.spec import FIT, ModelConfig, RunSpec
 
@@ -51,7 +51,7 @@ def fit(source_table, model, model_arch_table, model_id, compile_params, fit_par
         config, offset = _warm_start(conn, out, config)
     spec = RunSpec(uuid.uuid4().hex, fit_multiple.extension_schema(conn), source, validation, (config,), iterations,
                    frequency, None, bool(use_gpus), settings.read(conn, settings.FIT_SEED), caller=FIT,
-                   iteration_offset=offset)
+                   iteration_offset=offset, output_table=out.model)
     result = driver.train(conn, spec)
     if warm_start:
         fit_outputs.drop(conn, out)
@@ -102,7 +102,7 @@ def _warm_start(conn, out: FitOutputTables, config: ModelConfig) -> tuple[ModelC
     earlier = _earlier_summary(conn, out.summary)
     row = rows[0]
     same = row["model_arch"] == config.model_arch and earlier.get("compile_params") == config.compile_params
-    optimizer = bytes(row["optimizer_state"]) if same and row["optimizer_state"] is not None else None
+    optimizer = stored_state.read(conn, out.model, stored_state.SINGLE_KEY, row["optimizer_state"]) if same else None
     continued = ModelConfig(config.mst_key, config.model_id, config.model_arch, config.compile_params,
                             config.fit_params, bytes(row["model_weights"]), optimizer)
     return continued, int(earlier.get("total_iterations") or 0)

@@ -20,7 +20,7 @@ from madlib_dl.errors import InvalidArgument, NotSupported, ObjectExists, Object
 from madlib_dl.identifiers import TableName
 from madlib_dl.keras_runtime import arch_info, params
 from madlib_dl.packed_tables import PackedTable
-from madlib_dl.training import driver, outputs
+from madlib_dl.training import driver, outputs, stored_state
 from madlib_dl.training.spec import ModelConfig, OutputTables, RunSpec
 
 MST_COLUMNS = ("mst_key", "model_id", "compile_params", "fit_params")
@@ -43,7 +43,7 @@ def fit_multiple_model(source_table, model_output_table, model_selection_table, 
     if warm_start:
         models = _warm_start(conn, out, models)
     spec = RunSpec(uuid.uuid4().hex, extension_schema(conn), source, validation, tuple(models), iterations, frequency,
-                   bool(use_caching), bool(use_gpus), settings.read(conn, settings.FIT_SEED))
+                   bool(use_caching), bool(use_gpus), settings.read(conn, settings.FIT_SEED), output_table=out.model)
     result = driver.train(conn, spec)
     if warm_start:
         outputs.drop(conn, out)
@@ -243,7 +243,7 @@ def _warm_start(conn, out: OutputTables, models: list[ModelConfig]) -> list[Mode
             continued.append(model)
             continue
         same_compile = row["compile_params"] == model.compile_params
-        optimizer = bytes(row["optimizer_state"]) if same_compile and row["optimizer_state"] is not None else None
+        optimizer = stored_state.read(conn, out.model, model.mst_key, row["optimizer_state"]) if same_compile else None
         continued.append(ModelConfig(model.mst_key, model.model_id, model.model_arch, model.compile_params,
                                      model.fit_params, bytes(row["model_weights"]), optimizer))
     return continued

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from madlib_dl import settings
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.keras_runtime import gpus
-from madlib_dl.training import memory, placement, segment_calls, segment_means, workers
+from madlib_dl.training import memory, placement, segment_calls, segment_means, stored_state, workers
 from madlib_dl.training.schedule import Hop, IterationScheduler
 from madlib_dl.training.segment_calls import EvaluateHop, TrainHop
 from madlib_dl.training.spec import ModelConfig, RunSpec, derive_seed
@@ -93,6 +93,7 @@ def train(db, spec: RunSpec) -> RunResult:
         with workers.executor_for(db, spec.run_id, spec.schema, tables, models, devices,
                                   f"madlib_dl {spec.caller.label}", busy) as executor:
             initial = _initial_weights(spec, executor)
+            _check_state_sizes(spec, initial)
             plan = plan_memory(db, spec, initial)
             return Driver(db, spec, executor, set_name, initial, plan).run()
     finally:
@@ -109,6 +110,12 @@ def _initial_weights(spec: RunSpec, executor) -> dict[int, bytes]:
                                                 derive_seed(spec.seed, model_id), model_id)
              for i, (model_id, model_arch) in enumerate(needed)]
     return {c.call.tag: c.weights for c in workers.run_calls(executor, calls)}
+
+
+def _check_state_sizes(spec: RunSpec, initial: dict[int, bytes]) -> None:
+    if spec.output_table is not None:
+        sizes = {m.model_id: len(m.weights if m.weights is not None else initial[m.model_id]) for m in spec.models}
+        stored_state.check_sizes(sizes, spec.output_table, spec.caller.output_argument)
 
 
 def plan_memory(db, spec: RunSpec, initial: dict[int, bytes]) -> MemoryPlan:

@@ -1,7 +1,8 @@
 """The two output tables of madlib_keras_fit, written in the calling transaction (so a failed or
 cancelled run leaves none), with MADlib's columns in MADlib's order, plus what MADlib lacks:
 
-* ``<model>.optimizer_state``: the optimizer's state (so warm start continues Adam's moments);
+* ``<model>.optimizer_state``: the optimizer's state (so warm start continues Adam's moments); a state
+  too large for one value is in ``<model>_optimizer_state`` (stored_state);
 * ``<model>_summary.validation_metrics_elapsed_time``: MADlib took one time per metrics iteration after
   both evaluations; here ``metrics_elapsed_time`` is the training series and this one the validation's;
 * ``<model>_summary.total_iterations``: iterations trained in all, earlier runs continued by warm start
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from madlib_dl import __version__, catalog
 from madlib_dl.identifiers import TableName
-from madlib_dl.training import outputs
+from madlib_dl.training import outputs, stored_state
 from madlib_dl.training.driver import RunResult
 from madlib_dl.training.spec import RunSpec
 
@@ -53,6 +54,7 @@ class Column:
 def drop(db, out: FitOutputTables) -> None:
     for table in (out.model, out.summary):
         db.execute(f"DROP TABLE IF EXISTS {table.sql(db)}")
+    stored_state.drop(db, out.model)
 
 
 def write(db, out: FitOutputTables, spec: RunSpec, result: RunResult, request: FitRequest) -> None:
@@ -60,7 +62,9 @@ def write(db, out: FitOutputTables, spec: RunSpec, result: RunResult, request: F
     table = out.model.sql(db)
     db.execute(f"CREATE TABLE {table} (model_weights BYTEA, model_arch JSON, optimizer_state BYTEA)")
     db.execute(f"INSERT INTO {table} VALUES ($1, $2::json, $3)",
-               [model.weights, model.config.model_arch, model.optimizer_state], ["bytea", "text", "bytea"])
+               [model.weights, model.config.model_arch, stored_state.column_value(model.optimizer_state)],
+               ["bytea", "text", "bytea"])
+    stored_state.write_large(db, out.model, {stored_state.SINGLE_KEY: model.optimizer_state})
     _write_summary(db, out.summary, spec.source.summary, _summary_columns(db, spec, result, request))
 
 

@@ -9,6 +9,10 @@ Without use_caching nothing stays cached between hops, but during a hop every wo
 segment at the same time, and evaluation reads the validation data the same way. The peak is then at
 most the cached case's, so the same sum (all training plus all validation data) is used: a safe upper
 bound that keeps one rule for both modes.
+
+Model state is counted where it is held: every worker compiles every model (weights, gradients,
+optimizer slots) and, during a hop, also holds the state that arrived and the one it sends back; the
+driver holds every model's state (weights and optimizer slots) and one more arriving.
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ class MemoryEstimate:
     model_bytes_per_worker: int  # all models, as held by one worker
     workers: int
     use_caching: bool = True
+    driver_bytes: int = 0  # the model states the driver holds
 
     @property
     def total_bytes(self) -> int:
-        return self.data_bytes + self.workers * self.model_bytes_per_worker
+        return self.data_bytes + self.workers * self.model_bytes_per_worker + self.driver_bytes
 
 
 def model_bytes(weight_bytes: int, optimizer_slots: int = 2) -> int:
@@ -48,6 +53,11 @@ def model_bytes(weight_bytes: int, optimizer_slots: int = 2) -> int:
     if optimizer_slots < 0:
         raise ValueError(f"optimizer_slots: expected at least 0, got {optimizer_slots}")
     return weight_bytes * (2 + optimizer_slots)
+
+
+def state_bytes(weight_bytes: int, optimizer_slots: int = 2) -> int:
+    """One model's state as it travels: weights and the optimizer's slots."""
+    return weight_bytes * (1 + optimizer_slots)
 
 
 def estimate(training_bytes: Mapping[int, int], validation_bytes: Mapping[int, int],
@@ -69,12 +79,14 @@ def estimate(training_bytes: Mapping[int, int], validation_bytes: Mapping[int, i
     for sizes in (training_bytes, validation_bytes):
         for segment, size in sizes.items():
             per_segment[segment] = per_segment.get(segment, 0) + size
+    largest_state = max((state_bytes(weights) for weights in model_weight_bytes), default=0)
     return MemoryEstimate(
         data_bytes=sum(training_bytes.values()) + sum(validation_bytes.values()),
         largest_segment_bytes=max(per_segment.values()),
-        model_bytes_per_worker=sum(model_bytes(weights) for weights in model_weight_bytes),
+        model_bytes_per_worker=sum(model_bytes(weights) for weights in model_weight_bytes) + 2 * largest_state,
         workers=len(training_bytes),
         use_caching=use_caching,
+        driver_bytes=sum(state_bytes(weights) for weights in model_weight_bytes) + largest_state,
     )
 
 
@@ -104,7 +116,9 @@ def check(estimate: MemoryEstimate, budget_bytes: int, setting: str = "madlib_dl
         f"{'use_caching' if estimate.use_caching else 'memory'}: the run needs about {format_bytes(total)} "
         f"({data} {format_bytes(estimate.data_bytes)} over {estimate.workers} {segments}, "
         f"largest {format_bytes(estimate.largest_segment_bytes)}; "
-        f"models {format_bytes(estimate.model_bytes_per_worker)} per worker x {estimate.workers} {workers}) "
+        f"models {format_bytes(estimate.model_bytes_per_worker)} per worker x {estimate.workers} {workers}"
+        + (f"; model states in the driver {format_bytes(estimate.driver_bytes)}" if estimate.driver_bytes else "")
+        + ") "
         f"but the memory budget {setting} is {budget_mib} MiB; {hints}")
 
 

@@ -1,7 +1,8 @@
 """The three output tables of fit_multiple, written in the calling transaction (so a failed or cancelled
 run leaves none): MADlib's columns, plus what MADlib lacks:
 
-* ``<out>.optimizer_state``: each model's optimizer state (so warm start continues Adam's moments);
+* ``<out>.optimizer_state``: each model's optimizer state (so warm start continues Adam's moments); a
+  state too large for one value is in ``<out>_optimizer_state`` (stored_state);
 * ``<out>_info.metrics_iters`` and ``validation_metrics_elapsed_time`` (MADlib let the validation
   series overwrite the training one in ``metrics_elapsed_time``; here that column is the training series);
 * ``<out>_summary.num_classes`` is the class count (MADlib wrote the number of dependent variables).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from madlib_dl import __version__, catalog
 from madlib_dl.keras_runtime import params as keras_params
+from madlib_dl.training import stored_state
 from madlib_dl.training.driver import RunResult
 from madlib_dl.training.spec import OutputTables, RunSpec
 
@@ -20,6 +22,7 @@ MODEL_TYPE = "madlib_keras"
 def drop(db, out: OutputTables) -> None:
     for table in (out.model, out.summary, out.info):
         db.execute(f"DROP TABLE IF EXISTS {table.sql(db)}")
+    stored_state.drop(db, out.model)
 
 
 def write(db, out: OutputTables, spec: RunSpec, result: RunResult, request: dict) -> None:
@@ -35,8 +38,9 @@ def _write_models(db, out: OutputTables, result: RunResult) -> None:
                "__dist_key__ INTEGER, optimizer_state BYTEA)")
     for mst_key, model in sorted(result.models.items()):
         db.execute(f"INSERT INTO {table} VALUES ($1, $2, $3::json, $4, $5)",
-                   [mst_key, model.weights, model.config.model_arch, model.last_segment, model.optimizer_state],
-                   ["integer", "bytea", "text", "integer", "bytea"])
+                   [mst_key, model.weights, model.config.model_arch, model.last_segment,
+                    stored_state.column_value(model.optimizer_state)], ["integer", "bytea", "text", "integer", "bytea"])
+    stored_state.write_large(db, out.model, {k: m.optimizer_state for k, m in result.models.items()})
 
 
 # A model's training history as MADlib's metric columns (fit_multiple's _info, fit's _summary), plus

@@ -40,10 +40,11 @@ class Caller:
     function: str            # 'madlib_keras_fit_multiple_model'
     label: str               # application_name 'madlib_dl <label>: iteration i/n'
     one_model: bool = False  # NOTICEs give the model's values without naming an mst_key
+    output_argument: str = "model_output_table"  # the argument naming the model table
 
 
 FIT_MULTIPLE = Caller("madlib_keras_fit_multiple_model", "fit_multiple")
-FIT = Caller("madlib_keras_fit", "fit", one_model=True)
+FIT = Caller("madlib_keras_fit", "fit", one_model=True, output_argument="model")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class RunSpec:
     seed: int
     caller: Caller = FIT_MULTIPLE
     iteration_offset: int = 0    # iterations trained before (warm start): seeds continue after them
+    output_table: TableName | None = None  # the model table the run will write (its state's size is checked)
 
     def metrics_iteration(self, iteration: int) -> bool:
         return iteration % self.metrics_compute_frequency == 0 or iteration == self.num_iterations

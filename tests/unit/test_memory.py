@@ -19,9 +19,11 @@ def test_model_bytes_counts_weights_gradients_and_slots():
 
 def test_estimate_arithmetic():
     e = estimate({0: 100, 1: 300, 2: 200}, {0: 50, 1: 10, 2: 250}, [10, 20], use_caching=True)
-    assert e == MemoryEstimate(data_bytes=910, largest_segment_bytes=450, model_bytes_per_worker=120,
-                               workers=3, use_caching=True)
-    assert e.total_bytes == 910 + 3 * 120
+    # per worker: compiled models 40 + 80, plus the largest state (60) arriving and leaving during a hop;
+    # the driver: both states (30 + 60) and the largest again, arriving
+    assert e == MemoryEstimate(data_bytes=910, largest_segment_bytes=450, model_bytes_per_worker=120 + 2 * 60,
+                               workers=3, use_caching=True, driver_bytes=30 + 60 + 60)
+    assert e.total_bytes == 910 + 3 * 240 + 150
 
 
 def test_estimate_without_validation_or_models():
@@ -34,7 +36,7 @@ def test_estimate_without_validation_or_models():
 def test_estimate_without_caching_counts_the_same_data():
     args = ({0: 100, 1: 300}, {0: 40, 1: 60}, [8])
     cached, uncached = estimate(*args, use_caching=True), estimate(*args, use_caching=False)
-    assert cached.total_bytes == uncached.total_bytes == 500 + 2 * 32
+    assert cached.total_bytes == uncached.total_bytes == 500 + 2 * (32 + 2 * 24) + 2 * 24
 
 
 def test_estimate_refuses_nonsense():
@@ -54,12 +56,12 @@ def test_check_passes_at_exactly_the_budget_and_fails_one_byte_over():
 
 def test_check_message_names_the_numbers_and_the_setting():
     e = MemoryEstimate(data_bytes=int(2.9 * GIB), largest_segment_bytes=int(0.8 * GIB),
-                       model_bytes_per_worker=80 * MIB, workers=4, use_caching=True)
+                       model_bytes_per_worker=80 * MIB, workers=4, use_caching=True, driver_bytes=20 * MIB)
     with pytest.raises(InvalidArgument) as raised:
         check(e, 2048 * MIB)
     assert str(raised.value) == (
         "use_caching: the run needs about 3.2 GiB (cached data 2.9 GiB over 4 segments, largest 819 MiB; "
-        "models 80 MiB per worker x 4 workers) but the memory budget madlib_dl.memory_budget_mb is "
+        "models 80 MiB per worker x 4 workers; model states in the driver 20 MiB) but the memory budget madlib_dl.memory_budget_mb is "
         "2048 MiB; raise it (SET madlib_dl.memory_budget_mb = 4096), use fewer segments, "
         "or run with use_caching => FALSE")
 

@@ -1,0 +1,80 @@
+"""A trained model's state in its output table, whatever its size.
+
+``model_weights`` keeps MADlib's format: one BYTEA value, so a model whose weights exceed PostgreSQL's
+limit for one value (1 GB) cannot be stored and is refused before training (:func:`check_sizes`). The
+optimizer state (Adam: twice the weights, and more) goes in ``optimizer_state`` while it is at most
+``ONE_VALUE_BYTES``; a larger one goes, in parts of ``PART_BYTES``, to a side table
+``<model table>_optimizer_state (mst_key, part, data)`` and the column is NULL. Warm start reads either.
+"""
+
+from __future__ import annotations
+
+from madlib_dl.errors import InvalidArgument
+from madlib_dl.identifiers import TableName
+from madlib_dl.training import memory
+
+MAX_VALUE_BYTES = (1 << 30) - 1 - 4 - 1024  # PostgreSQL's largest value (1 GB) less its header, with a margin
+ONE_VALUE_BYTES = 256 << 20  # larger optimizer states are stored in parts
+PART_BYTES = 256 << 20
+SIDE_SUFFIX = "_optimizer_state"
+SINGLE_KEY = 0  # madlib_keras_fit's one model, in the side table's mst_key column
+
+
+def side_table(model_table: TableName) -> TableName | None:
+    """The side table for ``model_table``'s large optimizer states; None when its name would be too long."""
+    name = model_table.name + SIDE_SUFFIX
+    return TableName(model_table.schema, name) if len(name.encode()) <= 63 else None
+
+
+def check_sizes(weight_bytes: dict[int, int], model_table: TableName, argument: str) -> None:
+    """Before training: every model's weights fit in one value, and a model whose optimizer state may
+    need the side table (Adam keeps two slots per weight) has a name for it."""
+    for key, size in sorted(weight_bytes.items()):
+        if size > MAX_VALUE_BYTES:
+            raise InvalidArgument(
+                f"model_id {key}: the model has {size // 4} parameters, whose weights take {size} bytes "
+                f"({memory.format_bytes(size)}), more than the {MAX_VALUE_BYTES} bytes PostgreSQL stores in one value "
+                f"(model_weights keeps MADlib's one-value format); choose a smaller model")
+        if 2 * size > ONE_VALUE_BYTES and side_table(model_table) is None:
+            raise InvalidArgument(
+                f"{argument}: name {model_table.name!r} is too long: model_id {key}'s optimizer state needs a side "
+                f"table named {model_table.name + SIDE_SUFFIX!r}, which would exceed 63 bytes")
+
+
+def drop(db, model_table: TableName) -> None:
+    side = side_table(model_table)
+    if side is not None:
+        db.execute(f"DROP TABLE IF EXISTS {side.sql(db)}")
+
+
+def column_value(state) -> object:
+    """What the optimizer_state column holds: the state, or NULL when it goes to the side table."""
+    return state if state is None or len(state) <= ONE_VALUE_BYTES else None
+
+
+def write_large(db, model_table: TableName, states: dict[int, object]) -> None:
+    """The states too large for the column, in parts (``states``: key -> optimizer state)."""
+    large = {key: state for key, state in states.items() if state is not None and len(state) > ONE_VALUE_BYTES}
+    if not large:
+        return
+    side = side_table(model_table)
+    db.execute(f"CREATE TABLE {side.sql(db)} (mst_key INTEGER, part INTEGER, data BYTEA, PRIMARY KEY (mst_key, part))")
+    for key, state in sorted(large.items()):
+        view = memoryview(state)
+        for part, start in enumerate(range(0, len(view), PART_BYTES)):
+            db.execute(f"INSERT INTO {side.sql(db)} VALUES ($1, $2, $3)", [key, part, view[start:start + PART_BYTES]],
+                       ["integer", "integer", "bytea"])
+
+
+def read(db, model_table: TableName, key: int, column) -> bytes | None:
+    """A model's optimizer state as stored: the column's value, else its parts from the side table."""
+    if column is not None:
+        return bytes(column)
+    side = side_table(model_table)
+    if side is None or not db.execute("SELECT to_regclass($1) IS NOT NULL AS found", [side.sql(db)], ["text"])[0]["found"]:
+        return None
+    state = bytearray()
+    for rows in db.batches(f"SELECT data FROM {side.sql(db)} WHERE mst_key = $1 ORDER BY part", [key], ["integer"],
+                           size=1):  # one part in memory at a time besides the state
+        state += rows[0]["data"]
+    return bytes(state) if state else None
