@@ -1,10 +1,12 @@
 """The private channel between a run's driver and its background workers: framed messages of raw bytes
 over a Unix socket, never SQL text and never pickle.
 
-A message is a small JSON header plus any number of binary blobs (model weights, optimizer state) sent
-as they are, so moving a model's state costs a memory copy whatever its size, and it never has to fit in
-one PostgreSQL value. Frame: ``MAGIC``, header length, blob count (``<4sII``), one ``<Q`` length per
-blob, the header, the blobs.
+A message is a small JSON header plus any number of binary blobs (model weights, optimizer state), so
+a model's state never has to fit in one PostgreSQL value. Frame: ``MAGIC``, header length, blob count
+(``<4sII``), one ``<Q`` length per blob, the header, the small blobs' bytes. A blob of at least
+``SHARED_BYTES`` travels as a memory file instead (:class:`SharedBlob`, a memfd): only its file
+descriptor crosses the socket (SCM_RIGHTS, with the frame's first bytes; its length has ``SHARED_FLAG``
+set), so a state of any size moves without being copied, and a receiver can pass it on as it is.
 
 The socket lives in a directory only the server's OS user can enter (mode 0700), made for one start-up
 of workers and removed once they are connected. Both ends also prove they know a per-start secret
@@ -16,14 +18,17 @@ caller's ``check`` (inside a backend: an SPI call, so a cancel or terminate is n
 
 from __future__ import annotations
 
+import array
 import hashlib
 import hmac
 import json
+import mmap
 import os
 import select
 import socket
 import struct
 import time
+import weakref
 from typing import Callable
 
 MAGIC = b"MDL1"
@@ -35,6 +40,10 @@ POLL_SECONDS = 0.1
 CHUNK_BYTES = 1 << 22
 SOCKET_BUFFER_BYTES = 1 << 22
 NONCE_BYTES = 32
+SHARED_BYTES = 1 << 20
+SHARED_FLAG = 1 << 63
+MAX_FDS = MAX_BLOBS
+_FD_BYTES = array.array("i").itemsize
 
 
 class ChannelClosed(Exception):
@@ -45,14 +54,61 @@ class ChannelError(Exception):
     """The other end sent something that is not a message of this protocol, or failed authentication."""
 
 
-Message = tuple[dict, list]  # header, blobs (bytearray each)
+Message = tuple[dict, list]  # header, blobs (bytearray or SharedBlob each)
 
 
-def _frame(header: dict, blobs) -> list[memoryview]:
+class SharedBlob(mmap.mmap):
+    """Bytes in a memory file (memfd), mapped shared and writable: sent as its file descriptor, so that
+    the receiver maps the same memory. The descriptor is closed when the object goes away."""
+
+    fd: int
+
+    @classmethod
+    def create(cls, size: int) -> "SharedBlob":
+        fd = os.memfd_create("madlib_dl", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            return cls._adopt(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def copy_of(cls, data) -> "SharedBlob":
+        view = memoryview(data).cast("B")
+        blob = cls.create(view.nbytes)
+        blob[:] = view
+        return blob
+
+    @classmethod
+    def _adopt(cls, fd: int, size: int) -> "SharedBlob":
+        blob = cls(fd, size)
+        blob.fd = fd
+        weakref.finalize(blob, os.close, fd)
+        return blob
+
+
+def allocate(size: int):
+    """A writable buffer for ``size`` bytes that is about to be sent: shared memory when large."""
+    return SharedBlob.create(size) if size >= SHARED_BYTES else bytearray(size)
+
+
+def _frame(header: dict, blobs) -> tuple[list[memoryview], list[int], list]:
+    """(views to send in order, descriptors to pass with the first bytes, objects to keep alive)."""
     text = json.dumps(header, separators=(",", ":")).encode()
-    views = [memoryview(b).cast("B") for b in blobs]
-    lengths = b"".join(LENGTH.pack(v.nbytes) for v in views)
-    return [memoryview(PREFIX.pack(MAGIC, len(text), len(views)) + lengths + text)] + views
+    lengths, inline, fds, keep = [], [], [], []
+    for blob in blobs:
+        view = memoryview(blob).cast("B")
+        if view.nbytes >= SHARED_BYTES:
+            shared = blob if isinstance(blob, SharedBlob) else SharedBlob.copy_of(view)
+            keep.append(shared)
+            fds.append(shared.fd)
+            lengths.append(view.nbytes | SHARED_FLAG)
+        else:
+            inline.append(view)
+            lengths.append(view.nbytes)
+    head = PREFIX.pack(MAGIC, len(text), len(lengths)) + b"".join(LENGTH.pack(n) for n in lengths) + text
+    return [memoryview(head)] + inline, fds, keep
 
 
 class _Reader:
@@ -65,17 +121,33 @@ class _Reader:
         self._lengths: list[int] = []
         self._header: dict | None = None
         self._blobs: list = []
+        self._fds: list[int] = []  # descriptors received and not yet mapped
 
     def feed(self, sock: socket.socket) -> Message | None:
         """Read what is available; the whole message once complete. Raises ChannelClosed on EOF."""
+        try:
+            return self._feed(sock)
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    def _feed(self, sock: socket.socket) -> Message | None:
         while True:
             if self._filled < len(self._buffer):
                 try:
-                    count = sock.recv_into(memoryview(self._buffer)[self._filled:self._filled + CHUNK_BYTES])
+                    count, ancillary, _, _ = sock.recvmsg_into(
+                        [memoryview(self._buffer)[self._filled:self._filled + CHUNK_BYTES]],
+                        socket.CMSG_SPACE(MAX_FDS * _FD_BYTES))
                 except (BlockingIOError, InterruptedError):
                     return None
                 except ConnectionResetError:
                     raise ChannelClosed("connection reset") from None
+                self._take_fds(ancillary)
                 if count == 0:
                     raise ChannelClosed("end of stream")
                 self._filled += count
@@ -84,6 +156,13 @@ class _Reader:
             done = self._advance()
             if done is not None:
                 return done
+
+    def _take_fds(self, ancillary) -> None:
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[:len(data) - len(data) % _FD_BYTES])
+                self._fds.extend(fds)
 
     def _expect(self, stage: str, size: int) -> None:
         self._stage, self._buffer, self._filled = stage, bytearray(size), 0
@@ -112,11 +191,27 @@ class _Reader:
         return None
 
     def _next_blob(self) -> None:
+        while len(self._blobs) < len(self._lengths) and self._lengths[len(self._blobs)] & SHARED_FLAG:
+            self._blobs.append(self._shared(self._lengths[len(self._blobs)] & ~SHARED_FLAG))
         index = len(self._blobs)
         if index < len(self._lengths):
             self._expect(f"blob {index}", self._lengths[index])
         else:
+            if self._fds:
+                raise ChannelError("a message brought more file descriptors than blobs")
             self._stage, self._buffer, self._filled = "done", bytearray(), 0
+
+    def _shared(self, size: int) -> SharedBlob:
+        if not self._fds:
+            raise ChannelError("a shared blob came without its file descriptor")
+        fd = self._fds.pop(0)
+        try:
+            if size == 0 or os.fstat(fd).st_size < size:  # mapping past the file's end would crash on access
+                raise ChannelError("a shared blob is smaller than its message says")
+            return SharedBlob._adopt(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
 
 
 class Connection:
@@ -137,11 +232,17 @@ class Connection:
         """Send one message, waiting for the peer to take it (``check`` while waiting, and at least every
         ``POLL_SECONDS`` of a long transfer)."""
         checked = time.monotonic()
-        for view in _frame(header, blobs):
+        views, fds, _keep = _frame(header, blobs)
+        for view in views:
             offset = 0
             while offset < view.nbytes:
                 try:
-                    offset += self._sock.send(view[offset:offset + CHUNK_BYTES])
+                    if fds:  # the descriptors go with the frame's first bytes
+                        offset += self._sock.sendmsg([view[offset:offset + CHUNK_BYTES]],
+                                                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                        fds = []
+                    else:
+                        offset += self._sock.send(view[offset:offset + CHUNK_BYTES])
                 except (BlockingIOError, InterruptedError):
                     select.select([], [self._sock], [], POLL_SECONDS)
                 except (BrokenPipeError, ConnectionResetError):
@@ -182,6 +283,7 @@ class Connection:
         return data == b""
 
     def close(self) -> None:
+        self._reader.discard()
         self._sock.close()
 
 

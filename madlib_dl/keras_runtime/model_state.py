@@ -18,16 +18,37 @@ class ModelState:
     optimizer_state: bytes | None = None  # serialization.serialize_arrays of optimizer.variables
 
 
-def get_state(model) -> ModelState:
+def get_state(model, allocate=bytearray, reuse: ModelState | None = None) -> ModelState:
+    """The model's state written into buffers: ``reuse``'s when they are writable and of the right sizes
+    (a hop writes its result over the state it was sent, which it no longer needs), else new ones from
+    ``allocate(size)``."""
     optimizer = getattr(model, "optimizer", None)
-    optimizer_state = None
+    out_weights = _buffer(serialization.weights_size([tuple(v.shape) for v in model.weights]),
+                          reuse and reuse.weights, allocate)
+    serialization.write_weights((v.numpy() for v in model.weights), out_weights)
+    out_optimizer = None
     if optimizer is not None and optimizer.built:
-        optimizer_state = serialization.serialize_arrays([v.numpy() for v in optimizer.variables])
-    return ModelState(serialization.serialize_weights(model.get_weights()), optimizer_state)
+        variables = list(optimizer.variables)
+        specs = [(_numpy_dtype(v), tuple(v.shape)) for v in variables]
+        out_optimizer = _buffer(serialization.arrays_size(specs), reuse and reuse.optimizer_state, allocate)
+        serialization.write_arrays(specs, (v.numpy() for v in variables), out_optimizer)
+    return ModelState(out_weights, out_optimizer)
+
+
+def _numpy_dtype(variable):
+    import numpy as np
+
+    return np.dtype(getattr(variable.dtype, "name", None) or str(variable.dtype))
+
+
+def _buffer(size: int, candidate, allocate):
+    if candidate is not None and len(candidate) == size and not memoryview(candidate).readonly:
+        return candidate
+    return allocate(size)
 
 
 def set_weights(model, weights: bytes) -> None:
-    model.set_weights(serialization.deserialize_weights(weights, [w.shape for w in model.get_weights()]))
+    model.set_weights(serialization.deserialize_weights(weights, [tuple(v.shape) for v in model.weights]))
 
 
 def set_state(model, state: ModelState) -> None:

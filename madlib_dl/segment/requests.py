@@ -13,10 +13,11 @@ registered once per backend with :class:`BeginRun`; hops then name models by ``m
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import typing
 from dataclasses import dataclass, field
 
-BLOB_TYPES = (bytes, bytearray, memoryview)
+BLOB_TYPES = (bytes, bytearray, memoryview, mmap.mmap)  # mmap: the channel's shared blobs
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class Fit:
     weights: bytes = b""           # MADlib's format
     optimizer_state: bytes | None = None  # None: a fresh optimizer
     kind: str = "train"
+    overwrite_state: bool = False  # the hop may write its result over the state it was sent (the driver
+                                   # has no other use for it): no new buffers for a large state
 
 
 @dataclass(frozen=True)

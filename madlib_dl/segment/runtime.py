@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from madlib_dl import db
+from madlib_dl import channel, db
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.keras_runtime import (builder, interrupts, model_state, params, serialization, tf_setup,
                                      training_loop)
@@ -133,13 +133,35 @@ def _configured(store: RunStore, model_arch: str, compile_params: str) -> Config
             model = builder.model_from_json(model_arch)
             builder.compile_model(model, parsed)
             compiled = store.models[key] = CompiledModel(model, training_loop.loop_for(model))
-            initial = [v.numpy() for v in model.optimizer.variables]
+            initial = [_fresh_value(v) for v in model.optimizer.variables]
         else:  # the shared optimizer holds another MST's state: take a fresh one's values
             optimizer = builder.make_optimizer(parsed.optimizer)
             optimizer.build(compiled.model.trainable_variables)
-            initial = [v.numpy() for v in optimizer.variables]
+            initial = [_fresh_value(v) for v in optimizer.variables]
         entry = store.configs[(model_arch, compile_params)] = ConfiguredModel(compiled, initial)
     return entry
+
+
+@dataclass(frozen=True)
+class Filled:
+    """A fresh optimizer variable that holds one value everywhere (Adam's zero moments, Adagrad's initial
+    accumulator): kept as that value, not as an array the size of the model."""
+    value: object
+
+
+def _fresh_value(variable):
+    value = variable.numpy()
+    flat = value.reshape(-1)
+    if flat.size > 1 and bool((flat == flat[0]).all()):
+        return Filled(flat[0])
+    return value
+
+
+def _assign_fresh(variable, value) -> None:
+    if isinstance(value, Filled):
+        variable.assign(tf_setup.keras().ops.full(tuple(variable.shape), value.value, dtype=variable.dtype))
+    else:
+        variable.assign(value)
 
 
 def _without_learning_rate(parsed: params.CompileParams) -> str:
@@ -164,7 +186,7 @@ def _load_state(entry: ConfiguredModel, call: requests.Fit) -> None:
     model_state.set_weights(entry.model, call.weights)
     if call.optimizer_state is None:
         for variable, value in zip(entry.model.optimizer.variables, entry.initial_optimizer):
-            variable.assign(value)
+            _assign_fresh(variable, value)
     else:
         model_state.set_state(entry.model, model_state.ModelState(call.weights, call.optimizer_state))
 
@@ -216,7 +238,8 @@ def fit_final(gd, state) -> dict | None:
     started, clock = time.time(), time.perf_counter()
     loss = train(entry, data, fit, call.seed)
     seconds = time.perf_counter() - clock
-    store.output = model_state.get_state(entry.model)
+    spare = model_state.ModelState(call.weights, call.optimizer_state) if call.overwrite_state else None
+    store.output = model_state.get_state(entry.model, allocate=channel.allocate, reuse=spare)
     if call.is_final_call:
         _release_segment(store, call.segment)
     return _result(pending, data, started, seconds, loss=_finite_or_nan(loss))

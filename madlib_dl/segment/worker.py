@@ -4,7 +4,7 @@ gone, it says stop, or nothing has come for the idle timeout.
 The C library's worker main (src/madlib_dl.c) calls :func:`serve` again and again, each call in a
 transaction of its own, as long as it returns True. One call waits at most ``WAIT_SECONDS`` for a
 request and serves at most one, so no transaction (or snapshot) of a worker lasts much longer than its
-request. The first call connects to the driver's socket and authenticates; the token the driver gave
+request. Between runs (no run's store held) a worker that has had no request for the idle timeout ends. The first call connects to the driver's socket and authenticates; the token the driver gave
 the launcher holds the socket's path, the secret and this worker's index.
 
 While waiting, and between training batches (keras_runtime.interrupts), the worker makes an SPI call
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from madlib_dl import channel, db
 from madlib_dl.keras_runtime import interrupts
 from madlib_dl.segment import requests, server
+from madlib_dl.segment import store as stores
 
 GD_KEY = "madlib_dl_worker"
 WAIT_SECONDS = 1.0
@@ -65,8 +66,9 @@ def serve(gd: dict, token: str) -> bool:
         gd[GD_KEY] = state
     try:
         message = state.conn.receive(WAIT_SECONDS, lambda: _check(state))
-        if message is None:
-            return time.monotonic() - state.last_request < state.idle_timeout
+        if message is None:  # the idle timeout counts between runs only: in a run the driver may be busy
+            in_run = gd.get(stores.GD_KEY) is not None
+            return in_run or time.monotonic() - state.last_request < state.idle_timeout
         state.last_request = time.monotonic()
         header, blobs = message
         request = requests.decode(header, blobs)
@@ -76,8 +78,17 @@ def serve(gd: dict, token: str) -> bool:
         state.conn.send(*_answer(gd, request), check=lambda: _check(state))
         state.last_request = time.monotonic()
         return True
-    except (channel.ChannelClosed, channel.ChannelError, requests.BadRequest, DriverGone):
+    except channel.ChannelClosed:
+        return False  # the driver is gone, or ended the run: nothing to say
+    except (channel.ChannelError, requests.BadRequest, DriverGone) as error:
+        _log(f"madlib_dl worker: ending: {error}")
         return False
+
+
+def _log(message: str) -> None:
+    import plpy
+
+    plpy.log(message)
 
 
 def _connect(token: str) -> WorkerState | None:

@@ -22,7 +22,7 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 from madlib_dl import channel
 from madlib_dl.errors import InvalidArgument
@@ -232,6 +232,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _without_state(request):
+    blobs = {f.name: (b"" if f.type in ("bytes", bytes) else None) for f in fields(request)
+             if isinstance(getattr(request, f.name), requests.BLOB_TYPES)}
+    return replace(request, **blobs) if blobs else request
+
+
 class BackgroundWorkers:
     """The executor over started workers: a segment's calls go to the worker that serves it (segment
     ``i`` of the run to worker ``i % workers``), one call at a time per worker, queued in order."""
@@ -264,7 +270,8 @@ class BackgroundWorkers:
             worker.conn.send(header, blobs, self._check)
         except channel.ChannelClosed:
             raise self._exited(worker, call) from None
-        self._busy[worker.index] = (call, time.time())
+        # What was sent is the worker's now: the driver keeps the call without its model state.
+        self._busy[worker.index] = (replace(call, request=_without_state(call.request)), time.time())
 
     def busy(self) -> bool:
         return bool(self._busy)
@@ -283,8 +290,11 @@ class BackgroundWorkers:
             worker = self._by_index(index)
             try:
                 message = worker.conn.poll()
-            except (channel.ChannelClosed, channel.ChannelError):
+            except channel.ChannelClosed:
                 raise self._exited(worker, call) from None
+            except channel.ChannelError as error:
+                raise SegmentFailed(f"the background worker of segment {call.segment} (pid {worker.pid}) sent "
+                                    f"something unreadable ({error})", "XX000") from None
             if message is None:
                 continue
             del self._busy[index]
@@ -312,7 +322,7 @@ class BackgroundWorkers:
         """After a successful run: drop the run from every worker and keep them for the session's next
         call, or end them when the idle timeout is 0."""
         if self._idle_timeout <= 0:
-            self.close()
+            self._stop()
             return
         for worker in self.workers:
             header, blobs = requests.encode(requests.Release(run_id))
@@ -322,6 +332,16 @@ class BackgroundWorkers:
         for worker in self.workers:
             _reply(worker, "release", self._check)
         keep_idle(self.workers)
+        self.workers = []
+
+    def _stop(self) -> None:
+        """Ask every worker to end (they exit cleanly at once: no signal needed)."""
+        for worker in self.workers:
+            try:
+                worker.conn.send(*requests.encode(requests.Stop()), check=self._check)
+            except channel.ChannelClosed:
+                pass
+            worker.conn.close()
         self.workers = []
 
     def close(self) -> None:

@@ -3,7 +3,8 @@ the scheduler, the executor, the metrics and the progress reports, and returns e
 state and metric history.
 
 Model state (weights and optimizer state) comes back to the driver after every hop and goes out with
-the model's next hop, so any worker can take any model; the driver's memory holds one state per model.
+the model's next hop, so any worker can take any model; the driver's memory holds one state per model
+(while a hop runs, the worker holds it).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class ModelProgress:
     weights: bytes | None
     optimizer_state: bytes | None
     last_segment: int | None = None
+    owns_state: bool = False  # the state came back from this model's last hop (no other model shares it)
     metrics: dict = field(default_factory=lambda: {k: [] for k in (
         "training_loss", "training_metric", "validation_loss", "validation_metric",
         "training_elapsed", "validation_elapsed")})
@@ -208,6 +210,10 @@ class Driver:
             for hop in scheduler.assign(sorted(free)):
                 free.remove(hop.segment)
                 self.executor.submit(self._fit_call(TrainHop(iteration, hop.model, hop.segment)))
+                # The state went with the hop; the model's next state is what comes back. Not keeping
+                # both halves the driver's memory for large models.
+                model = self.models[hop.model]
+                model.weights = model.optimizer_state = None
             for completed in self.executor.wait():
                 hop = completed.call.tag
                 scheduler.finish(Hop(hop.mst_key, hop.segment, hop.iteration + offset))
@@ -220,7 +226,7 @@ class Driver:
         return segment_calls.fit_call(
             self.spec.source, hop, self.spec.run_id, (model.weights, model.optimizer_state),
             seed=derive_seed(self.spec.seed, hop.mst_key, hop.iteration + self.spec.iteration_offset, hop.segment),
-            use_caching=self.plan.use_caching, read_table=read, is_final_call=False)
+            use_caching=self.plan.use_caching, read_table=read, is_final_call=False, overwrite_state=model.owns_state)
 
     def _reads(self, key) -> bool:
         """Whether this call must read the table; with caching only the first call per segment does."""
@@ -236,6 +242,7 @@ class Driver:
         model = self.models[hop.mst_key]
         model.weights, model.optimizer_state, model.last_segment = (
             completed.weights, completed.optimizer_state, hop.segment)
+        model.owns_state = True
         model.hop_losses.append((row["loss"], row["images"]))
         self._log("train", hop, completed)
 

@@ -27,9 +27,9 @@ def drop(db, out: OutputTables) -> None:
 
 def write(db, out: OutputTables, spec: RunSpec, result: RunResult, request: dict) -> None:
     """``request``: the caller's arguments as given (table names as text, name, description...)."""
-    _write_models(db, out, result)
     _write_info(db, out, result)
     _write_summary(db, out, spec, result, request)
+    _write_models(db, out, result)  # last: it lets go of each model's state once written
 
 
 def _write_models(db, out: OutputTables, result: RunResult) -> None:
@@ -37,10 +37,14 @@ def _write_models(db, out: OutputTables, result: RunResult) -> None:
     db.execute(f"CREATE TABLE {table} (mst_key INTEGER PRIMARY KEY, model_weights BYTEA, model_arch JSON, "
                "__dist_key__ INTEGER, optimizer_state BYTEA)")
     for mst_key, model in sorted(result.models.items()):
+        # One copy of a large state at a time: the driver's memory stays near one model's state.
+        weights, model.weights = stored_state.as_value(model.weights), None
         db.execute(f"INSERT INTO {table} VALUES ($1, $2, $3::json, $4, $5)",
-                   [mst_key, model.weights, model.config.model_arch, model.last_segment,
+                   [mst_key, weights, model.config.model_arch, model.last_segment,
                     stored_state.column_value(model.optimizer_state)], ["integer", "bytea", "text", "integer", "bytea"])
-    stored_state.write_large(db, out.model, {k: m.optimizer_state for k, m in result.models.items()})
+        del weights
+        optimizer, model.optimizer_state = model.optimizer_state, None
+        stored_state.write_large(db, out.model, mst_key, optimizer)
 
 
 # A model's training history as MADlib's metric columns (fit_multiple's _info, fit's _summary), plus

@@ -50,10 +50,12 @@ def begin_calls(segments, run_id: str, schema: str, tables: dict[str, PackedTabl
 
 
 def fit_call(table: PackedTable, hop: TrainHop, run_id: str, state, seed: int, use_caching: bool,
-             read_table: bool, is_final_call: bool) -> SegmentCall:
-    """``state``: (weights, optimizer_state); no optimizer state: a fresh optimizer."""
+             read_table: bool, is_final_call: bool, overwrite_state: bool = False) -> SegmentCall:
+    """``state``: (weights, optimizer_state); no optimizer state: a fresh optimizer. ``overwrite_state``:
+    the state is this model's alone (it came back from its last hop), so the hop may write over it."""
     request = requests.Fit(run_id, "train", hop.segment, hop.mst_key, seed, table.segments[hop.segment].images,
-                           use_caching, read_table, is_final_call, state[0], state[1])
+                           use_caching, read_table, is_final_call, state[0], state[1],
+                           overwrite_state=overwrite_state)
     return SegmentCall(hop.segment, request, hop)
 
 

@@ -47,23 +47,27 @@ def drop(db, model_table: TableName) -> None:
         db.execute(f"DROP TABLE IF EXISTS {side.sql(db)}")
 
 
+def as_value(state):
+    """A state as PL/Python binds it to a BYTEA parameter without copying it once more (bytes)."""
+    return state if state is None or isinstance(state, bytes) else bytes(state)
+
+
 def column_value(state) -> object:
     """What the optimizer_state column holds: the state, or NULL when it goes to the side table."""
-    return state if state is None or len(state) <= ONE_VALUE_BYTES else None
+    return as_value(state) if state is None or len(state) <= ONE_VALUE_BYTES else None
 
 
-def write_large(db, model_table: TableName, states: dict[int, object]) -> None:
-    """The states too large for the column, in parts (``states``: key -> optimizer state)."""
-    large = {key: state for key, state in states.items() if state is not None and len(state) > ONE_VALUE_BYTES}
-    if not large:
+def write_large(db, model_table: TableName, key: int, state) -> None:
+    """A state too large for the column, in parts (the side table is made by the first one)."""
+    if state is None or len(state) <= ONE_VALUE_BYTES:
         return
     side = side_table(model_table)
-    db.execute(f"CREATE TABLE {side.sql(db)} (mst_key INTEGER, part INTEGER, data BYTEA, PRIMARY KEY (mst_key, part))")
-    for key, state in sorted(large.items()):
-        view = memoryview(state)
-        for part, start in enumerate(range(0, len(view), PART_BYTES)):
-            db.execute(f"INSERT INTO {side.sql(db)} VALUES ($1, $2, $3)", [key, part, view[start:start + PART_BYTES]],
-                       ["integer", "integer", "bytea"])
+    db.execute(f"CREATE TABLE IF NOT EXISTS {side.sql(db)} (mst_key INTEGER, part INTEGER, data BYTEA, "
+               "PRIMARY KEY (mst_key, part))")
+    view = memoryview(state).cast("B")
+    for part, start in enumerate(range(0, len(view), PART_BYTES)):
+        db.execute(f"INSERT INTO {side.sql(db)} VALUES ($1, $2, $3)", [key, part, bytes(view[start:start + PART_BYTES])],
+                   ["integer", "integer", "bytea"])
 
 
 def read(db, model_table: TableName, key: int, column) -> bytes | None:

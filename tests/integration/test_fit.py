@@ -1,16 +1,21 @@
 """madlib_keras_fit on a real server: one model visiting the segments in turn equals plain Keras
 training on the segments' examples in that order; the output tables (MADlib's columns) load back with
 trained_models; validation and metrics_compute_frequency; warm start continuing exactly; the caching
-rule; worker sessions; and every bad argument refused with one clean error that creates nothing.
+rule; background workers; and every bad argument refused with one clean error that creates nothing.
 
 One database for the module: 300 digits (64 features scaled by 16, 10 classes) packed over 2 segments in
 buffers of 50, 100 more packed for validation, and an architecture table: an MLP without weights
-(seeded initial weights), the same MLP with weights, and two that do not fit the data.
+(seeded initial weights), the same MLP with weights, and two that do not fit the data. Everything runs
+as a plain role on a server with Debian's pg_hba, with background workers required (a fallback to one
+session would fail the run; conftest.training_database); in_process only where a test compares it.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -70,8 +75,9 @@ def _mlp(inputs=64, classes=10):
 
 
 @pytest.fixture(scope="module")
-def db(server):
-    with server.fresh_database("fit") as name, server.connect(name) as conn:
+def db(training_database):
+    """Everything runs as a plain role, and its runs must use background workers (conftest)."""
+    with training_database("fit") as conn:
         with conn.cursor() as c:
             digits = load_digits()
             c.execute("CREATE TABLE digits (id INTEGER, pixels DOUBLE PRECISION[], label INTEGER)")
@@ -101,8 +107,7 @@ def db(server):
 def cur(db):
     del db.notices[:]
     with db.cursor() as c:
-        c.execute("RESET ALL")
-        c.execute(f"SET {S}executor = 'in_process'")
+        c.execute("RESET ALL")  # madlib_dl.executor: 'workers', the role's default in this database
         yield c
 
 
@@ -194,6 +199,63 @@ def _tables(cur):
     """Every table with its oid (a table dropped and made again counts as a change)."""
     cur.execute("SELECT schemaname, tablename, format('%I.%I', schemaname, tablename)::regclass::oid FROM pg_tables")
     return set(cur.fetchall())
+
+
+WORKERS = ("SELECT pid, application_name, query FROM pg_stat_activity WHERE backend_type = 'madlib_dl worker' "
+           "AND usename = session_user AND datname = current_database()")
+
+
+def _workers(cur) -> dict:
+    """This role's background workers in this database: pid -> (application_name, query)."""
+    cur.execute("SELECT pg_stat_clear_snapshot()")
+    cur.execute(WORKERS)
+    return {pid: (name, query) for pid, name, query in cur.fetchall()}
+
+
+def _no_workers_within(cur, seconds=10.0) -> dict:
+    """Waits until no worker of this role is left (they exit asynchronously); returns those left."""
+    deadline = time.monotonic() + seconds
+    while (left := _workers(cur)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def _tf_compute_threads(pid) -> int:
+    """TensorFlow's inter-op pool threads (named tf_Compute) in process ``pid``."""
+    names = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as comm:
+                names.append(comm.read().strip())
+        except OSError:  # a thread that just ended
+            pass
+    return names.count("tf_Compute")
+
+
+CALIBRATE = """
+import sys
+from madlib_dl.keras_runtime import tf_setup
+keras = tf_setup.keras(threads=int(sys.argv[1]))
+import numpy as np, os
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+model.compile(optimizer="adam", loss="categorical_crossentropy")
+model.fit(np.zeros((32, 4), "float32"), np.eye(3, dtype="float32")[np.zeros(32, int)], verbose=0)
+model.evaluate(np.zeros((32, 4), "float32"), np.eye(3, dtype="float32")[np.zeros(32, int)], verbose=0)
+print(os.getpid(), flush=True)
+sys.stdin.read()
+"""
+
+
+def _tf_compute_threads_of_a_process_with(threads: int) -> int:
+    """The same count in a Python process here whose TensorFlow madlib_dl set up with ``threads`` (as
+    the Start request does in a worker) and that trained and evaluated a model."""
+    child = subprocess.Popen([sys.executable, "-c", CALIBRATE, str(threads)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        return _tf_compute_threads(int(child.stdout.readline()))
+    finally:
+        child.stdin.close()
+        child.wait(60)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -350,7 +412,7 @@ def test_one_hot_labels_keep_null_class_values(cur):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Caching, worker sessions
+# Caching, background workers
 
 def test_caches_when_the_run_fits_the_memory_budget(cur):
     cur.execute("SELECT __dist_key__, count(*) FROM digits_packed GROUP BY 1")
@@ -364,30 +426,32 @@ def test_caches_when_the_run_fits_the_memory_budget(cur):
 
 @pytest.fixture(scope="module")
 def wide(db):
-    """400 examples of 1024 features, 4 classes: about 1.6 MiB as cached, over 4 segments and over 1."""
+    """600 examples of 512 features, 4 classes: about 1.2 MiB as cached, over 4 segments and over 1; the
+    model (Dense(4)) is 8 KiB of weights, about 80 KiB per worker with its gradients, Adam's slots and
+    the states in transfer (training.memory)."""
     with db.cursor() as c:
         c.execute("CREATE TABLE wide AS SELECT i AS id, "
-                  "ARRAY(SELECT ((i * 31 + j * 17) % 101)::float8 / 101 FROM generate_series(1, 1024) j) AS x, "
-                  "i % 4 AS y FROM generate_series(1, 400) i")
+                  "ARRAY(SELECT ((i * 31 + j * 17) % 101)::float8 / 101 FROM generate_series(1, 512) j) AS x, "
+                  "i % 4 AS y FROM generate_series(1, 600) i")
         for name, segments in (("wide4", 4), ("wide1", 1)):
             c.execute(f"SELECT {S}training_preprocessor_dl('wide', %s, 'y', 'x', NULL, 1.0, NULL, %s)",
                       [name, str(segments)])
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(4, activation="softmax")])
+        model = keras.Sequential([keras.Input((512,)), keras.layers.Dense(4, activation="softmax")])
         c.execute(f"SELECT {S}load_keras_model('wide_arch', %s::json)", [model.to_json()])
     return "wide_arch"
 
 
 def test_reads_every_hop_one_segment_at_a_time_when_caching_does_not_fit(cur, wide):
-    """With madlib_dl.memory_budget_mb = 1 the 4-segment table does not fit cached (1.8 MiB) but one
-    segment at a time does (0.6 MiB): a NOTICE, every hop reads its buffers, evaluation in turn (in
-    worker sessions, which would otherwise evaluate at the same time)."""
+    """With madlib_dl.memory_budget_mb = 1 the 4-segment table does not fit cached (1.5 MiB with the
+    models) but one segment at a time does (623 KiB): a NOTICE, every hop reads its buffers, evaluation in turn (on
+    background workers, which would otherwise evaluate at the same time)."""
     cur.execute(f"SET {S}executor = 'workers'")
     cur.execute(f"SET {S}memory_budget_mb = 1")
     cur.execute("SELECT __dist_key__, count(*) FROM wide4 GROUP BY 1")
     buffers = dict(cur.fetchall())
     _fit(cur, model="m_wide", source_table="wide4", model_arch_table=wide, fit_params="batch_size=50")
-    assert any("madlib_keras_fit: caching the examples would need about 1.8 MiB" in n and
+    assert any("madlib_keras_fit: caching the examples would need about 1.5 MiB" in n and
                "memory_budget_mb is 1 MiB" in n and "SET madlib_dl.memory_budget_mb = 1024" in n
                for n in cur.connection.notices)
     train = _hops(cur)
@@ -408,26 +472,25 @@ def test_refused_when_one_segment_does_not_fit_either(cur, wide):
         _fit(cur, model="m_big", source_table="wide1", model_arch_table=wide)
     message = info.value.diag.message_primary
     assert info.value.pgcode == "22023", message
-    assert message.startswith("madlib_dl: memory: madlib_keras_fit needs about 1.6 MiB even reading one segment at "
+    assert message.startswith("madlib_dl: memory: madlib_keras_fit needs about 1.3 MiB even reading one segment at "
                               "a time"), message
     assert "memory_budget_mb is 1 MiB" in message and "SET madlib_dl.memory_budget_mb = 1024" in message
     assert _tables(cur) == before
 
 
-def test_worker_sessions_train_the_same_model(cur, server):
+def test_background_workers_train_the_same_model_and_stay_idle_for_the_next_call(cur, server, plain_role):
+    cur.execute(f"SET {S}executor = 'in_process'")
     _fit(cur, model="m_in_process", validation_table="digits_val_packed")
     in_process_order = [(h["iteration"], h["segment"]) for h in _hops(cur)]
-    cur.execute(f"SET {S}executor = 'workers'")
-    seen, inits, done = [], [], threading.Event()
+    assert {h["worker_pid"] for h in _hops(cur)} == {cur.connection.get_backend_pid()}
+    cur.execute(f"RESET {S}executor")  # 'workers'
+    seen, done = [], threading.Event()
 
-    def watch():
-        with server.connect("fit") as other, other.cursor() as c:
+    def watch():  # as the role itself: a data scientist sees her own workers
+        with server.connect("fit", user=plain_role) as other, other.cursor() as c:
             while not done.is_set():
-                c.execute("SELECT application_name, query FROM pg_stat_activity WHERE application_name LIKE 'madlib_dl%'")
-                for name, query in c.fetchall():
-                    seen.append(name)
-                    if "internal_fit_worker_init" in query:
-                        inits.append(query)
+                c.execute(WORKERS)
+                seen.extend(c.fetchall())
                 time.sleep(0.02)
 
     watcher = threading.Thread(target=watch)
@@ -449,27 +512,46 @@ def test_worker_sessions_train_the_same_model(cur, server):
     for g, r, e in zip(got, reference, expected.get_weights()):
         np.testing.assert_allclose(g, r, rtol=0, atol=1e-5)
         np.testing.assert_allclose(g, e, rtol=0, atol=1e-5)
-    assert any(name.startswith("madlib_dl fit: iteration 2/2") for name in seen), set(seen)
-    assert any(name.startswith("madlib_dl fit") and "(segment 1)" in name for name in seen), set(seen)
-    assert not any("fit_multiple" in name for name in seen)
-    # one model trains on one worker at a time: each worker gets all the CPUs' TensorFlow threads
-    assert inits and all(f", {settings.cpu_count()}::integer, " in q for q in inits), inits
-    cur.execute("SELECT pg_stat_clear_snapshot()")
-    cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'madlib_dl fit%' "
-                "AND pid <> pg_backend_pid()")
-    assert cur.fetchone()[0] == 0
+    names = {name for pid, name, _ in seen if pid in pids.values()}
+    assert any(name.startswith("madlib_dl fit: iteration 2/2") for name in names), names
+    assert "madlib_dl fit: iteration 2/2 (segment 1)" in names, names
+    assert not any("fit_multiple" in name for name in names)
+    assert {query for _, _, query in seen} == {"SELECT madlib_dl.internal_worker_serve($1)"}
+    # after a successful run the session's workers stay, idle, for its next call
+    idle = _workers(cur)
+    assert set(pids.values()) <= set(idle)
+    assert {idle[pid][0] for pid in pids.values()} == {"madlib_dl worker (idle)"}
+    # one model trains on one worker at a time: each worker's TensorFlow gets all the CPUs' threads
+    expected_threads = _tf_compute_threads_of_a_process_with(settings.cpu_count())
+    assert [_tf_compute_threads(pid) for pid in sorted(set(pids.values()))] == [expected_threads] * 2
+    # the next call of the session starts at once on them
+    del cur.connection.notices[:]
+    _fit(cur, model="m_again", num_iterations=1)
+    assert {h["worker_pid"] for h in _hops(cur)} == set(pids.values())
+    assert not any("starting" in n and "background worker" in n for n in cur.connection.notices), \
+        cur.connection.notices
 
 
-def test_a_run_failing_in_keras_leaves_nothing(cur):
-    """Keras refuses these compile parameters only when the model is compiled, at the first hop."""
+@pytest.mark.parametrize("executor", ["workers", "in_process"])
+def test_a_run_failing_in_keras_leaves_nothing(cur, executor):
+    """Keras refuses these compile parameters only when the model is compiled, at the first hop. The
+    failed run ends the session's workers (idle ones from earlier calls too); the session runs again."""
+    _fit(cur, model="m_before_fail", num_iterations=1)  # the session has idle workers
+    assert _workers(cur)
     _drop(cur, "m_fail")
     before = _tables(cur)
+    cur.execute(f"SET {S}executor = %s", [executor])
     with pytest.raises(psycopg2.Error, match="loss_weights"):
         _fit(cur, model="m_fail", compile_params="loss='categorical_crossentropy', optimizer='Adam()', "
                                                  "loss_weights=[1.0, 2.0]")
     assert _tables(cur) == before
     cur.execute("SELECT madlib_dl.internal_fit_release(NULL)")
     assert cur.fetchone()[0] is False
+    if executor == "workers":
+        assert _no_workers_within(cur) == {}
+    cur.execute(f"RESET {S}executor")
+    _fit(cur, model="m_after_fail", num_iterations=1)
+    assert len({h["worker_pid"] for h in _hops(cur)} - {cur.connection.get_backend_pid()}) == 2
 
 
 # ---------------------------------------------------------------------------------------------------

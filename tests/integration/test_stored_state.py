@@ -26,7 +26,8 @@ def test_a_large_state_is_stored_in_parts_and_read_back_whole(plain_cur, small_l
     stored_state.drop(db, table)
     large, small = os.urandom(2500), os.urandom(1000)
     assert stored_state.column_value(large) is None and stored_state.column_value(small) == small
-    stored_state.write_large(db, table, {1: large, 2: small, 3: None})
+    for key, state in ((1, large), (2, small), (3, None)):
+        stored_state.write_large(db, table, key, state)
     plain_cur.execute("SELECT mst_key, part, length(data) FROM state_models_optimizer_state ORDER BY 1, 2")
     assert plain_cur.fetchall() == [(1, i, 300) for i in range(8)] + [(1, 8, 100)]
     assert stored_state.read(db, table, 1, None) == large
@@ -40,7 +41,7 @@ def test_a_large_state_is_stored_in_parts_and_read_back_whole(plain_cur, small_l
 
 def test_nothing_is_written_when_every_state_fits_its_column(plain_cur, small_limits):
     db = database.PsycopgDatabase(plain_cur.connection)
-    stored_state.write_large(db, TableName(None, "state_small"), {1: b"x" * 1000})
+    stored_state.write_large(db, TableName(None, "state_small"), 1, b"x" * 1000)
     plain_cur.execute("SELECT to_regclass('state_small_optimizer_state') IS NULL")
     assert plain_cur.fetchone()[0]
 

@@ -1,6 +1,7 @@
 """The driver-worker channel: framing of headers and raw blobs, partial reads, mutual authentication,
 end of stream, and refusing what is not a message of the protocol."""
 
+import array
 import os
 import socket
 import struct
@@ -45,11 +46,32 @@ def test_a_header_and_blobs_arrive_as_sent(pair):
     assert [bytes(b) for b in blobs] == [b"abc", b"", b"\x00\xff"]
 
 
-def test_a_large_blob_crosses_while_the_reader_drains_it(pair):
-    """64 MB is far more than a socket buffer: send waits for the reader (checking for interrupts while
-    it waits), and the bytes arrive intact (numpy arrays are sent without a copy to bytes)."""
+def test_a_large_blob_travels_as_shared_memory_and_can_be_passed_on(pair):
+    """64 MB goes as a memory file: the receiver maps it (no copy through the socket) and can forward
+    the very same memory to a third process, which sees what the second wrote."""
     left, right = pair
     data = np.random.default_rng(0).random(8 << 20)  # 64 MiB of float64
+    left.send({"type": "big"}, [data, b"small"])
+    header, (blob, small) = right.receive(timeout=10)
+    assert isinstance(blob, channel.SharedBlob) and not isinstance(small, channel.SharedBlob)
+    assert np.array_equal(np.frombuffer(blob, dtype=np.float64), data) and bytes(small) == b"small"
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    onward, third = channel.Connection(a), channel.Connection(b)
+    try:
+        onward.send({"type": "again"}, [blob])
+        _, (same,) = third.receive(timeout=10)
+        same[:8] = b"\x00" * 8
+        assert bytes(blob[:8]) == b"\x00" * 8  # one memory, two mappings
+        assert len(same) == len(blob) == data.nbytes
+    finally:
+        onward.close()
+        third.close()
+
+
+def test_sending_waits_for_a_slow_reader_and_checks_meanwhile(pair):
+    """60 MB of small blobs (inline) fill the socket: send waits for the reader, calling its check."""
+    left, right = pair
+    blobs = [bytes([i]) * (channel.SHARED_BYTES - 1) for i in range(60)]
 
     def slow_reader():
         time.sleep(0.3)
@@ -57,11 +79,27 @@ def test_a_large_blob_crosses_while_the_reader_drains_it(pair):
 
     thread, result = _in_thread(slow_reader)
     checks = []
-    left.send({"type": "big"}, [data], check=lambda: checks.append(1))
+    left.send({"type": "many"}, blobs, check=lambda: checks.append(1))
     thread.join()
-    header, (blob,) = result["value"]
-    assert header == {"type": "big"} and np.array_equal(np.frombuffer(blob, dtype=np.float64), data)
+    _, got = result["value"]
+    assert [bytes(g) for g in got] == blobs
     assert checks, "the sender waited without calling its check"
+
+
+def test_a_shared_blob_smaller_than_announced_is_refused(pair):
+    left, right = pair
+    small = channel.SharedBlob.create(4096)
+    head = struct.pack("<4sII", channel.MAGIC, 2, 1) + struct.pack("<Q", (1 << 20) | channel.SHARED_FLAG) + b"{}"
+    left._sock.sendmsg([head], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [small.fd]))])
+    with pytest.raises(channel.ChannelError, match="smaller than its message says"):
+        right.receive(timeout=2)
+
+
+def test_a_shared_blob_without_its_descriptor_is_refused(pair):
+    left, right = pair
+    left._sock.sendall(struct.pack("<4sII", channel.MAGIC, 2, 1) + struct.pack("<Q", 5 | channel.SHARED_FLAG) + b"{}")
+    with pytest.raises(channel.ChannelError, match="without its file descriptor"):
+        right.receive(timeout=2)
 
 
 def test_messages_in_a_row_are_kept_apart(pair):
@@ -74,7 +112,7 @@ def test_messages_in_a_row_are_kept_apart(pair):
 
 def test_poll_returns_nothing_until_the_whole_message_is_there(pair):
     left, right = pair
-    frame = b"".join(bytes(v) for v in channel._frame({"a": 1}, [b"xyz"]))
+    frame = b"".join(bytes(v) for v in channel._frame({"a": 1}, [b"xyz"])[0])
     left._sock.sendall(frame[:-2])
     assert right.poll() is None
     left._sock.sendall(frame[-2:])
