@@ -150,11 +150,11 @@ class Filled:
 
 
 def _fresh_value(variable):
-    value = variable.numpy()
-    flat = value.reshape(-1)
-    if flat.size > 1 and bool((flat == flat[0]).all()):
-        return Filled(flat[0])
-    return value
+    ops = tf_setup.keras().ops
+    flat = ops.reshape(variable, (-1,))
+    if flat.shape[0] > 1 and bool(ops.all(ops.equal(flat, flat[0]))):  # compared in TF: no copy of the variable
+        return Filled(ops.convert_to_numpy(flat[0]))
+    return variable.numpy()
 
 
 def _assign_fresh(variable, value) -> None:

@@ -62,13 +62,9 @@ def write(db, out: FitOutputTables, spec: RunSpec, result: RunResult, request: F
     _write_summary(db, out.summary, spec.source.summary, _summary_columns(db, spec, result, request))
     table = out.model.sql(db)
     db.execute(f"CREATE TABLE {table} (model_weights BYTEA, model_arch JSON, optimizer_state BYTEA)")
-    weights, model.weights = stored_state.as_value(model.weights), None  # one copy of a large state at a time
-    db.execute(f"INSERT INTO {table} VALUES ($1, $2::json, $3)",
-               [weights, model.config.model_arch, stored_state.column_value(model.optimizer_state)],
-               ["bytea", "text", "bytea"])
-    del weights
-    optimizer, model.optimizer_state = model.optimizer_state, None
-    stored_state.write_large(db, out.model, stored_state.SINGLE_KEY, optimizer)
+    stored_state.store_uncompressed(db, out.model, ("model_weights", "optimizer_state"))
+    db.execute(f"INSERT INTO {table} VALUES (NULL, $1::json, NULL)", [model.config.model_arch], ["text"])
+    stored_state.write_state(db, out.model, stored_state.SINGLE_KEY, model)
 
 
 def _summary_columns(db, spec: RunSpec, result: RunResult, request: FitRequest) -> list[Column]:

@@ -36,15 +36,11 @@ def _write_models(db, out: OutputTables, result: RunResult) -> None:
     table = out.model.sql(db)
     db.execute(f"CREATE TABLE {table} (mst_key INTEGER PRIMARY KEY, model_weights BYTEA, model_arch JSON, "
                "__dist_key__ INTEGER, optimizer_state BYTEA)")
+    stored_state.store_uncompressed(db, out.model, ("model_weights", "optimizer_state"))
     for mst_key, model in sorted(result.models.items()):
-        # One copy of a large state at a time: the driver's memory stays near one model's state.
-        weights, model.weights = stored_state.as_value(model.weights), None
-        db.execute(f"INSERT INTO {table} VALUES ($1, $2, $3::json, $4, $5)",
-                   [mst_key, weights, model.config.model_arch, model.last_segment,
-                    stored_state.column_value(model.optimizer_state)], ["integer", "bytea", "text", "integer", "bytea"])
-        del weights
-        optimizer, model.optimizer_state = model.optimizer_state, None
-        stored_state.write_large(db, out.model, mst_key, optimizer)
+        db.execute(f"INSERT INTO {table} VALUES ($1, NULL, $2::json, $3, NULL)",
+                   [mst_key, model.config.model_arch, model.last_segment], ["integer", "text", "integer"])
+        stored_state.write_state(db, out.model, mst_key, model, "WHERE mst_key = $2", [mst_key], ["integer"])
 
 
 # A model's training history as MADlib's metric columns (fit_multiple's _info, fit's _summary), plus

@@ -5,6 +5,11 @@ limit for one value (1 GB) cannot be stored and is refused before training (:fun
 optimizer state (Adam: twice the weights, and more) goes in ``optimizer_state`` while it is at most
 ``ONE_VALUE_BYTES``; a larger one goes, in parts of ``PART_BYTES``, to a side table
 ``<model table>_optimizer_state (mst_key, part, data)`` and the column is NULL. Warm start reads either.
+
+Writing a value from PL/Python holds it about four times at once (the Python bytes, the datum, the
+tuple, and the shared pages read to make the bytes), so a model's row is written one large value per
+statement (:func:`write_model`), and large optimizer states in parts: the driver's peak stays near one
+model's state plus four times its largest part.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from madlib_dl.identifiers import TableName
 from madlib_dl.training import memory
 
 MAX_VALUE_BYTES = (1 << 30) - 1 - 4 - 1024  # PostgreSQL's largest value (1 GB) less its header, with a margin
-ONE_VALUE_BYTES = 256 << 20  # larger optimizer states are stored in parts
-PART_BYTES = 256 << 20
+ONE_VALUE_BYTES = 64 << 20  # larger optimizer states are stored in parts
+PART_BYTES = 64 << 20
 SIDE_SUFFIX = "_optimizer_state"
 SINGLE_KEY = 0  # madlib_keras_fit's one model, in the side table's mst_key column
 
@@ -52,9 +57,28 @@ def as_value(state):
     return state if state is None or isinstance(state, bytes) else bytes(state)
 
 
-def column_value(state) -> object:
-    """What the optimizer_state column holds: the state, or NULL when it goes to the side table."""
-    return as_value(state) if state is None or len(state) <= ONE_VALUE_BYTES else None
+def store_uncompressed(db, table: TableName, columns) -> None:
+    """Model state is float data that barely compresses: storing it out of line without trying (STORAGE
+    EXTERNAL) saves pglz a pass over every value, and its output buffer the size of the value."""
+    for column in columns:
+        db.execute(f"ALTER TABLE {table.sql(db)} ALTER COLUMN {db.quote_ident(column)} SET STORAGE EXTERNAL")
+
+
+def write_state(db, model_table: TableName, key: int, model, where: str = "", where_args=(), where_types=()) -> None:
+    """Set the state of a model's row, inserted without it (``where``: which row, its parameters from $2):
+    model_weights, then optimizer_state or its parts, one large value per statement, each let go of once
+    written. ``model``: a driver.ModelProgress (its state is taken from it)."""
+    table = model_table.sql(db)
+    weights, model.weights = as_value(model.weights), None
+    db.execute(f"UPDATE {table} SET model_weights = $1 {where}", [weights, *where_args], ["bytea", *where_types])
+    del weights
+    optimizer, model.optimizer_state = model.optimizer_state, None
+    if optimizer is None or len(optimizer) > ONE_VALUE_BYTES:
+        write_large(db, model_table, key, optimizer)
+        return
+    value = as_value(optimizer)
+    del optimizer
+    db.execute(f"UPDATE {table} SET optimizer_state = $1 {where}", [value, *where_args], ["bytea", *where_types])
 
 
 def write_large(db, model_table: TableName, key: int, state) -> None:
@@ -64,6 +88,7 @@ def write_large(db, model_table: TableName, key: int, state) -> None:
     side = side_table(model_table)
     db.execute(f"CREATE TABLE IF NOT EXISTS {side.sql(db)} (mst_key INTEGER, part INTEGER, data BYTEA, "
                "PRIMARY KEY (mst_key, part))")
+    store_uncompressed(db, side, ("data",))
     view = memoryview(state).cast("B")
     for part, start in enumerate(range(0, len(view), PART_BYTES)):
         db.execute(f"INSERT INTO {side.sql(db)} VALUES ($1, $2, $3)", [key, part, bytes(view[start:start + PART_BYTES])],
