@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import calls  # noqa: E402
 import report  # noqa: E402
 import state  # noqa: E402
 import workloads  # noqa: E402
@@ -273,13 +274,14 @@ def bench_workload(cluster, lib: str, workload: workloads.Workload, scale: float
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the examples of every workload")
-    parser.add_argument("--workloads", default="small,compute,state", help="comma-separated: small, compute, state")
+    parser.add_argument("--workloads", default="small,compute,state,calls",
+                        help="comma-separated: small, compute, state, calls")
     parser.add_argument("--threads", type=int, default=0,
                         help="TF threads of every process (default: CPUs / 2, at least 1: one per worker at S=2)")
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"), help="where the results go")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
-    unknown = [n for n in names if n not in workloads.WORKLOADS and n != "state"]
+    unknown = [n for n in names if n not in workloads.WORKLOADS and n not in ("state", "calls")]
     if unknown or not names or args.scale <= 0:
         parser.error(f"--workloads: expected names from {sorted(workloads.WORKLOADS)}, got {args.workloads!r}"
                      if unknown or not names else f"--scale: expected a positive number, got {args.scale}")
@@ -295,15 +297,19 @@ def main(argv=None) -> None:
     conn.close()
     started = time.monotonic()
     results = {name: bench_workload(cluster, lib, workloads.WORKLOADS[name], args.scale, threads)
-               for name in names if name != "state"}
+               for name in names if name in workloads.WORKLOADS}
     state_result = state.bench(cluster, lib, threads, say) if "state" in names else None
-    found = report.targets(results) + (state.targets(state_result) if state_result else [])
+    calls_result = calls.bench(cluster, lib, say) if "calls" in names else None
+    found = report.targets(results) + (state.targets(state_result) if state_result else []) + \
+        (calls.targets(calls_result) if calls_result else [])
     say("")
     for name, workload in results.items():
         say(report.table(name, workload) + "\n")
     if state_result:
         say(state.table(state_result) + "\n")
         results["state"] = state_result
+    if calls_result:
+        results["calls"] = calls_result
     say(report.verdicts(found))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

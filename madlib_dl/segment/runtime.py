@@ -128,7 +128,9 @@ def _configured(store: RunStore, model_arch: str, compile_params: str) -> Config
     if entry is None:
         parsed = params.parse_compile_params(compile_params)
         key = (model_arch, _without_learning_rate(parsed))
-        compiled = store.models.get(key)
+        compiled = store.models.pop(key, None)
+        if compiled is not None:
+            store.models[key] = compiled  # the most recently used last
         if compiled is None:
             model = builder.model_from_json(model_arch)
             builder.compile_model(model, parsed)
@@ -288,6 +290,7 @@ def worker_init(gd, threads: int | None, cuda_visible_devices: str | None, memor
     (``worker_session``: a background worker the driver started, see tf_setup.keras). Drops whatever
     a run left here. Returns the backend's pid."""
     stores.release(gd)
+    stores.forget_models(gd)
     if cuda_visible_devices is not None:
         current = os.environ.get("CUDA_VISIBLE_DEVICES")
         if tf_setup.started() and current != cuda_visible_devices:

@@ -14,6 +14,12 @@
 
 Everything is keyed by the run id: a store for another run is dropped, never served, so a later run in
 the same session (or an in-process run after a failed one) cannot see earlier data.
+
+Compiled models are the exception: they hold no run's data (every call loads its model's whole state,
+weights and optimizer variables, before it trains or evaluates), so after a run the backend keeps up to
+``KEEP_MODELS`` of them (at most ``KEEP_WEIGHT_BYTES`` of weights together) for the session's next call,
+which then skips building, compiling and tracing them (most of a small evaluate), as predict keeps its
+models. A run uses them only through a configuration of its own, made with a fresh optimizer's values.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from typing import Any
 import numpy as np
 
 GD_KEY = "madlib_dl_run"
+MODELS_KEY = "madlib_dl_compiled_models"
+KEEP_MODELS = 4
+KEEP_WEIGHT_BYTES = 256 << 20
 
 
 @dataclass
@@ -75,6 +84,7 @@ class RunStore:
     run_id: str
     data: dict = field(default_factory=dict)    # (kind, segment) -> SegmentData
     models: dict = field(default_factory=dict)   # (model_arch, compile parameters but the learning rate) -> CompiledModel
+                                                 # (the backend's compiled_models, shared with later runs)
     configs: dict = field(default_factory=dict)  # (model_arch, compile_params) -> ConfiguredModel
     schema: str = ""                 # the extension's schema (where the aggregates are)
     constants: dict = field(default_factory=dict)  # mst_key -> requests.ModelConstants
@@ -85,19 +95,40 @@ class RunStore:
     output: Any = None             # model_state.ModelState the last fit hop left
 
 
+def compiled_models(gd: dict) -> dict:
+    """The backend's compiled models, oldest use first."""
+    return gd.setdefault(MODELS_KEY, {})
+
+
 def run_store(gd: dict, run_id: str) -> RunStore:
     """This run's store; whatever another run left in this backend is dropped first."""
     store = gd.get(GD_KEY)
     if store is None or store.run_id != run_id:
         gd.pop(GD_KEY, None)
-        store = gd[GD_KEY] = RunStore(run_id)
+        store = gd[GD_KEY] = RunStore(run_id, models=compiled_models(gd))
     return store
 
 
 def release(gd: dict, run_id: str | None = None) -> bool:
-    """Drop the run's data and models (any run's when ``run_id`` is None). True when something was held."""
+    """Drop the run's data and configurations (any run's when ``run_id`` is None), keeping the most
+    recently used compiled models within the limits. True when a run was held."""
     store = gd.get(GD_KEY)
     if store is None or (run_id is not None and store.run_id != run_id):
         return False
     del gd[GD_KEY]
+    _trim(compiled_models(gd))
     return True
+
+
+def forget_models(gd: dict) -> None:
+    gd.pop(MODELS_KEY, None)
+
+
+def _trim(models: dict) -> None:
+    kept, weight_bytes = 0, 0
+    for key in reversed(list(models)):  # newest first
+        size = sum(4 * int(np.prod(v.shape)) for v in models[key].model.weights)
+        if kept < KEEP_MODELS and weight_bytes + size <= KEEP_WEIGHT_BYTES:
+            kept, weight_bytes = kept + 1, weight_bytes + size
+        else:
+            del models[key]

@@ -196,3 +196,29 @@ def test_fit_options_the_loop_lacks_train_through_keras_fit(fit_params):
     start = runtime.initial_weights(_arch(), 7)
     trained = serialization.deserialize_weights(result["model_weights"], [w.shape for w in start])
     assert not np.allclose(trained[0], start[0])
+
+
+def test_a_later_run_reuses_a_kept_compiled_model_and_trains_as_on_a_fresh_one():
+    """After release the backend keeps the compiled model (no data); the next run starts it from a fresh
+    optimizer and its own weights, so it trains exactly like a backend that never saw the first run."""
+    gd, buffers = {}, _buffers()
+    first = _hop(gd, "run1", buffers)
+    runtime.release(gd, "run1")
+    assert store.GD_KEY not in gd and len(store.compiled_models(gd)) == 1
+    kept = next(iter(store.compiled_models(gd).values()))
+    again = _hop(gd, "run2", buffers)
+    assert next(iter(store.compiled_models(gd).values())) is kept  # not rebuilt
+    assert again["model_weights"] == first["model_weights"] and again["optimizer_state"] == first["optimizer_state"]
+    fresh = _hop({}, "run3", buffers)
+    assert again["model_weights"] == fresh["model_weights"]
+
+
+def test_kept_compiled_models_are_limited_to_the_most_recent():
+    gd = {}
+    for i in range(store.KEEP_MODELS + 2):
+        _hop(gd, "run", _buffers(), arch=_arch(["softmax", "sigmoid", "relu", "tanh", "elu", "selu"][i]), mst_key=i)
+    assert len(store.compiled_models(gd)) == store.KEEP_MODELS + 2  # a run holds all it uses
+    runtime.release(gd, "run")
+    assert len(store.compiled_models(gd)) == store.KEEP_MODELS
+    runtime.worker_init(gd, None, None, None)  # a new worker set-up starts from nothing
+    assert store.compiled_models(gd) == {}
