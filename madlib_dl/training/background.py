@@ -49,8 +49,8 @@ class WorkerConfig:
 
 @dataclass
 class Worker:
-    index: int
-    pid: int
+    index: int     # its place in the start-up that launched it (each start-up counts from 0)
+    pid: int       # what identifies a worker: the session's idle workers and new ones are mixed
     conn: channel.Connection
     config: WorkerConfig | None = None
     idle_since: float = 0.0
@@ -250,20 +250,21 @@ class BackgroundWorkers:
         self.pids = {s: w.pid for s, w in self._worker_of.items()}
         self._check = check
         self._idle_timeout = idle_timeout
-        self._busy: dict[int, tuple] = {}  # worker index -> (call, submitted)
-        self._queues: dict[int, collections.deque] = {w.index: collections.deque() for w in workers}
-        self._progress: dict[int, str] = {}
+        self._by_pid = {w.pid: w for w in workers}
+        self._busy: dict[int, tuple] = {}  # worker pid -> (call, submitted)
+        self._queues: dict[int, collections.deque] = {w.pid: collections.deque() for w in workers}
+        self._progress: dict[int, str] = {}  # worker pid -> application_name for its next call
 
     def submit(self, call) -> None:
         worker = self._worker_of[call.segment]
-        if worker.index in self._busy:
-            self._queues[worker.index].append(call)
+        if worker.pid in self._busy:
+            self._queues[worker.pid].append(call)
         else:
             self._send(worker, call)
 
     def _send(self, worker: Worker, call) -> None:
         header, blobs = requests.encode(call.request)
-        progress = self._progress.pop(worker.index, None)
+        progress = self._progress.pop(worker.pid, None)
         if progress is not None:
             header["progress"] = progress
         try:
@@ -271,7 +272,7 @@ class BackgroundWorkers:
         except channel.ChannelClosed:
             raise self._exited(worker, call) from None
         # What was sent is the worker's now: the driver keeps the call without its model state.
-        self._busy[worker.index] = (replace(call, request=_without_state(call.request)), time.time())
+        self._busy[worker.pid] = (replace(call, request=_without_state(call.request)), time.time())
 
     def busy(self) -> bool:
         return bool(self._busy)
@@ -281,13 +282,13 @@ class BackgroundWorkers:
             done = self._collect()
             if done:
                 return done
-            select.select([self._by_index(i).conn for i in self._busy], [], [], POLL_SECONDS)
+            select.select([self._by_pid[pid].conn for pid in self._busy], [], [], POLL_SECONDS)
             self._check()
 
     def _collect(self) -> list[Completed]:
         done = []
-        for index, (call, submitted) in list(self._busy.items()):
-            worker = self._by_index(index)
+        for pid, (call, submitted) in list(self._busy.items()):
+            worker = self._by_pid[pid]
             try:
                 message = worker.conn.poll()
             except channel.ChannelClosed:
@@ -297,15 +298,12 @@ class BackgroundWorkers:
                                     f"something unreadable ({error})", "XX000") from None
             if message is None:
                 continue
-            del self._busy[index]
+            del self._busy[pid]
             reply = _decoded(message, f"worker of segment {call.segment}")
             done.append(Completed(call, reply.row, submitted, time.time(), reply.weights, reply.optimizer_state))
-            if self._queues[index]:
-                self._send(worker, self._queues[index].popleft())
+            if self._queues[pid]:
+                self._send(worker, self._queues[pid].popleft())
         return done
-
-    def _by_index(self, index: int) -> Worker:
-        return next(w for w in self.workers if w.index == index)
 
     @staticmethod
     def _exited(worker: Worker, call) -> SegmentFailed:
@@ -316,7 +314,7 @@ class BackgroundWorkers:
         """Shown as the workers' application_name from their next call on."""
         for worker in self.workers:
             segments = [s for s, w in self._worker_of.items() if w is worker]
-            self._progress[worker.index] = f"{text} (segment {', '.join(map(str, segments))})"[:63]
+            self._progress[worker.pid] = f"{text} (segment {', '.join(map(str, segments))})"[:63]
 
     def finish(self, run_id: str) -> None:
         """After a successful run: drop the run from every worker and keep them for the session's next

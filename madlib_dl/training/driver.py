@@ -88,7 +88,7 @@ def train(db, spec: RunSpec) -> RunResult:
     LAST_HOPS.clear()
     devices = devices_for(spec)
     tables = {"train": spec.source, **({"validation": spec.validation} if spec.validation else {})}
-    set_name = _application_name(db)
+    set_name = application_name_setter(db)
     busy = min(len(spec.models), len(spec.source.segments))
     models = {m.mst_key: m for m in spec.models}
     try:
@@ -156,7 +156,7 @@ def _check_one_segment(spec: RunSpec, estimate: memory.MemoryEstimate, budget: i
         f"raise it (SET {settings.MEMORY_BUDGET_MB.name} = {memory.suggested_budget_mib(needed)})")
 
 
-def _application_name(db):
+def application_name_setter(db):
     """A setter for this session's application_name (shown in pg_stat_activity at once); the setting
     is transaction-local, and None puts back the value it had when the run began."""
     original = db.execute("SELECT current_setting('application_name') AS a")[0]["a"]

@@ -41,9 +41,16 @@ class Evaluation:
 def evaluate(db, spec: EvaluationSpec) -> Evaluation:
     """Evaluate on every segment; the executor's sessions and the run's store are gone when this returns or raises."""
     devices = driver.devices_for(spec)
-    with workers.executor_for(db, spec.run_id, spec.schema, {KIND: spec.source}, {_key(spec): spec.model},
-                              devices, NAME) as executor:
-        completed = workers.run_calls(executor, calls(spec))
+    set_name = driver.application_name_setter(db)
+    try:
+        with workers.executor_for(db, spec.run_id, spec.schema, {KIND: spec.source}, {_key(spec): spec.model},
+                                  devices, NAME) as executor:
+            progress = f"{NAME}: {spec.model.text}"
+            set_name(progress)
+            executor.set_progress(progress)
+            completed = workers.run_calls(executor, calls(spec))
+    finally:
+        set_name(None)
     return combine([segment_means.from_row(c.call.tag.segment, c.row) for c in completed], executor.name)
 
 

@@ -1,5 +1,5 @@
 """`make bench` end to end at a tiny size against the test cluster: every run happens (plain Keras, plain
-Keras as two concurrent processes, our loop, S=1/S=2 with and without caching, on worker sessions), the
+Keras as two concurrent processes, our loop, S=1/S=2 with and without caching, on background workers), the
 hop counts are those of the configurations, the instrumentation gives overheads and worker memory, and
 the report is complete."""
 

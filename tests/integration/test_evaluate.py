@@ -1,9 +1,11 @@
 """madlib_keras_evaluate on a real server: the numbers (against fit_multiple's own metrics and against
-Keras' model.evaluate), single-model and multi-model tables, worker sessions and this session, failures
-that leave nothing behind, and every bad argument.
+Keras' model.evaluate), single-model and multi-model tables, background workers and this session,
+failures that leave nothing behind, and every bad argument.
 
 One database for the module: 500 of sklearn's digits (8x8x1, 10 classes), 400 packed for training over
 2 segments and 100 for validation, and one fit_multiple run of 2 configurations for 2 iterations.
+Everything runs as a plain role on a server with Debian's pg_hba, with background workers required (a
+fallback to one session would fail the call; conftest.training_database).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ ARGS = ("model_table", "test_table", "output_table", "use_gpus", "mst_key")
 # named notation: also proves the documented argument names are the function's
 EVALUATE = f"SELECT {S}madlib_keras_evaluate(" + ", ".join(f"{a} => %({a})s" for a in ARGS) + ")"
 COMPILE = "loss='categorical_crossentropy', optimizer='Adam(learning_rate={})', metrics=['accuracy']"
-WORKER_APP = "madlib_dl evaluate worker (segment %)"
+WORKERS = ("SELECT pid, application_name FROM pg_stat_activity WHERE backend_type = 'madlib_dl worker' "
+           "AND usename = session_user AND datname = current_database()")
+IDLE = "madlib_dl worker (idle)"
 
 
 def _mlp():
@@ -44,8 +48,9 @@ def _pack(cur, source, output, normalizing_const="16.0", num_classes="NULL"):
 
 
 @pytest.fixture(scope="module")
-def db(server):
-    with server.fresh_database("evaluate") as name, server.connect(name) as conn:
+def db(training_database):
+    """Everything runs as a plain role, and its calls must use background workers (conftest)."""
+    with training_database("evaluate") as conn:
         with conn.cursor() as c:
             digits = load_digits()
             c.execute("CREATE TABLE digits (id INTEGER, pixels REAL[], label INTEGER)")
@@ -72,7 +77,7 @@ def db(server):
 def cur(db):
     del db.notices[:]
     with db.cursor() as c:
-        c.execute("RESET ALL")
+        c.execute("RESET ALL")  # madlib_dl.executor: 'workers', the role's default in this database
         yield c
 
 
@@ -123,10 +128,24 @@ def _keras_evaluate(cur, mst_key, table) -> dict:
     return model.evaluate(x, y, verbose=0, return_dict=True)
 
 
-def _workers_alive(cur) -> int:
+def _workers(cur) -> dict:
+    """This role's background workers in this database: pid -> application_name."""
     cur.execute("SELECT pg_stat_clear_snapshot()")
-    cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'madlib_dl evaluate%'")
-    return cur.fetchone()[0]
+    cur.execute(WORKERS)
+    return dict(cur.fetchall())
+
+
+def _no_workers_within(cur, seconds=10.0) -> dict:
+    """Waits until no worker of this role is left (they exit asynchronously); returns those left."""
+    deadline = time.monotonic() + seconds
+    while (left := _workers(cur)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def _only_idle_workers(cur) -> bool:
+    """Whatever workers the session kept wait for its next call; none is busy."""
+    return set(_workers(cur).values()) <= {IDLE}
 
 
 def _no_cache_left(cur) -> bool:
@@ -202,9 +221,10 @@ def test_a_model_without_metric_has_a_null_metric(cur):
     assert got["loss"] == pytest.approx(_keras_evaluate(cur, 1, "val_packed")["loss"], abs=1e-5)
 
 
-def test_schema_qualified_and_quoted_names(cur):
-    cur.execute("DROP SCHEMA IF EXISTS s1 CASCADE")
-    cur.execute("CREATE SCHEMA s1")
+def test_schema_qualified_and_quoted_names(cur, server, plain_role):
+    with server.connect("evaluate") as admin, admin.cursor() as c:  # a schema the DBA gave the role
+        c.execute("DROP SCHEMA IF EXISTS s1 CASCADE")
+        c.execute(f"CREATE SCHEMA s1 AUTHORIZATION {plain_role.name}")
     cur.execute('CREATE TABLE s1."Model" AS SELECT * FROM single')
     cur.execute('CREATE TABLE s1."Model_summary" AS SELECT * FROM single_summary')
     cur.execute(f"SELECT {S}validation_preprocessor_dl('digits_val', 's1.val', 'label', 'pixels', 'train_packed')")
@@ -218,40 +238,48 @@ def test_schema_qualified_and_quoted_names(cur):
 # ---------------------------------------------------------------------------------------------------
 # Where it runs
 
-def _watch(server, seen: list, done: threading.Event):
-    with server.connect("evaluate") as other, other.cursor() as c:
+def _watch(server, role, seen: list, done: threading.Event):
+    with server.connect("evaluate", user=role) as other, other.cursor() as c:  # the role sees its own workers
         while not done.is_set():
-            c.execute("SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s", [WORKER_APP])
-            seen.extend(r[0] for r in c.fetchall())
+            c.execute(WORKERS)
+            seen.extend(c.fetchall())
             time.sleep(0.02)
 
 
-def _evaluate_watched(cur, server, output, executor) -> tuple[dict, set]:
+def _evaluate_watched(cur, server, role, output, executor) -> tuple[dict, list]:
     cur.execute("SET madlib_dl.executor = %s", [executor])
     seen, done = [], threading.Event()
-    watcher = threading.Thread(target=_watch, args=(server, seen, done))
+    watcher = threading.Thread(target=_watch, args=(server, role, seen, done))
     watcher.start()
     try:
         got = _evaluate(cur, output, mst_key=1)
     finally:
         done.set()
         watcher.join()
-    return got, set(seen)
+    return got, seen
 
 
-def test_workers_evaluate_the_segments_and_in_process_gives_the_same_numbers(cur, server):
-    by_workers, seen = _evaluate_watched(cur, server, "ev_workers", "workers")
-    assert seen == {"madlib_dl evaluate worker (segment 0)", "madlib_dl evaluate worker (segment 1)"}
-    assert _workers_alive(cur) == 0
-    in_process, seen = _evaluate_watched(cur, server, "ev_in_process", "in_process")
-    assert seen == set()
+def test_workers_evaluate_the_segments_and_in_process_gives_the_same_numbers(cur, server, plain_role):
+    """One background worker per segment (the session's idle ones if it has them), kept idle afterwards;
+    while they evaluate, their application_name says so, as a training run's workers' does."""
+    by_workers, seen = _evaluate_watched(cur, server, plain_role, "ev_workers", "workers")
+    pids = {pid for pid, _ in seen}
+    assert len(pids) == 2 and cur.connection.get_backend_pid() not in pids
+    assert pids <= set(_workers(cur)) and _only_idle_workers(cur)  # kept for the session's next call
+    names = {name for _, name in seen}
+    in_process, seen = _evaluate_watched(cur, server, plain_role, "ev_in_process", "in_process")
+    assert {name for _, name in seen} <= {IDLE}  # they waited while this session evaluated
     assert in_process["loss"] == pytest.approx(by_workers["loss"], abs=1e-6)
     assert in_process["metric"] == pytest.approx(by_workers["metric"], abs=1e-6)
     assert _no_cache_left(cur)
+    assert any(name.startswith("madlib_dl evaluate") for name in names), names
 
 
 def test_an_uncommitted_test_table_is_evaluated_in_this_session(cur):
+    """'auto': the workers cannot see the table, so this session evaluates it (with a NOTICE); the
+    workers that could not serve wait, idle, for the next call."""
     expected = _evaluate(cur, "ev_committed", mst_key=1)
+    cur.execute("SET madlib_dl.executor = 'auto'")
     cur.execute("BEGIN")
     try:
         cur.execute(f"SELECT {S}validation_preprocessor_dl('digits_val', 'fresh', 'label', 'pixels', 'train_packed')")
@@ -260,21 +288,28 @@ def test_an_uncommitted_test_table_is_evaluated_in_this_session(cur):
         assert got["loss"] == pytest.approx(expected["loss"], abs=1e-6)
     finally:
         cur.execute("ROLLBACK")
-    assert _workers_alive(cur) == 0
+    assert _only_idle_workers(cur)
 
 
 @pytest.mark.parametrize("executor", ["workers", "in_process"])
 def test_a_failure_on_the_segments_leaves_nothing_and_the_session_runs_again(cur, executor):
-    """Weights one value short fail only when a segment loads them into the model."""
+    """Weights one value short fail only when a segment loads them into the model. A failure on the
+    workers ends them (the session's idle ones too); in process the idle ones wait on."""
     cur.execute("DROP TABLE IF EXISTS broken, broken_summary, ev_broken")
     _single_model(cur, "broken", 1)
     cur.execute("UPDATE broken SET model_weights = substring(model_weights FROM 5)")
+    _evaluate(cur, "ev_before", mst_key=1)  # the session has idle workers
+    assert _workers(cur)
     cur.execute("SET madlib_dl.executor = %s", [executor])
     with pytest.raises(psycopg2.Error):
         _evaluate(cur, "ev_broken", model_table="broken")
     cur.execute("SELECT to_regclass('ev_broken') IS NULL")
     assert cur.fetchone()[0]
-    assert _workers_alive(cur) == 0
+    if executor == "workers":
+        assert _no_workers_within(cur) == {}
+    else:
+        assert _only_idle_workers(cur)
+    cur.execute("RESET madlib_dl.executor")
     assert _no_cache_left(cur)
     assert _evaluate(cur, "ev_again", mst_key=1)["loss"] > 0
 

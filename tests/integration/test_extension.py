@@ -92,6 +92,26 @@ def test_install_with_another_schema_for_madlib_scripts(server):
         install.install(sharedir)
 
 
+def test_the_segment_interface_carries_no_model_state(cur):
+    """Model state travels over the workers' channel as raw bytes: the aggregates take the run and the
+    staged call (run_id, call_id), hop_result has no weights, and a worker is set up without a run id."""
+    cur.execute("SELECT p.proname, pg_get_function_identity_arguments(p.oid) FROM pg_proc p "
+                "WHERE p.pronamespace = 'madlib_dl'::regnamespace AND p.prokind = 'a' ORDER BY 1")
+    assert cur.fetchall() == [
+        ("fit_step_multiple_model", "bytea, bytea, integer[], integer[], text, bigint"),
+        ("internal_keras_evaluate", "bytea, bytea, integer[], integer[], text, bigint"),
+    ]
+    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = 'madlib_dl.hop_result'::regclass AND attnum > 0 "
+                "ORDER BY attnum")
+    assert [a for (a,) in cur.fetchall()] == ["loss", "metric", "images", "buffers_read", "seconds", "started", "ended",
+                                             "pid", "rss_bytes", "peak_rss_bytes", "shared_rss_bytes"]
+    cur.execute("SELECT pg_get_function_identity_arguments('madlib_dl.internal_fit_worker_init'::regproc), "
+                "pg_get_function_identity_arguments('madlib_dl.internal_fit_release'::regproc), "
+                "to_regproc('madlib_dl.internal_model_initial_weights')")
+    assert cur.fetchone() == ("threads integer, cuda_visible_devices text, gpu_memory_limit_mib integer, "
+                              "worker_session boolean", "run_id text", None)
+
+
 def test_version_names_every_component(cur):
     cur.execute("SELECT madlib_dl.version()")
     text = cur.fetchone()[0]

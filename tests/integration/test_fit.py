@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 
@@ -221,7 +219,9 @@ def _no_workers_within(cur, seconds=10.0) -> dict:
 
 
 def _tf_compute_threads(pid) -> int:
-    """TensorFlow's inter-op pool threads (named tf_Compute) in process ``pid``."""
+    """The threads of TensorFlow's inter-op pool in process ``pid``: TensorFlow 2.21 names each one
+    tf_Compute (measured in workers started with madlib_dl.worker_threads 1, 2, 3: 1, 2, 3 of them; the
+    intra-op pool's threads carry the process's name and cannot be told apart)."""
     names = []
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -230,32 +230,6 @@ def _tf_compute_threads(pid) -> int:
         except OSError:  # a thread that just ended
             pass
     return names.count("tf_Compute")
-
-
-CALIBRATE = """
-import sys
-from madlib_dl.keras_runtime import tf_setup
-keras = tf_setup.keras(threads=int(sys.argv[1]))
-import numpy as np, os
-model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-model.compile(optimizer="adam", loss="categorical_crossentropy")
-model.fit(np.zeros((32, 4), "float32"), np.eye(3, dtype="float32")[np.zeros(32, int)], verbose=0)
-model.evaluate(np.zeros((32, 4), "float32"), np.eye(3, dtype="float32")[np.zeros(32, int)], verbose=0)
-print(os.getpid(), flush=True)
-sys.stdin.read()
-"""
-
-
-def _tf_compute_threads_of_a_process_with(threads: int) -> int:
-    """The same count in a Python process here whose TensorFlow madlib_dl set up with ``threads`` (as
-    the Start request does in a worker) and that trained and evaluated a model."""
-    child = subprocess.Popen([sys.executable, "-c", CALIBRATE, str(threads)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        return _tf_compute_threads(int(child.stdout.readline()))
-    finally:
-        child.stdin.close()
-        child.wait(60)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -442,26 +416,30 @@ def wide(db):
     return "wide_arch"
 
 
-def test_reads_every_hop_one_segment_at_a_time_when_caching_does_not_fit(cur, wide):
+def test_reads_every_hop_one_segment_at_a_time_when_caching_does_not_fit(server, plain_role, wide):
     """With madlib_dl.memory_budget_mb = 1 the 4-segment table does not fit cached (1.5 MiB with the
-    models) but one segment at a time does (623 KiB): a NOTICE, every hop reads its buffers, evaluation in turn (on
-    background workers, which would otherwise evaluate at the same time)."""
-    cur.execute(f"SET {S}executor = 'workers'")
-    cur.execute(f"SET {S}memory_budget_mb = 1")
-    cur.execute("SELECT __dist_key__, count(*) FROM wide4 GROUP BY 1")
-    buffers = dict(cur.fetchall())
-    _fit(cur, model="m_wide", source_table="wide4", model_arch_table=wide, fit_params="batch_size=50")
-    assert any("madlib_keras_fit: caching the examples would need about 1.5 MiB" in n and
-               "memory_budget_mb is 1 MiB" in n and "SET madlib_dl.memory_budget_mb = 1024" in n
-               for n in cur.connection.notices)
-    train = _hops(cur)
-    assert len(train) == 8 and all(h["buffers_read"] == buffers[h["segment"]] for h in train)
-    evaluations = _hops(cur, "evaluate train")
-    assert len(evaluations) == 4 and len({h["worker_pid"] for h in evaluations}) == 4
-    assert all(h["buffers_read"] == buffers[h["segment"]] for h in evaluations)
-    ordered = sorted(evaluations, key=lambda h: h["started"])
-    assert all(a["ended"] <= b["started"] for a, b in zip(ordered, ordered[1:])), "evaluations overlapped"
-    assert np.isfinite(_summary(cur, "m_wide")["training_loss_final"])
+    models) but one segment at a time does (623 KiB): a NOTICE, every hop reads its buffers, evaluation
+    in turn (on background workers, which would otherwise evaluate at the same time). In a new session,
+    so that its 4 workers are new ones (test_a_call_needing_more_workers_than_the_session_has_idle mixes
+    idle and new workers)."""
+    with server.connect("fit", user=plain_role) as conn, conn.cursor() as cur:
+        cur.execute(f"SET {S}memory_budget_mb = 1")
+        cur.execute("SET statement_timeout = '60s'")  # it takes seconds; a hang fails here, not the suite
+        cur.execute("SELECT __dist_key__, count(*) FROM wide4 GROUP BY 1")
+        buffers = dict(cur.fetchall())
+        _fit(cur, model="m_wide", source_table="wide4", model_arch_table=wide, fit_params="batch_size=50")
+        assert any("madlib_keras_fit: caching the examples would need about 1.5 MiB" in n and
+                   "memory_budget_mb is 1 MiB" in n and "SET madlib_dl.memory_budget_mb = 1024" in n
+                   for n in conn.notices), conn.notices
+        train = _hops(cur)
+        assert len(train) == 8 and all(h["buffers_read"] == buffers[h["segment"]] for h in train)
+        evaluations = _hops(cur, "evaluate train")
+        assert len(evaluations) == 4 and len({h["worker_pid"] for h in evaluations}) == 4
+        assert conn.get_backend_pid() not in {h["worker_pid"] for h in evaluations}
+        assert all(h["buffers_read"] == buffers[h["segment"]] for h in evaluations)
+        ordered = sorted(evaluations, key=lambda h: h["started"])
+        assert all(a["ended"] <= b["started"] for a, b in zip(ordered, ordered[1:])), "evaluations overlapped"
+        assert np.isfinite(_summary(cur, "m_wide")["training_loss_final"])
 
 
 def test_refused_when_one_segment_does_not_fit_either(cur, wide):
@@ -522,14 +500,34 @@ def test_background_workers_train_the_same_model_and_stay_idle_for_the_next_call
     assert set(pids.values()) <= set(idle)
     assert {idle[pid][0] for pid in pids.values()} == {"madlib_dl worker (idle)"}
     # one model trains on one worker at a time: each worker's TensorFlow gets all the CPUs' threads
-    expected_threads = _tf_compute_threads_of_a_process_with(settings.cpu_count())
-    assert [_tf_compute_threads(pid) for pid in sorted(set(pids.values()))] == [expected_threads] * 2
+    assert [_tf_compute_threads(pid) for pid in sorted(set(pids.values()))] == [settings.cpu_count()] * 2
     # the next call of the session starts at once on them
     del cur.connection.notices[:]
     _fit(cur, model="m_again", num_iterations=1)
     assert {h["worker_pid"] for h in _hops(cur)} == set(pids.values())
     assert not any("starting" in n and "background worker" in n for n in cur.connection.notices), \
         cur.connection.notices
+
+
+def test_a_call_needing_more_workers_than_the_session_has_idle(cur):
+    """The session's 2 idle workers serve 2 segments of a 4-segment run and 2 more start; all 4 train.
+    (statement_timeout bounds the call: a driver waiting on the wrong worker would hang.)"""
+    _fit(cur, model="m_two_workers", num_iterations=1)
+    idle = {h["worker_pid"] for h in _hops(cur)}
+    assert len(idle) == 2 and idle <= set(_workers(cur))
+    cur.execute("DROP TABLE IF EXISTS digits4, digits4_summary")
+    cur.execute(f"SELECT {S}training_preprocessor_dl('digits_train', 'digits4', 'label', 'pixels', 50, 16.0, NULL, "
+                "'4')")
+    cur.execute("SET statement_timeout = '60s'")
+    del cur.connection.notices[:]
+    _fit(cur, model="m_four", source_table="digits4", num_iterations=2)
+    hops = _hops(cur)
+    pids = {h["worker_pid"] for h in hops}
+    assert len(pids) == 4 and idle < pids and cur.connection.get_backend_pid() not in pids
+    assert sorted((h["iteration"], h["segment"]) for h in hops) == [(i, s) for i in (1, 2) for s in range(4)]
+    assert sum(h["images"] for h in hops) == 2 * 300
+    assert any("starting 2 background workers (2 idle workers of this session reused)" in n
+               for n in cur.connection.notices), cur.connection.notices
 
 
 @pytest.mark.parametrize("executor", ["workers", "in_process"])

@@ -7,14 +7,17 @@ table), and the set of tables in pg_tables, with their oids, is what it was befo
 
 One database for the module: iris packed once over 3 segments, with its validation table, an
 architecture table (4-10-3, and some that do not fit iris) and a 2-row model selection table. Nearly
-every check fails before training starts. Where a run does start (the memory check) the connection has
-madlib_dl.executor = 'in_process', so no worker sessions are opened.
+every check fails before training starts. Everything runs as a plain role on a server with Debian's
+pg_hba (conftest.training_database, where the role's runs must use background workers); the tests set
+madlib_dl.executor = 'in_process', so no run starts background workers, except the one that checks
+that a run refused after its workers started leaves none behind.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import psycopg2
@@ -56,15 +59,16 @@ ARCHITECTURES = [
     (SMALL, sequential("small", 4, 10, 3)),
     (FIVE_INPUTS, sequential("five_inputs", 5, 10, 3)),
     (FOUR_CLASSES, sequential("four_classes", 4, 10, 4)),
-    # 800,003 float32 weights: 12 MiB per model with Adam's slots, so it exceeds a 1 MiB budget (iris
+    # 800,003 float32 weights (3 MiB): 31 MiB per worker with gradients, Adam's slots and the states in
+    # transfer, 18 MiB of states in the driver (training.memory), so it exceeds a 1 MiB budget (iris
     # with the 4-10-3 model needs a few KiB, which fits even the smallest budget the setting allows)
     (WIDE, sequential("wide", 4, 100000, 3)),
 ]
 
 
 @pytest.fixture(scope="module")
-def db(server):
-    with server.fresh_database("fit_multiple_errors") as name, server.connect(name) as connection:
+def db(training_database):
+    with training_database("fit_multiple_errors") as connection:
         with connection.cursor() as c:
             c.execute("CREATE TABLE iris (id INTEGER, attributes DOUBLE PRECISION[], class_text VARCHAR)")
             with open(IRIS_CSV) as data:
@@ -395,13 +399,14 @@ def test_metrics_compute_frequency(cur, frequency):
 def test_memory_budget_refuses_the_run_then_a_bad_setting_is_named(cur):
     make_mst(cur, "mst_wide", [(1, WIDE, COMPILE, FITS[0])])
     cur.execute(f"SET {S}memory_budget_mb = 1")
-    message = fails(cur, "22023", "use_caching", "the run needs about 37 MiB", "over 3 segments",
-                    "models 12 MiB per worker x 3 workers", "the memory budget madlib_dl.memory_budget_mb is 1 MiB",
+    message = fails(cur, "22023", "use_caching", "the run needs about 110 MiB", "over 3 segments",
+                    "models 31 MiB per worker x 3 workers",
+                    "model states in the driver 18 MiB", "the memory budget madlib_dl.memory_budget_mb is 1 MiB",
                     "SET madlib_dl.memory_budget_mb = 1024", "use_caching => FALSE",
                     model_selection_table="mst_wide", model_output_table="out_memory", use_caching=True)
     assert "cached data" in message
     # without caching the same bound applies, and the advice does not mention caching
-    message = fails(cur, "22023", "memory", "the run needs about 37 MiB",
+    message = fails(cur, "22023", "memory", "the run needs about 110 MiB",
                     "the memory budget madlib_dl.memory_budget_mb is 1 MiB",
                     model_selection_table="mst_wide", model_output_table="out_memory", use_caching=False)
     assert "use_caching" not in message
@@ -412,7 +417,28 @@ def test_memory_budget_refuses_the_run_then_a_bad_setting_is_named(cur):
               f"got '{value}'", f"RESET {S}memory_budget_mb",
               model_selection_table="mst_wide", model_output_table="out_memory", use_caching=True)
     cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
-    assert cur.fetchone()[0] == 0, "in_process opens no worker sessions"
+    assert cur.fetchone()[0] == 0, "in_process starts no background workers"
+
+
+def _workers(cur) -> list:
+    cur.execute("SELECT pg_stat_clear_snapshot()")
+    cur.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'madlib_dl worker' AND usename = session_user "
+                "AND datname = current_database()")
+    return [pid for (pid,) in cur.fetchall()]
+
+
+def test_a_run_refused_after_its_workers_started_leaves_no_worker(cur):
+    """The memory check needs the models' initial weights, which the run's background workers make:
+    refused then, the run ends them (they exit asynchronously: a few seconds at most)."""
+    make_mst(cur, "mst_wide", [(1, WIDE, COMPILE, FITS[0])])
+    cur.execute(f"RESET {S}executor")  # 'workers', the role's default in this database
+    cur.execute(f"SET {S}memory_budget_mb = 1")
+    fails(cur, "22023", "use_caching", "the run needs about 110 MiB", model_selection_table="mst_wide",
+          model_output_table="out_memory", use_caching=True)
+    deadline = time.monotonic() + 10
+    while _workers(cur) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _workers(cur) == []
 
 
 def test_executor_setting(cur):

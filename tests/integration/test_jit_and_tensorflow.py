@@ -1,6 +1,7 @@
 """PostgreSQL's JIT (llvmjit: the system LLVM) and TensorFlow (its own LLVM) in one backend: without
 care either order ends in SIGSEGV, which restarts every session of the server. madlib_dl loads llvmjit
-before TensorFlow and TensorFlow with RTLD_DEEPBIND; these sessions must all survive."""
+before TensorFlow and TensorFlow with RTLD_DEEPBIND; these sessions must all survive. A background worker
+never runs a JIT query, so it starts TensorFlow lean: without llvmjit and without scikit-learn."""
 
 import pytest
 
@@ -75,7 +76,7 @@ def _init_and_probe(server, database, options: str, worker_session: bool) -> lis
     from madlib_dl.tools.cluster import autocommit_connection
 
     with autocommit_connection(**server.dsn(database), options=options) as conn, conn.cursor() as cur:
-        cur.execute("SELECT madlib_dl.internal_fit_worker_init('probe', 1, NULL, NULL, %s)", [worker_session])
+        cur.execute("SELECT madlib_dl.internal_fit_worker_init(1, NULL, NULL, %s)", [worker_session])
         cur.execute(PROBE)
         cur.execute("SELECT pg_temp.loaded()")
         return sorted(cur.fetchone()[0])
@@ -88,7 +89,36 @@ def test_a_worker_session_with_jit_off_starts_tensorflow_without_llvmjit_or_skle
         if not _jit_available(cur):
             pytest.skip("this server has no JIT provider (llvmjit)")
     assert _init_and_probe(server, database, "-c jit=off", True) == ["tensorflow"]
-    # A user's session (or a worker whose conninfo turned JIT on) keeps the JIT-first order.
+    # A user's session, or any backend whose JIT is on, keeps the JIT-first order.
     expected = sorted(["llvmjit", "tensorflow"] + (["sklearn"] if importlib.util.find_spec("sklearn") else []))
     assert _init_and_probe(server, database, "-c jit=off", False) == expected
     assert _init_and_probe(server, database, "-c jit=on", True) == expected
+
+
+def _mapped(pid: int) -> list[str]:
+    """Which of llvmjit, TensorFlow and scikit-learn (their shared objects) process ``pid`` has loaded."""
+    with open(f"/proc/{pid}/maps") as maps:
+        text = maps.read()
+    return [name for name, path in (("llvmjit", "llvmjit"), ("sklearn", "/sklearn/"), ("tensorflow", "/tensorflow/"))
+            if path in text]
+
+
+def test_background_workers_start_tensorflow_without_llvmjit_or_sklearn(training_database):
+    """The caller has the server's default, jit = on; its background workers, which never run a JIT
+    query, train without llvmjit and scikit-learn loaded (tf_setup.WORKER_SKIPPED_MODULES)."""
+    with training_database("jit_workers") as conn, conn.cursor() as cur:
+        if not _jit_available(cur):
+            pytest.skip("this server has no JIT provider (llvmjit)")
+        cur.execute("SHOW jit")
+        assert cur.fetchone()[0] == "on"
+        cur.execute("CREATE TABLE t AS SELECT i AS id, ARRAY[i % 7, i % 5, i % 3, 1]::float8[] AS x, i % 3 AS y "
+                    "FROM generate_series(1, 120) i")
+        cur.execute("SELECT madlib_dl.training_preprocessor_dl('t', 't_packed', 'y', 'x', NULL, 1.0, NULL, '2')")
+        model = keras.Sequential([keras.Input((4,)), L.Dense(3, activation="softmax")])
+        cur.execute("SELECT madlib_dl.load_keras_model('arch', %s::json)", [model.to_json()])
+        cur.execute("SELECT madlib_dl.madlib_keras_fit('t_packed', 'm', 'arch', 1, "
+                    "$$loss='categorical_crossentropy', optimizer='Adam()'$$, 'batch_size=8', 1)")
+        cur.execute("SELECT DISTINCT worker_pid FROM madlib_dl.last_fit_hops()")
+        pids = [pid for (pid,) in cur.fetchall()]
+        assert len(pids) == 2 and conn.get_backend_pid() not in pids
+        assert {pid: _mapped(pid) for pid in pids} == {pid: ["tensorflow"] for pid in pids}

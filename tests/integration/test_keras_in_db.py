@@ -1,5 +1,7 @@
 """Keras inside a backend: training lowers the loss, model state moves between backends bitwise, and
-TensorFlow's thread count is fixed before its first op."""
+TensorFlow's thread count is fixed before its first op; the demo trains on background workers."""
+
+import re
 
 import psycopg2
 import pytest
@@ -108,6 +110,7 @@ def test_demo_runs_a_model_selection_inside_the_database(server, capsys):
     assert "server runs: madlib_dl 0.1.0" in out
     assert "1437 for training, 360 for validation" in out
     assert "NOTICE:  madlib_keras_fit_multiple_model: iteration 2/2" in out  # the server's progress, relayed
+    assert re.search(r"NOTICE:  madlib_dl fit_multiple: starting \d+ background workers\n", out)  # the default
     assert "6 configurations trained with Model Hopper Parallelism" in out
     assert len(ranking) == 6 and {name for _, name, *_ in ranking} == {"cnn", "mlp"}
     accuracies = [row[3] for row in ranking]

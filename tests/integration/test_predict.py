@@ -8,6 +8,9 @@
   trained outside the database compared with model.predict.
 * Errors: each names its argument and leaves no table behind.
 * Streaming: batches of BATCH_ROWS rows, every row scored once; the model built once per session.
+
+Everything runs as a plain role on a server with Debian's pg_hba; its training run (digits) must use
+background workers (conftest.training_database).
 """
 
 from __future__ import annotations
@@ -126,8 +129,9 @@ def _single_model_tables(cur):
 
 
 @pytest.fixture(scope="module")
-def database(server):
-    with server.fresh_database("predict") as name, server.connect(name) as conn:
+def database(training_database):
+    """The module's connection, as the plain role, to a database of its own (predict)."""
+    with training_database("predict") as conn:
         with conn.cursor() as cur:
             # x: DOUBLE PRECISION[]; x2: REAL[2][2] holding 2x (read in storage order, divided by 2);
             # rank: a column named like an output column
@@ -140,13 +144,12 @@ def database(server):
             cur.execute(f"SELECT {S}load_keras_model('arch', %s::json)", [TINY_JSON])  # 2: no weights
             _multi_model_tables(cur)
             _single_model_tables(cur)
-        yield name
+        yield conn
 
 
 @pytest.fixture(scope="module")
-def conn(server, database):
-    with server.connect(database) as c:
-        yield c
+def conn(database):
+    return database
 
 
 @pytest.fixture
@@ -249,9 +252,10 @@ def test_id_column_keeps_its_type_and_any_values(cur):
     assert cur.fetchone() == ("character varying(12)",)
 
 
-def test_schema_qualified_tables(cur):
-    cur.execute("DROP SCHEMA IF EXISTS s1 CASCADE")
-    cur.execute("CREATE SCHEMA s1")
+def test_schema_qualified_tables(cur, server, plain_role):
+    with server.connect("predict") as admin, admin.cursor() as c:  # a schema the DBA gave the role
+        c.execute("DROP SCHEMA IF EXISTS s1 CASCADE")
+        c.execute(f"CREATE SCHEMA s1 AUTHORIZATION {plain_role.name}")
     cur.execute('CREATE TABLE s1."Test Points" AS SELECT * FROM points')
     cur.execute(f"""SELECT {S}madlib_keras_predict('multi', 's1."Test Points"', 'id', 'x2', 's1.out', 'response',
                 FALSE, 1)""")
@@ -309,10 +313,8 @@ def digits(conn):
                           for lr in (0.01, 0.003)]
         cur.execute(f"SELECT {S}load_model_selection_table('digits_arch', 'digits_mst', ARRAY[1], %s, "
                     "ARRAY['batch_size=32, epochs=1'])", [compile_params])
-        cur.execute("SET madlib_dl.executor = 'in_process'")
         cur.execute(f"SELECT {S}madlib_keras_fit_multiple_model('digits_packed', 'digits_models', 'digits_mst', 2, "
-                    "FALSE)")
-        cur.execute("RESET madlib_dl.executor")
+                    "FALSE)")  # on background workers
         cur.execute("SELECT mst_key FROM digits_models_info ORDER BY training_metrics_final DESC, mst_key LIMIT 1")
         best = cur.fetchone()[0]
         cur.execute("SELECT model_arch::text, model_weights FROM digits_models WHERE mst_key = %s", [best])
@@ -520,10 +522,10 @@ def test_single_model_refuses_mst_key(cur):
            "holds a single model")
 
 
-def test_use_gpus(cur, server, database):
+def test_use_gpus(cur, server, plain_role):
     """TRUE predicts on a GPU where TensorFlow in the server sees one, and is an error naming use_gpus
     elsewhere; a fresh session, so that no earlier call has hidden the GPUs."""
-    with server.connect(database) as fresh, fresh.cursor() as c:
+    with server.connect("predict", user=plain_role) as fresh, fresh.cursor() as c:
         has_gpu = bool(tf_setup.tensorflow().config.list_physical_devices("GPU"))
         call = _byom_call(c, *BYOM, "response", True)
         if has_gpu:

@@ -1,6 +1,8 @@
 """The data API end to end on sklearn's digits (8x8x1 images, 10 classes), loaded through psycopg2:
 pack, load an architecture with initial weights, generate configurations, then train in Keras on what
-the tables hold. A model that learns from the decoded buffers proves features and labels line up."""
+the tables hold. A model that learns from the decoded buffers proves features and labels line up.
+Everything runs as a plain role on a server with Debian's pg_hba; its training runs must use background
+workers (conftest.training_database)."""
 
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ def _conv_net():
 
 
 @pytest.fixture(scope="module")
-def cur(server):
-    with server.fresh_database("workflow_digits") as name, server.connect(name) as conn, conn.cursor() as c:
+def cur(training_database):
+    with training_database("workflow_digits") as conn, conn.cursor() as c:
         digits = load_digits()
         c.execute("CREATE TABLE digits (id INTEGER, pixels REAL[], label INTEGER)")
         execute_values(c, "INSERT INTO digits VALUES %s",
@@ -104,5 +106,6 @@ def test_model_selection_on_digits_finds_a_good_model(cur):
     ranked = cur.fetchall()
     assert len(ranked) == 4
     assert ranked[0][1] >= 0.9, f"best validation accuracy {ranked[0][1]}"
-    cur.execute("SELECT count(*), sum(images) FROM madlib_dl.last_fit_hops() WHERE kind = 'train'")
-    assert cur.fetchone() == (4 * 3 * 5, 4 * 1437 * 5)
+    cur.execute("SELECT count(*), sum(images), count(DISTINCT worker_pid), bool_or(worker_pid = pg_backend_pid()) "
+                "FROM madlib_dl.last_fit_hops() WHERE kind = 'train'")
+    assert cur.fetchone() == (4 * 3 * 5, 4 * 1437 * 5, 3, False)  # one background worker per segment

@@ -30,7 +30,7 @@ RESET madlib_dl.executor;
 SELECT split_part(madlib_dl.madlib_keras_evaluate(), E'\n', 1) AS summary;
 SELECT split_part(madlib_dl.madlib_keras_evaluate('usage'), E'\n', 1) AS usage;
 
--- 1. mst_key 1 on the training table (worker sessions): the run's final training loss and accuracy
+-- 1. mst_key 1 on the training table (background workers): the run's final training loss and accuracy
 SELECT madlib_dl.madlib_keras_evaluate('models', 'iris_packed', 'eval_train', FALSE, 1);
 SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) AS type
 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid

@@ -21,7 +21,7 @@ SELECT madlib_dl.load_keras_model('arch', $${"module": "keras", "class_name": "S
 SELECT split_part(madlib_dl.madlib_keras_fit(), E'\n', 1) AS summary;
 SELECT split_part(madlib_dl.madlib_keras_fit('usage'), E'\n', 1) AS usage;
 
--- 1. the 7-argument call (MADlib's defaults for the rest), in worker sessions
+-- 1. the 7-argument call (MADlib's defaults for the rest), on background workers
 SET client_min_messages = warning;
 SELECT madlib_dl.madlib_keras_fit('iris_packed', 'iris_model', 'arch', 1,
     $$loss='categorical_crossentropy', optimizer='Adam(lr=0.01)', metrics=['accuracy']$$,

@@ -55,7 +55,7 @@ SELECT source_table, validation_table, model, model_info, dependent_varname, ind
        start_training_time <= end_training_time AS times_ordered, madlib_version, num_classes, class_text_class_values,
        dependent_vartype, normalizing_const, metrics_iters
 FROM out4_summary;
--- Model Hopper Parallelism: every model visits every segment once per iteration, in worker sessions
+-- Model Hopper Parallelism: every model visits every segment once per iteration, on background workers
 SELECT kind, count(*) AS hops, count(DISTINCT (mst_key, segment, iteration)) AS distinct_visits,
        count(DISTINCT worker_pid) AS workers, bool_and(worker_pid <> pg_backend_pid()) AS not_this_session
 FROM madlib_dl.last_fit_hops() GROUP BY kind ORDER BY kind;
