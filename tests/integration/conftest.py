@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from madlib_dl.tools import install, paths
-from madlib_dl.tools.cluster import EXTENSION_QUERY, autocommit_connection
+from madlib_dl.tools.cluster import autocommit_connection
 
 # Debian 12's pg_hba.conf as postgresql-common writes it for a new cluster (comments left out).
 DEBIAN_PG_HBA = """\
