@@ -59,10 +59,6 @@ class Worker:
 _POOL: list[Worker] = []  # this session's idle workers, kept between calls
 
 
-def pooled_pids() -> list[int]:
-    return [w.pid for w in _POOL]
-
-
 def acquire(db, schema: str, configs: list[WorkerConfig], idle_timeout: float, check, notice) -> list[Worker]:
     """Started workers, one per config: idle ones of this session first, then new ones. Fewer come back
     when fewer slots are free (max_worker_processes): the caller decides what to do with those."""

@@ -14,6 +14,9 @@ model's state plus four times its largest part.
 
 from __future__ import annotations
 
+import os
+
+from madlib_dl import channel
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.identifiers import TableName
 from madlib_dl.training import memory
@@ -52,9 +55,31 @@ def drop(db, model_table: TableName) -> None:
         db.execute(f"DROP TABLE IF EXISTS {side.sql(db)}")
 
 
-def as_value(state):
-    """A state as PL/Python binds it to a BYTEA parameter without copying it once more (bytes)."""
-    return state if state is None or isinstance(state, bytes) else bytes(state)
+def as_value(state, start: int = 0, size: int | None = None):
+    """A state (or ``size`` bytes of it from ``start``) as PL/Python binds it to a BYTEA parameter without
+    copying it once more: bytes. A shared blob is read from its memory file, not through its mapping,
+    so its pages do not join this backend's resident memory on top of the copy."""
+    if state is None:
+        return None
+    size = len(state) - start if size is None else min(size, len(state) - start)
+    if isinstance(state, bytes) and start == 0 and size == len(state):
+        return state
+    if isinstance(state, channel.SharedBlob):
+        return _read_file(state.fd, start, size)
+    return bytes(memoryview(state).cast("B")[start:start + size])
+
+
+def _read_file(fd: int, start: int, size: int) -> bytes:
+    data = os.pread(fd, size, start)
+    if len(data) == size:
+        return data
+    parts = [data]  # a read returns at most ~2 GB at once
+    while sum(map(len, parts)) < size:
+        done = sum(map(len, parts))
+        parts.append(os.pread(fd, size - done, start + done))
+        if not parts[-1]:
+            raise OSError(f"a state's memory file ended after {done} of {size} bytes")
+    return b"".join(parts)
 
 
 def store_uncompressed(db, table: TableName, columns) -> None:
@@ -89,9 +114,8 @@ def write_large(db, model_table: TableName, key: int, state) -> None:
     db.execute(f"CREATE TABLE IF NOT EXISTS {side.sql(db)} (mst_key INTEGER, part INTEGER, data BYTEA, "
                "PRIMARY KEY (mst_key, part))")
     store_uncompressed(db, side, ("data",))
-    view = memoryview(state).cast("B")
-    for part, start in enumerate(range(0, len(view), PART_BYTES)):
-        db.execute(f"INSERT INTO {side.sql(db)} VALUES ($1, $2, $3)", [key, part, bytes(view[start:start + PART_BYTES])],
+    for part, start in enumerate(range(0, len(state), PART_BYTES)):
+        db.execute(f"INSERT INTO {side.sql(db)} VALUES ($1, $2, $3)", [key, part, as_value(state, start, PART_BYTES)],
                    ["integer", "integer", "bytea"])
 
 
