@@ -64,7 +64,7 @@ def write(db, out: FitOutputTables, spec: RunSpec, result: RunResult, request: F
     db.execute(f"CREATE TABLE {table} (model_weights BYTEA, model_arch JSON, optimizer_state BYTEA)")
     stored_state.store_uncompressed(db, out.model, ("model_weights", "optimizer_state"))
     db.execute(f"INSERT INTO {table} VALUES (NULL, $1::json, NULL)", [model.config.model_arch], ["text"])
-    stored_state.write_state(db, out.model, stored_state.SINGLE_KEY, model)
+    stored_state.write_state(db, spec.schema, out.model, stored_state.SINGLE_KEY, model)
 
 
 def _summary_columns(db, spec: RunSpec, result: RunResult, request: FitRequest) -> list[Column]:

@@ -29,10 +29,10 @@ def write(db, out: OutputTables, spec: RunSpec, result: RunResult, request: dict
     """``request``: the caller's arguments as given (table names as text, name, description...)."""
     _write_info(db, out, result)
     _write_summary(db, out, spec, result, request)
-    _write_models(db, out, result)  # last: it lets go of each model's state once written
+    _write_models(db, out, spec.schema, result)  # last: it lets go of each model's state once written
 
 
-def _write_models(db, out: OutputTables, result: RunResult) -> None:
+def _write_models(db, out: OutputTables, schema: str, result: RunResult) -> None:
     table = out.model.sql(db)
     db.execute(f"CREATE TABLE {table} (mst_key INTEGER PRIMARY KEY, model_weights BYTEA, model_arch JSON, "
                "__dist_key__ INTEGER, optimizer_state BYTEA)")
@@ -40,7 +40,7 @@ def _write_models(db, out: OutputTables, result: RunResult) -> None:
     for mst_key, model in sorted(result.models.items()):
         db.execute(f"INSERT INTO {table} VALUES ($1, NULL, $2::json, $3, NULL)",
                    [mst_key, model.config.model_arch, model.last_segment], ["integer", "text", "integer"])
-        stored_state.write_state(db, out.model, mst_key, model, "WHERE mst_key = $2", [mst_key], ["integer"])
+        stored_state.write_state(db, schema, out.model, mst_key, model, "WHERE mst_key = $2", [mst_key], ["integer"])
 
 
 # A model's training history as MADlib's metric columns (fit_multiple's _info, fit's _summary), plus
