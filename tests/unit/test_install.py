@@ -34,8 +34,10 @@ def test_function_bodies_are_valid_python_that_boots_the_venv():
         code = compile(f"def f():\n" + "\n".join("    " + line for line in body.splitlines()), "body", "exec")
         assert code is not None
         assert body.startswith(install.boot_lines(SITE))
-        # user-facing functions call an API module; the internal aggregates call the segment runtime
-        assert body.splitlines()[-1].startswith(("from madlib_dl.api import", "from madlib_dl.segment import"))
+        # user-facing functions call an API module; the internal aggregates call the segment runtime;
+        # internal_take_value hands the driver's output writer its values
+        assert body.splitlines()[-1].startswith(("from madlib_dl.api import", "from madlib_dl.segment import",
+                                                 "from madlib_dl.training import stored_state;"))
 
 
 def test_c_functions_name_symbols_of_the_library():
