@@ -64,13 +64,11 @@ def test_a_large_state_needs_room_for_its_side_table_name():
 
 
 def test_a_value_handed_over_to_the_writing_statement_is_taken_once_and_leaves_nothing(plain_cur):
-    """write_state's hand-over, through the server function that takes the value: the row gets the bytes
-    and the session keeps nothing of them."""
-    db = database.PsycopgDatabase(plain_cur.connection)
+    """write_state's hand-over (GD in the server, a module dictionary here): a value is taken once and
+    nothing stays; the server function returns NULL for a token it was not given."""
     token = stored_state._handed_over(b"\x00\x01payload")
     gd = database.session_dict()
     assert stored_state.take_value(gd, token) == b"\x00\x01payload"
     assert stored_state.take_value(gd, token) is None and not gd[stored_state.HANDOFF_KEY]
     plain_cur.execute("SELECT madlib_dl.internal_take_value('nothing-here') IS NULL")
     assert plain_cur.fetchone()[0]
-    del db
