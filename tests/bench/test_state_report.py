@@ -54,3 +54,11 @@ def test_the_table_has_a_line_per_size():
     lines = state.table({"runs": runs}).splitlines()
     assert len(lines) == 3 and lines[1].split("|")[0].strip() == "1M" and "10M" in lines[2]
     assert report.verdicts(state.targets({"runs": runs})).startswith("targets:")
+
+
+def test_the_median_run_counts_when_a_size_is_repeated():
+    size = state.SIZES[0]
+    runs = [_run(size, [1, 1, o, o], 100e6) for o in (0.050, 0.010, 0.020)]
+    chosen = state.median_run(runs)
+    assert chosen["hops"] == runs[2]["hops"] and [round(m) for m in chosen["later_means_ms"]] == [50, 10, 20]
+    assert state.repeats(state.SIZES[0]) == state.REPEATS and state.repeats(state.SIZES[-1]) == 1
