@@ -284,6 +284,7 @@ def evaluate_final(gd, state) -> dict | None:
     return _result(pending, data, started, seconds, loss=_finite_or_nan(values[0]), metric=metric)
 
 
+@db.sql_function
 def worker_init(gd, threads: int | None, cuda_visible_devices: str | None, memory_limit_mib: int | None,
                 worker_session: bool = False) -> int:
     """Set up this backend before TensorFlow starts: which GPU it sees, its memory cap, its thread count
@@ -304,6 +305,7 @@ def worker_init(gd, threads: int | None, cuda_visible_devices: str | None, memor
     return os.getpid()
 
 
+@db.sql_function
 def release(gd, run_id: str | None) -> bool:
     return stores.release(gd, run_id)
 
