@@ -5,8 +5,8 @@ A run registers its models once (:func:`begin_run`); a hop's request, model stat
 in GD (:func:`stage`) and the aggregate is called with data and keys only (run id, call id). One hop is
 one aggregate over the segment's buffers (``ORDER BY buffer_id``): the transition decodes each buffer,
 the final function trains (or evaluates) the model on the segment's examples and leaves its new state
-in GD for :func:`take_output`. With ``use_caching`` the first call on a segment keeps the decoded examples in GD and
-later calls pass NULL data (one row), so the table is read once per segment per run. The last call of
+in GD for :func:`take_output`. With ``use_caching`` the first call on a segment keeps the decoded
+examples in GD and later calls pass NULL data (one row), so the table is read once per segment per run. The last call of
 the run on a segment (``is_final_call``) drops that segment's cache.
 """
 
@@ -129,17 +129,16 @@ def _configured(store: RunStore, model_arch: str, compile_params: str) -> Config
         parsed = params.parse_compile_params(compile_params)
         key = (model_arch, _without_learning_rate(parsed))
         compiled = store.models.pop(key, None)
-        if compiled is not None:
-            store.models[key] = compiled  # the most recently used last
         if compiled is None:
             model = builder.model_from_json(model_arch)
             builder.compile_model(model, parsed)
-            compiled = store.models[key] = CompiledModel(model, training_loop.loop_for(model))
+            compiled = CompiledModel(model, training_loop.loop_for(model))
             initial = [_fresh_value(v) for v in model.optimizer.variables]
-        else:  # the shared optimizer holds another MST's state: take a fresh one's values
+        else:  # the shared optimizer holds another MST's (or run's) state: take a fresh one's values
             optimizer = builder.make_optimizer(parsed.optimizer)
             optimizer.build(compiled.model.trainable_variables)
             initial = [_fresh_value(v) for v in optimizer.variables]
+        store.models[key] = compiled  # the most recently used last (store.release keeps the newest)
         entry = store.configs[(model_arch, compile_params)] = ConfiguredModel(compiled, initial)
     return entry
 
