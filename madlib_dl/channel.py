@@ -81,8 +81,12 @@ class SharedBlob(mmap.mmap):
         return blob
 
     @classmethod
-    def _adopt(cls, fd: int, size: int) -> "SharedBlob":
-        blob = cls(fd, size)
+    def _adopt(cls, fd: int, size: int, populate: bool = False) -> "SharedBlob":
+        # populate: one call maps every page, where touching them one by one costs a page fault each,
+        # more than copying the page on these machines (bench/FINDINGS.md); for a receiver that reads
+        # them all (a worker), not for one that only passes them on (the driver).
+        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+        blob = cls(fd, size, flags=flags)
         blob.fd = fd
         weakref.finalize(blob, os.close, fd)
         return blob
@@ -114,7 +118,8 @@ def _frame(header: dict, blobs) -> tuple[list[memoryview], list[int], list]:
 class _Reader:
     """Reassembles one message from whatever the socket delivers."""
 
-    def __init__(self):
+    def __init__(self, populate: bool = False):
+        self._populate = populate
         self._stage = "prefix"
         self._buffer = bytearray(PREFIX.size)
         self._filled = 0
@@ -208,14 +213,17 @@ class _Reader:
         try:
             if size == 0 or os.fstat(fd).st_size < size:  # mapping past the file's end would crash on access
                 raise ChannelError("a shared blob is smaller than its message says")
-            return SharedBlob._adopt(fd, size)
+            return SharedBlob._adopt(fd, size, self._populate)
         except BaseException:
             os.close(fd)
             raise
 
 
 class Connection:
-    def __init__(self, sock: socket.socket):
+    """``populate_received``: map the memory files that arrive with every page at once (a receiver that
+    reads the blobs it gets)."""
+
+    def __init__(self, sock: socket.socket, populate_received: bool = False):
         sock.setblocking(False)
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             try:
@@ -223,7 +231,8 @@ class Connection:
             except OSError:
                 pass
         self._sock = sock
-        self._reader = _Reader()
+        self._populate = populate_received
+        self._reader = _Reader(populate_received)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -255,7 +264,7 @@ class Connection:
         """The next message if it has fully arrived, without waiting."""
         message = self._reader.feed(self._sock)
         if message is not None:
-            self._reader = _Reader()
+            self._reader = _Reader(self._populate)
         return message
 
     def receive(self, timeout: float | None = None, check: Callable[[], None] | None = None) -> Message | None:
@@ -315,14 +324,14 @@ class Listener:
         self._sock.close()
 
 
-def connect(path: str) -> Connection:
+def connect(path: str, populate_received: bool = False) -> Connection:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
     except BaseException:
         sock.close()
         raise
-    return Connection(sock)
+    return Connection(sock, populate_received)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.keras_runtime import serialization
 
@@ -25,19 +27,17 @@ def get_state(model, allocate=bytearray, reuse: ModelState | None = None) -> Mod
     optimizer = getattr(model, "optimizer", None)
     out_weights = _buffer(serialization.weights_size([tuple(v.shape) for v in model.weights]),
                           reuse and reuse.weights, allocate)
-    serialization.write_weights((v.numpy() for v in model.weights), out_weights)
+    serialization.write_weights((_read(v) for v in model.weights), out_weights)
     out_optimizer = None
     if optimizer is not None and optimizer.built:
         variables = list(optimizer.variables)
         specs = [(_numpy_dtype(v), tuple(v.shape)) for v in variables]
         out_optimizer = _buffer(serialization.arrays_size(specs), reuse and reuse.optimizer_state, allocate)
-        serialization.write_arrays(specs, (v.numpy() for v in variables), out_optimizer)
+        serialization.write_arrays(specs, (_read(v) for v in variables), out_optimizer)
     return ModelState(out_weights, out_optimizer)
 
 
 def _numpy_dtype(variable):
-    import numpy as np
-
     return np.dtype(getattr(variable.dtype, "name", None) or str(variable.dtype))
 
 
@@ -66,4 +66,17 @@ def set_state(model, state: ModelState) -> None:
             f"optimizer state: holds {len(arrays)} arrays that do not fit the {len(variables)} variables of "
             f"{type(optimizer).__name__} for this model (was it saved from another optimizer or architecture?)")
     for variable, array in zip(variables, arrays):
-        variable.assign(array)
+        variable.assign(array)  # copied: TensorFlow adopts the buffers it can, so it is never handed a view
+
+
+def _read(variable):
+    """The variable's value as a read-only array over TensorFlow's own buffer, without the copy
+    ``variable.numpy()`` makes (memoryview is TensorFlow's documented copy-free read): the state's
+    buffer is filled with one copy, and no fresh memory is touched (page faults cost more than copying;
+    bench/FINDINGS.md)."""
+    import tensorflow as tf  # Keras runs on TensorFlow here (tf_setup)
+
+    tensor = tf.convert_to_tensor(getattr(variable, "value", variable))
+    if "CPU" not in tensor.device.upper():  # a GPU tensor comes to host memory the usual way
+        return tensor.numpy()
+    return np.asarray(memoryview(tensor))

@@ -184,8 +184,8 @@ def initial_weights(model_arch: str, seed: int) -> list[np.ndarray]:
 def _load_state(entry: ConfiguredModel, call: requests.Fit) -> None:
     if not call.weights:  # the driver always sends them; a direct call must too
         raise InvalidArgument("model_weights: expected the model's weights (MADlib's format), got NULL")
-    model_state.set_weights(entry.model, call.weights)
     if call.optimizer_state is None:
+        model_state.set_weights(entry.model, call.weights)
         for variable, value in zip(entry.model.optimizer.variables, entry.initial_optimizer):
             _assign_fresh(variable, value)
     else:

@@ -94,7 +94,7 @@ def _log(message: str) -> None:
 def _connect(token: str) -> WorkerState | None:
     try:
         parsed = Token.parse(token)
-        conn = channel.connect(parsed.path)
+        conn = channel.connect(parsed.path, populate_received=True)  # it reads every state it gets
     except (ValueError, OSError):
         return None  # the driver gave up before this worker got here, and removed its socket
     state = WorkerState(conn, os.getppid(), last_request=time.monotonic())

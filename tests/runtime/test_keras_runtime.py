@@ -88,3 +88,39 @@ def test_state_of_another_optimizer_is_refused():
     sgd = builder.compile_model(_model(), params.parse_compile_params("loss='mse', optimizer='SGD'"))
     with pytest.raises(InvalidArgument, match="do not fit the .* variables of SGD"):
         model_state.set_state(sgd, model_state.get_state(adam))
+
+
+def test_loaded_state_does_not_alias_the_buffer_it_came_from():
+    """set_state copies out of the buffer (a page-aligned shared mapping, as a worker receives it):
+    overwriting the buffer afterwards, as the next hop's output does, leaves the model's state alone."""
+    import mmap
+
+    keras.utils.set_random_seed(4)
+    compile_params = params.parse_compile_params(smoke.COMPILE)
+    a = builder.compile_model(_model(), compile_params)
+    a.fit(X, Y, epochs=1, verbose=0)
+    state = model_state.get_state(a)
+    weights, optimizer = mmap.mmap(-1, len(state.weights)), mmap.mmap(-1, len(state.optimizer_state))
+    weights[:], optimizer[:] = state.weights, state.optimizer_state
+    b = builder.compile_model(_model(), compile_params)
+    model_state.set_state(b, model_state.ModelState(weights, optimizer))
+    weights[:] = b"\xff" * len(weights)
+    optimizer[:] = b"\x00" * len(optimizer)
+    assert model_state.get_state(b) == state
+    out = model_state.get_state(b, reuse=model_state.ModelState(weights, optimizer))
+    assert out.weights is weights and bytes(weights) == state.weights
+    assert bytes(optimizer) == state.optimizer_state
+
+
+
+def test_state_is_read_from_every_kind_of_variable():
+    """get_state reads each variable without copying it first: scalars (Adam's step), integer and
+    float arrays all come out as they are in the model."""
+    keras.utils.set_random_seed(5)
+    model = builder.compile_model(_model(), params.parse_compile_params(smoke.COMPILE))
+    model.fit(X, Y, epochs=1, verbose=0)
+    variables = list(model.weights) + list(model.optimizer.variables)
+    assert any(len(v.shape) == 0 for v in variables) and any("int" in str(v.dtype) for v in variables)
+    for variable in variables:
+        read = model_state._read(variable)
+        assert read.dtype == variable.numpy().dtype and np.array_equal(read, variable.numpy())
