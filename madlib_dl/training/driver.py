@@ -93,7 +93,7 @@ def train(db, spec: RunSpec) -> RunResult:
     models = {m.mst_key: m for m in spec.models}
     try:
         with workers.executor_for(db, spec.run_id, spec.schema, tables, models, devices,
-                                  f"madlib_dl {spec.caller.label}", busy) as executor:
+                                  spec.caller.function, busy) as executor:
             initial = _initial_weights(spec, executor)
             _check_state_sizes(spec, initial)
             plan = plan_memory(db, spec, initial)

@@ -17,6 +17,7 @@ from madlib_dl.training.segment_calls import EvaluateHop
 from madlib_dl.training.segment_means import SegmentResult
 
 NAME = "madlib_dl evaluate"  # names the worker sessions in pg_stat_activity
+FUNCTION = "madlib_keras_evaluate"  # what its NOTICEs begin with
 KIND = "test"  # the run's name for the table (and the runtime's cache key; nothing is cached: use_caching is off)
 
 
@@ -44,7 +45,7 @@ def evaluate(db, spec: EvaluationSpec) -> Evaluation:
     set_name = driver.application_name_setter(db)
     try:
         with workers.executor_for(db, spec.run_id, spec.schema, {KIND: spec.source}, {_key(spec): spec.model},
-                                  devices, NAME) as executor:
+                                  devices, FUNCTION) as executor:
             progress = f"{NAME}: {spec.model.text}"
             set_name(progress)
             executor.set_progress(progress)

@@ -37,10 +37,11 @@ def threads_per_worker(db, workers: int) -> int:
 @contextlib.contextmanager
 def executor_for(db, run_id: str, schema: str, tables: dict[str, PackedTable], models: dict, devices, name: str,
                  busy_workers: int | None = None):
-    """The executor of a run, with the run begun on every worker (``tables``: the run's packed tables by
-    the name its calls use, 'train' first; ``models``: mst_key -> its constants; ``devices``: one
-    placement.WorkerDevice per segment; ``busy_workers``: how many workers train at once, when fewer
-    than the segments, e.g. madlib_keras_fit's one: the CPUs are shared among those).
+    """The executor of a run, with the run begun on every worker (``name``: the SQL function its NOTICEs
+    begin with; ``tables``: the run's packed tables by the name its calls use, 'train' first;
+    ``models``: mst_key -> its constants; ``devices``: one placement.WorkerDevice per segment;
+    ``busy_workers``: how many workers train at once, when fewer than the segments, e.g.
+    madlib_keras_fit's one: the CPUs are shared among those).
     On success its workers are kept for the session's next call; on failure they are ended."""
     executor = open_executor(db, schema, list(tables.values()), devices, name, busy_workers)
     try:

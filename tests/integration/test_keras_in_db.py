@@ -110,7 +110,7 @@ def test_demo_runs_a_model_selection_inside_the_database(server, capsys):
     assert "server runs: madlib_dl 0.1.0" in out
     assert "1437 for training, 360 for validation" in out
     assert "NOTICE:  madlib_keras_fit_multiple_model: iteration 2/2" in out  # the server's progress, relayed
-    assert re.search(r"NOTICE:  madlib_dl fit_multiple: starting \d+ background workers\n", out)  # the default
+    assert re.search(r"NOTICE:  madlib_keras_fit_multiple_model: starting \d+ background workers\n", out)  # the default
     assert "6 configurations trained with Model Hopper Parallelism" in out
     assert len(ranking) == 6 and {name for _, name, *_ in ranking} == {"cnn", "mlp"}
     accuracies = [row[3] for row in ranking]
