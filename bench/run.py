@@ -7,7 +7,8 @@ bandwidth and caches), then the SQL call with S=1 and S=2 worker sessions, cachi
 a fresh psycopg2 session, every process with the same TF thread count. It prints a table per workload
 and the targets of issue 5 (bench/report.py), and writes every measurement to a JSON file. Tables live
 in the schema madlib_dl_bench and are kept between runs (data are re-made only when the workload or
-scale changes).
+scale changes). The state, calls and data workloads (bench/state.py, calls.py, data.py) measure
+moving model state, a session's second call, and packing and scoring a CIFAR-shaped table.
 
     .venv/bin/python bench/run.py [--scale 1] [--workloads small,compute] [--threads N] [--json PATH]
 """
@@ -29,6 +30,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import calls  # noqa: E402
+import data  # noqa: E402
 import report  # noqa: E402
 import state  # noqa: E402
 import workloads  # noqa: E402
@@ -274,14 +276,14 @@ def bench_workload(cluster, lib: str, workload: workloads.Workload, scale: float
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the examples of every workload")
-    parser.add_argument("--workloads", default="small,compute,state,calls",
-                        help="comma-separated: small, compute, state, calls")
+    parser.add_argument("--workloads", default="small,compute,state,calls,data",
+                        help="comma-separated: small, compute, state, calls, data")
     parser.add_argument("--threads", type=int, default=0,
                         help="TF threads of every process (default: CPUs / 2, at least 1: one per worker at S=2)")
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"), help="where the results go")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
-    unknown = [n for n in names if n not in workloads.WORKLOADS and n not in ("state", "calls")]
+    unknown = [n for n in names if n not in workloads.WORKLOADS and n not in ("state", "calls", "data")]
     if unknown or not names or args.scale <= 0:
         parser.error(f"--workloads: expected names from {sorted(workloads.WORKLOADS)}, got {args.workloads!r}"
                      if unknown or not names else f"--scale: expected a positive number, got {args.scale}")
@@ -300,8 +302,9 @@ def main(argv=None) -> None:
                for name in names if name in workloads.WORKLOADS}
     state_result = state.bench(cluster, lib, threads, say) if "state" in names else None
     calls_result = calls.bench(cluster, lib, say) if "calls" in names else None
+    data_result = data.bench(cluster, lib, args.scale, threads, say) if "data" in names else None
     found = report.targets(results) + (state.targets(state_result) if state_result else []) + \
-        (calls.targets(calls_result) if calls_result else [])
+        (calls.targets(calls_result) if calls_result else []) + (data.targets(data_result) if data_result else [])
     say("")
     for name, workload in results.items():
         say(report.table(name, workload) + "\n")
@@ -310,6 +313,9 @@ def main(argv=None) -> None:
         results["state"] = state_result
     if calls_result:
         results["calls"] = calls_result
+    if data_result:
+        say(data.table(data_result) + "\n")
+        results["data"] = data_result
     say(report.verdicts(found))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -71,3 +71,15 @@ def column(db, table: TableName, text: str | None, argument: str) -> Column:
 
 def is_empty(db, table: TableName) -> bool:
     return not db.execute(f"SELECT 1 AS one FROM {table.sql(db)} LIMIT 1")
+
+
+def extension_schema(conn) -> str:
+    """The schema of the extension's functions."""
+    # the install script creates its own schema, so ask where its functions are (not pg_extension.extnamespace)
+    rows = conn.execute("SELECT n.nspname AS schema FROM pg_extension e "
+                        "JOIN pg_depend d ON d.refobjid = e.oid AND d.deptype = 'e' AND d.classid = 'pg_proc'::regclass "
+                        "JOIN pg_proc p ON p.oid = d.objid JOIN pg_namespace n ON n.oid = p.pronamespace "
+                        "WHERE e.extname = 'madlib_dl' AND p.proname = 'internal_worker_serve'")
+    if not rows:
+        raise ObjectMissing("madlib_dl: the extension is not installed in this database (CREATE EXTENSION madlib_dl)")
+    return rows[0]["schema"]

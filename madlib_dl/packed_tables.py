@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from madlib_dl import catalog, identifiers
+from madlib_dl import binary_arrays, catalog, handoff, identifiers
 from madlib_dl.catalog import Column
 from madlib_dl.errors import InvalidArgument, NotSupported, ObjectMissing
 from madlib_dl.identifiers import TableName
@@ -82,6 +82,10 @@ def _create_tables(conn, p: Packing) -> None:
     conn.execute(f"CREATE TABLE {out.table.sql(conn)} (__dist_key__ INTEGER, {q(out.independent)} BYTEA, "
                  f"{q(out.dependent)} BYTEA, {q(out.independent + '_shape')} INTEGER[], "
                  f"{q(out.dependent + '_shape')} INTEGER[], buffer_id INTEGER)")
+    # Float data barely compresses: stored out of line without trying (STORAGE EXTERNAL), a buffer is
+    # written about 3 times faster than through pglz, and read without decompressing (bench/FINDINGS.md).
+    for column in (out.independent, out.dependent):
+        conn.execute(f"ALTER TABLE {out.table.sql(conn)} ALTER COLUMN {q(column)} SET STORAGE EXTERNAL")
     # format_type() spells catalog types as valid SQL, so the type name can go into the statement.
     class_type = p.class_values_type
     conn.execute(f"CREATE TABLE {out.summary.sql(conn)} (source_table TEXT, output_table TEXT, "
@@ -119,69 +123,127 @@ def training_class_values_sql(conn, p: Packing) -> str:
             f"UNION ALL SELECT NULL, g FROM generate_series(1, {padding}) g) levels")
 
 
-def _read(conn, p: Packing) -> tuple[np.ndarray, np.ndarray]:
-    """All examples in a fixed order (sorted by label, then features) so the same data packs the same
-    way however it is stored; features normalised to float32, labels one-hot int16."""
+# Rows are read in batches of about this many bytes of array_send output.
+READ_BATCH_BYTES = 16 << 20
+
+
+def _rows_sql(conn, p: Packing) -> tuple[str, list, list]:
+    """The source rows in the order they are packed, features as ``array_send`` bytes.
+
+    The order depends on the rows' content only, so the same data packs the same way however it is
+    stored: sorted by an MD5 of the feature bytes (prefixed with the shuffle seed for training, so that
+    the order is a reproducible shuffle, and another seed another shuffle), then by label. The sort key is
+    16 bytes: the feature arrays are never compared, and only carried."""
     q = conn.quote_ident
     dep, indep, src = q(p.source.dependent.name), q(p.source.independent.name), p.source.table.sql(conn)
     if p.labels.one_hot:
-        label = f"s.{dep}::double precision[]"
-        join = ""
+        label, join = f"s.{dep}::double precision[]", ""
     else:
         summary, column = p.class_values
         label = f"array_position(l.cv[1:{p.labels.levels}], s.{dep}) - 1"
         join = f" CROSS JOIN (SELECT {q(column)} AS cv FROM {summary.sql(conn)}) l"
-    sql = (f"SELECT {label} AS y, s.{indep}::double precision[] AS x FROM {src} s{join} "
-           f"ORDER BY s.{dep}, s.{indep}")
-    features = np.empty((p.features.rows, *p.features.shape), dtype=packing.FEATURE_DTYPE)
-    labels = np.empty(p.features.rows, dtype=np.int64) if not p.labels.one_hot else \
-        np.empty((p.features.rows, p.labels.levels), dtype=np.float64)
-    start = 0
-    for batch in conn.batches(sql, size=2000):
-        end = start + len(batch)
-        features[start:end] = _checked_features(p, [r["x"] for r in batch])
-        labels[start:end] = [r["y"] for r in batch]
-        start = end
-    if start != p.features.rows:  # the table changed while we read it
-        raise InvalidArgument(f"source_table: {p.source.table} changed while it was being packed; try again")
-    return features, _one_hot(p, labels)
+    features = f"s.{indep}" if p.source.independent.type in binary_arrays.ELEMENT_OIDS else \
+        f"s.{indep}::double precision[]"
+    seed = b"" if p.shuffle_seed is None else p.shuffle_seed.to_bytes(8, "big", signed=True)
+    sql = (f"SELECT y, xb FROM (SELECT {label} AS y, array_send({features}) AS xb FROM {src} s{join} OFFSET 0) r "
+           "ORDER BY md5($1::bytea || xb)::uuid, y")
+    return sql, [seed], ["bytea"]
 
 
-def _checked_features(p: Packing, values: list) -> np.ndarray:
-    raw = np.asarray(values, dtype=np.float64)  # a NULL element becomes NaN here
+def _element_oid(p: Packing) -> int:
+    """float4 for real[] features, float8 for the others (other numeric types are cast to it)."""
+    return binary_arrays.ELEMENT_OIDS.get(p.source.independent.type, binary_arrays.FLOAT8_OID)
+
+
+def _rows(conn, p: Packing):
+    """(features normalised to float32, labels one-hot int16) of the source rows in packing order,
+    a batch at a time."""
+    layout = binary_arrays.Layout(p.features.size, _element_oid(p))
+    row_bytes = 12 + 8 * len(p.features.shape) + p.features.size * (4 + layout.width)
+    sql, args, types = _rows_sql(conn, p)
+    for batch in conn.batches(sql, args, types, size=max(1, READ_BATCH_BYTES // row_bytes)):
+        try:
+            raw = binary_arrays.decode([r["xb"] for r in batch], layout, len(p.features.shape))
+        except binary_arrays.RowProblem as problem:
+            raise InvalidArgument(f"independent_varname: column {p.source.independent.name!r} of {p.source.table} "
+                                  f"has NULL, NaN or infinite values inside feature arrays (a row {problem.reason}); "
+                                  "clean or filter those rows") from None
+        yield _checked_features(p, raw), _labels(p, [r["y"] for r in batch])
+
+
+def _checked_features(p: Packing, raw: np.ndarray) -> np.ndarray:
     if not np.isfinite(raw).all():
         raise InvalidArgument(f"independent_varname: column {p.source.independent.name!r} of {p.source.table} has "
                               "NULL, NaN or infinite values inside feature arrays; clean or filter those rows")
-    return packing.normalize(raw, p.normalizing_const)
+    return packing.normalize(raw, p.normalizing_const).reshape(len(raw), *p.features.shape)
 
 
-def _one_hot(p: Packing, labels: np.ndarray) -> np.ndarray:
+def _labels(p: Packing, values: list) -> np.ndarray:
     if not p.labels.one_hot:
-        return packing.one_hot(labels, p.labels.num_classes)
+        return packing.one_hot(np.asarray(values, dtype=np.int64), p.labels.num_classes)
+    labels = np.asarray(values, dtype=np.float64)
     if not np.isin(labels, (0.0, 1.0)).all():
         raise InvalidArgument(f"dependent_varname: one-hot label arrays in column {p.source.dependent.name!r} "
                               "must hold only 0 and 1 (they are stored as 16-bit integers)")
     return packing.pad_classes(labels, p.labels.num_classes)
 
 
-def _write_buffers(conn, p: Packing, features: np.ndarray, labels: np.ndarray) -> None:
-    if p.shuffle_seed is not None:
-        order = packing.shuffled_order(p.features.rows, p.shuffle_seed)
-        features, labels = features[order], labels[order]
-    sql = f"INSERT INTO {p.output.table.sql(conn)} VALUES ($1, $2, $3, $4, $5, $6)"
-    types = ["integer", "bytea", "bytea", "integer[]", "integer[]", "integer"]
-    for buffer_id, start, end in p.plan.bounds():
-        x, x_shape = packing.encode(features[start:end], packing.FEATURE_DTYPE)
-        y, y_shape = packing.encode(labels[start:end], packing.LABEL_DTYPE)
-        conn.execute(sql, [p.plan.dist_key(buffer_id), x, y, x_shape, y_shape, buffer_id], types)
+class _BufferWriter:
+    """Fills the plan's buffers in order from batches of rows, writing each as soon as it is full: at
+    most one buffer and one batch are in memory, whatever the table's size."""
+
+    def __init__(self, conn, p: Packing, schema: str):
+        self.conn, self.p = conn, p
+        self.bounds = list(p.plan.bounds())
+        # the features go in handed over (madlib_dl.handoff), not bound: one copy of the buffer fewer
+        self.sql = (f"INSERT INTO {p.output.table.sql(conn)} VALUES ($2, {handoff.taking(schema, conn.quote_ident)}, "
+                    "$3, $4, $5, $6)")
+        self.index, self.filled = 0, 0
+        self.x = self.y = None
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        start = 0
+        while start < len(x):
+            if self.index >= len(self.bounds):
+                self._changed()
+            if self.x is None:
+                _, first, end = self.bounds[self.index]
+                self.x = np.empty((end - first, *self.p.features.shape), dtype=packing.FEATURE_DTYPE)
+                self.y = np.empty((end - first, self.p.labels.num_classes), dtype=packing.LABEL_DTYPE)
+            take = min(len(x) - start, len(self.x) - self.filled)
+            self.x[self.filled:self.filled + take] = x[start:start + take]
+            self.y[self.filled:self.filled + take] = y[start:start + take]
+            self.filled, start = self.filled + take, start + take
+            if self.filled == len(self.x):
+                self._write()
+
+    def _write(self) -> None:
+        buffer_id = self.bounds[self.index][0]
+        x, x_shape = packing.encode(self.x, packing.FEATURE_DTYPE)
+        self.x = None  # the array and its bytes are not both kept past this point
+        y, y_shape = packing.encode(self.y, packing.LABEL_DTYPE)
+        with handoff.handed_over(x) as token:
+            del x
+            self.conn.execute(self.sql, [token, self.p.plan.dist_key(buffer_id), y, x_shape, y_shape, buffer_id],
+                              ["text", "integer", "bytea", "integer[]", "integer[]", "integer"])
+        self.index, self.filled, self.y = self.index + 1, 0, None
+
+    def finish(self) -> None:
+        if self.index != len(self.bounds) or self.x is not None:
+            self._changed()
+
+    def _changed(self):
+        raise InvalidArgument(f"source_table: {self.p.source.table} changed while it was being packed; try again")
 
 
 def pack(conn, p: Packing, normalizing_const: float, class_values_sql: str) -> None:
     """Create the packed table and its summary (recording ``normalizing_const`` as given) and fill them."""
     _create_tables(conn, p)
     _write_summary(conn, p, normalizing_const, class_values_sql)
-    features, labels = _read(conn, p)
-    _write_buffers(conn, p, features, labels)
+    writer = _BufferWriter(conn, p, catalog.extension_schema(conn))
+    for x, y in _rows(conn, p):
+        writer.add(x, y)
+    writer.finish()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ import uuid
 
 import numpy as np
 
-from madlib_dl import db, identifiers, packed_tables, trained_models
+from madlib_dl import catalog, db, identifiers, packed_tables, trained_models
 from madlib_dl.api import help as help_topics
-from madlib_dl.api.fit_multiple import extension_schema, show_value
+from madlib_dl.api.fit_multiple import show_value
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.identifiers import TableName
 from madlib_dl.keras_runtime import arch_info, params
@@ -37,7 +37,7 @@ def evaluate(model_table, test_table, output_table, use_gpus, mst_key) -> None:
     test = packed_tables.describe(conn, test_table, "test_table")
     check_fits(model, test)
     output = identifiers.output_table(conn, output_table, "output_table")
-    spec = EvaluationSpec(uuid.uuid4().hex, extension_schema(conn), test, model, bool(use_gpus))
+    spec = EvaluationSpec(uuid.uuid4().hex, catalog.extension_schema(conn), test, model, bool(use_gpus))
     result = evaluation.evaluate(conn, spec)
     write(conn, output, result, model, compiled)
 

@@ -49,7 +49,7 @@ def fit(source_table, model, model_arch_table, model_id, compile_params, fit_par
     offset = 0
     if warm_start:
         config, offset = _warm_start(conn, out, config)
-    spec = RunSpec(uuid.uuid4().hex, fit_multiple.extension_schema(conn), source, validation, (config,), iterations,
+    spec = RunSpec(uuid.uuid4().hex, catalog.extension_schema(conn), source, validation, (config,), iterations,
                    frequency, None, bool(use_gpus), settings.read(conn, settings.FIT_SEED), caller=FIT,
                    iteration_offset=offset, output_table=out.model)
     result = driver.train(conn, spec)

@@ -42,7 +42,7 @@ def fit_multiple_model(source_table, model_output_table, model_selection_table, 
     models = _models(conn, mst, arch_table, source)
     if warm_start:
         models = _warm_start(conn, out, models)
-    spec = RunSpec(uuid.uuid4().hex, extension_schema(conn), source, validation, tuple(models), iterations, frequency,
+    spec = RunSpec(uuid.uuid4().hex, catalog.extension_schema(conn), source, validation, tuple(models), iterations, frequency,
                    bool(use_caching), bool(use_gpus), settings.read(conn, settings.FIT_SEED), output_table=out.model)
     result = driver.train(conn, spec)
     if warm_start:
@@ -70,17 +70,6 @@ def frequency_argument(value, iterations: int) -> int:
         raise InvalidArgument(f"metrics_compute_frequency: expected 1 to num_iterations ({iterations}), or NULL for "
                               f"metrics after the last iteration only, got {value}")
     return int(value)
-
-
-def extension_schema(conn) -> str:
-    # the install script creates its own schema, so ask where its functions are (not pg_extension.extnamespace)
-    rows = conn.execute("SELECT n.nspname AS schema FROM pg_extension e "
-                        "JOIN pg_depend d ON d.refobjid = e.oid AND d.deptype = 'e' AND d.classid = 'pg_proc'::regclass "
-                        "JOIN pg_proc p ON p.oid = d.objid JOIN pg_namespace n ON n.oid = p.pronamespace "
-                        "WHERE e.extname = 'madlib_dl' AND p.proname = 'internal_worker_serve'")
-    if not rows:
-        raise ObjectMissing("madlib_dl: the extension is not installed in this database (CREATE EXTENSION madlib_dl)")
-    return rows[0]["schema"]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from madlib_dl import catalog, db, identifiers, trained_models
+from madlib_dl import binary_arrays, catalog, db, identifiers, trained_models
 from madlib_dl.api import help as help_topics
 from madlib_dl.catalog import Column
 from madlib_dl.errors import InvalidArgument, NotSupported
@@ -205,13 +205,15 @@ def _score(conn, model: Model, request: Request, use_gpus) -> None:
     keras_model = _keras_model(model, device)
     _create_output(conn, request)
     q = conn.quote_ident
-    select = (f"SELECT {q(request.id.name)}::text AS id, array_send({q(request.features.name)}::float8[]) AS x "
-              f"FROM {request.test.sql(conn)}")
+    # real[] and float8[] are sent as they are (real[] cast to float8[] was twice the bytes, and slower)
+    oid = binary_arrays.ELEMENT_OIDS.get(request.features.type)
+    x = q(request.features.name) if oid else f"{q(request.features.name)}::float8[]"
+    select = f"SELECT {q(request.id.name)}::text AS id, array_send({x}) AS x FROM {request.test.sql(conn)}"
     insert, types = _insert_sql(conn, request)
     tf = tf_setup.tensorflow()
     for rows in conn.batches(select, size=BATCH_ROWS):
         ids = [r["id"] for r in rows]
-        features = _features(rows, ids, model, request, size)
+        features = _features(rows, ids, model, request, size, oid or binary_arrays.FLOAT8_OID)
         with tf.device(device):
             probs = np.asarray(keras_model.predict_on_batch(features), dtype=np.float64)
         out = prediction.output_rows(ids, probs.reshape(len(ids), -1), model.class_values, request.pred)
@@ -243,9 +245,9 @@ def _show(value) -> str:
     return "NULL" if value is None else repr(value)
 
 
-def _features(rows: list[dict], ids: list, model: Model, request: Request, size: int) -> np.ndarray:
+def _features(rows: list[dict], ids: list, model: Model, request: Request, size: int, oid: int) -> np.ndarray:
     try:
-        values = prediction.decode_arrays([r["x"] for r in rows], size)
+        values = prediction.decode_arrays([r["x"] for r in rows], size, oid)
     except prediction.RowProblem as problem:
         raise InvalidArgument(f"independent_varname: the array in column {request.features.name!r} of the row with "
                               f"{request.id_text} = {_show(ids[problem.index])} {problem.reason}; expected "

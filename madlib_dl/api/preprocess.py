@@ -311,7 +311,7 @@ _TRAINING_USAGE = """training_preprocessor_dl(
     dependent_varname   VARCHAR,   -- label column: text, integer, boolean... (NULL is a class too),
                                    --   or a numeric array already one-hot encoded
     independent_varname VARCHAR,   -- feature column: numeric array of any shape, e.g. REAL[] or 8x8x1 images
-    buffer_size         INTEGER,   -- rows per buffer (default: a segment's rows, at most 75M values); adjusted
+    buffer_size         INTEGER,   -- rows per buffer (default: a segment's rows, at most 32 MiB of features); adjusted
                                    --   so every segment gets the same number of buffers
     normalizing_const   REAL,      -- features are divided by it (default 1.0), e.g. 255.0 for pixels
     num_classes         INTEGER[], -- e.g. ARRAY[10]: pad the one-hot vectors to this many classes (default: as found)
@@ -329,7 +329,7 @@ Example:
 _VALIDATION_SUMMARY = """validation_preprocessor_dl: pack a validation table like its training table.
 
 It uses the training table's classes, normalizing constant and segments (from its _summary table);
-rows are not shuffled.
+rows are not shuffled (they are ordered by their content, the same however the table is stored).
 
     SELECT madlib_dl.validation_preprocessor_dl('iris_test', 'iris_test_packed', 'class_text',
                                                 'attributes', 'iris_packed');

@@ -1,7 +1,7 @@
 """What madlib_keras_predict writes, from a model's outputs. Pure numpy: no Keras, no database.
 
 * :func:`parse_pred_type`: the ``pred_type`` argument (MADlib's values, given as text, integer or double).
-* :func:`decode_arrays`: a batch of feature arrays as PostgreSQL sends them (``array_send`` of ``float8[]``)
+* :func:`decode_arrays`: a batch of feature arrays as PostgreSQL sends them (``array_send`` of float4 or float8 arrays)
   into one float64 matrix, checking each row's size without making a Python float per value.
 * :func:`output_rows`: a batch of class probabilities into the rows of the output table, ranked.
 """
@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from madlib_dl import binary_arrays
 from madlib_dl.errors import InvalidArgument
 
 PROB, RESPONSE, TOP_K, THRESHOLD = "prob", "response", "top_k", "threshold"
@@ -94,23 +95,27 @@ class RowProblem(Exception):
 
 
 _HEADER = struct.Struct(">iii")  # ndim, has-nulls flag, element type oid
-_ELEMENT = np.dtype([("length", ">i4"), ("value", ">f8")])  # each float8 element: its byte length, then it
 
 
-def decode_arrays(blobs: Sequence[bytes | None], size: int) -> np.ndarray:
-    """``array_send(x::float8[])`` of each row → an (rows, size) float64 matrix. Any number of dimensions
-    is accepted (the values are taken in storage order); NULL arrays, NULL elements, another element
-    count and NaN or infinite values are refused with :class:`RowProblem`."""
-    out = np.empty((len(blobs), size), dtype=np.float64)
-    for index, blob in enumerate(blobs):
-        out[index] = _decode_one(index, blob, size)
+def decode_arrays(blobs: Sequence[bytes | None], size: int, oid: int = binary_arrays.FLOAT8_OID) -> np.ndarray:
+    """``array_send(x)`` of each row (``oid``: its elements' type, float4 or float8) → an (rows, size)
+    float64 matrix. Any number of dimensions is accepted (the values are taken in storage order); NULL
+    arrays, NULL elements, another element count and NaN or infinite values are refused with
+    :class:`RowProblem`. A batch whose rows share one shape is decoded at once (binary_arrays)."""
+    try:
+        out = binary_arrays.decode(blobs, binary_arrays.Layout(size, oid)).astype(np.float64, copy=False)
+    except binary_arrays.RowProblem:  # rows of several shapes, or a bad row: one at a time, naming it
+        element = np.dtype([("length", ">i4"), ("value", f">f{binary_arrays.WIDTHS[oid]}")])
+        out = np.empty((len(blobs), size), dtype=np.float64)
+        for index, blob in enumerate(blobs):
+            out[index] = _decode_one(index, blob, size, element)
     bad = ~np.isfinite(out).all(axis=1)
     if bad.any():
         raise RowProblem(int(np.argmax(bad)), "holds NaN or infinite values")
     return out
 
 
-def _decode_one(index: int, blob, size: int) -> np.ndarray:
+def _decode_one(index: int, blob, size: int, element: np.dtype) -> np.ndarray:
     if blob is None:
         raise RowProblem(index, "is NULL")
     blob = bytes(blob) if not isinstance(blob, bytes) else blob
@@ -121,7 +126,7 @@ def _decode_one(index: int, blob, size: int) -> np.ndarray:
     count = int(np.prod(dims)) if ndim else 0
     if count != size:
         raise RowProblem(index, f"has {count} values")
-    elements = np.frombuffer(blob, dtype=_ELEMENT, count=count, offset=_HEADER.size + 8 * ndim)
+    elements = np.frombuffer(blob, dtype=element, count=count, offset=_HEADER.size + 8 * ndim)
     return elements["value"]
 
 

@@ -15,8 +15,11 @@ from madlib_dl.errors import InvalidArgument
 
 FEATURE_DTYPE = np.dtype("<f4")
 LABEL_DTYPE = np.dtype("<i2")
-# MADlib's cap on a default buffer: 75 million feature values (300 MB of float32).
-DEFAULT_BUFFER_VALUES = 75_000_000
+# MADlib caps a default buffer at 75 million feature values (300 MB of float32). Packing holds about
+# three times one buffer (its rows, their bytes, the value being written), so the default is smaller:
+# 32 MiB of features, which bounds packing's memory whatever the table's size. Training concatenates a
+# segment's buffers, so their size changes nothing there.
+DEFAULT_BUFFER_BYTES = 32 << 20
 # A BYTEA value cannot reach 1 GiB; stay well below it.
 MAX_BUFFER_BYTES = 512 << 20
 
@@ -44,12 +47,14 @@ class BufferPlan:
 
 def plan_buffers(rows: int, segments: int, feature_size: int, buffer_size: int | None = None) -> BufferPlan:
     """MADlib's rule: start from ``buffer_size`` (default: all rows of a segment in one buffer, capped
-    at 75M values), then round the buffer count up to a multiple of the segment count so every segment
-    gets the same number of buffers; buffer sizes then differ by at most one row."""
+    at DEFAULT_BUFFER_BYTES of features, at least one row), then round the buffer count up to a
+    multiple of the segment count so every segment gets the same number of buffers; buffer sizes then
+    differ by at most one row."""
     if rows < 1 or segments < 1 or feature_size < 1:
         raise ValueError("plan_buffers: rows, segments and feature_size must be positive")
     if buffer_size is None:
-        buffer_size = math.ceil(min(DEFAULT_BUFFER_VALUES / feature_size, rows / segments))
+        per_buffer = max(1, DEFAULT_BUFFER_BYTES // (feature_size * FEATURE_DTYPE.itemsize))
+        buffer_size = math.ceil(min(per_buffer, rows / segments))
     count = segments * math.ceil(rows / buffer_size / segments)
     count = min(count, rows)  # never an empty buffer: fewer rows than segments leaves some segments empty
     sizes = tuple(len(part) for part in np.array_split(np.arange(rows), count))
@@ -94,8 +99,3 @@ def decode(blob: bytes, shape, dtype: np.dtype) -> np.ndarray:
     if len(blob) != expected:
         raise InvalidArgument(f"packed buffer: {len(blob)} bytes, but shape {list(shape)} needs {expected}")
     return np.frombuffer(blob, dtype=dtype).reshape(shape)
-
-
-def shuffled_order(rows: int, seed: int) -> np.ndarray:
-    """A permutation of row positions that depends only on ``rows`` and ``seed``."""
-    return np.random.default_rng(seed % (2**64)).permutation(rows)

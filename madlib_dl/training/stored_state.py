@@ -15,10 +15,8 @@ model's state plus four times its largest part.
 from __future__ import annotations
 
 import os
-import uuid
 
-from madlib_dl import channel
-from madlib_dl import db as database
+from madlib_dl import channel, handoff
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.identifiers import TableName
 from madlib_dl.training import memory
@@ -91,45 +89,27 @@ def store_uncompressed(db, table: TableName, columns) -> None:
         db.execute(f"ALTER TABLE {table.sql(db)} ALTER COLUMN {db.quote_ident(column)} SET STORAGE EXTERNAL")
 
 
-HANDOFF_KEY = "madlib_dl_handoff"
-
-
 def write_state(db, schema: str, model_table: TableName, key: int, model, where: str = "", where_args=(),
                 where_types=()) -> None:
     """Set the state of a model's row, inserted without it (``where``: which row, its parameters from $2):
     model_weights, then optimizer_state or its parts, one large value per statement. ``model``: a
     driver.ModelProgress (its state is taken from it).
 
-    A value goes in through internal_take_value (which hands the statement the bytes left in GD, and
-    drops them as PL/Python turns them into a datum) rather than as a bound parameter, which the caller
-    would hold while the executor makes its own copies: one copy fewer at the peak."""
+    Each value is handed over (madlib_dl.handoff), not bound: one copy fewer at the peak."""
     state, model.weights = model.weights, None
-    _set(db, schema, model_table, "model_weights", _handed_over(as_value(state)), where, where_args, where_types)
+    _set(db, schema, model_table, "model_weights", as_value(state), where, where_args, where_types)
     state, model.optimizer_state = model.optimizer_state, None
     if state is None or len(state) > ONE_VALUE_BYTES:
         write_large(db, model_table, key, state)
         return
-    _set(db, schema, model_table, "optimizer_state", _handed_over(as_value(state)), where, where_args, where_types)
+    _set(db, schema, model_table, "optimizer_state", as_value(state), where, where_args, where_types)
 
 
-def _handed_over(value) -> str:
-    token = uuid.uuid4().hex
-    database.session_dict().setdefault(HANDOFF_KEY, {})[token] = value
-    return token
-
-
-def _set(db, schema: str, model_table: TableName, column: str, token: str, where, where_args, where_types) -> None:
-    try:
+def _set(db, schema: str, model_table: TableName, column: str, value, where, where_args, where_types) -> None:
+    with handoff.handed_over(value) as token:
+        del value
         db.execute(f"UPDATE {model_table.sql(db)} SET {db.quote_ident(column)} = "
-                   f"{db.quote_ident(schema)}.internal_take_value($1) {where}", [token, *where_args],
-                   ["text", *where_types])
-    finally:
-        database.session_dict().get(HANDOFF_KEY, {}).pop(token, None)
-
-
-def take_value(gd: dict, token: str):
-    """The value handed over under ``token`` (internal_take_value), removed from GD."""
-    return gd.get(HANDOFF_KEY, {}).pop(token, None)
+                   f"{handoff.taking(schema, db.quote_ident)} {where}", [token, *where_args], ["text", *where_types])
 
 
 def write_large(db, model_table: TableName, key: int, state) -> None:

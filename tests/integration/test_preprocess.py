@@ -169,6 +169,23 @@ def test_the_shuffle_is_reproducible_and_independent_of_storage_order(cur):
     assert len(set(first.tolist())) > 1, "buffers mix classes: rows were shuffled"
 
 
+def test_validation_packs_the_same_bytes_whatever_the_storage_order(cur):
+    """Validation rows are not shuffled, but their order still comes from their content, not from where
+    the table keeps them; rows with equal features and different labels are ordered by label."""
+    _drop(cur, "ord_t", "ord_a", "ord_b")
+    cur.execute("DROP TABLE IF EXISTS ord_src, ord_rev")
+    cur.execute("CREATE TABLE ord_src AS SELECT * FROM digits WHERE id < 300 UNION ALL "
+                "SELECT id + 10000, pixels, (label + 1) % 10 FROM digits WHERE id < 20")
+    cur.execute("CREATE TABLE ord_rev AS SELECT * FROM ord_src ORDER BY id DESC")
+    cur.execute("SELECT madlib_dl.training_preprocessor_dl('ord_src', 'ord_t', 'label', 'pixels', NULL, 16.0)")
+    call = "SELECT madlib_dl.validation_preprocessor_dl(%s, %s, 'label', 'pixels', 'ord_t', 50)"
+    cur.execute(call, ["ord_src", "ord_a"])
+    cur.execute(call, ["ord_rev", "ord_b"])
+    a, b = (_buffers(cur, t, "pixels", "label") for t in ("ord_a", "ord_b"))
+    assert len(a) > 2 and _bytes(a) == _bytes(b)
+    assert _examples(a) == _examples(_buffers(cur, "ord_t", "pixels", "label"))
+
+
 def test_null_is_a_class_and_num_classes_pads(cur):
     _drop(cur, "nulls_packed")
     cur.execute("DROP TABLE IF EXISTS nulls")

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from madlib_dl import db as database
+from madlib_dl import handoff
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.identifiers import TableName
 from madlib_dl.training import stored_state
@@ -64,11 +65,14 @@ def test_a_large_state_needs_room_for_its_side_table_name():
 
 
 def test_a_value_handed_over_to_the_writing_statement_is_taken_once_and_leaves_nothing(plain_cur):
-    """write_state's hand-over (GD in the server, a module dictionary here): a value is taken once and
-    nothing stays; the server function returns NULL for a token it was not given."""
-    token = stored_state._handed_over(b"\x00\x01payload")
+    """The hand-over (GD in the server, a module dictionary here): a value is taken once and nothing
+    stays after the block; the server function returns NULL for a token it was not given."""
     gd = database.session_dict()
-    assert stored_state.take_value(gd, token) == b"\x00\x01payload"
-    assert stored_state.take_value(gd, token) is None and not gd[stored_state.HANDOFF_KEY]
+    with handoff.handed_over(b"\x00\x01payload") as token:
+        assert handoff.take(gd, token) == b"\x00\x01payload"
+        assert handoff.take(gd, token) is None
+    with handoff.handed_over(b"never taken"):
+        pass
+    assert not gd[handoff.KEY]
     plain_cur.execute("SELECT madlib_dl.internal_take_value('nothing-here') IS NULL")
     assert plain_cur.fetchone()[0]

@@ -35,9 +35,9 @@ def test_function_bodies_are_valid_python_that_boots_the_venv():
         assert code is not None
         assert body.startswith(install.boot_lines(SITE))
         # user-facing functions call an API module; the internal aggregates call the segment runtime;
-        # internal_take_value hands the driver's output writer its values
+        # internal_take_value hands a writing statement its value
         assert body.splitlines()[-1].startswith(("from madlib_dl.api import", "from madlib_dl.segment import",
-                                                 "from madlib_dl.training import stored_state;"))
+                                                 "from madlib_dl import handoff;"))
 
 
 def test_c_functions_name_symbols_of_the_library():

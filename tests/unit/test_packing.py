@@ -15,7 +15,8 @@ from madlib_dl.preprocess import distribution, packing
     (150, 3, 4, 20, [17] * 6 + [16] * 3),     # 20 → 3*ceil(150/20/3)=9 buffers
     (150, 4, 4, 1000, [38, 38, 37, 37]),      # a big buffer_size still gives every segment a buffer
     (2, 3, 4, None, [1, 1]),                  # fewer rows than segments: no empty buffers
-    (1000, 2, 25_000_000, None, [3] * 332 + [2] * 2),  # 75M-value cap: 3 rows → 334 buffers
+    (1000, 2, 2_500_000, None, [3] * 332 + [2] * 2),  # 32 MiB cap: 3 rows of 10 MB → 334 buffers
+    (10, 1, 25_000_000, None, [1] * 10),               # a row over the cap: one row per buffer
 ])
 def test_plan_follows_madlibs_rule(rows, segments, feature_size, buffer_size, sizes):
     plan = packing.plan_buffers(rows, segments, feature_size, buffer_size)
@@ -38,9 +39,10 @@ def test_every_row_once_and_segments_balanced(rows, segments, buffer_size):
     assert len(plan.sizes) % segments == 0 or len(plan.sizes) == rows  # capped: never an empty buffer
 
 
-def test_default_buffer_is_capped_at_75_million_values():
-    plan = packing.plan_buffers(100_000, 1, 1000, None)  # start at 75,000 rows → 2 buffers of 50,000
-    assert plan.sizes == (50_000, 50_000)
+def test_default_buffer_is_capped_at_32_mib_of_features():
+    plan = packing.plan_buffers(20_000, 1, 1000, None)  # start at 8,388 rows of 4,000 bytes → 3 buffers
+    assert plan.sizes == (6667, 6667, 6666)
+    assert plan.buffer_size * 1000 * 4 <= packing.DEFAULT_BUFFER_BYTES
 
 
 def test_a_buffer_too_big_for_a_bytea_is_refused():
@@ -73,13 +75,6 @@ def test_encode_decode_round_trip_keeps_shape_and_is_little_endian():
     assert labels == b"\x00\x00\x01\x00\x01\x00\x00\x00" and lshape == [2, 2]
     with pytest.raises(InvalidArgument, match="packed buffer: 8 bytes, but shape \\[3, 2\\] needs 12"):
         packing.decode(labels, [3, 2], packing.LABEL_DTYPE)
-
-
-def test_shuffle_depends_only_on_rows_and_seed():
-    a, b, c = packing.shuffled_order(100, 0), packing.shuffled_order(100, 0), packing.shuffled_order(100, 1)
-    assert a.tolist() == b.tolist() != c.tolist()
-    assert sorted(a.tolist()) == list(range(100))
-    assert sorted(packing.shuffled_order(10, -5).tolist()) == list(range(10))
 
 
 SEGMENTS = lambda: 6  # noqa: E731

@@ -165,3 +165,15 @@ def test_output_rows_shape_must_match():
 
 def test_default_class_values():
     assert prediction.default_class_values(3) == ["0", "1", "2"]
+
+
+def test_decode_arrays_of_float4_rows_of_several_shapes():
+    def send4(values, dims):
+        out = struct.pack(">iii", len(dims), 0, 700) + b"".join(struct.pack(">ii", d, 1) for d in dims)
+        return out + b"".join(struct.pack(">if", 4, v) for v in values)
+
+    blobs = [send4([0.5, 1, 2, 3], [4]), send4([4, 5, 6, 7], [2, 2])]
+    out = prediction.decode_arrays(blobs, 4, 700)
+    assert out.dtype == np.float64 and out.tolist() == [[0.5, 1, 2, 3], [4, 5, 6, 7]]
+    same = prediction.decode_arrays([blobs[0], blobs[0]], 4, 700)
+    assert same.tolist() == [[0.5, 1, 2, 3]] * 2
