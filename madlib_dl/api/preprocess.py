@@ -19,6 +19,7 @@ from madlib_dl.identifiers import TableName
 from madlib_dl.keras_runtime import gpus
 from madlib_dl.packed_tables import Features, Labels, Output, Packing, Source
 from madlib_dl.preprocess import distribution, packing
+from madlib_dl.training import memory
 
 _BAD_VALUES = 5  # how many offending values an error message lists
 
@@ -149,6 +150,18 @@ def _training_labels(conn, source: Source, wanted: int | None) -> Labels:
     return Labels(wanted or found, found, source.one_hot)
 
 
+def _check_memory(conn, plan: packing.BufferPlan, features: Features, labels: Labels) -> None:
+    """Packing holds one buffer at a time (a few copies of it), whatever the table's size: only a buffer
+    too large for the memory budget is refused."""
+    needed = packing.packing_bytes(plan, features.size, labels.num_classes)
+    budget = settings.read(conn, settings.MEMORY_BUDGET_MB) << 20
+    if needed > budget:
+        raise InvalidArgument(
+            f"buffer_size: buffers of {plan.buffer_size} rows need about {memory.format_bytes(needed)} while they are "
+            f"packed ({packing.PACKING_COPIES} copies of one buffer) but {settings.MEMORY_BUDGET_MB.name} is {budget >> 20} "
+            "MiB; give a smaller buffer_size or raise the setting")
+
+
 # ---------------------------------------------------------------- training
 
 @db.sql_function
@@ -165,6 +178,7 @@ def training_preprocessor_dl(source_table, output_table, dependent_varname, inde
     features = _features(conn, source)
     labels = _training_labels(conn, source, wanted)
     plan = packing.plan_buffers(features.rows, dist.segments, features.size, buffer_size)
+    _check_memory(conn, plan, features, labels)
     one_hot = source.one_hot
     p = Packing(source, output, labels, features, const, dist, plan, settings.read(conn, settings.SHUFFLE_SEED),
                 None if one_hot else (output.summary, output.class_values),
@@ -283,6 +297,7 @@ def validation_preprocessor_dl(source_table, output_table, dependent_varname, in
                               f"{training.table} has {list(training.feature_shape)}")
     labels = _validation_labels(conn, source, training)
     plan = packing.plan_buffers(features.rows, dist.segments, features.size, buffer_size)
+    _check_memory(conn, plan, features, labels)
     p = Packing(source, output, labels, features, _normalizing_const(training.normalizing_const), dist, plan, None,
                 None if labels.one_hot else (training.summary, training.class_values),
                 source.dependent.type if labels.one_hot else training.class_type.type)

@@ -65,6 +65,15 @@ def plan_buffers(rows: int, segments: int, feature_size: int, buffer_size: int |
     return BufferPlan(sizes, segments)
 
 
+PACKING_COPIES = 3  # a buffer while it is written: its rows, their bytes, the value PostgreSQL makes
+
+
+def packing_bytes(plan: BufferPlan, feature_size: int, num_classes: int) -> int:
+    """About what packing holds at its peak beyond the backend itself: copies of its largest buffer."""
+    row = feature_size * FEATURE_DTYPE.itemsize + num_classes * LABEL_DTYPE.itemsize
+    return PACKING_COPIES * plan.buffer_size * row
+
+
 def normalize(features: np.ndarray, normalizing_const: float) -> np.ndarray:
     """Divide in double precision, then store as float32 (a constant of 1 leaves values unchanged)."""
     values = np.asarray(features, dtype=np.float64)

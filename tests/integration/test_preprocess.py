@@ -358,6 +358,19 @@ def test_a_bad_setting_is_named(cur, error_tables):
     assert not _exists(cur, "bad_out")
 
 
+def test_a_buffer_too_large_for_the_memory_budget_is_refused_and_a_smaller_one_packs(cur):
+    """Packing holds one buffer at a time: the budget bounds the buffer, not the table."""
+    _drop(cur, "budget_packed")
+    cur.execute("SET madlib_dl.memory_budget_mb = 1")
+    call = "SELECT madlib_dl.training_preprocessor_dl('digits', 'budget_packed', 'label', 'pixels', %s, 16.0, NULL, '1')"
+    error = _error(cur, call, [None])  # 1797 rows of 256 + 20 bytes, 3 copies: about 1.4 MiB
+    assert re.search(r"buffer_size: buffers of 1797 rows need about 1.4 MiB while they are packed \(3 copies of one "
+                     r"buffer\) but madlib_dl.memory_budget_mb is 1 MiB; give a smaller buffer_size", error.pgerror)
+    assert not _exists(cur, "budget_packed")
+    cur.execute(call, [600])
+    assert len(_buffers(cur, "budget_packed", "pixels", "label")) == 3
+
+
 def test_a_taken_summary_name_is_refused(cur, error_tables):
     cur.execute("CREATE TABLE fresh_summary (a INT)")
     error = _error(cur, TRAIN, _train_args(output_table="fresh"))
