@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 import report
+import state
 
-HERE = Path(__file__).resolve().parent
 SCHEMA = "madlib_dl_bench"
 SHAPE, CLASSES, ROWS, SEGMENTS = (32, 32, 3), 10, 10_000, 2
 PACK_RATIO, PEAK_RATIO, SCORE_RATIO = 1.5, 1.5, 1.5
@@ -105,13 +101,7 @@ def _drop(cur, *tables: str) -> None:
 def _backend_peak(cur) -> int | None:
     """This backend's own peak (VmHWM less the shared memory it touched)."""
     cur.execute("SELECT pg_backend_pid()")
-    pid = cur.fetchone()[0]
-    try:
-        status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status") if ":" in line)
-    except OSError:
-        return None
-    kib = {k: int(v.split()[0]) for k, v in status.items() if k in ("VmHWM", "RssShmem")}
-    return 1024 * (kib.get("VmHWM", 0) - kib.get("RssShmem", 0))
+    return state.driver_peak(cur.fetchone()[0])
 
 
 def _timed_in_fresh_session(cluster, sql: str, args) -> tuple[float, int | None]:
@@ -184,14 +174,7 @@ def run_ours(cluster, lib: str, tables: dict[str, int], say) -> dict:
 def run_reference(cluster, threads: int, weights_hex: str) -> dict:
     """(a) and plain Keras, in a subprocess (its threads fixed before TensorFlow starts)."""
     config = {"dsn": cluster.dsn(), "threads": threads, "weights": weights_hex, "model": _model_json()}
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
-        json.dump(config, file)
-        file.flush()
-        env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
-        done = subprocess.run([sys.executable, str(Path(__file__)), file.name], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"bench: the data workload's reference run failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout)
+    return report.run_script(__file__, config, "the data workload's reference run")
 
 
 def read_out(cur, table: str) -> tuple[np.ndarray, np.ndarray]:
@@ -261,19 +244,27 @@ def targets(result: dict) -> list:
     found = [
         report.Target("data (b): training_preprocessor_dl / reading the table into numpy", one["seconds"] / read,
                       PACK_RATIO, "max", f"{one['seconds']:.1f} s against {read:.1f} s"),
+        # the issue's target: peak <= 1.5 x the packed bytes, or bounded whatever the table's size; the
+        # second is the one a streaming packer meets at every size (its peak is one buffer, not the data)
+        report.Target("data (b): peak memory, 4x table / 1x table (bounded: the table grew 4x)",
+                      (four["peak_bytes"] or 0) / (one["peak_bytes"] or 1), PEAK_RATIO, "max",
+                      f"{_mib(one['peak_bytes'])} and {_mib(four['peak_bytes'])} MiB; packed {_mib(one['packed_bytes'])} "
+                      f"and {_mib(four['packed_bytes'])} MiB"),
         report.Target("data (b): peak memory / packed bytes, 1x table", (one["peak_bytes"] or 0) / one["packed_bytes"],
-                      PEAK_RATIO, "max", f"{(one['peak_bytes'] or 0) / report.MIB:.0f} MiB"),
-        report.Target("data (b): peak memory, 4x table / 1x table", (four["peak_bytes"] or 0) / (one["peak_bytes"] or 1),
-                      None, "info", f"{(four['peak_bytes'] or 0) / report.MIB:.0f} MiB; packed 4x: "
-                      f"{four['packed_bytes'] / report.MIB:.0f} MiB"),
+                      None, "info"),
         report.Target("data (c): validation_preprocessor_dl / reading the table", ours["validation"]["seconds"] /
                       ref["read data_val"], None, "info"),
         report.Target("data (d): madlib_keras_evaluate / (reading the table + Keras evaluate)",
-                      ours["data_eval"]["seconds"] / (ref["read data_val"] + ref["keras evaluate"]), SCORE_RATIO, "max"),
+                      ours["data_eval"]["seconds"] / (ref["read data_val"] + ref["keras evaluate"]), SCORE_RATIO,
+                      "max"),
         report.Target("data (e): madlib_keras_predict / (reading the table + Keras predict)",
                       ours["predict"]["seconds"] / (read + ref["keras predict"]), SCORE_RATIO, "max"),
     ]
     return found
+
+
+def _mib(n) -> str:
+    return f"{(n or 0) / report.MIB:.0f}"
 
 
 def table(result: dict) -> str:

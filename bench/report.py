@@ -3,7 +3,13 @@ Pure functions of the measurements (dicts as stored in the JSON file), so they a
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 MIB = 1 << 20
 FLAT_SLACK_BYTES = 8 * MIB  # growth under this (or under FLAT_SLACK_FRACTION of the peak) counts as flat
@@ -205,3 +211,17 @@ def verdicts(found: list[Target]) -> str:
         sign = "<=" if target.kind == "max" else ">="
         lines.append(f"  [{mark:>12}] {target.name}: {measured} {sign} {target.limit:g}{detail}")
     return "\n".join(lines)
+
+
+def run_script(script: str, config: dict, what: str) -> dict:
+    """Run a bench module as a script in a fresh process (its TensorFlow threads fixed before TF starts)
+    with ``config`` in a JSON file; the JSON it prints. ``what`` names it in the error of a failed run."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        json.dump(config, file)
+        file.flush()
+        env = {**os.environ, "PYTHONPATH": str(Path(script).resolve().parents[1])}
+        done = subprocess.run([sys.executable, script, file.name], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: {what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout)
+

@@ -15,10 +15,7 @@ read from /proc of its backend after each run.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +81,7 @@ def prepare(cur, lib: str) -> None:
                     "WHERE name = %s)], ARRAY[%s], ARRAY[%s])", [f"{SCHEMA}.state_arch", mst, size.name, COMPILE, FIT])
 
 
-def _driver_peak(pid: int) -> int | None:
+def driver_peak(pid: int) -> int | None:
     """The backend's own peak: VmHWM less the shared memory it has touched (process_memory's rule)."""
     try:
         status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status") if ":" in line)
@@ -113,7 +110,7 @@ def run_ours(cluster, lib: str, size: Size, threads: int) -> dict:
             cur.execute(fit, args)
             wall = time.time() - started
             hops = _hops(cur, lib)
-            peak = _driver_peak(driver)
+            peak = driver_peak(driver)
             result = {"size": size.name, "parameters": size.parameters, "state_bytes": size.state_bytes,
                       "wall_seconds": wall, "hops": hops, "driver_peak_bytes": peak}
             if size.name == WARM_START:
@@ -139,14 +136,7 @@ def run_keras(cluster, threads: int) -> dict:
     """Plain Keras on the same hops, every size, in one subprocess (its threads fixed before TF starts)."""
     config = {"dsn": cluster.dsn(), "threads": threads, "table": f"{SCHEMA}.state_packed",
               "sizes": [[s.name, s.hidden] for s in SIZES]}
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
-        json.dump(config, file)
-        file.flush()
-        env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
-        done = subprocess.run([sys.executable, str(Path(__file__)), file.name], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"bench: the plain Keras state run failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout)
+    return report.run_script(__file__, config, "the plain Keras state run")
 
 
 def _keras_main(config_path: str) -> None:

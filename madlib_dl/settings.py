@@ -47,7 +47,8 @@ def memory_default_mib() -> int:
 
 
 MEMORY_BUDGET_MB = Setting("madlib_dl.memory_budget_mb", memory_default_mib, 1, 2**40,
-                           "MiB that a training run's cached data and models may take on this machine")
+                           "MiB that a training run's cached data and models (or a buffer being packed) may take "
+                           "on this machine")
 
 WORKER_IDLE_TIMEOUT = Setting("madlib_dl.worker_idle_timeout", lambda: 60, 0, 86400,
                               "seconds a session's background workers wait for its next call after a run (0: they "
