@@ -5,13 +5,15 @@ MADLIB_DL_SCHEMA ?= madlib_dl
 CLI        := $(PYTHON) -m madlib_dl.tools.cli
 export MADLIB_DL_SCHEMA
 
-.PHONY: help setup install start stop status psql demo test test-unit bench clean
+.PHONY: help setup install dev-install uninstall start stop status psql demo test test-unit bench clean
 
 help:
 	@echo "make demo     set up, start the embedded cluster, train a model inside the database"
 	@echo "make test     set up, install, run every test suite"
 	@echo "make setup    apt packages, venv with pinned packages, madlib_dl (idempotent)"
-	@echo "make install  install the extension into the server (MADLIB_DL_SCHEMA=madlib for MADlib scripts)"
+	@echo "make install  install the extension into the server's own directories (MADLIB_DL_SCHEMA=madlib for MADlib scripts)"
+	@echo "make dev-install   the same, but the server runs this checkout's code as it is edited (editable)"
+	@echo "make uninstall     remove what make install wrote"
 	@echo "make bench    fit_multiple vs plain Keras, side by side (BENCH_ARGS='--scale 2 --workloads small')"
 	@echo "make start | stop | status | psql   the embedded cluster"
 
@@ -20,6 +22,12 @@ setup:
 
 install: setup
 	@$(CLI) install --schema $(MADLIB_DL_SCHEMA)
+
+dev-install: setup
+	@$(CLI) install --dev --schema $(MADLIB_DL_SCHEMA)
+
+uninstall:
+	@$(CLI) install --uninstall
 
 start: install
 	@$(CLI) start

@@ -6,3 +6,13 @@ Layers (each imports only the ones below it): ``api`` (SQL-facing functions) -> 
 """
 
 __version__ = "0.1.0"
+
+
+def require_version(version: str) -> None:
+    """Every SQL function body calls this with the version its install script declares: a session must
+    not run another version's code against this database's functions (after an upgrade of the files
+    without ALTER EXTENSION, or a session that imported madlib_dl before the extension was updated)."""
+    if version != __version__:
+        raise RuntimeError(f"madlib_dl: this database's extension is version {version} but this session runs "
+                           f"madlib_dl {__version__}; run ALTER EXTENSION madlib_dl UPDATE, then reconnect")
+

@@ -13,7 +13,8 @@ from madlib_dl.tools.cluster import Cluster
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="madlib-dl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("install", help="install the extension into the server (pg_config --sharedir)")
+    commands.add_parser("install", help="install the extension into the server's own directories "
+                        "(--dev: boot from the venv; --uninstall)")
     commands.add_parser("start", help="create/start the embedded cluster and create the extension in it")
     commands.add_parser("stop", help="stop the embedded cluster")
     commands.add_parser("status", help="state and connection parameters of the embedded cluster")

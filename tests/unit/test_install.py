@@ -12,7 +12,7 @@ from madlib_dl import __version__
 from madlib_dl.tools import install
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
-SITE = "/opt/madlib_dl/.venv/lib/python3.11/site-packages"
+SITE = ["/usr/lib/postgresql/15/lib/madlib_dl/0.1.0", "/usr/lib/postgresql/15/lib/madlib_dl/0.1.0/deps"]
 
 
 def _script(schema="madlib_dl"):
@@ -105,3 +105,48 @@ def test_a_venv_the_server_cannot_read_is_refused():
         install.check_readable_by_server(str(site))
     finally:
         shutil.rmtree(top)
+
+
+def test_the_boot_code_refuses_another_versions_code():
+    boot = install.boot_lines(SITE, "9.9.9")
+    assert boot.startswith("import sys\n") and boot.endswith("require_version('9.9.9')")
+    exec(compile(install.boot_lines(SITE), "boot", "exec"), {})  # this version: runs
+    with pytest.raises(RuntimeError, match="extension is version 9.9.9 but this session runs madlib_dl "
+                       f"{__version__}; run ALTER EXTENSION madlib_dl UPDATE"):
+        exec(compile(boot, "boot", "exec"), {})
+
+
+def test_runtime_requirements_come_from_the_pins_and_the_venv():
+    requirements = SQL_DIR.parent / "requirements.txt"
+    frozen = "absl-py==2.5.1\nmadlib-dl==0.1.0\n-e git+x#egg=y\npytest==9.2.0\n"
+    wanted = install.runtime_requirements(requirements, frozen)
+    assert [w.split("==")[0] for w in wanted[:3]] == list(install.RUNTIME_PACKAGES)
+    assert wanted[3:] == ["absl-py==2.5.1", "pytest==9.2.0"]  # constraints only; madlib_dl itself is copied
+
+
+def test_the_package_is_copied_whole_and_only_when_it_changed(tmp_path, monkeypatch):
+    """install_package with the dependencies already in place (their stamp matches): the package is
+    copied readable, then left alone, then replaced when a file changes; uninstall removes it all."""
+    monkeypatch.setattr(install, "_pip_install", lambda *a: pytest.fail("the dependencies were reinstalled"))
+    root = install.package_dir(str(tmp_path))
+    frozen = install.subprocess.run([install.sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
+                                    check=True, capture_output=True, text=True).stdout
+    (root / "deps").mkdir(parents=True)
+    (root / "deps" / install.DEPS_STAMP).write_text(
+        "\n".join(install.runtime_requirements(SQL_DIR.parent / "requirements.txt", frozen)) + "\n")
+    assert install.install_package(str(tmp_path)) == (root, [str(root / "madlib_dl")])
+    copied = root / "madlib_dl" / "__init__.py"
+    assert copied.read_text() == (SQL_DIR.parent / "madlib_dl" / "__init__.py").read_text()
+    assert copied.stat().st_mode & 0o777 == 0o644 and not list(root.rglob("__pycache__"))
+    assert install.install_package(str(tmp_path)) == (root, [])
+    (root / "madlib_dl" / "stale.py").write_text("")
+    assert install.install_package(str(tmp_path)) == (root, [str(root / "madlib_dl")])
+    assert not (root / "madlib_dl" / "stale.py").exists() and sorted(p.name for p in root.iterdir()) == ["deps", "madlib_dl"]
+    share = tmp_path / "share"
+    (share / "extension").mkdir(parents=True)
+    install.install(str(share), directories=install.boot_directories(str(tmp_path)))
+    (tmp_path / "madlib_dl.so").write_bytes(b"")
+    removed = install.uninstall(str(share), str(tmp_path))
+    assert len(removed) == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["share"]
+    assert not list((share / "extension").iterdir())
+

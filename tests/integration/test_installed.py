@@ -1,0 +1,95 @@
+"""`make install` as PostgreSQL extensions install: the server runs a copy of madlib_dl in its own
+directory (pg_config --pkglibdir), so a checkout installed from can be deleted and databases keep
+working. Skipped after `make dev-install`, whose functions boot from the venv on purpose."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from madlib_dl import __version__
+from madlib_dl.keras_runtime import tf_setup
+from madlib_dl.tools import install, paths
+from madlib_dl.tools.cluster import EXTENSION_QUERY
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = install.package_dir(paths.pg_config("--pkglibdir"))
+
+
+def _installed_script() -> str:
+    script = Path(paths.pg_config("--sharedir")) / "extension" / f"{install.EXTENSION}--{__version__}.sql"
+    return script.read_text()
+
+
+pytestmark = pytest.mark.skipif(str(PACKAGE_DIR) not in _installed_script(),
+                                reason="the extension was installed with make dev-install (it boots from the venv)")
+
+
+def _modules(cur, schema: str) -> dict:
+    cur.execute(f"SELECT {schema}.version()")  # boots madlib_dl in this backend
+    cur.execute("CREATE TEMP TABLE modules AS SELECT NULL::text AS name, NULL::text AS file LIMIT 0")
+    cur.execute("DO $$\nimport sys\nfor name in ('madlib_dl', 'keras', 'numpy', 'tensorflow'):\n"
+                "    module = sys.modules.get(name) or __import__(name)\n"
+                "    plpy.execute(plpy.prepare('INSERT INTO modules VALUES ($1, $2)', ['text', 'text']), "
+                "[name, module.__file__])\n$$ LANGUAGE plpython3u")
+    cur.execute("SELECT name, file FROM modules")
+    return dict(cur.fetchall())
+
+
+def test_backends_run_the_copy_in_the_servers_directory(server):
+    with server.fresh_database("it_installed_copy") as name, server.connect(name) as conn, conn.cursor() as cur:
+        cur.execute(EXTENSION_QUERY)
+        files = _modules(cur, cur.fetchone()[1])
+    assert files["madlib_dl"] == str(PACKAGE_DIR / "madlib_dl" / "__init__.py")
+    for name in ("keras", "numpy", "tensorflow"):
+        assert files[name].startswith(str(PACKAGE_DIR / "deps") + "/"), files
+    assert not files["madlib_dl"].startswith(str(REPO))
+
+
+def _source_copy(top: Path) -> Path:
+    """The checkout's tracked files (no venv, no build outputs), as a fresh clone would have them."""
+    copy = top / "checkout"
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        if (REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    return copy
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="installing into the server's directories needs root")
+def test_a_deleted_checkout_leaves_databases_working(server):
+    top = Path(tempfile.mkdtemp(prefix="madlib_dl-checkout-"))
+    try:
+        copy = _source_copy(top)
+        env = {**os.environ, "PYTHONPATH": str(copy)}
+        done = subprocess.run([sys.executable, "-m", "madlib_dl.tools.cli", "install"], cwd=copy, env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        shutil.rmtree(top)
+    assert not top.exists()
+    with server.fresh_database("it_installed_deleted") as name, server.connect(name) as conn, conn.cursor() as cur:
+        cur.execute(EXTENSION_QUERY)
+        lib = cur.fetchone()[1]
+        cur.execute(f"SELECT {lib}.version()")
+        assert f"madlib_dl {__version__}" in cur.fetchone()[0]
+        cur.execute("CREATE TABLE src AS SELECT i AS id, ARRAY[i % 3, (i * 7) % 5, i % 2]::REAL[] AS x, "
+                    "(i % 3)::INTEGER AS y FROM generate_series(1, 60) i")
+        cur.execute(f"SELECT {lib}.training_preprocessor_dl('src', 'packed', 'y', 'x', NULL, 1.0, NULL, '2')")
+        keras = tf_setup.keras()
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, activation="softmax")]).to_json()
+        cur.execute(f"SELECT {lib}.load_keras_model('arch', %s::json)", [model])
+        cur.execute(f"SELECT {lib}.load_model_selection_table('arch', 'mst', ARRAY[1], "
+                    "ARRAY[$$loss='categorical_crossentropy', optimizer='SGD', metrics=['accuracy']$$], "
+                    "ARRAY['batch_size=8, epochs=1'])")
+        cur.execute(f"SELECT {lib}.madlib_keras_fit_multiple_model('packed', 'model', 'mst', 1, FALSE, NULL, NULL, FALSE, "
+                    "NULL, NULL, TRUE)")
+        cur.execute("SELECT count(*) FROM model WHERE model_weights IS NOT NULL")
+        assert cur.fetchone()[0] == 1
