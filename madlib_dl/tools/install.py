@@ -13,6 +13,7 @@ runs the checkout's code as it is edited. `make uninstall` removes what `make in
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import hashlib
 import os
@@ -85,6 +86,15 @@ def install(sharedir: str, schema: str = DEFAULT_SCHEMA, directories: list[str] 
     for path, template in outputs.items():
         _write_if_changed(path, render(template, schema, directories).encode())
     return list(outputs)
+
+
+def installed_directories(sharedir: str) -> list[str] | None:
+    """The directories the installed script of this version boots from (None: not installed)."""
+    script = Path(sharedir) / "extension" / f"{EXTENSION}--{__version__}.sql"
+    if not script.exists():
+        return None
+    found = re.search(r"sys\.path\[0:0\] = (\[[^\]]*\])", script.read_text())
+    return ast.literal_eval(found.group(1)) if found else None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -79,8 +79,9 @@ def test_extension_refuses_a_schema_it_did_not_create(server):
 
 def test_install_with_another_schema_for_madlib_scripts(server):
     sharedir = paths.pg_config("--sharedir")
+    directories = install.installed_directories(sharedir)  # make install's copy, or dev-install's venv
     try:
-        install.install(sharedir, schema="madlib")
+        install.install(sharedir, schema="madlib", directories=directories)
         with server.fresh_database("ext_madlib") as db, server.connect(db) as conn, conn.cursor() as cur:
             cur.execute("SELECT madlib.version()")
             assert cur.fetchone()[0].startswith("madlib_dl ")
@@ -89,7 +90,7 @@ def test_install_with_another_schema_for_madlib_scripts(server):
             cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'madlib'")
             assert cur.fetchone()[0] == 0
     finally:
-        install.install(sharedir)
+        install.install(sharedir, directories=directories)
 
 
 def test_the_segment_interface_carries_no_model_state(cur):

@@ -53,9 +53,11 @@ def test_backends_run_the_copy_in_the_servers_directory(server):
 
 
 def _source_copy(top: Path) -> Path:
-    """The checkout's tracked files (no venv, no build outputs), as a fresh clone would have them."""
+    """The checkout's files that git does not ignore (no venv, no build outputs): what a clone of this
+    working tree would hold, new files included, so that installing it installs what the tests test."""
     copy = top / "checkout"
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            check=True, capture_output=True).stdout
     for name in filter(None, listed.decode().split("\0")):
         if (REPO / name).is_file():
             (copy / name).parent.mkdir(parents=True, exist_ok=True)

@@ -82,15 +82,24 @@ def _init_and_probe(server, database, options: str, worker_session: bool) -> lis
         return sorted(cur.fetchone()[0])
 
 
-def test_a_worker_session_with_jit_off_starts_tensorflow_without_llvmjit_or_sklearn(server, database):
-    import importlib.util
+def _server_finds(cur, module: str) -> bool:
+    """Whether the server's madlib_dl install can import ``module`` (make install copies only what the
+    server needs, so scikit-learn, which Keras imports when it can, is there only after dev-install)."""
+    cur.execute("SELECT madlib_dl.internal_fit_release(NULL)")  # boots madlib_dl's paths in this backend
+    cur.execute("CREATE FUNCTION pg_temp.finds(name TEXT) RETURNS BOOLEAN LANGUAGE plpython3u AS "
+                "$$import importlib.util; return importlib.util.find_spec(name) is not None$$")
+    cur.execute("SELECT pg_temp.finds(%s)", [module])
+    return cur.fetchone()[0]
 
+
+def test_a_worker_session_with_jit_off_starts_tensorflow_without_llvmjit_or_sklearn(server, database):
     with server.connect(database) as conn, conn.cursor() as cur:
         if not _jit_available(cur):
             pytest.skip("this server has no JIT provider (llvmjit)")
+        sklearn = _server_finds(cur, "sklearn")
     assert _init_and_probe(server, database, "-c jit=off", True) == ["tensorflow"]
     # A user's session, or any backend whose JIT is on, keeps the JIT-first order.
-    expected = sorted(["llvmjit", "tensorflow"] + (["sklearn"] if importlib.util.find_spec("sklearn") else []))
+    expected = sorted(["llvmjit", "tensorflow"] + (["sklearn"] if sklearn else []))
     assert _init_and_probe(server, database, "-c jit=off", False) == expected
     assert _init_and_probe(server, database, "-c jit=on", True) == expected
 

@@ -54,7 +54,7 @@ $body$;
 
 @pytest.fixture(scope="module")
 def functions(server):
-    sql = FUNCTIONS.format(boot=install.boot_lines(paths.site_packages()), train=TRAIN_BODY)
+    sql = FUNCTIONS.format(boot=install.boot_lines([paths.site_packages()]), train=TRAIN_BODY)
     with server.connect() as conn, conn.cursor() as cur:
         cur.execute(sql)
     return server

@@ -145,6 +145,7 @@ def test_the_package_is_copied_whole_and_only_when_it_changed(tmp_path, monkeypa
     share = tmp_path / "share"
     (share / "extension").mkdir(parents=True)
     install.install(str(share), directories=install.boot_directories(str(tmp_path)))
+    assert install.installed_directories(str(share)) == install.boot_directories(str(tmp_path))
     (tmp_path / "madlib_dl.so").write_bytes(b"")
     removed = install.uninstall(str(share), str(tmp_path))
     assert len(removed) == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["share"]
