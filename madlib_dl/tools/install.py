@@ -38,11 +38,17 @@ DEPS_STAMP = ".madlib_dl-requirements"
 
 
 def boot_lines(directories: list[str], version: str = __version__) -> str:
-    """Python run at the top of every function body: once per backend, put ``directories`` first on
-    sys.path and read their .pth files; on every call, refuse another version's code."""
+    """Python run at the top of every function body: once per backend, check that ``directories`` are
+    there (a version's files removed from the server), put them first on sys.path and read their .pth
+    files; on every call, refuse another version's code."""
+    missing = (f"RuntimeError('madlib_dl: the files of madlib_dl {version}, which this database\\'s extension "
+               f"runs, are not on this server (' + d + '); install that version (make install) or run ALTER "
+               f"EXTENSION madlib_dl UPDATE to an installed one')")
     return ("import sys\n"
-            f"if 'madlib_dl' not in sys.modules: sys.path[0:0] = {directories!r}; "
-            f"[__import__('site').addsitedir(d) for d in {directories!r}]\n"
+            "if 'madlib_dl' not in sys.modules:\n"
+            f"    for d in {directories!r}:\n"
+            f"        if not __import__('os').path.isdir(d): raise {missing}\n"
+            f"    sys.path[0:0] = {directories!r}; [__import__('site').addsitedir(d) for d in {directories!r}]\n"
             f"__import__('madlib_dl').require_version({version!r})")
 
 

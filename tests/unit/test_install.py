@@ -116,6 +116,20 @@ def test_the_boot_code_refuses_another_versions_code():
         exec(compile(boot, "boot", "exec"), {})
 
 
+def test_the_boot_code_names_a_version_whose_files_are_gone(tmp_path):
+    """A database at a version whose directory was removed gets an error saying what to do, not
+    "No module named madlib_dl" (a fresh process: madlib_dl not yet imported, as in a new backend)."""
+    import subprocess
+    import sys
+
+    boot = install.boot_lines([str(tmp_path / "gone"), str(tmp_path / "gone" / "deps")], "0.0.9")
+    done = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode != 0
+    assert (f"the files of madlib_dl 0.0.9, which this database's extension runs, are not on this server "
+            f"({tmp_path / 'gone'}); install that version (make install) or run ALTER EXTENSION madlib_dl UPDATE"
+            in done.stderr), done.stderr
+
+
 def test_runtime_requirements_come_from_the_pins_and_the_venv():
     requirements = SQL_DIR.parent / "requirements.txt"
     frozen = "absl-py==2.5.1\nmadlib-dl==0.1.0\n-e git+x#egg=y\npytest==9.2.0\n"
