@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 
 import numpy as np
 import psycopg2
 import pytest
 from psycopg2.extras import execute_values
 from sklearn.datasets import load_digits
+
+import worker_activity
 
 from madlib_dl.keras_runtime import gpus, serialization, tf_setup
 from madlib_dl.preprocess import packing
@@ -31,8 +32,6 @@ ARGS = ("model_table", "test_table", "output_table", "use_gpus", "mst_key")
 # named notation: also proves the documented argument names are the function's
 EVALUATE = f"SELECT {S}madlib_keras_evaluate(" + ", ".join(f"{a} => %({a})s" for a in ARGS) + ")"
 COMPILE = "loss='categorical_crossentropy', optimizer='Adam(learning_rate={})', metrics=['accuracy']"
-WORKERS = ("SELECT pid, application_name FROM pg_stat_activity WHERE backend_type = 'madlib_dl worker' "
-           "AND usename = session_user AND datname = current_database()")
 IDLE = "madlib_dl worker (idle)"
 
 
@@ -130,17 +129,7 @@ def _keras_evaluate(cur, mst_key, table) -> dict:
 
 def _workers(cur) -> dict:
     """This role's background workers in this database: pid -> application_name."""
-    cur.execute("SELECT pg_stat_clear_snapshot()")
-    cur.execute(WORKERS)
-    return dict(cur.fetchall())
-
-
-def _no_workers_within(cur, seconds=10.0) -> dict:
-    """Waits until no worker of this role is left (they exit asynchronously); returns those left."""
-    deadline = time.monotonic() + seconds
-    while (left := _workers(cur)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
+    return worker_activity.workers(cur, "application_name")
 
 
 def _only_idle_workers(cur) -> bool:
@@ -239,11 +228,8 @@ def test_schema_qualified_and_quoted_names(cur, server, plain_role):
 # Where it runs
 
 def _watch(server, role, seen: list, done: threading.Event):
-    with server.connect("evaluate", user=role) as other, other.cursor() as c:  # the role sees its own workers
-        while not done.is_set():
-            c.execute(WORKERS)
-            seen.extend(c.fetchall())
-            time.sleep(0.02)
+    # as the role itself: it sees its own workers
+    worker_activity.watch(lambda: server.connect("evaluate", user=role), seen, done, "application_name")
 
 
 def _evaluate_watched(cur, server, role, output, executor) -> tuple[dict, list]:
@@ -306,7 +292,7 @@ def test_a_failure_on_the_segments_leaves_nothing_and_the_session_runs_again(cur
     cur.execute("SELECT to_regclass('ev_broken') IS NULL")
     assert cur.fetchone()[0]
     if executor == "workers":
-        assert _no_workers_within(cur) == {}
+        assert worker_activity.none_left_within(cur) == {}
     else:
         assert _only_idle_workers(cur)
     cur.execute("RESET madlib_dl.executor")

@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
 
 import numpy as np
 import psycopg2
 import pytest
 from psycopg2.extras import execute_values
 from sklearn.datasets import load_digits
+
+import worker_activity
 
 from madlib_dl import db as madlib_db
 from madlib_dl import settings, trained_models
@@ -199,23 +200,11 @@ def _tables(cur):
     return set(cur.fetchall())
 
 
-WORKERS = ("SELECT pid, application_name, query FROM pg_stat_activity WHERE backend_type = 'madlib_dl worker' "
-           "AND usename = session_user AND datname = current_database()")
 
 
 def _workers(cur) -> dict:
     """This role's background workers in this database: pid -> (application_name, query)."""
-    cur.execute("SELECT pg_stat_clear_snapshot()")
-    cur.execute(WORKERS)
-    return {pid: (name, query) for pid, name, query in cur.fetchall()}
-
-
-def _no_workers_within(cur, seconds=10.0) -> dict:
-    """Waits until no worker of this role is left (they exit asynchronously); returns those left."""
-    deadline = time.monotonic() + seconds
-    while (left := _workers(cur)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
+    return worker_activity.workers(cur, "application_name", "query")
 
 
 def _tf_compute_threads(pid) -> int:
@@ -465,11 +454,7 @@ def test_background_workers_train_the_same_model_and_stay_idle_for_the_next_call
     seen, done = [], threading.Event()
 
     def watch():  # as the role itself: a data scientist sees her own workers
-        with server.connect("fit", user=plain_role) as other, other.cursor() as c:
-            while not done.is_set():
-                c.execute(WORKERS)
-                seen.extend(c.fetchall())
-                time.sleep(0.02)
+        worker_activity.watch(lambda: server.connect("fit", user=plain_role), seen, done, "application_name", "query")
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -546,7 +531,7 @@ def test_a_run_failing_in_keras_leaves_nothing(cur, executor):
     cur.execute("SELECT madlib_dl.internal_fit_release(NULL)")
     assert cur.fetchone()[0] is False
     if executor == "workers":
-        assert _no_workers_within(cur) == {}
+        assert worker_activity.none_left_within(cur) == {}
     cur.execute(f"RESET {S}executor")
     _fit(cur, model="m_after_fail", num_iterations=1)
     assert len({h["worker_pid"] for h in _hops(cur)} - {cur.connection.get_backend_pid()}) == 2

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import psycopg2
 import pytest
+
+import worker_activity
 
 from madlib_dl.keras_runtime import gpus
 from madlib_dl.training import placement
@@ -420,13 +421,6 @@ def test_memory_budget_refuses_the_run_then_a_bad_setting_is_named(cur):
     assert cur.fetchone()[0] == 0, "in_process starts no background workers"
 
 
-def _workers(cur) -> list:
-    cur.execute("SELECT pg_stat_clear_snapshot()")
-    cur.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'madlib_dl worker' AND usename = session_user "
-                "AND datname = current_database()")
-    return [pid for (pid,) in cur.fetchall()]
-
-
 def test_a_run_refused_after_its_workers_started_leaves_no_worker(cur):
     """The memory check needs the models' initial weights, which the run's background workers make:
     refused then, the run ends them (they exit asynchronously: a few seconds at most)."""
@@ -435,10 +429,7 @@ def test_a_run_refused_after_its_workers_started_leaves_no_worker(cur):
     cur.execute(f"SET {S}memory_budget_mb = 1")
     fails(cur, "22023", "use_caching", "the run needs about 110 MiB", model_selection_table="mst_wide",
           model_output_table="out_memory", use_caching=True)
-    deadline = time.monotonic() + 10
-    while _workers(cur) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _workers(cur) == []
+    assert worker_activity.none_left_within(cur) == {}
 
 
 def test_executor_setting(cur):
