@@ -73,6 +73,14 @@ def is_empty(db, table: TableName) -> bool:
     return not db.execute(f"SELECT 1 AS one FROM {table.sql(db)} LIMIT 1")
 
 
+def store_uncompressed(db, table: TableName, columns) -> None:
+    """Model states and packed buffers are float data that barely compresses: storing them out of line
+    without trying (STORAGE EXTERNAL) saves pglz a pass over every value (writing a packed buffer about
+    3 times faster), and its output buffer the size of the value (bench/FINDINGS.md)."""
+    for column in columns:
+        db.execute(f"ALTER TABLE {table.sql(db)} ALTER COLUMN {db.quote_ident(column)} SET STORAGE EXTERNAL")
+
+
 def extension_schema(conn) -> str:
     """The schema of the extension's functions."""
     # the install script creates its own schema, so ask where its functions are (not pg_extension.extnamespace)

@@ -82,10 +82,7 @@ def _create_tables(conn, p: Packing) -> None:
     conn.execute(f"CREATE TABLE {out.table.sql(conn)} (__dist_key__ INTEGER, {q(out.independent)} BYTEA, "
                  f"{q(out.dependent)} BYTEA, {q(out.independent + '_shape')} INTEGER[], "
                  f"{q(out.dependent + '_shape')} INTEGER[], buffer_id INTEGER)")
-    # Float data barely compresses: stored out of line without trying (STORAGE EXTERNAL), a buffer is
-    # written about 3 times faster than through pglz, and read without decompressing (bench/FINDINGS.md).
-    for column in (out.independent, out.dependent):
-        conn.execute(f"ALTER TABLE {out.table.sql(conn)} ALTER COLUMN {q(column)} SET STORAGE EXTERNAL")
+    catalog.store_uncompressed(conn, out.table, (out.independent, out.dependent))
     # format_type() spells catalog types as valid SQL, so the type name can go into the statement.
     class_type = p.class_values_type
     conn.execute(f"CREATE TABLE {out.summary.sql(conn)} (source_table TEXT, output_table TEXT, "
@@ -165,17 +162,19 @@ def _rows(conn, p: Packing):
         try:
             raw = binary_arrays.decode([r["xb"] for r in batch], layout, len(p.features.shape))
         except binary_arrays.RowProblem as problem:
-            raise InvalidArgument(f"independent_varname: column {p.source.independent.name!r} of {p.source.table} "
-                                  f"has NULL, NaN or infinite values inside feature arrays (a row {problem.reason}); "
-                                  "clean or filter those rows") from None
+            raise _bad_features(p, f" (a row {problem.reason})") from None
         yield _checked_features(p, raw), _labels(p, [r["y"] for r in batch])
 
 
 def _checked_features(p: Packing, raw: np.ndarray) -> np.ndarray:
     if not np.isfinite(raw).all():
-        raise InvalidArgument(f"independent_varname: column {p.source.independent.name!r} of {p.source.table} has "
-                              "NULL, NaN or infinite values inside feature arrays; clean or filter those rows")
+        raise _bad_features(p)
     return packing.normalize(raw, p.normalizing_const).reshape(len(raw), *p.features.shape)
+
+
+def _bad_features(p: Packing, detail: str = "") -> InvalidArgument:
+    return InvalidArgument(f"independent_varname: column {p.source.independent.name!r} of {p.source.table} has "
+                           f"NULL, NaN or infinite values inside feature arrays{detail}; clean or filter those rows")
 
 
 def _labels(p: Packing, values: list) -> np.ndarray:

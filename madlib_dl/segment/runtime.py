@@ -6,8 +6,8 @@ in GD (:func:`stage`) and the aggregate is called with data and keys only (run i
 one aggregate over the segment's buffers (``ORDER BY buffer_id``): the transition decodes each buffer,
 the final function trains (or evaluates) the model on the segment's examples and leaves its new state
 in GD for :func:`take_output`. With ``use_caching`` the first call on a segment keeps the decoded
-examples in GD and later calls pass NULL data (one row), so the table is read once per segment per run. The last call of
-the run on a segment (``is_final_call``) drops that segment's cache.
+examples in GD and later calls pass NULL data (one row), so the table is read once per segment per
+run. The last call of the run on a segment (``is_final_call``) drops that segment's cache.
 """
 
 from __future__ import annotations

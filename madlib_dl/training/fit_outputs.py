@@ -62,7 +62,7 @@ def write(db, out: FitOutputTables, spec: RunSpec, result: RunResult, request: F
     _write_summary(db, out.summary, spec.source.summary, _summary_columns(db, spec, result, request))
     table = out.model.sql(db)
     db.execute(f"CREATE TABLE {table} (model_weights BYTEA, model_arch JSON, optimizer_state BYTEA)")
-    stored_state.store_uncompressed(db, out.model, ("model_weights", "optimizer_state"))
+    catalog.store_uncompressed(db, out.model, ("model_weights", "optimizer_state"))
     db.execute(f"INSERT INTO {table} VALUES (NULL, $1::json, NULL)", [model.config.model_arch], ["text"])
     stored_state.write_state(db, spec.schema, out.model, stored_state.SINGLE_KEY, model)
 

@@ -36,7 +36,7 @@ def _write_models(db, out: OutputTables, schema: str, result: RunResult) -> None
     table = out.model.sql(db)
     db.execute(f"CREATE TABLE {table} (mst_key INTEGER PRIMARY KEY, model_weights BYTEA, model_arch JSON, "
                "__dist_key__ INTEGER, optimizer_state BYTEA)")
-    stored_state.store_uncompressed(db, out.model, ("model_weights", "optimizer_state"))
+    catalog.store_uncompressed(db, out.model, ("model_weights", "optimizer_state"))
     for mst_key, model in sorted(result.models.items()):
         db.execute(f"INSERT INTO {table} VALUES ($1, NULL, $2::json, $3, NULL)",
                    [mst_key, model.config.model_arch, model.last_segment], ["integer", "text", "integer"])

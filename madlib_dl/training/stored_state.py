@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from madlib_dl import channel, handoff
+from madlib_dl import catalog, channel, handoff
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.identifiers import TableName
 from madlib_dl.training import memory
@@ -82,13 +82,6 @@ def _read_file(fd: int, start: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-def store_uncompressed(db, table: TableName, columns) -> None:
-    """Model state is float data that barely compresses: storing it out of line without trying (STORAGE
-    EXTERNAL) saves pglz a pass over every value, and its output buffer the size of the value."""
-    for column in columns:
-        db.execute(f"ALTER TABLE {table.sql(db)} ALTER COLUMN {db.quote_ident(column)} SET STORAGE EXTERNAL")
-
-
 def write_state(db, schema: str, model_table: TableName, key: int, model, where: str = "", where_args=(),
                 where_types=()) -> None:
     """Set the state of a model's row, inserted without it (``where``: which row, its parameters from $2):
@@ -119,7 +112,7 @@ def write_large(db, model_table: TableName, key: int, state) -> None:
     side = side_table(model_table)
     db.execute(f"CREATE TABLE IF NOT EXISTS {side.sql(db)} (mst_key INTEGER, part INTEGER, data BYTEA, "
                "PRIMARY KEY (mst_key, part))")
-    store_uncompressed(db, side, ("data",))
+    catalog.store_uncompressed(db, side, ("data",))
     for part, start in enumerate(range(0, len(state), PART_BYTES)):
         db.execute(f"INSERT INTO {side.sql(db)} VALUES ($1, $2, $3)", [key, part, as_value(state, start, PART_BYTES)],
                    ["integer", "integer", "bytea"])
