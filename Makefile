@@ -2,8 +2,10 @@
 VENV       ?= $(CURDIR)/.venv
 PYTHON     := $(VENV)/bin/python
 MADLIB_DL_SCHEMA ?= madlib_dl
+# The server to install into, as PGXS extensions choose it: make install PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PG_CONFIG  ?= pg_config
 CLI        := $(PYTHON) -m madlib_dl.tools.cli
-export MADLIB_DL_SCHEMA
+export MADLIB_DL_SCHEMA PG_CONFIG
 
 .PHONY: help setup install dev-install uninstall start stop status psql demo test test-unit bench clean
 
@@ -11,7 +13,8 @@ help:
 	@echo "make demo     set up, start the embedded cluster, train a model inside the database"
 	@echo "make test     set up, install, run every test suite"
 	@echo "make setup    apt packages, venv with pinned packages, madlib_dl (idempotent)"
-	@echo "make install  install the extension into the server's own directories (MADLIB_DL_SCHEMA=madlib for MADlib scripts)"
+	@echo "make install  install the extension into the server's own directories (PG_CONFIG=... picks the server;"
+	@echo "              MADLIB_DL_SCHEMA=madlib for MADlib scripts)"
 	@echo "make dev-install   the same, but the server runs this checkout's code as it is edited (editable)"
 	@echo "make uninstall     remove what make install wrote"
 	@echo "make bench    fit_multiple vs plain Keras, side by side (BENCH_ARGS='--scale 2 --workloads small')"
@@ -54,4 +57,4 @@ bench: install
 	@$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 clean: stop
-	rm -rf .cluster build *.egg-info src/*.o src/*.so src/*.bc
+	rm -rf "$$(readlink -f .cluster)" .cluster build *.egg-info src/*.o src/*.so src/*.bc

@@ -5,7 +5,7 @@ Layers (each imports only the ones below it): ``api`` (SQL-facing functions) -> 
 ``tools`` holds the client-side commands (install, embedded cluster, demo); the server never imports it.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def require_version(version: str) -> None:

@@ -6,13 +6,14 @@ database. Every command is safe to re-run."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from madlib_dl.tools import paths
+from madlib_dl.tools import install, paths
 
 DEFAULT_PORT = 54329
 LISTEN_CONF = "madlib_dl_listen.conf"
@@ -24,6 +25,43 @@ EXTENSION_QUERY = """
     JOIN pg_depend d ON d.refobjid = e.oid AND d.deptype = 'e' AND d.classid = 'pg_namespace'::regclass
     JOIN pg_namespace n ON n.oid = d.objid
     WHERE e.extname = 'madlib_dl'"""
+
+
+# Where a checkout's cluster lives when the postgres OS user cannot enter the checkout (one under /root).
+RELOCATED_HOMES = Path("/var/lib/madlib_dl/clusters")
+
+
+def default_home() -> Path:
+    """The checkout's .cluster when the server's OS user can reach it, else a directory of its own under
+    RELOCATED_HOMES, named after the checkout (``.cluster`` becomes a symlink to it at init)."""
+    local = paths.REPO / ".cluster"
+    if local.is_symlink() or server_user_can_enter(paths.REPO):
+        return local
+    digest = hashlib.sha256(str(paths.REPO).encode()).hexdigest()[:12]
+    return RELOCATED_HOMES / f"{paths.REPO.name}-{digest}"
+
+
+def server_user_can_enter(directory: Path) -> bool:
+    """Whether the server's OS user can reach ``directory`` (under root the server runs as postgres; else
+    as the user running this)."""
+    if os.geteuid() != 0:
+        return True
+    return subprocess.run(["runuser", "-u", SERVER_USER, "--", "test", "-x", str(directory)]).returncode == 0
+
+
+def _link_local_home(home: Path) -> None:
+    """A relocated home gets the checkout's .cluster as a symlink to it, so that the cluster is found
+    where it would otherwise be (and `make clean` removes both)."""
+    local = paths.REPO / ".cluster"
+    if home.parent != RELOCATED_HOMES or local.is_symlink():
+        return
+    if local.exists():
+        if any(local.iterdir()):
+            raise SystemExit(f"cluster: {local} cannot hold the cluster (the postgres OS user cannot enter "
+                             f"{paths.REPO}) and is not empty; move it away, or set MADLIB_DL_HOME")
+        local.rmdir()
+    home.mkdir(parents=True, exist_ok=True)
+    local.symlink_to(home)
 
 
 @contextlib.contextmanager
@@ -48,8 +86,8 @@ class Cluster:
 
     @classmethod
     def from_environment(cls) -> "Cluster":
-        home = Path(os.environ.get("MADLIB_DL_HOME") or paths.REPO / ".cluster").resolve()
-        return cls(home=home, port=int(os.environ.get("MADLIB_DL_PORT") or DEFAULT_PORT))
+        home = Path(os.environ["MADLIB_DL_HOME"]) if os.environ.get("MADLIB_DL_HOME") else default_home()
+        return cls(home=home.resolve(), port=int(os.environ.get("MADLIB_DL_PORT") or DEFAULT_PORT))
 
     @property
     def data(self) -> Path:
@@ -87,6 +125,7 @@ class Cluster:
     def init(self) -> None:
         if self.initialized():
             return
+        _link_local_home(self.home)
         for d in (self.home, self.socket_dir):
             d.mkdir(parents=True, exist_ok=True)
             if os.geteuid() == 0:
@@ -112,7 +151,9 @@ class Cluster:
         self.init()
         if not self.running():
             self._write_listen_conf()
-            env = dict(os.environ, PYTHONPATH=paths.site_packages())  # lets users' own plpython3u code import TF
+            # lets users' own plpython3u code import TensorFlow and Keras: the directories madlib_dl runs from
+            directories = install.installed_directories(paths.pg_config("--sharedir")) or []
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(directories))
             result = self._run(paths.pg_program("pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data),
                                "-l", str(self.log), check=False, env=env)
             if result.returncode != 0:
@@ -133,8 +174,6 @@ class Cluster:
 
     def create_database(self) -> None:
         """plpython3u goes into template1 so that every new database can CREATE EXTENSION madlib_dl."""
-        import psycopg2
-
         with self.connect("template1") as conn, conn.cursor() as cur:
             cur.execute("CREATE EXTENSION IF NOT EXISTS plpython3u")
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [self.dbname])
@@ -149,17 +188,17 @@ class Cluster:
                 raise SystemExit("cluster: the madlib_dl extension is not installed in this server; run `make install`")
             if row is None:
                 cur.execute("CREATE EXTENSION madlib_dl")
-                _mark_script(cur, available[0])
-            elif row[0] != available[0] or _script_changed(cur, row[0]):
-                # No update scripts yet: a new version replaces the old one. Without CASCADE, so tables a
-                # user keeps in the extension's schema stop the replacement instead of being dropped.
-                try:
-                    cur.execute("DROP EXTENSION madlib_dl")
-                    cur.execute("CREATE EXTENSION madlib_dl")
-                    _mark_script(cur, available[0])
-                except psycopg2.Error as error:
-                    raise SystemExit(f"cluster: could not replace madlib_dl {row[0]} by {available[0]}: "
-                                     f"{error.diag.message_primary}") from None
+            elif row[0] != available[0]:
+                _run_or_exit(cur, "ALTER EXTENSION madlib_dl UPDATE", f"update madlib_dl {row[0]} to {available[0]}")
+            elif _script_changed(cur, row[0]):
+                # Development: new code under the same version number has no update script; it replaces
+                # the old one. Without CASCADE, so tables a user keeps in the extension's schema stop the
+                # replacement instead of being dropped.
+                _run_or_exit(cur, "DROP EXTENSION madlib_dl; CREATE EXTENSION madlib_dl",
+                             f"replace madlib_dl {row[0]} by the newly installed {available[0]}")
+            else:
+                return
+            _mark_script(cur, available[0])
 
     def status(self) -> str:
         if not self.initialized():
@@ -177,6 +216,15 @@ class Cluster:
 
 
 SCRIPT_MARK = " [install script sha256 "
+
+
+def _run_or_exit(cur, statement: str, what: str) -> None:
+    import psycopg2
+
+    try:
+        cur.execute(statement)
+    except psycopg2.Error as error:
+        raise SystemExit(f"cluster: could not {what}: {error.diag.message_primary}") from None
 
 
 def _script_digest(version: str) -> str | None:

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from madlib_dl import __version__
@@ -41,9 +42,9 @@ def boot_lines(directories: list[str], version: str = __version__) -> str:
     """Python run at the top of every function body: once per backend, check that ``directories`` are
     there (a version's files removed from the server), put them first on sys.path and read their .pth
     files; on every call, refuse another version's code."""
-    missing = (f"RuntimeError('madlib_dl: the files of madlib_dl {version}, which this database\\'s extension "
-               f"runs, are not on this server (' + d + '); install that version (make install) or run ALTER "
-               f"EXTENSION madlib_dl UPDATE to an installed one')")
+    missing = (f"RuntimeError('madlib_dl: this database has madlib_dl {version}, whose files are not on this "
+               f"server (' + d + '): run ALTER EXTENSION madlib_dl UPDATE to move it to the version installed "
+               f"(docs/upgrading.md)')")
     return ("import sys\n"
             "if 'madlib_dl' not in sys.modules:\n"
             f"    for d in {directories!r}:\n"
@@ -52,46 +53,112 @@ def boot_lines(directories: list[str], version: str = __version__) -> str:
             f"__import__('madlib_dl').require_version({version!r})")
 
 
-def render(template: str, schema: str, directories: list[str]) -> str:
+@dataclass(frozen=True)
+class Boot:
+    """Where function bodies import madlib_dl from: a version's directory under ``pkglibdir`` (make
+    install), or this venv, where madlib_dl is editable (make dev-install: ``pkglibdir`` None)."""
+    pkglibdir: str | None
+
+    def directories(self, version: str = __version__) -> list[str]:
+        if self.pkglibdir is None:
+            return [paths.site_packages()]
+        return boot_directories(self.pkglibdir, version)
+
+
+def render(template: str, schema: str, directories: list[str], version: str = __version__) -> str:
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
         raise SystemExit(f"install: schema {schema!r} must be a lower-case SQL identifier such as madlib or madlib_dl")
-    text = template.replace("@SCHEMA@", schema).replace("@VERSION@", __version__)
-    return text.replace("@MADLIB_DL_BOOT@", boot_lines(directories))
+    text = template.replace("@SCHEMA@", schema).replace("@VERSION@", version)
+    return text.replace("@MADLIB_DL_BOOT@", boot_lines(directories, version))
+
+
+def _function_files(sql_dir: Path) -> list[str]:
+    return [p.read_text() for p in sorted((sql_dir / "functions").glob("*.sql.in"))]
 
 
 def script_template(sql_dir: Path) -> str:
-    """The install script: the head (schema, core functions), then one file per function family
-    from sql/functions/, in name order."""
-    parts = [(sql_dir / f"{EXTENSION}.sql.in").read_text()]
-    parts += [p.read_text() for p in sorted((sql_dir / "functions").glob("*.sql.in"))]
-    return "\n".join(parts)
+    """This version's install script: the head (schema, types), then one file per function family from
+    sql/functions/, in name order."""
+    return "\n".join([(sql_dir / f"{EXTENSION}.sql.in").read_text(), *_function_files(sql_dir)])
+
+
+def update_template(upgrade: Path, sql_dir: Path) -> str:
+    """An update script to this version: what CREATE OR REPLACE cannot do (sql/upgrades/FROM--TO.sql.in),
+    then every function file, replacing the old version's functions and adding the new ones."""
+    return "\n".join([upgrade.read_text(), *_function_files(sql_dir)])
+
+
+def _versions(name: str) -> list[str]:
+    """The versions in a script's name: madlib_dl--0.1.0.sql, madlib_dl--0.1.0--0.2.0.sql, 0.1.0--0.2.0.sql.in."""
+    stem = name.removesuffix(".in").removesuffix(".sql").removeprefix(f"{EXTENSION}--")
+    return stem.split("--")
+
+
+def scripts(sql_dir: Path) -> dict[str, tuple[str, str]]:
+    """Every script PostgreSQL may need, by file name: (template, the version its functions belong to).
+    Released versions' install and update scripts are frozen in sql/released/; this version's install
+    script and its update scripts (sql/upgrades/) are assembled from the current files."""
+    out = {}
+    for path in sorted((sql_dir / "released").glob(f"{EXTENSION}--*.sql.in")):
+        out[path.name.removesuffix(".in")] = (path.read_text(), _versions(path.name)[-1])
+    out[f"{EXTENSION}--{__version__}.sql"] = (script_template(sql_dir), __version__)
+    for path in sorted((sql_dir / "upgrades").glob("*--*.sql.in")):
+        source, target = _versions(path.name)
+        if target != __version__:
+            raise SystemExit(f"install: {path} updates to {target}, but this is madlib_dl {__version__}; an update "
+                             f"script of a released version belongs in {sql_dir / 'released'} (install.py --freeze)")
+        out[f"{EXTENSION}--{source}--{target}.sql"] = (update_template(path, sql_dir), __version__)
+    return out
+
+
+def freeze(sql_dir: Path, version: str = __version__) -> list[Path]:
+    """Releasing ``version``: write its install script and its update scripts, as they are now, into
+    sql/released/ (never edited again), and remove the update templates they came from. Then bump
+    __version__ and add sql/upgrades/VERSION--NEXT.sql.in (docs/upgrading.md)."""
+    if version != __version__:
+        raise SystemExit(f"install: --freeze releases this version ({__version__}), not {version}")
+    written = []
+    for name, (template, _) in scripts(sql_dir).items():
+        if _versions(name)[-1] != version:
+            continue
+        target = sql_dir / "released" / f"{name}.in"
+        head = f"-- madlib_dl {version}'s script template {name}, as released. Frozen: never edit.\n"
+        target.write_text(head + template.replace("@VERSION@", version))
+        written.append(target)
+    for path in (sql_dir / "upgrades").glob(f"*--{version}.sql.in"):
+        path.unlink()
+    return written
 
 
 def check_readable_by_server(site: str) -> None:
-    """The server runs as the postgres OS user: a venv under /root (mode 700) would fail at call time."""
+    """make dev-install: the server runs as the postgres OS user, so a venv under /root (mode 700) would
+    fail at call time."""
     if os.geteuid() != 0:
         return
     for path in (os.path.join(site, "keras", "__init__.py"), str(paths.REPO / "madlib_dl" / "__init__.py")):
         probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-r", path], capture_output=True)
         if probe.returncode != 0:
-            raise SystemExit(f"install: the postgres OS user cannot read {path}; put the checkout (and its .venv) "
-                             "in a directory other users can read, e.g. /opt or /srv")
+            raise SystemExit(f"install: the postgres OS user cannot read {path}; make dev-install needs a checkout "
+                             "(and .venv) other users can read, e.g. under /opt or /srv (make install does not)")
 
 
-def install(sharedir: str, schema: str = DEFAULT_SCHEMA, directories: list[str] | None = None) -> list[Path]:
-    """The control file and install script, booting from ``directories`` (default: the venv's)."""
-    if directories is None:
-        directories = [paths.site_packages()]
-        check_readable_by_server(directories[0])
+def install(sharedir: str, schema: str = DEFAULT_SCHEMA, boot: Boot | None = None) -> list[Path]:
+    """The control file and every version's scripts (``scripts``), their functions booting as ``boot``
+    says (default: the venv's); scripts of versions no longer in the checkout are removed. Returns the
+    files written (those whose contents changed)."""
+    boot = boot or Boot(None)
+    if boot.pkglibdir is None:
+        check_readable_by_server(paths.site_packages())
     target = Path(sharedir) / "extension"
     sql_dir = paths.REPO / "sql"
-    outputs = {
-        target / f"{EXTENSION}.control": (sql_dir / f"{EXTENSION}.control.in").read_text(),
-        target / f"{EXTENSION}--{__version__}.sql": script_template(sql_dir),
-    }
-    for path, template in outputs.items():
-        _write_if_changed(path, render(template, schema, directories).encode())
-    return list(outputs)
+    control = sql_dir / f"{EXTENSION}.control.in"
+    outputs = {target / f"{EXTENSION}.control": render(control.read_text(), schema, [])}
+    for name, (template, version) in scripts(sql_dir).items():
+        outputs[target / name] = render(template, schema, boot.directories(version), version)
+    written = [path for path, text in outputs.items() if _write_if_changed(path, text.encode())]
+    for stale in sorted(set(target.glob(f"{EXTENSION}--*.sql")) - set(outputs)):
+        stale.unlink()
+    return written
 
 
 def installed_directories(sharedir: str) -> list[str] | None:
@@ -103,17 +170,37 @@ def installed_directories(sharedir: str) -> list[str] | None:
     return ast.literal_eval(found.group(1)) if found else None
 
 
+def installed_boot(sharedir: str) -> Boot | None:
+    """How the installed extension boots (None: not installed), to install it again the same way."""
+    directories = installed_directories(sharedir)
+    if not directories:
+        return None
+    root = Path(directories[0])
+    if root.name == __version__ and root.parent.name == EXTENSION:
+        return Boot(str(root.parent.parent))
+    return Boot(None)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The package and what it imports, in a server-owned directory per version
 
-def package_dir(pkglibdir: str) -> Path:
-    return Path(pkglibdir) / EXTENSION / __version__
+def package_dir(pkglibdir: str, version: str = __version__) -> Path:
+    return Path(pkglibdir) / EXTENSION / version
 
 
-def boot_directories(pkglibdir: str) -> list[str]:
+def boot_directories(pkglibdir: str, version: str = __version__) -> list[str]:
     """Where an installed version's function bodies import from: the package, then its dependencies."""
-    root = package_dir(pkglibdir)
+    root = package_dir(pkglibdir, version)
     return [str(root), str(root / "deps")]
+
+
+def remove_other_versions(pkglibdir: str) -> list[Path]:
+    """One version's files are installed at a time: a database still at an older version is told to
+    ALTER EXTENSION madlib_dl UPDATE (its scripts stay: PostgreSQL needs them for the update path)."""
+    others = [p for p in (Path(pkglibdir) / EXTENSION).glob("*") if p.is_dir() and p.name != __version__]
+    for path in others:
+        shutil.rmtree(path)
+    return others
 
 
 def runtime_requirements(requirements: Path, constraints: str) -> list[str]:
@@ -145,14 +232,22 @@ def install_package(pkglibdir: str, pip: list[str] | None = None) -> tuple[Path,
     frozen = subprocess.run(pip + ["freeze", "--exclude-editable"], check=True, capture_output=True, text=True).stdout
     wanted = "\n".join(runtime_requirements(paths.REPO / "requirements.txt", frozen)) + "\n"
     deps = root / "deps"
-    if not (deps / DEPS_STAMP).is_file() or (deps / DEPS_STAMP).read_text() != wanted:
-        _replace_dir(deps, lambda new: _pip_install(pip, new, wanted))
+    if not _same_requirements(deps, wanted):
+        previous = [d for d in root.parent.glob(f"*/deps") if d != deps and _same_requirements(d, wanted)]
+        if previous:  # another version's, about to be removed: the same packages, moved instead of installed
+            _replace_dir(deps, lambda new: os.rename(previous[0], new))
+        else:
+            _replace_dir(deps, lambda new: _pip_install(pip, new, wanted))
         changed.append(str(deps))
     package = root / EXTENSION
     if _tree_digest(package) != _tree_digest(paths.REPO / EXTENSION):
         _replace_dir(package, lambda new: shutil.copytree(paths.REPO / EXTENSION, new, ignore=_not_source))
         changed.append(str(package))
     return root, changed
+
+
+def _same_requirements(deps: Path, wanted: str) -> bool:
+    return (deps / DEPS_STAMP).is_file() and (deps / DEPS_STAMP).read_text() == wanted
 
 
 def _pip_install(pip: list[str], target: Path, requirements: str) -> None:
@@ -224,14 +319,14 @@ def _write_if_changed(path: Path, data: bytes) -> bool:
     return True
 
 
-def build_library(pg_config: str = "pg_config") -> Path:
+def build_library(pg_config: str | None = None) -> Path:
     """Build src/madlib_dl.so with PGXS (make skips it when nothing changed). with_llvm=no: no JIT
     bitcode, so clang is not needed; the library only starts workers and is never worth inlining."""
     src = paths.REPO / "src"
     make = shutil.which("make")
     if make is None:
         raise SystemExit("install: `make` is missing; run `make setup` (as root) to install the build tools")
-    result = subprocess.run([make, "-C", str(src), f"PG_CONFIG={pg_config}", "with_llvm=no"],
+    result = subprocess.run([make, "-C", str(src), f"PG_CONFIG={pg_config or paths.pg_config_program()}", "with_llvm=no"],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"install: building {src / LIBRARY} failed (the server headers come with "
@@ -239,7 +334,7 @@ def build_library(pg_config: str = "pg_config") -> Path:
     return src / LIBRARY
 
 
-def install_library(pkglibdir: str, pg_config: str = "pg_config") -> tuple[Path, bool]:
+def install_library(pkglibdir: str, pg_config: str | None = None) -> tuple[Path, bool]:
     """Build the C library and copy it into the server's pkglibdir ($libdir); (path, whether copied)."""
     built = build_library(pg_config)
     target = Path(pkglibdir) / LIBRARY
@@ -266,6 +361,8 @@ def main(argv=None) -> None:
     parser.add_argument("--dev", action="store_true", help="boot from this venv (madlib_dl editable) instead of a "
                         "copy in pkglibdir: the server runs the checkout's code as it is edited")
     parser.add_argument("--uninstall", action="store_true", help="remove what install wrote")
+    parser.add_argument("--freeze", action="store_true", help="maintainers, releasing this version: freeze its "
+                        "scripts into sql/released/ (docs/upgrading.md)")
     args = parser.parse_args(argv)
     sharedir = args.sharedir or paths.pg_config("--sharedir")
     pkglibdir = args.pkglibdir or paths.pg_config("--pkglibdir")
@@ -273,16 +370,24 @@ def main(argv=None) -> None:
         for path in uninstall(sharedir, pkglibdir):
             print(f"uninstall: removed {path}")
         return
-    directories = None
+    if args.freeze:
+        for path in freeze(paths.REPO / "sql"):
+            print(f"install: froze {path}")
+        return
+    boot = Boot(None)
     if not args.dev:
         root, changed = install_package(pkglibdir)
         print(f"install: {'wrote ' + ', '.join(changed) if changed else 'up to date: ' + str(root)}")
-        directories = boot_directories(pkglibdir)
-    for path in install(sharedir, args.schema, directories):
+        for path in remove_other_versions(pkglibdir):
+            print(f"install: removed {path} (databases at that version: ALTER EXTENSION madlib_dl UPDATE)")
+        boot = Boot(pkglibdir)
+    written = install(sharedir, args.schema, boot)
+    for path in written:
         print(f"install: wrote {path}")
-    library, copied = install_library(pkglibdir, shutil.which("pg_config") or "pg_config")
+    if not written:
+        print(f"install: up to date: {Path(sharedir) / 'extension'}/{EXTENSION}*")
+    library, copied = install_library(pkglibdir)
     print(f"install: {'wrote' if copied else 'up to date:'} {library}")
-
 
 if __name__ == "__main__":
     main()

@@ -16,8 +16,19 @@ def site_packages() -> str:
     return sysconfig.get_paths()["purelib"]
 
 
+def pg_config_program() -> str:
+    """The server's pg_config: $PG_CONFIG (`make install PG_CONFIG=...`, as PGXS extensions take it), else
+    the one on PATH."""
+    return os.environ.get("PG_CONFIG") or "pg_config"
+
+
 def pg_config(option: str) -> str:
-    return subprocess.run(["pg_config", option], check=True, capture_output=True, text=True).stdout.strip()
+    program = pg_config_program()
+    try:
+        return subprocess.run([program, option], check=True, capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:
+        raise SystemExit(f"madlib_dl: {program} not found; install PostgreSQL's server development files "
+                         "(make setup) or set PG_CONFIG to the server's pg_config") from None
 
 
 def pg_program(name: str) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from madlib_dl import __version__
 from madlib_dl.tools.cluster import Cluster
 
 
@@ -35,7 +36,7 @@ def test_start_status_stop_are_idempotent(cluster):
     cluster.start()
     cluster.start()
     status = cluster.status()
-    assert "running" in status and "madlib_dl extension 0.1.0 in schema madlib_dl" in status
+    assert "running" in status and f"madlib_dl extension {__version__} in schema madlib_dl" in status
     assert f"port {cluster.port}" in status
     assert (cluster.data / "PG_VERSION").exists() and cluster.data.stat().st_mode & 0o777 == 0o700
     if os.geteuid() == 0:
@@ -43,7 +44,7 @@ def test_start_status_stop_are_idempotent(cluster):
     with cluster.connect() as conn, conn.cursor() as cur:
         cur.execute("SELECT madlib_dl.version(), current_setting('port')::int")
         version, port = cur.fetchone()
-        assert version.startswith("madlib_dl 0.1.0") and port == cluster.port
+        assert version.startswith(f"madlib_dl {__version__}") and port == cluster.port
         # the server has the venv on PYTHONPATH, so users' own plpython3u code can import Keras
         cur.execute("DO $$ import keras $$ LANGUAGE plpython3u")
     assert cluster.stop() is True

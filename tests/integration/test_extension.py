@@ -5,6 +5,7 @@ import re
 import psycopg2
 import pytest
 
+from madlib_dl import __version__
 from madlib_dl.tools import install, paths
 
 MEMBER_OBJECTS = """
@@ -20,7 +21,7 @@ def _functions_in(cur, schema):
 
 def _declared_functions():
     """(name, count of signatures) as the install script templates declare them."""
-    names = re.findall(r"^CREATE (?:FUNCTION|AGGREGATE) @SCHEMA@\.(\w+)\(", install.script_template(paths.REPO / "sql"),
+    names = re.findall(r"^CREATE OR REPLACE (?:FUNCTION|AGGREGATE) @SCHEMA@\.(\w+)\(", install.script_template(paths.REPO / "sql"),
                        re.M)
     return set(names), len(names)
 
@@ -79,9 +80,9 @@ def test_extension_refuses_a_schema_it_did_not_create(server):
 
 def test_install_with_another_schema_for_madlib_scripts(server):
     sharedir = paths.pg_config("--sharedir")
-    directories = install.installed_directories(sharedir)  # make install's copy, or dev-install's venv
+    boot = install.installed_boot(sharedir)  # make install's copy, or dev-install's venv
     try:
-        install.install(sharedir, schema="madlib", directories=directories)
+        install.install(sharedir, schema="madlib", boot=boot)
         with server.fresh_database("ext_madlib") as db, server.connect(db) as conn, conn.cursor() as cur:
             cur.execute("SELECT madlib.version()")
             assert cur.fetchone()[0].startswith("madlib_dl ")
@@ -90,7 +91,7 @@ def test_install_with_another_schema_for_madlib_scripts(server):
             cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'madlib'")
             assert cur.fetchone()[0] == 0
     finally:
-        install.install(sharedir, directories=directories)
+        install.install(sharedir, boot=boot)
 
 
 def test_the_segment_interface_carries_no_model_state(cur):
@@ -116,7 +117,8 @@ def test_the_segment_interface_carries_no_model_state(cur):
 def test_version_names_every_component(cur):
     cur.execute("SELECT madlib_dl.version()")
     text = cur.fetchone()[0]
-    assert re.fullmatch(r"madlib_dl 0\.1\.0, Python 3\.11\.\d+, TensorFlow 2\.21\.0, Keras 3\.15\.1", text), text
+    assert re.fullmatch(rf"madlib_dl {re.escape(__version__)}, Python 3\.11\.\d+, TensorFlow 2\.21\.0, Keras 3\.15\.1",
+                        text), text
 
 
 def test_gpu_configuration_on_a_host_without_gpus(conn, cur):

@@ -95,3 +95,33 @@ def test_a_deleted_checkout_leaves_databases_working(server):
                     "NULL, NULL, TRUE)")
         cur.execute("SELECT count(*) FROM model WHERE model_weights IS NOT NULL")
         assert cur.fetchone()[0] == 1
+
+
+def _madlib_dl_files(*roots: Path) -> list[str]:
+    return sorted(str(p) for root in roots for p in root.rglob("*") if "madlib_dl" in p.name)
+
+
+def test_uninstall_removes_every_file_install_wrote(tmp_path):
+    """`make install` into a server's directories, then `make uninstall`: no madlib_dl file is left. The
+    server's directories are stand-ins here (the test server keeps its install); the dependencies are
+    seeded as hard links of the real install's, so that pip does not run again."""
+    share, lib = tmp_path / "share", tmp_path / "lib"
+    (share / "extension").mkdir(parents=True)
+    deps = install.package_dir(str(lib)) / "deps"
+    deps.parent.mkdir(parents=True)
+    subprocess.run(["cp", "-al", str(PACKAGE_DIR / "deps"), str(deps)], check=True)
+    (lib / "madlib_dl" / "0.0.1" / "deps").mkdir(parents=True)  # an older version's files
+    cli = [sys.executable, "-m", "madlib_dl.tools.cli", "install", "--sharedir", str(share), "--pkglibdir", str(lib)]
+    done = subprocess.run(cli, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"install: removed {lib / 'madlib_dl' / '0.0.1'}" in done.stdout
+    assert _madlib_dl_files(share, lib) == sorted(
+        [str(share / "extension" / name) for name in ["madlib_dl.control", *install.scripts(REPO / "sql")]]
+        + [str(lib / "madlib_dl.so"), str(lib / "madlib_dl"), str(install.package_dir(str(lib)) / "madlib_dl"),
+           str(deps / install.DEPS_STAMP)])
+    again = subprocess.run(cli, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0 and "install: wrote" not in again.stdout, again.stdout  # nothing changed
+    done = subprocess.run(cli + ["--uninstall"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _madlib_dl_files(share, lib) == []
+    assert sorted(p.name for p in (share / "extension").iterdir()) == [] and list(lib.iterdir()) == []

@@ -107,7 +107,7 @@ def test_threads_are_set_before_the_first_op_and_fixed_after(functions):
 def test_demo_runs_a_model_selection_inside_the_database(server, capsys):
     ranking = demo.run(server, iterations=2)
     out = capsys.readouterr().out
-    assert "server runs: madlib_dl 0.1.0" in out
+    assert f"server runs: madlib_dl {__version__}" in out
     assert "1437 for training, 360 for validation" in out
     assert "NOTICE:  madlib_keras_fit_multiple_model: iteration 2/2" in out  # the server's progress, relayed
     assert re.search(r"NOTICE:  madlib_keras_fit_multiple_model: starting \d+ background workers\n", out)  # the default

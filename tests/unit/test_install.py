@@ -12,7 +12,7 @@ from madlib_dl import __version__
 from madlib_dl.tools import install
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
-SITE = ["/usr/lib/postgresql/15/lib/madlib_dl/0.1.0", "/usr/lib/postgresql/15/lib/madlib_dl/0.1.0/deps"]
+SITE = install.boot_directories("/usr/lib/postgresql/15/lib")
 
 
 def _script(schema="madlib_dl"):
@@ -49,7 +49,7 @@ def test_c_functions_name_symbols_of_the_library():
     for symbol in declared:
         assert f"PG_FUNCTION_INFO_V1({symbol});" in source
     # the worker calls the function the install script declares, in the extension's schema
-    assert "CREATE FUNCTION madlib_dl.internal_worker_serve(token TEXT) RETURNS BOOLEAN" in script
+    assert "CREATE OR REPLACE FUNCTION madlib_dl.internal_worker_serve(token TEXT) RETURNS BOOLEAN" in script
     assert "internal_worker_serve($1)" in source
 
 
@@ -81,7 +81,7 @@ def test_library_is_built_and_copied_readable_and_only_when_changed(tmp_path):
 def test_schema_is_chosen_at_install():
     script = _script("madlib")
     assert "CREATE SCHEMA madlib;" in script
-    assert "CREATE FUNCTION madlib.version()" in script
+    assert "CREATE OR REPLACE FUNCTION madlib.version()" in script
     assert "madlib_dl.version()" not in script
 
 
@@ -125,9 +125,8 @@ def test_the_boot_code_names_a_version_whose_files_are_gone(tmp_path):
     boot = install.boot_lines([str(tmp_path / "gone"), str(tmp_path / "gone" / "deps")], "0.0.9")
     done = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode != 0
-    assert (f"the files of madlib_dl 0.0.9, which this database's extension runs, are not on this server "
-            f"({tmp_path / 'gone'}); install that version (make install) or run ALTER EXTENSION madlib_dl UPDATE"
-            in done.stderr), done.stderr
+    assert (f"this database has madlib_dl 0.0.9, whose files are not on this server ({tmp_path / 'gone'}): "
+            "run ALTER EXTENSION madlib_dl UPDATE to move it to the version installed" in done.stderr), done.stderr
 
 
 def test_runtime_requirements_come_from_the_pins_and_the_venv():
@@ -158,10 +157,124 @@ def test_the_package_is_copied_whole_and_only_when_it_changed(tmp_path, monkeypa
     assert not (root / "madlib_dl" / "stale.py").exists() and sorted(p.name for p in root.iterdir()) == ["deps", "madlib_dl"]
     share = tmp_path / "share"
     (share / "extension").mkdir(parents=True)
-    install.install(str(share), directories=install.boot_directories(str(tmp_path)))
+    install.install(str(share), boot=install.Boot(str(tmp_path)))
     assert install.installed_directories(str(share)) == install.boot_directories(str(tmp_path))
     (tmp_path / "madlib_dl.so").write_bytes(b"")
     removed = install.uninstall(str(share), str(tmp_path))
-    assert len(removed) == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["share"]
+    assert sorted(p.name for p in removed) == sorted(["madlib_dl.control", *install.scripts(SQL_DIR), "madlib_dl.so",
+                                                      "madlib_dl"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["share"]
     assert not list((share / "extension").iterdir())
 
+
+# -- versions: released scripts, update scripts, freezing a release ----------------------------------
+
+def _statements(script: str) -> list[str]:
+    """The script's statements that create something (one line each: the statement's first line)."""
+    return re.findall(r"^(?:CREATE|ALTER|DROP|GRANT|COMMENT) .*$", script, re.M)
+
+
+def test_every_version_has_an_install_script_and_an_update_path_to_this_one():
+    scripts = install.scripts(SQL_DIR)
+    assert scripts[f"madlib_dl--{__version__}.sql"][1] == __version__
+    assert scripts["madlib_dl--0.1.0.sql"][1] == "0.1.0"  # released: CREATE EXTENSION ... VERSION '0.1.0'
+    assert scripts[f"madlib_dl--0.1.0--{__version__}.sql"][1] == __version__
+    # every released version can reach this one through update scripts (PostgreSQL chains them)
+    edges = {tuple(install._versions(name)) for name in scripts if name.count("--") == 2}
+    for name in scripts:
+        if name.count("--") == 1 and name != f"madlib_dl--{__version__}.sql":
+            reached, frontier = set(), {install._versions(name)[0]}
+            while frontier:
+                reached |= frontier
+                frontier = {to for frm, to in edges if frm in frontier} - reached
+            assert __version__ in reached, name
+
+
+def test_the_released_script_of_0_1_0_is_the_one_that_was_released():
+    """Frozen: 0.1.0's template is the install script template of commit 10e1000, byte for byte."""
+    import hashlib
+
+    template, _ = install.scripts(SQL_DIR)["madlib_dl--0.1.0.sql"]
+    body = template.split("\n", 3)[3]  # after the three lines of the frozen file's header
+    assert hashlib.sha256(body.encode()).hexdigest() == (
+        "5e74b51cabe280478b4ce8d5fdaeeb625c4b236e44f5ed342cb07125df46fe21")
+
+
+def test_the_update_script_replaces_every_function_and_creates_nothing_once_only():
+    """An update script runs over the old version's objects: its functions are all CREATE OR REPLACE
+    (a plain CREATE would fail on a function the old version has), and it does not create the schema
+    or types again; the install script has the same functions."""
+    update = install.render(install.scripts(SQL_DIR)[f"madlib_dl--0.1.0--{__version__}.sql"][0], "madlib_dl", SITE)
+    fresh = _script()
+    creating = [s for s in _statements(update) if s.startswith("CREATE")]
+    assert creating and all(s.startswith(("CREATE OR REPLACE FUNCTION", "CREATE OR REPLACE AGGREGATE"))
+                            for s in creating)
+    assert set(creating) == {s for s in _statements(fresh) if s.startswith("CREATE OR REPLACE")}
+    assert 'ALTER EXTENSION madlib_dl UPDATE' in update.split("\n\n")[1]  # psql refuses to run it by hand
+    assert "require_version('0.1.0')" not in update and f"require_version('{__version__}')" in update
+
+
+def test_old_versions_boot_from_their_own_directory():
+    boot = install.Boot("/usr/lib/postgresql/15/lib")
+    assert boot.directories("0.1.0") == ["/usr/lib/postgresql/15/lib/madlib_dl/0.1.0",
+                                         "/usr/lib/postgresql/15/lib/madlib_dl/0.1.0/deps"]
+    template, version = install.scripts(SQL_DIR)["madlib_dl--0.1.0.sql"]
+    script = install.render(template, "madlib_dl", boot.directories(version), version)
+    assert "require_version('0.1.0')" in script and "/madlib_dl/0.1.0/deps" in script
+    assert f"/madlib_dl/{__version__}" not in script
+
+
+def test_freezing_a_release_keeps_its_scripts_as_they_were(tmp_path, monkeypatch):
+    sql = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, sql)
+    before = install.scripts(sql)
+    written = install.freeze(sql)
+    assert sorted(p.name for p in written) == sorted(f"{name}.in" for name in before if name.endswith(
+        f"{__version__}.sql"))
+    assert not list((sql / "upgrades").glob(f"*--{__version__}.sql.in"))
+    # the next version: its own scripts are new, the frozen ones render as they did
+    monkeypatch.setattr(install, "__version__", "9.0.0")
+    (sql / "upgrades" / f"{__version__}--9.0.0.sql.in").write_text("-- nothing\n")
+    after = install.scripts(sql)
+    newly_frozen = {p.name.removesuffix(".in") for p in written}
+    for name, (template, version) in before.items():
+        frozen, frozen_version = after[name]
+        if name in newly_frozen:
+            frozen = frozen.split("\n", 1)[1]  # the line saying it is frozen
+        assert frozen_version == version
+        assert install.render(frozen, "madlib_dl", SITE, version) == install.render(template, "madlib_dl", SITE, version)
+    assert {"madlib_dl--9.0.0.sql", f"madlib_dl--{__version__}--9.0.0.sql"} <= set(after)
+
+
+def test_an_update_template_to_another_version_is_refused(tmp_path):
+    sql = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, sql)
+    (sql / "upgrades" / "0.0.1--0.0.2.sql.in").write_text("-- wrong place\n")
+    with pytest.raises(SystemExit, match="updates to 0.0.2, but this is madlib_dl .*belongs in .*released"):
+        install.scripts(sql)
+
+
+def test_install_writes_every_script_removes_stale_ones_and_rewrites_only_changes(tmp_path):
+    (tmp_path / "extension").mkdir()
+    stale = tmp_path / "extension" / "madlib_dl--0.0.5.sql"
+    stale.write_text("-- a development version no longer in the checkout")
+    other = tmp_path / "extension" / "vector--0.8.0.sql"
+    other.write_text("-- another extension's")
+    boot = install.Boot("/usr/lib/postgresql/15/lib")
+    written = install.install(str(tmp_path), boot=boot)
+    assert sorted(p.name for p in written) == sorted(["madlib_dl.control", *install.scripts(SQL_DIR)])
+    assert not stale.exists() and other.exists()
+    assert install.install(str(tmp_path), boot=boot) == []
+    assert install.installed_boot(str(tmp_path)) == boot
+    assert install.installed_boot(str(tmp_path / "nowhere")) is None
+
+
+def test_the_pg_config_is_chosen_by_PG_CONFIG(tmp_path, monkeypatch):
+    fake = tmp_path / "pg_config"
+    fake.write_text("#!/bin/sh\necho \"/opt/pg/$1\"\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PG_CONFIG", str(fake))
+    assert install.paths.pg_config("--sharedir") == "/opt/pg/--sharedir"
+    monkeypatch.setenv("PG_CONFIG", str(tmp_path / "missing"))
+    with pytest.raises(SystemExit, match="missing not found; .*set PG_CONFIG"):
+        install.paths.pg_config("--sharedir")
