@@ -7,7 +7,7 @@ PG_CONFIG  ?= pg_config
 CLI        := $(PYTHON) -m madlib_dl.tools.cli
 export MADLIB_DL_SCHEMA PG_CONFIG
 
-.PHONY: help setup install dev-install uninstall start stop status psql demo test test-unit bench clean
+.PHONY: help setup install dev-install uninstall start stop status psql demo test test-unit bench constraints clean
 
 help:
 	@echo "make demo     set up, start the embedded cluster, train a model inside the database"
@@ -55,6 +55,10 @@ test-unit: setup
 
 bench: install
 	@$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+# After changing a pin in requirements*.txt and installing it: record every other package's version.
+constraints: setup
+	@$(PYTHON) -m madlib_dl.tools.constraints
 
 clean: stop
 	rm -rf "$$(readlink -f .cluster)" .cluster build *.egg-info src/*.o src/*.so src/*.bc

@@ -4,13 +4,15 @@
 #      server headers and PGXS build the extension's small C library (src/madlib_dl.c); Debian's
 #      server headers include <gssapi/gssapi.h> (libkrb5-dev) without depending on it;
 #   2. a venv built from Debian's /usr/bin/python3 (the interpreter plpython3u embeds) holding
-#      requirements.txt, with psycopg2 compiled against the system libpq;
+#      requirements.txt and requirements-dev.txt (their dependencies at constraints.txt's versions), with
+#      psycopg2 compiled against the system libpq;
 #   3. madlib_dl itself, installed editable into that venv.
 # Usage: src/setup.sh VENV_DIR
 set -euo pipefail
 
 # This machine's pip.conf may list local package folders that do not exist; pip warns about each one.
-quiet_pip() { "$venv/bin/pip" "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }; }
+# PIP_NO_BINARY=psycopg2 draws a deprecation notice about pip's wheel cache that asks nothing of a user.
+quiet_pip() { "$venv/bin/pip" "$@" 2>&1 | { grep -v -e "^WARNING: Location 'file:" -e "^DEPRECATION: --no-binary" || true; }; }
 
 venv=${1:?usage: setup.sh VENV_DIR}
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,10 +41,13 @@ if [ ! -x "$venv/bin/python" ] || [ "$(readlink -f "$venv/bin/python")" != "$(re
 fi
 
 stamp="$venv/.madlib_dl-requirements"
-if ! cmp -s "$repo/requirements.txt" "$stamp"; then
-    echo "setup: installing pinned Python packages (requirements.txt) into $venv"
-    PIP_NO_BINARY=psycopg2 quiet_pip install -q --disable-pip-version-check -r "$repo/requirements.txt"
-    cp "$repo/requirements.txt" "$stamp"
+pinned=("$repo/requirements.txt" "$repo/requirements-dev.txt" "$repo/constraints.txt")
+if ! cat "${pinned[@]}" | cmp -s - "$stamp"; then
+    echo "setup: installing pinned Python packages (requirements.txt, requirements-dev.txt) into $venv" \
+         "(TensorFlow: about 600 MB, a few minutes the first time)"
+    PIP_NO_BINARY=psycopg2 quiet_pip install -q --disable-pip-version-check -r "$repo/requirements.txt" \
+        -r "$repo/requirements-dev.txt" -c "$repo/constraints.txt"
+    cat "${pinned[@]}" > "$stamp"
 fi
 
 # Run from / so the check sees the installed package, not the checkout in the current directory.

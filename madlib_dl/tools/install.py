@@ -33,7 +33,7 @@ DEFAULT_SCHEMA = "madlib_dl"
 LIBRARY = f"{EXTENSION}.so"
 # What the server reads runs as the postgres OS user: readable by all whatever root's umask is.
 READABLE = 0o644
-# What the server imports (tests and client tools need more: requirements.txt pins them all).
+# What the server imports (the client tools need psycopg2 too; requirements.txt pins them all).
 RUNTIME_PACKAGES = ("tensorflow-cpu", "keras", "numpy")
 DEPS_STAMP = ".madlib_dl-requirements"
 

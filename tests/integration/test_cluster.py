@@ -70,3 +70,50 @@ def test_a_taken_port_is_a_clear_error(cluster):
         busy = dataclasses.replace(cluster, port=taken.getsockname()[1])
         with pytest.raises(SystemExit, match=r"did not start on port \d+ \(another server there\? set MADLIB_DL_PORT\)"):
             busy.start()
+
+
+def test_start_updates_a_database_at_an_older_version_keeping_what_the_user_made(cluster):
+    """After `make install` of a new version, `make start` runs ALTER EXTENSION madlib_dl UPDATE: a
+    user's table in the extension's schema survives (dropping and re-creating would refuse)."""
+    cluster.start()
+    with cluster.connect() as conn, conn.cursor() as cur:
+        cur.execute("DROP EXTENSION madlib_dl; CREATE EXTENSION madlib_dl VERSION '0.1.0'")
+        cur.execute("CREATE TABLE madlib_dl.kept AS SELECT 1 AS x")
+    cluster.start()
+    with cluster.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'madlib_dl'")
+        assert cur.fetchone()[0] == __version__
+        cur.execute("SELECT x FROM madlib_dl.kept")
+        assert cur.fetchone()[0] == 1
+        cur.execute("SELECT madlib_dl.version()")
+        assert cur.fetchone()[0].startswith(f"madlib_dl {__version__}")
+
+
+def test_a_checkout_the_server_user_cannot_enter_keeps_its_cluster_elsewhere(server, tmp_path, monkeypatch):
+    """A clone under /root (mode 700): the cluster goes under RELOCATED_HOMES, .cluster links to it."""
+    from madlib_dl.tools import cluster as cluster_module
+
+    checkout = tmp_path / "checkout"  # pytest's tmp_path is mode 700, like /root
+    checkout.mkdir()
+    homes = Path(tempfile.mkdtemp(prefix="madlib_dl-homes-"))
+    os.chmod(homes, 0o755)
+    monkeypatch.setattr(cluster_module.paths, "REPO", checkout)
+    monkeypatch.setattr(cluster_module, "RELOCATED_HOMES", homes)
+    monkeypatch.delenv("MADLIB_DL_HOME", raising=False)
+    try:
+        relocated = Cluster.from_environment().home
+        if os.geteuid() != 0:  # the server runs as this user, who can enter the checkout
+            assert relocated == checkout / ".cluster"
+            return
+        assert relocated.parent == homes and relocated.name.startswith("checkout-")
+        cluster_module._link_local_home(relocated)
+        assert (checkout / ".cluster").resolve() == relocated
+        assert Cluster.from_environment().home == relocated  # found again through the link
+        relocated_cluster = Cluster(home=relocated, port=_free_port())
+        try:
+            relocated_cluster.start()  # the server user reaches its data directory
+            assert "running" in relocated_cluster.status()
+        finally:
+            relocated_cluster.stop()
+    finally:
+        shutil.rmtree(homes)
