@@ -1,5 +1,5 @@
 """Packed tables on disk: creating the packed table and its summary, reading the source examples in a
-fixed order, and writing the buffers. Used by the preprocessors; the layout is described in README."""
+fixed order, and writing the buffers. Used by the preprocessors; the layout is described in docs/preprocessing.md."""
 
 from __future__ import annotations
 
