@@ -38,16 +38,21 @@ start: install
 stop:
 	@if [ -x $(PYTHON) ]; then $(CLI) stop; fi
 
-status: setup
+# status and psql only look at (and start) the cluster: no set-up, no install, no output of theirs.
+status: | $(PYTHON)
 	@$(CLI) status
 
-psql: start
+psql: | $(PYTHON)
 	@$(CLI) psql
+
+$(PYTHON):
+	@bash src/setup.sh $(VENV)
 
 demo: install
 	@$(CLI) demo
 
 test: install
+	@echo "make test: every suite, about 10 minutes on 2 cores (make test-unit: the pure-Python tests, seconds)"
 	@$(PYTHON) -m pytest -p no:cacheprovider tests
 
 test-unit: setup

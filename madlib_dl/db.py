@@ -77,6 +77,8 @@ class PlpyDatabase:
             self._error_type = type("madlib_dl", (self._plpy.Error,), {"__module__": "builtins"})
         server_error = self._error_type(str(error))
         server_error.sqlstate = error.sqlstate
+        if getattr(error, "hint", None):
+            server_error.hint = error.hint  # PL/Python reports it as the error's HINT
         raise server_error from None
 
 

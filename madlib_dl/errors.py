@@ -2,9 +2,14 @@
 
 
 class MadlibDLError(Exception):
-    """A problem the caller can fix; its message names the argument and what was expected."""
+    """A problem the caller can fix; its message names the argument and what was expected, and its
+    ``hint`` (the error's HINT field in the server) what to do, where that is worth a line of its own."""
 
     sqlstate = "22023"  # invalid_parameter_value
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
 
 
 class InvalidArgument(MadlibDLError):
@@ -21,3 +26,8 @@ class ObjectMissing(MadlibDLError):
 
 class NotSupported(MadlibDLError):
     sqlstate = "0A000"  # feature_not_supported
+
+
+class Cancelled(MadlibDLError):
+    """A cancel or statement_timeout, reported with how far the run got."""
+    sqlstate = "57014"  # query_canceled

@@ -1,6 +1,8 @@
 """madlib_dl's settings: custom GUCs under ``madlib_dl.`` that users change with SET, ALTER DATABASE or
-postgresql.conf, no restart needed. Values are read and checked when a function needs them, so a bad
-value gives an error naming the setting."""
+postgresql.conf, no restart needed. This module is their one definition: a backend's first madlib_dl
+call registers them (:func:`register`, through the C library) with these ranges and defaults, so SHOW
+prints them and SET refuses a bad value. Values are also checked when a function reads them (a client
+tool's connection, where nothing is registered), so a bad value gives an error naming the setting."""
 
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def memory_default_mib() -> int:
     return max(1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (2 << 20))
 
 
-MEMORY_BUDGET_MB = Setting("madlib_dl.memory_budget_mb", memory_default_mib, 1, 2**40,
+MEMORY_BUDGET_MB = Setting("madlib_dl.memory_budget_mb", memory_default_mib, 1, 2**31 - 1,
                            "MiB that a training run's cached data and models (or a buffer being packed) may take "
                            "on this machine")
 
@@ -113,3 +115,30 @@ def read_choice(db, setting: Choice) -> str:
         raise InvalidArgument(f"setting {setting.name}: expected one of {', '.join(setting.choices)}, got {value!r} "
                               f"(RESET {setting.name} for the default)")
     return value.strip().lower()
+
+
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def register(db, schema: str) -> None:
+    """Register every setting in this backend as a real custom setting (once per backend: the C
+    function skips a name it has), then reserve the prefix, so that a misspelt madlib_dl.* name is an
+    error instead of a new placeholder."""
+    schema = db.quote_ident(schema)
+    define = (f"SELECT {schema}.internal_define_setting($1, $2, $3, $4, $5, $6, $7)",
+              ["text", "text", "text", "int8", "int8", "text[]", "text"])
+    # A value SET before this backend registered the settings was kept as a placeholder; registering
+    # would drop a bad one with only a WARNING and run with the default instead: refuse it as reading it
+    # would (the same error, naming the setting), until it is fixed or RESET.
+    for setting in ALL:
+        parse_int(setting, read_text(db, setting.name))
+    for choice in CHOICES:
+        read_choice(db, choice)
+    for setting in ALL:
+        kind = "integer" if INT32[0] <= setting.minimum and setting.maximum <= INT32[1] else "bigint"
+        db.execute(define[0], [setting.name, kind, str(setting.default()), setting.minimum, setting.maximum, [],
+                               setting.meaning], define[1])
+    for choice in CHOICES:
+        db.execute(define[0], [choice.name, "enum", choice.choices[0], 0, 0, list(choice.choices), choice.meaning],
+                   define[1])
+    db.execute(f"SELECT {schema}.internal_reserve_settings()")

@@ -7,6 +7,12 @@
  *                                                 in a loop, one transaction per call, until it returns
  *                                                 false or NULL
  *   madlib_dl_client_connected() -> bool          false once the client of this backend has gone away
+ *   madlib_dl_define_setting(...)                 register one madlib_dl.* setting as a real custom
+ *                                                 setting (SHOW works, SET checks the value); its name,
+ *                                                 range and default come from madlib_dl/settings.py
+ *   madlib_dl_reserve_settings()                  after the last one: madlib_dl.<typo> is an error
+ *   an emit_log_hook                              drops PL/Python's traceback from madlib_dl's own errors
+ *                                                 ("madlib_dl: ..."): PL/Python has no way to omit it
  *
  * A worker connects to the caller's database as the caller's session user (the role that logged in),
  * so it has exactly that role's privileges: no login, no password, no pg_hba entry.
@@ -35,7 +41,10 @@
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/array.h"
+#include "utils/elog.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -44,7 +53,20 @@ PG_MODULE_MAGIC;
 
 PG_FUNCTION_INFO_V1(madlib_dl_launch_worker);
 PG_FUNCTION_INFO_V1(madlib_dl_client_connected);
+PG_FUNCTION_INFO_V1(madlib_dl_define_setting);
+PG_FUNCTION_INFO_V1(madlib_dl_reserve_settings);
 PGDLLEXPORT void madlib_dl_worker_main(Datum main_arg);
+void		_PG_init(void);
+
+static emit_log_hook_type previous_emit_log_hook = NULL;
+static void quiet_own_errors(ErrorData *edata);
+
+void
+_PG_init(void)
+{
+	previous_emit_log_hook = emit_log_hook;
+	emit_log_hook = quiet_own_errors;
+}
 
 /* What a worker gets from its launcher, in bgw_extra (BGW_EXTRALEN = 128 bytes). */
 typedef struct WorkerArgs
@@ -207,4 +229,125 @@ madlib_dl_client_connected(PG_FUNCTION_ARGS)
 	if (MyProcPort == NULL || MyBackendType != B_BACKEND || !WaitEventSetCanReportClosed())
 		PG_RETURN_BOOL(true);
 	PG_RETURN_BOOL(pq_check_connection());
+}
+
+/*
+ * madlib_dl's own errors (raised by madlib_dl/db.py as "madlib_dl: <message>", with HINT and DETAIL
+ * where useful) carry everything the user needs; PL/Python still adds the Python traceback and a
+ * "PL/Python function" line as CONTEXT. Drop those two, keeping the contexts of any callers (a PL/pgSQL
+ * function calling madlib_dl, say). Other errors, internal ones included, keep their traceback.
+ */
+#define OWN_ERROR_PREFIX "madlib_dl: "
+#define TRACEBACK_HEAD "Traceback (most recent call last):"
+
+static void
+quiet_own_errors(ErrorData *edata)
+{
+	if (edata->elevel >= ERROR && edata->message != NULL && edata->context != NULL &&
+		strncmp(edata->message, OWN_ERROR_PREFIX, strlen(OWN_ERROR_PREFIX)) == 0 &&
+		strncmp(edata->context, TRACEBACK_HEAD, strlen(TRACEBACK_HEAD)) == 0)
+	{
+		/* The traceback's frames are the indented lines after its head; then PL/Python's own line. */
+		const char *line = strchr(edata->context, '\n');
+
+		while (line != NULL && strncmp(line + 1, "  ", 2) == 0)
+			line = strchr(line + 1, '\n');
+		if (line != NULL && strncmp(line + 1, "PL/Python function ", 19) == 0)
+			line = strchr(line + 1, '\n');
+		edata->context = (line != NULL) ? pstrdup(line + 1) : NULL;
+	}
+	if (previous_emit_log_hook)
+		previous_emit_log_hook(edata);
+}
+
+/*
+ * Settings: registered once per backend (madlib_dl/settings.py calls this for each at the backend's
+ * first madlib_dl call). kind 'integer': an int4 range; 'bigint': int8, kept as text (GUCs have no
+ * int8 type), checked here; 'enum': one of choices, the first being the default.
+ */
+static List *defined_settings = NIL;
+
+static bool
+check_bigint(char **newval, void **extra, GucSource source)
+{
+	char	   *end;
+
+	errno = 0;
+	(void) strtoll(*newval, &end, 10);
+	if (errno != 0 || end == *newval || *end != '\0')
+	{
+		GUC_check_errdetail("Expected an integer from %lld to %lld.", (long long) PG_INT64_MIN,
+							(long long) PG_INT64_MAX);
+		return false;
+	}
+	return true;
+}
+
+Datum
+madlib_dl_define_setting(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *kind = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *boot = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	int64		minimum = PG_GETARG_INT64(3);
+	int64		maximum = PG_GETARG_INT64(4);
+	ArrayType  *choices = PG_GETARG_ARRAYTYPE_P(5);
+	char	   *description = text_to_cstring(PG_GETARG_TEXT_PP(6));
+	MemoryContext old;
+	ListCell   *cell;
+
+	foreach(cell, defined_settings)
+	{
+		if (strcmp((char *) lfirst(cell), name) == 0)
+			PG_RETURN_BOOL(false);
+	}
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	name = pstrdup(name);
+	description = pstrdup(description);
+	if (strcmp(kind, "integer") == 0)
+	{
+		int		   *value = palloc0(sizeof(int));
+
+		if (minimum < PG_INT32_MIN || maximum > PG_INT32_MAX)
+			elog(ERROR, "madlib_dl: setting %s: its range does not fit an integer setting", name);
+		DefineCustomIntVariable(name, description, NULL, value, pg_strtoint32(boot), (int) minimum,
+								(int) maximum, PGC_USERSET, 0, NULL, NULL, NULL);
+	}
+	else if (strcmp(kind, "bigint") == 0)
+	{
+		char	  **value = palloc0(sizeof(char *));
+
+		DefineCustomStringVariable(name, description, NULL, value, pstrdup(boot), PGC_USERSET, 0,
+								   check_bigint, NULL, NULL);
+	}
+	else if (strcmp(kind, "enum") == 0)
+	{
+		Datum	   *items;
+		bool	   *nulls;
+		int			count;
+		struct config_enum_entry *options;
+		int		   *value = palloc0(sizeof(int));
+
+		deconstruct_array(choices, TEXTOID, -1, false, TYPALIGN_INT, &items, &nulls, &count);
+		options = palloc0(sizeof(struct config_enum_entry) * (count + 1));
+		for (int i = 0; i < count; i++)
+		{
+			options[i].name = TextDatumGetCString(items[i]);
+			options[i].val = i;
+		}
+		DefineCustomEnumVariable(name, description, NULL, value, 0, options, PGC_USERSET, 0, NULL, NULL,
+								 NULL);
+	}
+	else
+		elog(ERROR, "madlib_dl: setting %s: unknown kind %s", name, kind);
+	defined_settings = lappend(defined_settings, name);
+	MemoryContextSwitchTo(old);
+	PG_RETURN_BOOL(true);
+}
+
+Datum
+madlib_dl_reserve_settings(PG_FUNCTION_ARGS)
+{
+	MarkGUCPrefixReserved("madlib_dl");
+	PG_RETURN_VOID();
 }

@@ -1,5 +1,5 @@
 """madlib_keras_fit_multiple_model(): train every configuration of a model selection table with Model
-Hopper Parallelism, and last_fit_hops() to see how the last run went.
+Hopper Parallelism, and madlib_dl.last_fit_hops() to see how the last run went.
 
 Every argument is checked before the first hop: the packed tables, the mst table and its summary, the
 architectures against the data (input shape, class count), the parameter strings, the output names and
@@ -201,6 +201,9 @@ def architecture(conn, arch_table: TableName, model_id, where: str, source: Pack
     if not rows:
         raise InvalidArgument(f"{where}: model_id {model_id} is not in model architecture table {arch_table}")
     info = arch_info.read(rows[0]["model_arch"])
+    reason = arch_info.refusal(info)
+    if reason is not None:  # a row written into the table directly, not through load_keras_model
+        raise InvalidArgument(f"{where}: model_id {model_id} of {arch_table}: {reason}")
     expected = tuple(source.feature_shape)
     if not arch_info.accepts(info.input_shape, expected):
         raise InvalidArgument(f"{where}: model_id {model_id} expects input shape {arch_info.shape_text(info.input_shape)} but "

@@ -1,11 +1,12 @@
-"""version() and gpu_configuration(): what this server runs and which GPUs it has."""
+"""version(), settings() and gpu_configuration(): what this server runs, how it is set, which GPUs it has."""
 
 from __future__ import annotations
 
 import platform
 import socket
 
-from madlib_dl import __version__, db, identifiers
+from madlib_dl import __version__, db, identifiers, session
+from madlib_dl.api import help as help_topics
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.keras_runtime import gpus, tf_setup
 
@@ -18,6 +19,21 @@ def version() -> str:
     tf = tf_setup.tensorflow()
     return (f"madlib_dl {__version__}, Python {platform.python_version()}, "
             f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
+
+
+SETTINGS = """
+    SELECT name, setting, source,
+           CASE WHEN vartype = 'enum' THEN array_to_string(enumvals, ', ')
+                WHEN min_val IS NOT NULL THEN min_val || ' .. ' || max_val
+                WHEN vartype = 'string' THEN 'a 64-bit integer' END AS allowed,  -- settings.register's bigint
+           short_desc AS description
+    FROM pg_settings WHERE name LIKE 'madlib\\_dl.%' ORDER BY name"""
+
+
+@db.sql_function
+def settings() -> list[dict]:
+    """Every madlib_dl.* setting as pg_settings shows it (registered at this backend's first call)."""
+    return db.current().execute(SETTINGS)
 
 
 @db.sql_function
@@ -39,7 +55,10 @@ def gpu_configuration(output_table: str | None, source: str | None) -> None:
 
 @db.sql_function
 def gpu_configuration_help() -> str:
-    return """gpu_configuration: list the GPUs of the database host.
+    return help_topics.in_schema(GPU_HELP, session.schema() or "madlib_dl")
+
+
+GPU_HELP = """gpu_configuration: list the GPUs of the database host.
 
 Usage:
     SELECT madlib_dl.gpu_configuration(

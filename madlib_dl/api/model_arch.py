@@ -49,17 +49,9 @@ def load_keras_model(keras_model_arch_table: str | None, model_arch: str | None,
 
 def _check_arch_readable(model_arch: str | None) -> arch_info.ArchInfo:
     info = arch_info.read(model_arch)
-    if "Lambda" in info.class_names:
-        # Keras' safe mode refuses it too (builder), but its message suggests turning safe mode off,
-        # which a database user cannot and must not do.
-        raise InvalidArgument("model_arch: a Lambda layer is refused: it carries Python code that would run "
-                              "inside the database server; use built-in Keras layers")
-    if info.keras_version is not None and not info.keras_version.startswith("3"):
-        # Keras 3 cannot deserialize Keras 2 JSON with model_from_json (it fails on the missing module
-        # names with a long, confusing message), so say what to do instead.
-        raise InvalidArgument(f"model_arch: this JSON was written by Keras {info.keras_version}; "
-                              "madlib_dl builds models with Keras 3: recreate the model with Keras 3 and "
-                              "load its model.to_json()")
+    reason = arch_info.refusal(info)
+    if reason is not None:
+        raise InvalidArgument(f"model_arch: {reason}")
     return info
 
 
@@ -148,15 +140,15 @@ LOAD_SUMMARY = """load_keras_model: add a Keras model architecture (and optional
 model architecture table, creating the table when it does not exist. The training functions read
 their models from this table by model_id.
 
-    SELECT load_keras_model('model_arch_library', $$<model.to_json()>$$::json);
+    SELECT madlib_dl.load_keras_model('model_arch_library', $$<model.to_json()>$$::json);
 
-load_keras_model('usage') for arguments, table layout and examples; delete_keras_model() to remove one.
+madlib_dl.load_keras_model('usage') for arguments, table layout and examples; madlib_dl.delete_keras_model() to remove one.
 """
 
 LOAD_USAGE = """load_keras_model: add a Keras model architecture to a model architecture table.
 
 Usage:
-    SELECT load_keras_model(
+    SELECT madlib_dl.load_keras_model(
         keras_model_arch_table VARCHAR,  -- table to add to; created when missing (schema.table allowed)
         model_arch JSON,                 -- the model's model.to_json() (Keras 3); it must have an input
                                          -- shape (e.g. keras.Input(shape=(4,))) and end in a Dense layer
@@ -177,30 +169,30 @@ refused); the weights must hold exactly one value per weight of that model.
 Examples:
     -- in Python: model.to_json(); weights: np.concatenate([w.ravel() for w in model.get_weights()])
     --           .astype('<f4').tobytes()
-    SELECT load_keras_model('model_arch_library', $$<json>$$::json);
-    SELECT load_keras_model('model_arch_library', $$<json>$$::json, NULL, 'iris MLP', '4-10-3');
+    SELECT madlib_dl.load_keras_model('model_arch_library', $$<json>$$::json);
+    SELECT madlib_dl.load_keras_model('model_arch_library', $$<json>$$::json, NULL, 'iris MLP', '4-10-3');
     SELECT model_id, name, description FROM model_arch_library;
 """
 
 DELETE_SUMMARY = """delete_keras_model: delete one model from a model architecture table; the table
 is dropped when its last model is deleted.
 
-    SELECT delete_keras_model('model_arch_library', 1);
+    SELECT madlib_dl.delete_keras_model('model_arch_library', 1);
 
-delete_keras_model('usage') for details.
+madlib_dl.delete_keras_model('usage') for details.
 """
 
 DELETE_USAGE = """delete_keras_model: delete one model from a model architecture table.
 
 Usage:
-    SELECT delete_keras_model(
+    SELECT madlib_dl.delete_keras_model(
         keras_model_arch_table VARCHAR,  -- the table load_keras_model wrote
         model_id INTEGER                 -- the model to delete
     );
     An unknown model_id is an error. When the table is left empty it is dropped (a NOTICE says so).
 
 Example:
-    SELECT delete_keras_model('model_arch_library', 2);
+    SELECT madlib_dl.delete_keras_model('model_arch_library', 2);
 """
 
 

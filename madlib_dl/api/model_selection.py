@@ -329,7 +329,7 @@ same count once. Generated strings look like
     optimizer='Adam(learning_rate=0.001)',loss='categorical_crossentropy',metrics=['accuracy']
     batch_size=32,epochs=1
 
-Output and appending: as load_model_selection_table (see load_model_selection_table('usage')).
+Output and appending: as load_model_selection_table (see madlib_dl.load_model_selection_table('usage')).
 
 Example (2 model ids x 2 optimizers x 2 learning rates x 2 batch sizes x 2 epochs = 32 rows):
     SELECT madlib_dl.generate_model_configs('model_arch_library', 'mst_table', ARRAY[1, 2],

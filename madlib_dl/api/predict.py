@@ -328,16 +328,16 @@ PREDICT_SUMMARY = """madlib_keras_predict: score a table of examples (one row ea
 trained by madlib_keras_fit or madlib_keras_fit_multiple_model, writing each example's class
 probabilities, ranked, to a new table.
 
-    SELECT madlib_keras_predict('models', 'digits_test', 'id', 'pixels', 'digits_pred', 'response',
+    SELECT madlib_dl.madlib_keras_predict('models', 'digits_test', 'id', 'pixels', 'digits_pred', 'response',
                                 FALSE, 3);
 
-madlib_keras_predict('usage') for arguments, output and examples.
+madlib_dl.madlib_keras_predict('usage') for arguments, output and examples.
 """
 
 PREDICT_USAGE = """madlib_keras_predict: score a table of examples with a trained model.
 
 Usage:
-    SELECT madlib_keras_predict(
+    SELECT madlib_dl.madlib_keras_predict(
         model_table         VARCHAR,  -- output table of madlib_keras_fit or madlib_keras_fit_multiple_model
         test_table          VARCHAR,  -- one example per row (not packed)
         id_col              VARCHAR,  -- the examples' id column, copied to the output with its type
@@ -363,25 +363,25 @@ The table is read in batches of 1000 rows through a cursor and predicted in this
 built once per session.
 
 Examples:
-    SELECT madlib_keras_predict('iris_model', 'iris_test', 'id', 'attributes', 'iris_pred');
-    SELECT madlib_keras_predict('models', 'digits_test', 'id', 'pixels', 'top3', 3, FALSE, 2);
-    SELECT madlib_keras_predict('models', 'digits_test', 'id', 'pixels', 'likely', 0.25, mst_key => 2);
+    SELECT madlib_dl.madlib_keras_predict('iris_model', 'iris_test', 'id', 'attributes', 'iris_pred');
+    SELECT madlib_dl.madlib_keras_predict('models', 'digits_test', 'id', 'pixels', 'top3', 3, FALSE, 2);
+    SELECT madlib_dl.madlib_keras_predict('models', 'digits_test', 'id', 'pixels', 'likely', 0.25, mst_key => 2);
 """
 
 BYOM_SUMMARY = """madlib_keras_predict_byom: score a table of examples (one row each, not packed) with a model
 brought from elsewhere: its architecture and trained weights in a model architecture table
 (load_keras_model), writing each example's class probabilities, ranked, to a new table.
 
-    SELECT madlib_keras_predict_byom('model_arch_library', 1, 'iris_test', 'id', 'attributes', 'iris_pred',
+    SELECT madlib_dl.madlib_keras_predict_byom('model_arch_library', 1, 'iris_test', 'id', 'attributes', 'iris_pred',
                                      'response', NULL, ARRAY['setosa', 'versicolor', 'virginica']);
 
-madlib_keras_predict_byom('usage') for arguments, output and examples.
+madlib_dl.madlib_keras_predict_byom('usage') for arguments, output and examples.
 """
 
 BYOM_USAGE = """madlib_keras_predict_byom: score a table of examples with a model of an architecture table.
 
 Usage:
-    SELECT madlib_keras_predict_byom(
+    SELECT madlib_dl.madlib_keras_predict_byom(
         model_arch_table    VARCHAR,  -- table of load_keras_model
         model_id            INTEGER,  -- the model; its model_weights must be set (trained weights)
         test_table          VARCHAR,  -- one example per row (not packed)
@@ -402,8 +402,8 @@ Output table:
     rank INTEGER (1 = most likely; no rank column for 'response')
 
 Examples:
-    SELECT madlib_keras_predict_byom('model_arch_library', 1, 'iris_test', 'id', 'attributes', 'iris_pred');
-    SELECT madlib_keras_predict_byom('model_arch_library', 2, 'digits_test', 'id', 'pixels', 'digits_pred',
+    SELECT madlib_dl.madlib_keras_predict_byom('model_arch_library', 1, 'iris_test', 'id', 'attributes', 'iris_pred');
+    SELECT madlib_dl.madlib_keras_predict_byom('model_arch_library', 2, 'digits_test', 'id', 'pixels', 'digits_pred',
                                      'response', FALSE, NULL, 16.0);
 """
 

@@ -185,6 +185,8 @@ def training_preprocessor_dl(source_table, output_table, dependent_varname, inde
                 source.dependent.type if one_hot else f"{source.dependent.type}[]")
     packed_tables.pack(conn, p, normalizing_const if normalizing_const is not None else 1.0,
           packed_tables.training_class_values_sql(conn, p))
+    conn.notice(f"training_preprocessor_dl: packed {packing.describe(plan, buffer_size)} into {output.table} and "
+                f"{output.summary}")
 
 
 # ---------------------------------------------------------------- validation
@@ -304,6 +306,8 @@ def validation_preprocessor_dl(source_table, output_table, dependent_varname, in
     class_values = "NULL" if labels.one_hot else \
         f"SELECT {conn.quote_ident(training.class_values)} FROM {training.summary.sql(conn)}"
     packed_tables.pack(conn, p, training.normalizing_const, class_values)
+    conn.notice(f"validation_preprocessor_dl: packed {packing.describe(plan, buffer_size)} into {output.table} and "
+                f"{output.summary}")
 
 
 # ---------------------------------------------------------------- help

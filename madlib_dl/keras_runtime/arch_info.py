@@ -64,6 +64,22 @@ def read(model_arch: str | dict | None) -> ArchInfo:
         raise InvalidArgument(f"{ARGUMENT}: not a Keras model JSON: its layers nest or loop too deeply") from None
 
 
+def refusal(info: ArchInfo) -> str | None:
+    """Why madlib_dl will not build this architecture (None: it may), read from the JSON alone, so that
+    a row written straight into an architecture table is refused before any worker starts."""
+    if "Lambda" in info.class_names:
+        # Keras' safe mode refuses it too (builder), but its message suggests turning safe mode off,
+        # which a database user cannot and must not do.
+        return ("a Lambda layer is refused: it carries Python code that would run inside the database server; "
+                "use built-in Keras layers")
+    if info.keras_version is not None and not info.keras_version.startswith("3"):
+        # Keras 3 cannot deserialize Keras 2 JSON with model_from_json (it fails on the missing module
+        # names with a long, confusing message), so say what to do instead.
+        return (f"this JSON was written by Keras {info.keras_version}; madlib_dl builds models with Keras 3: "
+                "recreate the model with Keras 3 and load its model.to_json()")
+    return None
+
+
 def _parse(model_arch) -> dict:
     if model_arch is None:
         raise InvalidArgument(f"{ARGUMENT}: not a Keras model JSON: got NULL; expected model.to_json()")

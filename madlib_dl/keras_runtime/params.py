@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +120,9 @@ def _show(text: str, limit: int = 80) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
+_ASSIGNMENT = re.compile(r"\s+([A-Za-z_]\w*)\s*=(?!=)")
+
+
 def _top_level_commas(text: str, argument: str) -> list[int]:
     """Positions of commas outside quotes and brackets. Refuses unbalanced brackets, unterminated
     strings, deep nesting and comments (Python's '#' would silently drop the rest of a value)."""
@@ -170,7 +174,36 @@ def _split_item(item: str, argument: str) -> tuple[str, str]:
         raise InvalidArgument(f"{argument}: {key!r} is not a parameter name")
     if not value:
         raise InvalidArgument(f"{argument}: {key} has no value")
+    missing_comma = _next_assignment(value)
+    if missing_comma is not None:
+        raise InvalidArgument(f"{argument}: a comma is missing before {missing_comma}= (in "
+                              f"{_show(item.strip())}); separate parameters with commas")
     return key, value
+
+
+def _next_assignment(value: str) -> str | None:
+    """The name of a ``name=`` that follows a space outside quotes and brackets in ``value`` (the
+    next parameter, when the comma before it was left out), else None."""
+    depth, quote, i = 0, None, 0
+    while i < len(value):
+        c = value[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "'\"":
+            quote = c
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c.isspace() and depth == 0:
+            found = _ASSIGNMENT.match(value, i)
+            if found:
+                return found.group(1)
+        i += 1
+    return None
 
 
 def _unique(pairs: list[tuple[str, str]], argument: str) -> dict[str, str]:

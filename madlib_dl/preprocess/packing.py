@@ -65,6 +65,29 @@ def plan_buffers(rows: int, segments: int, feature_size: int, buffer_size: int |
     return BufferPlan(sizes, segments)
 
 
+def describe(plan: BufferPlan, requested: int | None) -> str:
+    """What a preprocessor made and why its buffers have that size, for its closing NOTICE."""
+    count, low, high = len(plan.sizes), min(plan.sizes), max(plan.sizes)
+    rows = sum(plan.sizes)
+    sizes = f"{low}" if low == high else f"{low} to {high}"
+    head = (f"{rows} rows in {count} buffer{'s' if count != 1 else ''} of {sizes} row{'s' if high != 1 else ''} "
+            f"over {plan.segments} segment{'s' if plan.segments != 1 else ''}")
+    if count < plan.segments:
+        empty = plan.segments - count
+        why = f"fewer rows than segments: {empty} segment{'s hold' if empty != 1 else ' holds'} none"
+    elif requested is None and count == plan.segments:
+        why = "buffer_size NULL: one buffer per segment"
+    elif requested is None:
+        why = (f"buffer_size NULL: {count // plan.segments} buffers per segment, each under "
+               f"{DEFAULT_BUFFER_BYTES >> 20} MiB of features")
+    elif high != requested:
+        why = (f"buffer_size {requested} became {high} so that every segment holds the same number of buffers "
+               f"({count // plan.segments})")
+    else:
+        why = f"buffer_size {requested}, {count // plan.segments} buffers per segment"
+    return f"{head} ({why})"
+
+
 PACKING_COPIES = 3  # a buffer while it is written: its rows, their bytes, the value PostgreSQL makes
 
 

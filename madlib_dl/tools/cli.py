@@ -32,6 +32,8 @@ def main(argv=None) -> None:
     elif args.command == "status":
         print(cluster.status())
     elif args.command == "psql":
+        if not cluster.running():
+            cluster.start()
         command = cluster.psql_command(*rest)
         os.execvp(command[0], command)
     elif args.command == "demo":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -25,6 +26,15 @@ EXTENSION_QUERY = """
     JOIN pg_depend d ON d.refobjid = e.oid AND d.deptype = 'e' AND d.classid = 'pg_namespace'::regclass
     JOIN pg_namespace n ON n.oid = d.objid
     WHERE e.extname = 'madlib_dl'"""
+
+
+def _listen_port(conf: Path) -> int | None:
+    """The port a cluster's listen file (written at each start) names; None when there is none."""
+    try:
+        found = re.search(r"^port = (\d+)$", conf.read_text(), re.M)
+    except OSError:
+        return None
+    return int(found.group(1)) if found else None
 
 
 # Where a checkout's cluster lives when the postgres OS user cannot enter the checkout (one under /root).
@@ -86,8 +96,12 @@ class Cluster:
 
     @classmethod
     def from_environment(cls) -> "Cluster":
-        home = Path(os.environ["MADLIB_DL_HOME"]) if os.environ.get("MADLIB_DL_HOME") else default_home()
-        return cls(home=home.resolve(), port=int(os.environ.get("MADLIB_DL_PORT") or DEFAULT_PORT))
+        """MADLIB_DL_HOME and MADLIB_DL_PORT when set; else the checkout's cluster, on the port it was
+        last started with (its own listen file), so `make status` finds a cluster `MADLIB_DL_PORT=...
+        make start` started."""
+        home = (Path(os.environ["MADLIB_DL_HOME"]) if os.environ.get("MADLIB_DL_HOME") else default_home()).resolve()
+        port = os.environ.get("MADLIB_DL_PORT") or _listen_port(home / "data" / LISTEN_CONF) or DEFAULT_PORT
+        return cls(home=home, port=int(port))
 
     @property
     def data(self) -> Path:

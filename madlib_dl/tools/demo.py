@@ -43,6 +43,9 @@ def run(cluster, iterations: int = ITERATIONS) -> list[tuple]:
         ranking = cur.fetchall()
         _say(f"\n{len(ranking)} configurations trained with Model Hopper Parallelism in {elapsed:.1f} s, best first:")
         _print_ranking(ranking)
+        _say("(with background workers the order in which models visit the segments follows the workers' timing, so\n"
+             " close configurations can swap places between runs; SET madlib_dl.executor = 'in_process' trains\n"
+             " one segment at a time and gives the same numbers every run)")
         best = ranking[0][3] if ranking and ranking[0][3] is not None else 0.0
         if best < MIN_BEST_ACCURACY:
             raise SystemExit(f"demo: the best validation accuracy is {best:.3f}, below {MIN_BEST_ACCURACY}")

@@ -38,10 +38,11 @@ RUNTIME_PACKAGES = ("tensorflow-cpu", "keras", "numpy")
 DEPS_STAMP = ".madlib_dl-requirements"
 
 
-def boot_lines(directories: list[str], version: str = __version__) -> str:
+def boot_lines(directories: list[str], version: str = __version__, schema: str = DEFAULT_SCHEMA) -> str:
     """Python run at the top of every function body: once per backend, check that ``directories`` are
     there (a version's files removed from the server), put them first on sys.path and read their .pth
-    files; on every call, refuse another version's code."""
+    files; on every call, refuse another version's code, and register the settings at the first
+    (madlib_dl.session.begin)."""
     missing = (f"RuntimeError('madlib_dl: this database has madlib_dl {version}, whose files are not on this "
                f"server (' + d + '): run ALTER EXTENSION madlib_dl UPDATE to move it to the version installed "
                f"(docs/upgrading.md)')")
@@ -50,7 +51,7 @@ def boot_lines(directories: list[str], version: str = __version__) -> str:
             f"    for d in {directories!r}:\n"
             f"        if not __import__('os').path.isdir(d): raise {missing}\n"
             f"    sys.path[0:0] = {directories!r}; [__import__('site').addsitedir(d) for d in {directories!r}]\n"
-            f"__import__('madlib_dl').require_version({version!r})")
+            f"__import__('madlib_dl.session').session.begin({version!r}, {schema!r})")
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def render(template: str, schema: str, directories: list[str], version: str = __
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
         raise SystemExit(f"install: schema {schema!r} must be a lower-case SQL identifier such as madlib or madlib_dl")
     text = template.replace("@SCHEMA@", schema).replace("@VERSION@", version)
-    return text.replace("@MADLIB_DL_BOOT@", boot_lines(directories, version))
+    return text.replace("@MADLIB_DL_BOOT@", boot_lines(directories, version, schema))
 
 
 def _function_files(sql_dir: Path) -> list[str]:
@@ -252,6 +253,8 @@ def _same_requirements(deps: Path, wanted: str) -> bool:
 
 def _pip_install(pip: list[str], target: Path, requirements: str) -> None:
     pins = [line for line in requirements.splitlines() if line.split("==")[0].lower() in RUNTIME_PACKAGES]
+    print(f"install: installing {', '.join(pins)} for the server into {target.parent / 'deps'} "
+          "(about 1.5 GB; a minute or so)", flush=True)
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraints:
         constraints.write(requirements)
         constraints.flush()

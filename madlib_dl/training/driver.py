@@ -10,11 +10,12 @@ the model's next hop, so any worker can take any model; the driver's memory hold
 from __future__ import annotations
 
 import datetime
+import re
 import time
 from dataclasses import dataclass, field
 
 from madlib_dl import settings
-from madlib_dl.errors import InvalidArgument
+from madlib_dl.errors import Cancelled, InvalidArgument
 from madlib_dl.keras_runtime import gpus
 from madlib_dl.training import memory, placement, segment_calls, segment_means, stored_state, workers
 from madlib_dl.training.schedule import Hop, IterationScheduler
@@ -91,13 +92,21 @@ def train(db, spec: RunSpec) -> RunResult:
     set_name = application_name_setter(db)
     busy = min(len(spec.models), len(spec.source.segments))
     models = {m.mst_key: m for m in spec.models}
+    driver = None
     try:
         with workers.executor_for(db, spec.run_id, spec.schema, tables, models, devices,
                                   spec.caller.function, busy) as executor:
             initial = _initial_weights(spec, executor)
             _check_state_sizes(spec, initial)
             plan = plan_memory(db, spec, initial)
-            return Driver(db, spec, executor, set_name, initial, plan).run()
+            driver = Driver(db, spec, executor, set_name, initial, plan)
+            return driver.run()
+    except Exception as error:
+        if getattr(error, "sqlstate", None) != Cancelled.sqlstate:
+            raise
+        where = driver.position() if driver is not None else f"while starting, before iteration 1 of {spec.num_iterations}"
+        reason = re.sub(r"^spiexceptions\.\w+: ", "", str(error).strip())  # as Keras passes it on
+        raise Cancelled(f"{spec.caller.function}: cancelled {where}: {reason}; nothing was written") from None
     finally:
         set_name(None)
 
@@ -178,11 +187,21 @@ class Driver:
         self.metrics_iters: list[int] = []
         self.best: tuple[float, int] | None = None
         self.hops: list[HopRecord] = LAST_HOPS
+        self.iteration, self.evaluating = 0, False  # where the run is (position)
+
+    def position(self) -> str:
+        """How far the run got, for a cancel's message."""
+        iteration, total = self.iteration, self.spec.num_iterations
+        if self.evaluating:
+            return f"evaluating after iteration {iteration} of {total}"
+        done = sum(1 for h in self.hops if h.kind == "train" and h.iteration == iteration)
+        return f"at iteration {iteration} of {total} ({done} of {len(self.models) * len(self.segments)} hops done)"
 
     def run(self) -> RunResult:
         started = datetime.datetime.now()
         clock = time.monotonic()
         for iteration in range(1, self.spec.num_iterations + 1):
+            self.iteration, self.evaluating = iteration, False
             progress = f"madlib_dl {self.spec.caller.label}: iteration {iteration}/{self.spec.num_iterations}"
             self.set_name(progress)
             self.executor.set_progress(progress)
@@ -190,6 +209,7 @@ class Driver:
             self._train_iteration(iteration)
             trained = time.monotonic() - begun
             if self.spec.metrics_iteration(iteration):
+                self.evaluating = True
                 self._evaluate(iteration, clock)
                 self.metrics_iters.append(iteration)
             self._report(iteration, time.monotonic() - begun, trained)

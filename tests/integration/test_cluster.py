@@ -117,3 +117,16 @@ def test_a_checkout_the_server_user_cannot_enter_keeps_its_cluster_elsewhere(ser
             relocated_cluster.stop()
     finally:
         shutil.rmtree(homes)
+
+
+def test_a_cluster_started_on_another_port_is_found_there_later(cluster, monkeypatch):
+    """`MADLIB_DL_PORT=54339 make start`, then a plain `make status` or `make psql`: the port comes from
+    the cluster's own listen file."""
+    cluster.start()
+    monkeypatch.setenv("MADLIB_DL_HOME", str(cluster.home))
+    monkeypatch.delenv("MADLIB_DL_PORT", raising=False)
+    found = Cluster.from_environment()
+    assert found == cluster and cluster.port != 54329
+    assert "running" in found.status()
+    monkeypatch.setenv("MADLIB_DL_PORT", "54330")  # an explicit port still wins
+    assert Cluster.from_environment().port == 54330

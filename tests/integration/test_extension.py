@@ -61,7 +61,9 @@ def test_the_c_library_is_loaded_from_libdir_and_the_schema_is_usable_by_everyon
                 "AND p.pronamespace = 'madlib_dl'::regnamespace ORDER BY 1")
     assert cur.fetchall() == [
         ("internal_client_connected", "$libdir/madlib_dl", "madlib_dl_client_connected", "v", False),
+        ("internal_define_setting", "$libdir/madlib_dl", "madlib_dl_define_setting", "v", True),
         ("internal_launch_worker", "$libdir/madlib_dl", "madlib_dl_launch_worker", "v", True),
+        ("internal_reserve_settings", "$libdir/madlib_dl", "madlib_dl_reserve_settings", "v", False),
     ]
     cur.execute("SELECT madlib_dl.internal_client_connected()")
     assert cur.fetchone()[0] is True

@@ -412,11 +412,13 @@ def test_memory_budget_refuses_the_run_then_a_bad_setting_is_named(cur):
                     model_selection_table="mst_wide", model_output_table="out_memory", use_caching=False)
     assert "use_caching" not in message
     cur.execute(f"RESET {S}memory_budget_mb")
-    for value in ("lots", "0"):
-        cur.execute(f"SET {S}memory_budget_mb = '{value}'")
-        fails(cur, "22023", "setting madlib_dl.memory_budget_mb", "expected an integer from 1 to",
-              f"got '{value}'", f"RESET {S}memory_budget_mb",
-              model_selection_table="mst_wide", model_output_table="out_memory", use_caching=True)
+    # the settings are registered in this session (it has called madlib_dl): SET itself refuses
+    with pytest.raises(psycopg2.errors.InvalidParameterValue,
+                       match='invalid value for parameter "madlib_dl.memory_budget_mb": "lots"'):
+        cur.execute(f"SET {S}memory_budget_mb = 'lots'")
+    with pytest.raises(psycopg2.errors.InvalidParameterValue,
+                       match=r'0 is outside the valid range for parameter "madlib_dl.memory_budget_mb" \(1 \.\. '):
+        cur.execute(f"SET {S}memory_budget_mb = 0")
     cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
     assert cur.fetchone()[0] == 0, "in_process starts no background workers"
 
@@ -433,9 +435,30 @@ def test_a_run_refused_after_its_workers_started_leaves_no_worker(cur):
 
 
 def test_executor_setting(cur):
-    cur.execute(f"SET {S}executor = 'fast'")
-    fails(cur, "22023", "setting madlib_dl.executor", "expected one of auto, workers, in_process, got 'fast'",
-          model_output_table="out_executor")
+    with pytest.raises(psycopg2.errors.InvalidParameterValue, match=r'invalid value for parameter "madlib_dl.executor": '
+                       r'"fast"\nHINT:  Available values: auto, workers, in_process'):
+        cur.execute(f"SET {S}executor = 'fast'")
+
+
+def test_a_bad_value_set_before_the_sessions_first_call_is_refused_by_that_call(server, plain_role):
+    """Before a session's first madlib_dl call its settings are not registered, so SET keeps any text;
+    that call refuses a bad one, naming it, instead of running with the default."""
+    with server.connect("fit_multiple_errors", user=plain_role) as fresh, fresh.cursor() as c:
+        c.execute(f"SET {S}executor = 'fast'; SET {S}memory_budget_mb = 'lots'")
+        with pytest.raises(psycopg2.errors.InvalidParameterValue) as error:
+            c.execute("SELECT madlib_dl.version()")
+        assert error.value.pgerror.splitlines()[0] == (
+            "ERROR:  madlib_dl: setting madlib_dl.memory_budget_mb: expected an integer from 1 to 2147483647, got "
+            f"'lots' (RESET {S}memory_budget_mb for the default)")
+        c.execute(f"RESET {S}memory_budget_mb")
+        with pytest.raises(psycopg2.errors.InvalidParameterValue, match="expected one of auto, workers, in_process, "
+                           "got 'fast'"):
+            c.execute("SELECT madlib_dl.version()")
+        c.execute(f"SET {S}executor = 'in_process'")
+        c.execute(f"SELECT madlib_dl.version(), current_setting('{S}executor')")
+        assert c.fetchone()[1] == "in_process"
+        c.execute(f"SELECT setting, source FROM madlib_dl.settings() WHERE name = '{S}executor'")
+        assert c.fetchone() == ("in_process", "session")
 
 
 @pytest.mark.skipif(gpus_visible(), reason="this host has GPUs: use_gpus TRUE is valid here")
@@ -505,3 +528,22 @@ def test_warm_start_over_tables_not_written_by_fit(cur):
               existing=("not_ours", "not_ours_summary", "not_ours_info"))
     finally:
         drop_outputs(cur, "not_ours")
+
+
+def test_an_architecture_written_into_the_table_directly_is_checked_before_workers_start(cur):
+    """load_keras_model refuses a Lambda layer; a row INSERTed by hand is refused by the run itself,
+    before it starts any background worker (not by a worker, seconds later)."""
+    lambda_layer = json.loads(sequential("with_lambda", 4, 10, 3))
+    lambda_layer["config"]["layers"].insert(1, {"module": "keras.layers", "class_name": "Lambda",
+                                                "config": {"function": {"class_name": "__lambda__"}}})
+    cur.execute("CREATE TABLE arch_by_hand AS SELECT * FROM arch WHERE model_id = %s", [SMALL])
+    cur.execute("INSERT INTO arch_by_hand (model_id, model_arch) VALUES (9, %s)", [json.dumps(lambda_layer)])
+    make_mst(cur, "mst_by_hand", [(1, 9, COMPILE, FITS[0])], arch_table="arch_by_hand")
+    cur.execute(f"RESET {S}executor")  # 'workers', the role's default in this database
+    before = set(worker_activity.workers(cur))
+    try:
+        fails(cur, "22023", "model_selection_table", "model_id 9 of arch_by_hand: a Lambda layer is refused",
+              model_selection_table="mst_by_hand", model_output_table="out_by_hand")
+        assert set(worker_activity.workers(cur)) == before  # none was started
+    finally:
+        cur.execute("DROP TABLE arch_by_hand")

@@ -6,6 +6,7 @@ import re
 import psycopg2
 import pytest
 
+from madlib_dl import __version__
 from madlib_dl.tools import demo, install, paths
 
 TRAIN_BODY = """

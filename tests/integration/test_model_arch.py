@@ -321,6 +321,6 @@ def test_help_overloads(db, function):
     assert usage.startswith(f"{function}: ") and "Usage:" in usage and "keras_model_arch_table VARCHAR" in usage
     assert ask("NULL") == ask("''") == summary
     assert ask("'help'") == ask("' ? '") == ask("'USAGE'") == usage
-    assert ask("'bogus'") == (f"{function}: no help topic 'bogus'. Use {function}() for a summary "
-                              f"or {function}('usage') for arguments and examples.")
+    assert ask("'bogus'") == (f"{function}: no help topic 'bogus'. Use madlib_dl.{function}() for a summary "
+                              f"or madlib_dl.{function}('usage') for arguments and examples.")
     assert not _exists(db, "usage") and not _exists(db, "bogus")

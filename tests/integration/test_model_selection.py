@@ -438,6 +438,6 @@ def test_help(cur, function):
     cur.execute(f"SELECT {S}{function}(NULL), {S}{function}('')")
     assert cur.fetchone() == (summary_text, summary_text)
     cur.execute(f"SELECT {S}{function}('colour')")
-    assert cur.fetchone()[0].startswith(f"{function}: no help topic 'colour'. Use {function}()")
+    assert cur.fetchone()[0].startswith(f"{function}: no help topic 'colour'. Use madlib_dl.{function}()")
     cur.execute("SELECT count(*) FROM pg_proc WHERE proname = %s AND pronamespace = 'madlib_dl'::regnamespace", [function])
     assert cur.fetchone()[0] == (4 if function == "load_model_selection_table" else 3)

@@ -351,10 +351,24 @@ def test_training_errors_name_the_argument_and_create_nothing(cur, error_tables,
     assert not _exists(cur, "bad_out") and not _exists(cur, "bad_out_summary")
 
 
-def test_a_bad_setting_is_named(cur, error_tables):
-    cur.execute("SET madlib_dl.num_segments = 'lots'")
-    error = _error(cur, TRAIN, _train_args())
-    assert "setting madlib_dl.num_segments: expected an integer from 1 to 1024, got 'lots'" in error.pgerror
+def test_a_bad_setting_is_refused_by_set(cur, error_tables):
+    cur.execute("SELECT madlib_dl.version()")  # registers the settings in this session, if not yet
+    error = _error(cur, "SET madlib_dl.num_segments = 'lots'")
+    assert 'invalid value for parameter "madlib_dl.num_segments": "lots"' in error.pgerror
+    error = _error(cur, "SET madlib_dl.num_segments = 1025")
+    assert '1025 is outside the valid range for parameter "madlib_dl.num_segments" (1 .. 1024)' in error.pgerror
+    cur.execute("SHOW madlib_dl.num_segments")
+    assert int(cur.fetchone()[0]) >= 1
+
+
+def test_a_list_of_scalar_feature_columns_gets_a_hint_to_make_an_array(cur, error_tables):
+    cur.execute("CREATE TEMP TABLE iris_scalars AS SELECT id, attributes[1] AS sl, attributes[2] AS sw, class_text "
+                "FROM iris")
+    error = _error(cur, TRAIN, _train_args(source_table="iris_scalars", independent_varname="sl, sw"))
+    assert error.diag.message_primary == ("madlib_dl: independent_varname: expected one array column, got 2 columns "
+                                          "(sl, sw)")
+    assert error.diag.message_hint.startswith("Make them one array column, e.g. CREATE TABLE iris_scalars_arrays AS "
+                                              "SELECT *, ARRAY[sl, sw]::REAL[] AS features FROM ")
     assert not _exists(cur, "bad_out")
 
 

@@ -70,6 +70,4 @@ SELECT madlib_dl.validation_preprocessor_dl('iris_unknown', 'bad', 'class_text',
 SELECT madlib_dl.validation_preprocessor_dl('iris_test', 'bad', 'class_text', 'attributes', 'iris_train');
 SELECT madlib_dl.validation_preprocessor_dl('iris_test', 'bad', 'class_text', 'attributes', 'iris_packed', NULL, '4');
 SET madlib_dl.num_segments = 0;
-SELECT madlib_dl.training_preprocessor_dl('iris_train', 'bad', 'class_text', 'attributes');
-RESET madlib_dl.num_segments;
 SELECT count(*) AS bad_tables FROM pg_class WHERE relname LIKE 'bad%';

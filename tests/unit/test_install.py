@@ -33,7 +33,7 @@ def test_function_bodies_are_valid_python_that_boots_the_venv():
     for body in bodies:
         code = compile(f"def f():\n" + "\n".join("    " + line for line in body.splitlines()), "body", "exec")
         assert code is not None
-        assert body.startswith(install.boot_lines(SITE))
+        assert body.startswith(install.boot_lines(SITE, __version__, "madlib_dl"))
         # user-facing functions call an API module; the internal aggregates call the segment runtime;
         # internal_take_value hands a writing statement its value
         assert body.splitlines()[-1].startswith(("from madlib_dl.api import", "from madlib_dl.segment import",
@@ -43,7 +43,8 @@ def test_function_bodies_are_valid_python_that_boots_the_venv():
 def test_c_functions_name_symbols_of_the_library():
     script = _script()
     declared = re.findall(r"LANGUAGE C \w+(?: STRICT)? AS '\$libdir/madlib_dl', '(\w+)';", script)
-    assert sorted(declared) == ["madlib_dl_client_connected", "madlib_dl_launch_worker"]
+    assert sorted(declared) == ["madlib_dl_client_connected", "madlib_dl_define_setting", "madlib_dl_launch_worker",
+                                "madlib_dl_reserve_settings"]
     assert script.count("LANGUAGE C ") == len(declared)
     source = (SQL_DIR.parent / "src" / "madlib_dl.c").read_text()
     for symbol in declared:
@@ -107,9 +108,12 @@ def test_a_venv_the_server_cannot_read_is_refused():
         shutil.rmtree(top)
 
 
-def test_the_boot_code_refuses_another_versions_code():
-    boot = install.boot_lines(SITE, "9.9.9")
-    assert boot.startswith("import sys\n") and boot.endswith("require_version('9.9.9')")
+def test_the_boot_code_refuses_another_versions_code(monkeypatch):
+    from madlib_dl import session
+
+    monkeypatch.setattr(session, "_registered_in", "madlib_dl")  # no server here to register settings in
+    boot = install.boot_lines(SITE, "9.9.9", "madlib")
+    assert boot.startswith("import sys\n") and boot.endswith("session.begin('9.9.9', 'madlib')")
     exec(compile(install.boot_lines(SITE), "boot", "exec"), {})  # this version: runs
     with pytest.raises(RuntimeError, match="extension is version 9.9.9 but this session runs madlib_dl "
                        f"{__version__}; run ALTER EXTENSION madlib_dl UPDATE"):
@@ -211,7 +215,7 @@ def test_the_update_script_replaces_every_function_and_creates_nothing_once_only
                             for s in creating)
     assert set(creating) == {s for s in _statements(fresh) if s.startswith("CREATE OR REPLACE")}
     assert 'ALTER EXTENSION madlib_dl UPDATE' in update.split("\n\n")[1]  # psql refuses to run it by hand
-    assert "require_version('0.1.0')" not in update and f"require_version('{__version__}')" in update
+    assert "begin('0.1.0'" not in update and f"session.begin('{__version__}', 'madlib_dl')" in update
 
 
 def test_old_versions_boot_from_their_own_directory():
@@ -220,7 +224,7 @@ def test_old_versions_boot_from_their_own_directory():
                                          "/usr/lib/postgresql/15/lib/madlib_dl/0.1.0/deps"]
     template, version = install.scripts(SQL_DIR)["madlib_dl--0.1.0.sql"]
     script = install.render(template, "madlib_dl", boot.directories(version), version)
-    assert "require_version('0.1.0')" in script and "/madlib_dl/0.1.0/deps" in script
+    assert "session.begin('0.1.0', 'madlib_dl')" in script and "/madlib_dl/0.1.0/deps" in script
     assert f"/madlib_dl/{__version__}" not in script
 
 

@@ -113,3 +113,19 @@ def test_settings_parse_and_default():
     for bad in ("0", "x", "1.5", "2000"):
         with pytest.raises(InvalidArgument, match=f"setting madlib_dl.num_segments: expected an integer from 1 to 1024, got '{bad}'"):
             settings.parse_int(settings.NUM_SEGMENTS, bad)
+
+
+def test_the_closing_notice_says_what_was_made_and_why_the_buffers_have_that_size():
+    plan = packing.plan_buffers(1437, 2, 64, 100)  # 100 rows asked: 15 buffers would not split evenly
+    assert packing.describe(plan, 100) == ("1437 rows in 16 buffers of 89 to 90 rows over 2 segments "
+                                           "(buffer_size 100 became 90 so that every segment holds the same "
+                                           "number of buffers (8))")
+    assert packing.describe(packing.plan_buffers(1000, 2, 64, 250), 250) == (
+        "1000 rows in 4 buffers of 250 rows over 2 segments (buffer_size 250, 2 buffers per segment)")
+    assert packing.describe(packing.plan_buffers(1437, 2, 64), None) == (
+        "1437 rows in 2 buffers of 718 to 719 rows over 2 segments (buffer_size NULL: one buffer per segment)")
+    assert packing.describe(packing.plan_buffers(3000, 2, 8 << 20 >> 2), None) == (  # 8 MiB of features a row
+        "3000 rows in 750 buffers of 4 rows over 2 segments (buffer_size NULL: 375 buffers per segment, each under "
+        "32 MiB of features)")
+    assert packing.describe(packing.plan_buffers(2, 3, 4), None) == (
+        "2 rows in 2 buffers of 1 row over 3 segments (fewer rows than segments: 1 segment holds none)")

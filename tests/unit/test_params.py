@@ -373,8 +373,10 @@ BAD_COMPILE = [
     ("missing-equals", "loss=mse, optimizer adam", InvalidArgument,
      r"^compile_params: expected name=value, got 'optimizer adam'$"),
     ("missing-comma", "optimizer=adam, loss=mse metrics=['acc']", InvalidArgument,
-     r"loss: \"mse metrics=\['acc'\]\" is not a valid value"),
-    ("missing-comma-swallows-key", "loss=mse optimizer=adam", InvalidArgument, r"optimizer is required"),
+     r"^compile_params: a comma is missing before metrics= \(in \"loss=mse metrics=\['acc'\]\"\)"),
+    ("missing-comma-swallows-key", "loss=mse optimizer=adam", InvalidArgument,
+     r"^compile_params: a comma is missing before optimizer= \(in 'loss=mse optimizer=adam'\); separate parameters "
+     r"with commas$"),
     ("missing-value", "loss=, optimizer=adam", InvalidArgument, r"^compile_params: loss has no value$"),
     ("missing-value-at-end", "loss=mse, optimizer=", InvalidArgument, r"optimizer has no value$"),
     ("missing-key", "=mse, optimizer=adam", InvalidArgument, r"^compile_params: '' is not a parameter name$"),
@@ -909,3 +911,21 @@ class TestRegressions:
             parse_fit_params(b"epochs=1")
         with pytest.raises(InvalidArgument, match=r"fit_params: class_weight: numbers must be finite"):
             parse_fit_params("class_weight={0: 1e999}")
+
+
+@pytest.mark.parametrize("text, name", [
+    ("loss='categorical_crossentropy' optimizer='Adam(lr=0.01)', metrics=['accuracy']", "optimizer"),
+    ("loss='mse', optimizer='SGD' metrics=['mae']", "metrics"),
+    ("optimizer='Adam(lr=0.01)'\tloss='mse'", "loss"),
+])
+def test_a_missing_comma_is_named_not_taken_for_a_missing_parameter(text, name):
+    with pytest.raises(InvalidArgument, match=f"compile_params: a comma is missing before {name}= "):
+        params.parse_compile_params(text)
+
+
+def test_equals_signs_inside_brackets_quotes_and_comparisons_are_not_parameters():
+    parsed = params.parse_compile_params("loss='mse', optimizer='Adam(lr=0.01, beta_1=0.9)', metrics=['mae']")
+    assert parsed.optimizer.kwargs == {"learning_rate": 0.01, "beta_1": 0.9}
+    with pytest.raises(InvalidArgument, match="fit_params: a comma is missing before epochs= "):
+        params.parse_fit_params("batch_size=8 epochs=2")
+    assert params._next_assignment("'a b=1'") is None and params._next_assignment("x == 1") is None
