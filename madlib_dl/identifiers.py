@@ -115,5 +115,5 @@ def output_table(db, text: str | None, argument: str) -> TableName:
     table = parse_table_name(text, argument)
     check_schema_exists(db, table, text, argument)
     if table_exists(db, table):
-        raise ObjectExists(f"{argument}: table {text!r} already exists; drop it or choose another name")
+        raise ObjectExists(f"{argument}: table {text!r} already exists", hint="Drop it or choose another name.")
     return table

@@ -154,8 +154,8 @@ def check_outputs(conn, tables, warm_start: bool, argument: str) -> None:
             raise ObjectMissing(f"warm_start: TRUE but {str(each)!r} does not exist; warm start continues from the "
                                 f"output tables of an earlier run (use warm_start => FALSE for a new run)")
         if not warm_start and exists:
-            raise ObjectExists(f"{argument}: table {str(each)!r} already exists; drop it, choose another name, or "
-                               "continue training it with warm_start => TRUE")
+            raise ObjectExists(f"{argument}: table {str(each)!r} already exists",
+                               hint="Drop it, choose another name, or continue training it with warm_start => TRUE.")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ def _output(conn, output_table, source: Source) -> Output:
     table = identifiers.output_table(conn, output_table, "output_table")
     summary = identifiers.summary_table(table, "output_table")
     if identifiers.table_exists(conn, summary):
-        raise InvalidArgument(f"output_table: its summary table {summary} already exists; drop it or choose another name")
+        raise InvalidArgument(f"output_table: its summary table {summary} already exists",
+                              hint="Drop it or choose another name.")
     dep, indep = source.dependent.name, source.independent.name
     reserved = {"__dist_key__", "buffer_id", f"{dep}_shape", f"{indep}_shape"}
     for argument, name in (("dependent_varname", dep), ("independent_varname", indep)):

@@ -15,6 +15,7 @@ This module is pure Python (no Keras import) so it is cheap to call while valida
 from __future__ import annotations
 
 import ast
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -169,16 +170,37 @@ def _split_item(item: str, argument: str) -> tuple[str, str]:
     key, eq, value = item.partition("=")
     key, value = key.strip(), value.strip()
     if not eq:
-        raise InvalidArgument(f"{argument}: expected name=value, got {item.strip()!r}")
+        raise InvalidArgument(f"{argument}: expected name=value, got {item.strip()!r}{_form_hint(item)}")
     if not key.isidentifier():
         raise InvalidArgument(f"{argument}: {key!r} is not a parameter name")
     if not value:
         raise InvalidArgument(f"{argument}: {key} has no value")
     missing_comma = _next_assignment(value)
     if missing_comma is not None:
+        separator = "a ';'" if re.search(r";\s*" + missing_comma + r"\s*=", value) else "a space"
         raise InvalidArgument(f"{argument}: a comma is missing before {missing_comma}= (in "
-                              f"{_show(item.strip())}); separate parameters with commas")
+                              f"{_show(item.strip())}); separate parameters with commas, not {separator}")
     return key, value
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean 'x'?)' for the closest of ``choices`` to a misspelt ``word``, else ''."""
+    close = difflib.get_close_matches(str(word).lower(), {str(c).lower(): c for c in choices}, n=1, cutoff=0.75)
+    if not close:
+        return ""
+    spelt = {str(c).lower(): c for c in choices}[close[0]]
+    return f" (did you mean {spelt!r}?)"
+
+
+def _form_hint(item: str) -> str:
+    """What went wrong in an item with no '=': the other notations people write out of habit."""
+    text = item.strip()
+    if text.startswith("{"):
+        return ("; compile_params and fit_params are strings of name=value pairs, such as \"loss='mse', "
+                "optimizer='Adam'\" (dictionaries of lists are generate_model_configs' grids)")
+    if re.match(r"['\"]?[A-Za-z_]\w*['\"]?\s*:", text):
+        return "; write name=value, with '=' rather than ':'"
+    return ""
 
 
 def _next_assignment(value: str) -> str | None:
@@ -283,7 +305,8 @@ def parse_compile_params(text: str | None, argument: str = "compile_params") -> 
         if key in COMPILE_KEYS_REJECTED:
             raise NotSupported(f"{argument}: {key} is not accepted: {COMPILE_KEYS_REJECTED[key]}")
         if key not in COMPILE_KEYS:
-            raise InvalidArgument(f"{argument}: unknown parameter {key!r}; expected one of {', '.join(COMPILE_KEYS)}")
+            raise InvalidArgument(f"{argument}: unknown parameter {key!r}{did_you_mean(key, COMPILE_KEYS)}; expected one "
+                                  f"of {', '.join(COMPILE_KEYS)}")
     for required in ("optimizer", "loss"):
         if required not in raw:
             raise InvalidArgument(f"{argument}: {required} is required")
@@ -333,7 +356,8 @@ def parse_optimizer(text: str, what: str = "optimizer") -> OptimizerSpec:
 def _optimizer_name(name: str, what: str) -> str:
     canonical = OPTIMIZERS.get(name.lower())
     if canonical is None:
-        raise InvalidArgument(f"{what}: unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS.values())}")
+        raise InvalidArgument(f"{what}: unknown optimizer {name!r}{did_you_mean(name, OPTIMIZERS.values())}; expected "
+                              f"one of {', '.join(OPTIMIZERS.values())}")
     return canonical
 
 
@@ -344,7 +368,8 @@ def _keras_name(value, argument, key, kind, names):
     if value.startswith("sparse_"):
         raise NotSupported(f"{argument}: {kind} {value!r} is not supported: {SPARSE_HINT}")
     if value not in names:
-        raise InvalidArgument(f"{argument}: unknown {kind} {value!r}; expected one of {', '.join(sorted(names))}")
+        raise InvalidArgument(f"{argument}: unknown {kind} {value!r}{did_you_mean(value, names)}; expected one of "
+                              f"{', '.join(sorted(names))}")
     return value
 
 
@@ -397,7 +422,8 @@ def parse_fit_params(text: str | None, argument: str = "fit_params") -> FitParam
         if key in FIT_KEYS_REJECTED:
             raise NotSupported(f"{argument}: {key} is not accepted: {FIT_KEYS_REJECTED[key]}")
         if key not in FIT_KEYS:
-            raise InvalidArgument(f"{argument}: unknown parameter {key!r}; expected one of {', '.join(FIT_KEYS)}")
+            raise InvalidArgument(f"{argument}: unknown parameter {key!r}{did_you_mean(key, FIT_KEYS)}; expected one of "
+                                  f"{', '.join(FIT_KEYS)}")
         values[key] = _fit_value(key, literal(value_text, f"{argument}: {key}", bare_words=False), argument)
     return FitParams(**values)
 

@@ -67,7 +67,8 @@ def acquire(db, schema: str, configs: list[WorkerConfig], idle_timeout: float, c
     if wanted:
         reused = len(configs) - len(wanted)
         notice(f"starting {len(wanted)} background worker{'s' if len(wanted) > 1 else ''}"
-               + (f" ({reused} idle worker{'s' if reused > 1 else ''} of this session reused)" if reused else ""))
+               + (f" ({reused} idle worker{'s' if reused > 1 else ''} of this session reused)" if reused else "")
+               + "; each loads TensorFlow, which takes seconds (the session's next calls reuse them)")
         started = launch(db, schema, len(wanted), check)
         try:
             _start(started, [configs[p] for p in wanted], idle_timeout, check)

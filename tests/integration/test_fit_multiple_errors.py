@@ -139,8 +139,9 @@ def fails(cur, sqlstate: str, argument: str, *fragments: str, existing=(), **arg
     message = error.diag.message_primary or str(error)
     assert error.pgcode == sqlstate, message
     assert message.startswith(f"madlib_dl: {argument}: "), message
+    said = f"{message} HINT: {error.diag.message_hint}"  # a remedy may be the error's HINT
     for fragment in fragments:
-        assert fragment in message, message
+        assert fragment in said, said
     assert {t for t in out if exists(cur, t)} == set(existing), message
     assert tables(cur) == before, message
     return message

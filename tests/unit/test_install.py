@@ -97,13 +97,14 @@ def test_a_venv_the_server_cannot_read_is_refused():
     top = Path(tempfile.mkdtemp(prefix="madlib_dl-install-"))  # not pytest's tmp_path: that is mode 700
     try:
         site = top / "site-packages"
-        (site / "keras").mkdir(parents=True)
-        (site / "keras" / "__init__.py").write_text("")
+        for package in ("keras", "madlib_dl"):
+            (site / package).mkdir(parents=True)
+            (site / package / "__init__.py").write_text("")
         top.chmod(0o700)  # like a checkout under /root
         with pytest.raises(SystemExit, match="the postgres OS user cannot read .*keras/__init__.py"):
-            install.check_readable_by_server(str(site))
+            install.check_readable_by_server(str(site), site / "madlib_dl")
         top.chmod(0o755)
-        install.check_readable_by_server(str(site))
+        install.check_readable_by_server(str(site), site / "madlib_dl")
     finally:
         shutil.rmtree(top)
 

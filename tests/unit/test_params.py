@@ -240,7 +240,7 @@ HOSTILE = "__import__('os').system('x')"
 BAD_COMPILE = [
     # (id, text, error type, regex that must be found in the message)
     ("unknown-optimizer", compile_with(optimizer="'Adamm'"), InvalidArgument,
-     r"optimizer: unknown optimizer 'Adamm'; expected one of SGD, .*Adam"),
+     r"optimizer: unknown optimizer 'Adamm' \(did you mean 'Adam'\?\); expected one of SGD, .*Adam"),
     ("unknown-optimizer-call", compile_with(optimizer="Adamm(lr=0.1)"), InvalidArgument,
      r"optimizer: unknown optimizer 'Adamm'"),
     ("wrapper-optimizer", compile_with(optimizer="LossScaleOptimizer"), InvalidArgument,
@@ -376,7 +376,7 @@ BAD_COMPILE = [
      r"^compile_params: a comma is missing before metrics= \(in \"loss=mse metrics=\['acc'\]\"\)"),
     ("missing-comma-swallows-key", "loss=mse optimizer=adam", InvalidArgument,
      r"^compile_params: a comma is missing before optimizer= \(in 'loss=mse optimizer=adam'\); separate parameters "
-     r"with commas$"),
+     r"with commas, not a space$"),
     ("missing-value", "loss=, optimizer=adam", InvalidArgument, r"^compile_params: loss has no value$"),
     ("missing-value-at-end", "loss=mse, optimizer=", InvalidArgument, r"optimizer has no value$"),
     ("missing-key", "=mse, optimizer=adam", InvalidArgument, r"^compile_params: '' is not a parameter name$"),
@@ -404,7 +404,7 @@ BAD_COMPILE = [
     ("two-metrics", compile_with(metrics="['accuracy', 'mse']"), NotSupported,
      r"metrics holds 2 metrics; one metric per model is supported"),
     # values of the wrong shape
-    ("unknown-loss", compile_with(loss="'msee'"), InvalidArgument, r"^compile_params: unknown loss 'msee'; expected one of"),
+    ("unknown-loss", compile_with(loss="'msee'"), InvalidArgument, r"^compile_params: unknown loss 'msee' \(did you mean 'mse'\?\); expected one of"),
     ("loss-list", compile_with(loss="[mse]"), InvalidArgument,
      r"loss must hold loss names, got \['mse'\]"),
     ("loss-number", compile_with(loss="1"), InvalidArgument, r"loss must hold loss names, got 1"),
@@ -678,7 +678,8 @@ BAD_FIT = [
     ("steps-per-epoch-none", "steps_per_epoch=None", InvalidArgument, r"steps_per_epoch must be an integer >= 1"),
     # structure
     ("unknown-key", "epoch=1", InvalidArgument,
-     r"^fit_params: unknown parameter 'epoch'; expected one of batch_size, epochs, verbose, shuffle, class_weight, "
+     r"^fit_params: unknown parameter 'epoch' \(did you mean 'epochs'\?\); expected one of batch_size, epochs, verbose, "
+     r"shuffle, class_weight, "
      r"initial_epoch, steps_per_epoch$"),
     ("duplicate-key", "batch_size=32, batch_size=64", InvalidArgument,
      r"^fit_params: batch_size is given more than once$"),
@@ -929,3 +930,22 @@ def test_equals_signs_inside_brackets_quotes_and_comparisons_are_not_parameters(
     with pytest.raises(InvalidArgument, match="fit_params: a comma is missing before epochs= "):
         params.parse_fit_params("batch_size=8 epochs=2")
     assert params._next_assignment("'a b=1'") is None and params._next_assignment("x == 1") is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("loss='categorical_crossentropy'; optimizer='adam'", r"a comma is missing before optimizer= .*not a ';'$"),
+    ("loss: 'mse', optimizer: 'adam'", r"expected name=value, got \"loss: 'mse'\"; write name=value, with '=' rather "
+                                       r"than ':'$"),
+    ("{'loss': 'mse', 'optimizer': 'adam'}", r"strings of name=value pairs.*generate_model_configs' grids"),
+    ("loss='mse', optimizer='Adamm'", r"unknown optimizer 'Adamm' \(did you mean 'Adam'\?\); expected one of SGD"),
+    ("loss='mse', optimizer='adam', metrics=['acuracy']", r"unknown metric 'acuracy' \(did you mean 'accuracy'\?\)"),
+    ("loss='mse', optimizer='adam', metric=['mae']", r"unknown parameter 'metric' \(did you mean 'metrics'\?\)"),
+])
+def test_near_misses_say_what_was_meant(text, expected):
+    with pytest.raises(InvalidArgument, match=expected):
+        params.parse_compile_params(text)
+
+
+def test_no_suggestion_for_a_word_nothing_resembles():
+    assert params.did_you_mean("zzz", ["Adam", "SGD"]) == ""
+    assert params.did_you_mean("batchsize", params.FIT_KEYS) == " (did you mean 'batch_size'?)"
