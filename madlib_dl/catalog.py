@@ -79,11 +79,12 @@ def _refuse_column_list(db, table: TableName, text: str, argument: str) -> None:
     listed = [found.get(n[0]) if len(n) == 1 else None for n in names]
     features = argument.startswith("independent_varname")
     if features and listed and all(c is not None and not c.is_array for c in listed):
-        joined = ", ".join(c.name for c in listed)
+        joined = ", ".join(db.quote_ident(c.name) for c in listed)
+        arrays = TableName(table.schema, f"{table.name}_arrays").sql(db)
         raise InvalidArgument(
             f"{argument}: expected one array column, got {len(listed)} columns ({text.strip()})",
-            hint=f"Make them one array column, e.g. CREATE TABLE {table.name}_arrays AS SELECT *, "
-                 f"ARRAY[{joined}]::REAL[] AS features FROM {table}; then pass 'features' and that table.")
+            hint=f"Make them one array column, e.g. CREATE TABLE {arrays} AS SELECT *, "
+                 f"ARRAY[{joined}]::REAL[] AS features FROM {table.sql(db)}; then pass 'features' and that table.")
     raise NotSupported(f"{argument}: one column is supported, got the list {text!r} "
                        "(models with several inputs or outputs are not supported yet)")
 

@@ -1,27 +1,28 @@
-"""What every madlib_dl SQL function does first (install.boot_lines puts the call at the top of each
-body): refuse another version's code, and at the backend's first call register the madlib_dl.*
-settings, which also loads the C library whose hook keeps madlib_dl's own errors free of tracebacks."""
+"""What every madlib_dl SQL function does first, after the version check (install.boot_lines puts both
+at the top of each body): at the backend's first call, register the madlib_dl.* settings, which also
+loads the C library whose hook keeps madlib_dl's own errors free of tracebacks."""
 
 from __future__ import annotations
 
-from madlib_dl import db, require_version, settings
+from madlib_dl import db, settings
 from madlib_dl.errors import MadlibDLError
 
-_registered_in: str | None = None  # the schema whose functions registered this backend's settings
+_registered = False
+_schema: str | None = None  # the schema of the functions calling, as the latest body named it
 
 
-def begin(version: str, schema: str) -> None:
-    require_version(version)
-    global _registered_in
-    if _registered_in is None:
+def begin(schema: str) -> None:
+    global _registered, _schema
+    _schema = schema
+    if not _registered:
         conn = db.current()
         try:
             settings.register(conn, schema)
         except MadlibDLError as error:  # a bad value SET before this first call
             conn.fail(error)
-        _registered_in = schema
+        _registered = True
 
 
 def schema() -> str | None:
     """The extension's schema as this backend's function bodies name it (None outside a server)."""
-    return _registered_in
+    return _schema

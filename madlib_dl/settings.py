@@ -7,12 +7,14 @@ tool's connection, where nothing is registered), so a bad value gives an error n
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 from madlib_dl.errors import InvalidArgument
 
 GIB = 1 << 30
+DECIMAL = re.compile(r"\s*[+-]?(0|[1-9][0-9]*)\s*")
 
 
 def machine_segments() -> int:
@@ -85,10 +87,9 @@ def parse_int(setting: Setting, text: str | None) -> int:
     """The setting's value from its text; unset or empty means the default."""
     if text is None or not text.strip():
         return setting.default()
-    try:
-        value = int(text.strip())
-    except ValueError:
-        value = None
+    # Plain decimal only: what PostgreSQL's integer settings and the C check of the 64-bit ones read
+    # alike (Python's int() would also take '1_000', and PostgreSQL reads '010' as octal).
+    value = int(text) if DECIMAL.fullmatch(text) else None
     if value is None or not setting.minimum <= value <= setting.maximum:
         raise InvalidArgument(f"setting {setting.name}: expected an integer from {setting.minimum} to "
                               f"{setting.maximum}, got {text!r} (RESET {setting.name} for the default)")
@@ -127,6 +128,8 @@ def register(db, schema: str) -> None:
     schema = db.quote_ident(schema)
     define = (f"SELECT {schema}.internal_define_setting($1, $2, $3, $4, $5, $6, $7)",
               ["text", "text", "text", "int8", "int8", "text[]", "text"])
+    # Any C function loads the library, whose _PG_init installs the hook that quiets the errors below.
+    db.execute(f"SELECT {schema}.internal_client_connected()")
     # A value SET before this backend registered the settings was kept as a placeholder; registering
     # would drop a bad one with only a WARNING and run with the default instead: refuse it as reading it
     # would (the same error, naming the setting), until it is fixed or RESET.

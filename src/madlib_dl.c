@@ -268,13 +268,21 @@ quiet_own_errors(ErrorData *edata)
 static List *defined_settings = NIL;
 
 static bool
-check_bigint(char **newval, void **extra, GucSource source)
+parse_bigint(const char *text)
 {
 	char	   *end;
 
 	errno = 0;
-	(void) strtoll(*newval, &end, 10);
-	if (errno != 0 || end == *newval || *end != '\0')
+	(void) strtoll(text, &end, 10);
+	while (*end == ' ' || *end == '\t')
+		end++;
+	return errno == 0 && end != text && *end == '\0';
+}
+
+static bool
+check_bigint(char **newval, void **extra, GucSource source)
+{
+	if (!parse_bigint(*newval))
 	{
 		GUC_check_errdetail("Expected an integer from %lld to %lld.", (long long) PG_INT64_MIN,
 							(long long) PG_INT64_MAX);
@@ -296,11 +304,43 @@ madlib_dl_define_setting(PG_FUNCTION_ARGS)
 	MemoryContext old;
 	ListCell   *cell;
 
+	/* Any role may call this (every session registers at its first call): only madlib_dl's own names,
+	 * and only values the setting itself accepts, so that nothing here can fail after defining. */
+	if (strncmp(name, "madlib_dl.", 10) != 0 || strlen(name) == 10 || strchr(name + 10, '.') != NULL)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("madlib_dl: setting name %s: expected madlib_dl.<name>", name)));
 	foreach(cell, defined_settings)
 	{
 		if (strcmp((char *) lfirst(cell), name) == 0)
 			PG_RETURN_BOOL(false);
 	}
+	if (strcmp(kind, "integer") == 0)
+	{
+		char	   *end;
+		long long	value;
+
+		errno = 0;
+		value = strtoll(boot, &end, 10);
+		if (errno != 0 || end == boot || *end != '\0' || minimum < PG_INT32_MIN || maximum > PG_INT32_MAX ||
+			minimum > maximum || value < minimum || value > maximum)
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							errmsg("madlib_dl: setting %s: default %s outside its range", name, boot)));
+	}
+	else if (strcmp(kind, "bigint") == 0)
+	{
+		if (!parse_bigint(boot))
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							errmsg("madlib_dl: setting %s: default %s is not an integer", name, boot)));
+	}
+	else if (strcmp(kind, "enum") == 0)
+	{
+		if (array_contains_nulls(choices) || ArrayGetNItems(ARR_NDIM(choices), ARR_DIMS(choices)) == 0)
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							errmsg("madlib_dl: setting %s: choices must be a non-empty array without NULLs", name)));
+	}
+	else
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("madlib_dl: setting %s: unknown kind %s", name, kind)));
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	name = pstrdup(name);
 	description = pstrdup(description);
@@ -308,8 +348,6 @@ madlib_dl_define_setting(PG_FUNCTION_ARGS)
 	{
 		int		   *value = palloc0(sizeof(int));
 
-		if (minimum < PG_INT32_MIN || maximum > PG_INT32_MAX)
-			elog(ERROR, "madlib_dl: setting %s: its range does not fit an integer setting", name);
 		DefineCustomIntVariable(name, description, NULL, value, pg_strtoint32(boot), (int) minimum,
 								(int) maximum, PGC_USERSET, 0, NULL, NULL, NULL);
 	}
@@ -338,8 +376,6 @@ madlib_dl_define_setting(PG_FUNCTION_ARGS)
 		DefineCustomEnumVariable(name, description, NULL, value, 0, options, PGC_USERSET, 0, NULL, NULL,
 								 NULL);
 	}
-	else
-		elog(ERROR, "madlib_dl: setting %s: unknown kind %s", name, kind);
 	defined_settings = lappend(defined_settings, name);
 	MemoryContextSwitchTo(old);
 	PG_RETURN_BOOL(true);

@@ -70,8 +70,16 @@ def _link_local_home(home: Path) -> None:
             raise SystemExit(f"cluster: {local} cannot hold the cluster (the postgres OS user cannot enter "
                              f"{paths.REPO}) and is not empty; move it away, or set MADLIB_DL_HOME")
         local.rmdir()
-    home.mkdir(parents=True, exist_ok=True)
+    _make_reachable(home)
     local.symlink_to(home)
+
+
+def _make_reachable(directory: Path) -> None:
+    """mkdir -p, the new directories mode 755 whatever root's umask: the postgres user goes through them."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    for new in reversed(missing):
+        new.mkdir()
+        os.chmod(new, 0o755)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from madlib_dl import __version__
+from madlib_dl.tools import constraints as constraint_pins
 from madlib_dl.tools import paths
 
 EXTENSION = "madlib_dl"
@@ -41,8 +42,9 @@ DEPS_STAMP = ".madlib_dl-requirements"
 def boot_lines(directories: list[str], version: str = __version__, schema: str = DEFAULT_SCHEMA) -> str:
     """Python run at the top of every function body: once per backend, check that ``directories`` are
     there (a version's files removed from the server), put them first on sys.path and read their .pth
-    files; on every call, refuse another version's code, and register the settings at the first
-    (madlib_dl.session.begin)."""
+    files; on every call, refuse another version's code (require_version, which every version has: a
+    session still running an older version's code must get that message, not an ImportError), then
+    register the settings at the first call (madlib_dl.session.begin)."""
     missing = (f"RuntimeError('madlib_dl: this database has madlib_dl {version}, whose files are not on this "
                f"server (' + d + '): run ALTER EXTENSION madlib_dl UPDATE to move it to the version installed "
                f"(docs/upgrading.md)')")
@@ -51,7 +53,7 @@ def boot_lines(directories: list[str], version: str = __version__, schema: str =
             f"    for d in {directories!r}:\n"
             f"        if not __import__('os').path.isdir(d): raise {missing}\n"
             f"    sys.path[0:0] = {directories!r}; [__import__('site').addsitedir(d) for d in {directories!r}]\n"
-            f"__import__('madlib_dl.session').session.begin({version!r}, {schema!r})")
+            f"__import__('madlib_dl').require_version({version!r}); __import__('madlib_dl.session').session.begin({schema!r})")
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,8 @@ def freeze(sql_dir: Path, version: str = __version__) -> list[Path]:
         if _versions(name)[-1] != version:
             continue
         target = sql_dir / "released" / f"{name}.in"
+        if target.exists():  # frozen already (a second --freeze): released files are never rewritten
+            continue
         head = f"-- madlib_dl {version}'s script template {name}, as released. Frozen: never edit.\n"
         target.write_text(head + template.replace("@VERSION@", version))
         written.append(target)
@@ -208,16 +212,12 @@ def runtime_requirements(requirements: Path, constraints: str) -> list[str]:
     """The pins of RUNTIME_PACKAGES from requirements.txt (the one place that pins them), then every
     package this venv has (``constraints``: pip freeze), so that their dependencies resolve to the
     versions the tests ran with."""
-    pins = {}
-    for line in requirements.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if "==" in line:
-            pins[line.split("==", 1)[0].strip().lower()] = line
+    pins = constraint_pins.pins(requirements.read_text())
     missing = [name for name in RUNTIME_PACKAGES if name not in pins]
     if missing:
         raise SystemExit(f"install: {requirements} pins no version of {', '.join(missing)}")
-    frozen = [line for line in constraints.splitlines() if "==" in line and not line.startswith(("-e", "#"))
-              and not line.lower().startswith(EXTENSION.replace("_", "-") + "==")]
+    frozen = [line for name, line in constraint_pins.pins(constraints).items()
+              if name != constraint_pins.canonical(EXTENSION)]
     return [pins[name] for name in RUNTIME_PACKAGES] + sorted(frozen)
 
 
@@ -252,7 +252,7 @@ def _same_requirements(deps: Path, wanted: str) -> bool:
 
 
 def _pip_install(pip: list[str], target: Path, requirements: str) -> None:
-    pins = [line for line in requirements.splitlines() if line.split("==")[0].lower() in RUNTIME_PACKAGES]
+    pins = [line for name, line in constraint_pins.pins(requirements).items() if name in RUNTIME_PACKAGES]
     print(f"install: installing {', '.join(pins)} for the server into {target.parent / 'deps'} "
           "(about 1.5 GB; a minute or so)", flush=True)
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraints:
@@ -337,9 +337,10 @@ def build_library(pg_config: str | None = None) -> Path:
     return src / LIBRARY
 
 
-def install_library(pkglibdir: str, pg_config: str | None = None) -> tuple[Path, bool]:
-    """Build the C library and copy it into the server's pkglibdir ($libdir); (path, whether copied)."""
-    built = build_library(pg_config)
+def install_library(pkglibdir: str, built: Path | None = None) -> tuple[Path, bool]:
+    """Copy the C library (``built``, else built now) into the server's pkglibdir ($libdir); (path,
+    whether copied)."""
+    built = built or build_library()
     target = Path(pkglibdir) / LIBRARY
     return target, _write_if_changed(target, built.read_bytes())
 
@@ -377,20 +378,24 @@ def main(argv=None) -> None:
         for path in freeze(paths.REPO / "sql"):
             print(f"install: froze {path}")
         return
+    # What can fail comes first (the build, pip), so a failure leaves the installed version working;
+    # other versions' files go last.
+    built = build_library()
     boot = Boot(None)
     if not args.dev:
         root, changed = install_package(pkglibdir)
         print(f"install: {'wrote ' + ', '.join(changed) if changed else 'up to date: ' + str(root)}")
-        for path in remove_other_versions(pkglibdir):
-            print(f"install: removed {path} (databases at that version: ALTER EXTENSION madlib_dl UPDATE)")
         boot = Boot(pkglibdir)
     written = install(sharedir, args.schema, boot)
     for path in written:
         print(f"install: wrote {path}")
     if not written:
         print(f"install: up to date: {Path(sharedir) / 'extension'}/{EXTENSION}*")
-    library, copied = install_library(pkglibdir)
+    library, copied = install_library(pkglibdir, built)
     print(f"install: {'wrote' if copied else 'up to date:'} {library}")
+    if not args.dev:
+        for path in remove_other_versions(pkglibdir):
+            print(f"install: removed {path} (databases at that version: ALTER EXTENSION madlib_dl UPDATE)")
 
 if __name__ == "__main__":
     main()

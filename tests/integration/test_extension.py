@@ -171,3 +171,23 @@ def test_gpu_configuration_help(cur):
     cur.execute("SELECT madlib_dl.gpu_configuration()")
     text = cur.fetchone()[0]
     assert "output_table" in text and "'nvidia'" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (("madlib_dl.x", "enum", "a", 0, 0, [None], "d"), "choices must be a non-empty array without NULLs"),
+    (("madlib_dl.x", "enum", "a", 0, 0, [], "d"), "choices must be a non-empty array without NULLs"),
+    (("auto_explain.x", "integer", "1", 0, 5, [], "d"), "setting name auto_explain.x: expected madlib_dl.<name>"),
+    (("madlib_dl.a.b", "integer", "1", 0, 5, [], "d"), "expected madlib_dl.<name>"),
+    (("madlib_dl.x", "integer", "9", 0, 5, [], "d"), "default 9 outside its range"),
+    (("madlib_dl.x", "integer", "1", 0, 2**40, [], "d"), "default 1 outside its range"),
+    (("madlib_dl.x", "bigint", "1x", 0, 0, [], "d"), "default 1x is not an integer"),
+    (("madlib_dl.x", "float", "1", 0, 0, [], "d"), "unknown kind float"),
+])
+def test_the_c_function_defining_settings_refuses_what_it_cannot_define(conn, args, message):
+    """Any role can call it (sessions register their settings at their first call): bad input is an
+    error, never a crash or a setting outside madlib_dl's names."""
+    with conn.cursor() as c:
+        with pytest.raises(psycopg2.errors.InvalidParameterValue, match=re.escape(message)):
+            c.execute("SELECT madlib_dl.internal_define_setting(%s, %s, %s, %s, %s, %s::text[], %s)", list(args))
+        c.execute("SELECT 1")  # the backend is alive
+        assert c.fetchone() == (1,)

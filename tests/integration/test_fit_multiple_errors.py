@@ -441,16 +441,17 @@ def test_executor_setting(cur):
         cur.execute(f"SET {S}executor = 'fast'")
 
 
-def test_a_bad_value_set_before_the_sessions_first_call_is_refused_by_that_call(server, plain_role):
+def test_a_bad_value_set_before_the_sessions_first_call_is_refused_by_that_call(db, server, plain_role):
     """Before a session's first madlib_dl call its settings are not registered, so SET keeps any text;
     that call refuses a bad one, naming it, instead of running with the default."""
-    with server.connect("fit_multiple_errors", user=plain_role) as fresh, fresh.cursor() as c:
+    with server.connect(db.info.dbname, user=plain_role) as fresh, fresh.cursor() as c:
         c.execute(f"SET {S}executor = 'fast'; SET {S}memory_budget_mb = 'lots'")
         with pytest.raises(psycopg2.errors.InvalidParameterValue) as error:
             c.execute("SELECT madlib_dl.version()")
         assert error.value.pgerror.splitlines()[0] == (
             "ERROR:  madlib_dl: setting madlib_dl.memory_budget_mb: expected an integer from 1 to 2147483647, got "
             f"'lots' (RESET {S}memory_budget_mb for the default)")
+        assert error.value.diag.context is None  # the library was loaded first: no traceback
         c.execute(f"RESET {S}memory_budget_mb")
         with pytest.raises(psycopg2.errors.InvalidParameterValue, match="expected one of auto, workers, in_process, "
                            "got 'fast'"):

@@ -74,8 +74,8 @@ def test_a_session_that_ran_the_old_code_is_told_to_reconnect_after_the_update(s
     with server.fresh_database("upgrade_session") as name, server.connect(name) as conn, conn.cursor() as cur:
         cur.execute("SELECT madlib_dl.version()")  # this backend now has madlib_dl imported
         cur.execute("SELECT prosrc FROM pg_proc WHERE oid = 'madlib_dl.version()'::regprocedure")
-        body = cur.fetchone()[0].replace(f"begin({__version__!r}", "begin('9.9.9'")
-        assert "begin('9.9.9'" in body
+        body = cur.fetchone()[0].replace(f"require_version({__version__!r})", "require_version('9.9.9')")
+        assert "require_version('9.9.9')" in body
         cur.execute("CREATE OR REPLACE FUNCTION madlib_dl.version() RETURNS TEXT LANGUAGE plpython3u AS %s", [body])
         with pytest.raises(psycopg2.Error, match=r"extension is version 9\.9\.9 but this session runs madlib_dl "
                            rf"{__version__}; run ALTER EXTENSION madlib_dl UPDATE, then reconnect"):

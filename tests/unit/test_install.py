@@ -112,9 +112,10 @@ def test_a_venv_the_server_cannot_read_is_refused():
 def test_the_boot_code_refuses_another_versions_code(monkeypatch):
     from madlib_dl import session
 
-    monkeypatch.setattr(session, "_registered_in", "madlib_dl")  # no server here to register settings in
+    monkeypatch.setattr(session, "_registered", True)  # no server here to register settings in
     boot = install.boot_lines(SITE, "9.9.9", "madlib")
-    assert boot.startswith("import sys\n") and boot.endswith("session.begin('9.9.9', 'madlib')")
+    assert boot.startswith("import sys\n") and boot.endswith(
+        "__import__('madlib_dl').require_version('9.9.9'); __import__('madlib_dl.session').session.begin('madlib')")
     exec(compile(install.boot_lines(SITE), "boot", "exec"), {})  # this version: runs
     with pytest.raises(RuntimeError, match="extension is version 9.9.9 but this session runs madlib_dl "
                        f"{__version__}; run ALTER EXTENSION madlib_dl UPDATE"):
@@ -216,7 +217,7 @@ def test_the_update_script_replaces_every_function_and_creates_nothing_once_only
                             for s in creating)
     assert set(creating) == {s for s in _statements(fresh) if s.startswith("CREATE OR REPLACE")}
     assert 'ALTER EXTENSION madlib_dl UPDATE' in update.split("\n\n")[1]  # psql refuses to run it by hand
-    assert "begin('0.1.0'" not in update and f"session.begin('{__version__}', 'madlib_dl')" in update
+    assert "require_version('0.1.0')" not in update and f"require_version('{__version__}')" in update
 
 
 def test_old_versions_boot_from_their_own_directory():
@@ -225,7 +226,7 @@ def test_old_versions_boot_from_their_own_directory():
                                          "/usr/lib/postgresql/15/lib/madlib_dl/0.1.0/deps"]
     template, version = install.scripts(SQL_DIR)["madlib_dl--0.1.0.sql"]
     script = install.render(template, "madlib_dl", boot.directories(version), version)
-    assert "session.begin('0.1.0', 'madlib_dl')" in script and "/madlib_dl/0.1.0/deps" in script
+    assert "require_version('0.1.0')" in script and "/madlib_dl/0.1.0/deps" in script
     assert f"/madlib_dl/{__version__}" not in script
 
 

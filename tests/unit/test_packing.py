@@ -129,3 +129,10 @@ def test_the_closing_notice_says_what_was_made_and_why_the_buffers_have_that_siz
         "32 MiB of features)")
     assert packing.describe(packing.plan_buffers(2, 3, 4), None) == (
         "2 rows in 2 buffers of 1 row over 3 segments (fewer rows than segments: 1 segment holds none)")
+
+
+@pytest.mark.parametrize("text", ["1_000", "010", "0x10", "١٢", "4.0", "4 5"])
+def test_a_setting_is_plain_decimal_as_postgres_and_the_c_check_read_it(text):
+    with pytest.raises(InvalidArgument, match=f"setting madlib_dl.num_segments: expected an integer from 1 to 1024"):
+        settings.parse_int(settings.NUM_SEGMENTS, text)
+    assert settings.parse_int(settings.NUM_SEGMENTS, " 12 ") == 12 and settings.parse_int(settings.FIT_SEED, "-7") == -7
