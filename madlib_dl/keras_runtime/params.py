@@ -124,12 +124,13 @@ def _show(text: str, limit: int = 80) -> str:
 _ASSIGNMENT = re.compile(r"\s+([A-Za-z_]\w*)\s*=(?!=)")
 
 
-def _top_level_commas(text: str, argument: str) -> list[int]:
-    """Positions of commas outside quotes and brackets. Refuses unbalanced brackets, unterminated
-    strings, deep nesting and comments (Python's '#' would silently drop the rest of a value)."""
+def _top_level(text: str, argument: str) -> list[int]:
+    """Positions of the characters outside quotes and brackets. Refuses unbalanced brackets,
+    unterminated strings, deep nesting and comments (Python's '#' would silently drop the rest of a
+    value)."""
     if len(text) > MAX_PARAM_LENGTH:
         raise InvalidArgument(f"{argument}: longer than {MAX_PARAM_LENGTH} characters")
-    commas, stack, quote, i = [], [], None, 0
+    positions, stack, quote, i = [], [], None, 0
     while i < len(text):
         c = text[i]
         if quote:
@@ -148,19 +149,19 @@ def _top_level_commas(text: str, argument: str) -> list[int]:
         elif c in ")]}":
             if not stack or stack.pop() != c:
                 raise InvalidArgument(f"{argument}: unbalanced {c!r} at position {i + 1} in {_show(text)}")
-        elif c == "," and not stack:
-            commas.append(i)
+        elif not stack:
+            positions.append(i)
         i += 1
     if quote:
         raise InvalidArgument(f"{argument}: unterminated string starting with {quote} in {_show(text)}")
     if stack:
         raise InvalidArgument(f"{argument}: missing {stack[-1]!r} in {_show(text)}")
-    return commas
+    return positions
 
 
 def split_params(text: str, argument: str) -> list[tuple[str, str]]:
     """Split at top-level commas, then each item at its first '='."""
-    bounds = [-1, *_top_level_commas(text, argument), len(text)]
+    bounds = [-1, *(i for i in _top_level(text, argument) if text[i] == ","), len(text)]
     return [_split_item(text[a + 1:b], argument) for a, b in zip(bounds, bounds[1:])]
 
 
@@ -175,7 +176,7 @@ def _split_item(item: str, argument: str) -> tuple[str, str]:
         raise InvalidArgument(f"{argument}: {key!r} is not a parameter name")
     if not value:
         raise InvalidArgument(f"{argument}: {key} has no value")
-    missing_comma = _next_assignment(value)
+    missing_comma = _next_assignment(value, argument)
     if missing_comma is not None:
         separator = "a ';'" if re.search(r";\s*" + missing_comma + r"\s*=", value) else "a space"
         raise InvalidArgument(f"{argument}: a comma is missing before {missing_comma}= (in "
@@ -185,11 +186,9 @@ def _split_item(item: str, argument: str) -> tuple[str, str]:
 
 def did_you_mean(word: str, choices) -> str:
     """' (did you mean 'x'?)' for the closest of ``choices`` to a misspelt ``word``, else ''."""
-    close = difflib.get_close_matches(str(word).lower(), {str(c).lower(): c for c in choices}, n=1, cutoff=0.75)
-    if not close:
-        return ""
-    spelt = {str(c).lower(): c for c in choices}[close[0]]
-    return f" (did you mean {spelt!r}?)"
+    spelt = {str(c).lower(): c for c in choices}
+    close = difflib.get_close_matches(str(word).lower(), spelt, n=1, cutoff=0.75)
+    return f" (did you mean {spelt[close[0]]!r}?)" if close else ""
 
 
 def _form_hint(item: str) -> str:
@@ -203,28 +202,13 @@ def _form_hint(item: str) -> str:
     return ""
 
 
-def _next_assignment(value: str) -> str | None:
+def _next_assignment(value: str, argument: str) -> str | None:
     """The name of a ``name=`` that follows a space outside quotes and brackets in ``value`` (the
     next parameter, when the comma before it was left out), else None."""
-    depth, quote, i = 0, None, 0
-    while i < len(value):
-        c = value[i]
-        if quote:
-            if c == "\\":
-                i += 1
-            elif c == quote:
-                quote = None
-        elif c in "'\"":
-            quote = c
-        elif c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif c.isspace() and depth == 0:
-            found = _ASSIGNMENT.match(value, i)
-            if found:
-                return found.group(1)
-        i += 1
+    for i in _top_level(value, argument):
+        found = _ASSIGNMENT.match(value, i) if value[i].isspace() else None
+        if found:
+            return found.group(1)
     return None
 
 
@@ -243,7 +227,7 @@ def _unique(pairs: list[tuple[str, str]], argument: str) -> dict[str, str]:
 def _expression(text: str, what: str, expected: str | None = None):
     """The syntax tree of one value. Whatever Python's parser cannot take (syntax, NUL bytes, nesting
     too deep for its stack) is the user's error, reported as such."""
-    _top_level_commas(text, what)
+    _top_level(text, what)  # its checks: length, brackets, strings, comments
     try:
         return ast.parse(text.strip(), mode="eval").body
     except (SyntaxError, ValueError, RecursionError, MemoryError):

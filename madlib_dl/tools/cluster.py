@@ -18,7 +18,7 @@ from madlib_dl.tools import install, paths
 
 DEFAULT_PORT = 54329
 LISTEN_CONF = "madlib_dl_listen.conf"
-SERVER_USER = "postgres"
+SERVER_USER = paths.SERVER_USER
 # The extension's version and the schema it owns (its install script creates that schema).
 EXTENSION_QUERY = """
     SELECT e.extversion, n.nspname
@@ -45,18 +45,10 @@ def default_home() -> Path:
     """The checkout's .cluster when the server's OS user can reach it, else a directory of its own under
     RELOCATED_HOMES, named after the checkout (``.cluster`` becomes a symlink to it at init)."""
     local = paths.REPO / ".cluster"
-    if local.is_symlink() or server_user_can_enter(paths.REPO):
+    if local.is_symlink() or paths.server_user_can("x", paths.REPO):
         return local
     digest = hashlib.sha256(str(paths.REPO).encode()).hexdigest()[:12]
     return RELOCATED_HOMES / f"{paths.REPO.name}-{digest}"
-
-
-def server_user_can_enter(directory: Path) -> bool:
-    """Whether the server's OS user can reach ``directory`` (under root the server runs as postgres; else
-    as the user running this)."""
-    if os.geteuid() != 0:
-        return True
-    return subprocess.run(["runuser", "-u", SERVER_USER, "--", "test", "-x", str(directory)]).returncode == 0
 
 
 def _link_local_home(home: Path) -> None:
@@ -250,8 +242,6 @@ def _run_or_exit(cur, statement: str, what: str) -> None:
 
 
 def _script_digest(version: str) -> str | None:
-    import hashlib
-
     script = Path(paths.pg_config("--sharedir")) / "extension" / f"madlib_dl--{version}.sql"
     return hashlib.sha256(script.read_bytes()).hexdigest()[:16] if script.exists() else None
 

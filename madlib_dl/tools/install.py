@@ -138,11 +138,8 @@ def freeze(sql_dir: Path, version: str = __version__) -> list[Path]:
 def check_readable_by_server(site: str, package: Path = paths.REPO / EXTENSION) -> None:
     """make dev-install: the server runs as the postgres OS user, so a venv or checkout under /root
     (mode 700) would fail at call time."""
-    if os.geteuid() != 0:
-        return
     for path in (os.path.join(site, "keras", "__init__.py"), str(package / "__init__.py")):
-        probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-r", path], capture_output=True)
-        if probe.returncode != 0:
+        if not paths.server_user_can("r", path):
             raise SystemExit(f"install: the postgres OS user cannot read {path}; make dev-install needs a checkout "
                              "(and .venv) other users can read, e.g. under /opt or /srv (make install does not)")
 

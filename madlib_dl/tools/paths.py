@@ -16,6 +16,18 @@ def site_packages() -> str:
     return sysconfig.get_paths()["purelib"]
 
 
+SERVER_USER = "postgres"  # the OS user a Debian server runs as
+
+
+def server_user_can(test: str, path) -> bool:
+    """Whether the server's OS user passes ``test -<test> path`` (-r: read it, -x: enter it). Only root
+    runs the server as that user; anyone else runs it as themselves."""
+    if os.geteuid() != 0:
+        return True
+    return subprocess.run(["runuser", "-u", SERVER_USER, "--", "test", f"-{test}", str(path)],
+                          capture_output=True).returncode == 0
+
+
 def pg_config_program() -> str:
     """The server's pg_config: $PG_CONFIG (`make install PG_CONFIG=...`, as PGXS extensions take it), else
     the one on PATH."""

@@ -929,7 +929,7 @@ def test_equals_signs_inside_brackets_quotes_and_comparisons_are_not_parameters(
     assert parsed.optimizer.kwargs == {"learning_rate": 0.01, "beta_1": 0.9}
     with pytest.raises(InvalidArgument, match="fit_params: a comma is missing before epochs= "):
         params.parse_fit_params("batch_size=8 epochs=2")
-    assert params._next_assignment("'a b=1'") is None and params._next_assignment("x == 1") is None
+    assert params._next_assignment("'a b=1'", "x") is None and params._next_assignment("x == 1", "x") is None
 
 
 @pytest.mark.parametrize("text, expected", [
