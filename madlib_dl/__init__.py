@@ -13,6 +13,9 @@ def require_version(version: str) -> None:
     not run another version's code against this database's functions (after an upgrade of the files
     without ALTER EXTENSION, or a session that imported madlib_dl before the extension was updated)."""
     if version != __version__:
-        raise RuntimeError(f"madlib_dl: this database's extension is version {version} but this session runs "
-                           f"madlib_dl {__version__}; run ALTER EXTENSION madlib_dl UPDATE, then reconnect")
+        from madlib_dl import db
+        from madlib_dl.errors import WrongVersion
 
+        db.current().fail(WrongVersion(f"this database's extension is version {version} but this session runs "
+                                       f"madlib_dl {__version__}",
+                                       hint="Run ALTER EXTENSION madlib_dl UPDATE, then reconnect."))

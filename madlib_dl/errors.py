@@ -31,3 +31,8 @@ class NotSupported(MadlibDLError):
 class Cancelled(MadlibDLError):
     """A cancel or statement_timeout, reported with how far the run got."""
     sqlstate = "57014"  # query_canceled
+
+
+class WrongVersion(MadlibDLError):
+    """This session's madlib_dl is not the version of the database's extension."""
+    sqlstate = "55000"  # object_not_in_prerequisite_state

@@ -232,7 +232,8 @@ class _BufferWriter:
             self._changed()
 
     def _changed(self):
-        raise InvalidArgument(f"source_table: {self.p.source.table} changed while it was being packed; try again")
+        raise InvalidArgument(f"source_table: {self.p.source.table} changed while it was being packed",
+                              hint="Try again.")
 
 
 def pack(conn, p: Packing, normalizing_const: float, class_values_sql: str) -> None:

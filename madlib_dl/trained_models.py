@@ -60,8 +60,8 @@ def load(db, model_table: str | None, mst_key: int | None, argument: str = "mode
         row, config = _multi(db, table, model_table, mst_key, argument)
     else:
         if mst_key is not None:
-            raise InvalidArgument(f"mst_key: {model_table!r} holds a single model (madlib_keras_fit); pass mst_key "
-                                  f"NULL, got {mst_key}")
+            raise InvalidArgument(f"mst_key: {model_table!r} holds a single model (madlib_keras_fit), got "
+                                  f"mst_key {mst_key}", hint="Pass mst_key NULL.")
         row, config = _single(db, table, model_table, summary, argument)
     if row["model_weights"] is None or row["model_arch"] is None:
         raise InvalidArgument(f"{argument}: the model {model_table!r}{_key(mst_key)} has NULL weights or architecture")
@@ -80,8 +80,9 @@ def load(db, model_table: str | None, mst_key: int | None, argument: str = "mode
 def _companion(db, table: TableName, suffix: str, text: str, argument: str) -> TableName:
     other = TableName(table.schema, table.name + suffix)
     if not identifiers.table_exists(db, other):
-        raise ObjectMissing(f"{argument}: {text!r} has no table {str(other)!r}; pass the model table a training "
-                            "function wrote (its summary and, for several models, info tables go with it)")
+        raise ObjectMissing(f"{argument}: {text!r} has no table {str(other)!r}",
+                            hint="Pass the model table a training function wrote (its summary and, for several "
+                            "models, info tables go with it).")
     return other
 
 
@@ -96,8 +97,8 @@ def _multi(db, table: TableName, text: str, mst_key, argument: str) -> tuple[dic
     if mst_key is None:
         keys = [r["mst_key"] for r in db.execute(f"SELECT mst_key FROM {table.sql(db)} ORDER BY mst_key LIMIT 11")]
         shown = ", ".join(map(str, keys[:10])) + (", ..." if len(keys) > 10 else "")
-        raise InvalidArgument(f"mst_key: {text!r} holds several models (madlib_keras_fit_multiple_model); choose one "
-                              f"with mst_key (one of {shown})")
+        raise InvalidArgument(f"mst_key: {text!r} holds several models (madlib_keras_fit_multiple_model) but "
+                              "mst_key is NULL", hint=f"Choose one with mst_key (one of {shown}).")
     info_table = _companion(db, table, "_info", text, argument)
     rows = db.execute(f"SELECT model_weights, model_arch::text AS model_arch FROM {table.sql(db)} WHERE mst_key = $1",
                       [mst_key], ["integer"])

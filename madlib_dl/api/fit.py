@@ -36,7 +36,8 @@ def fit(source_table, model, model_arch_table, model_id, compile_params, fit_par
         validation_table, metrics_compute_frequency, warm_start, name, description, object_table) -> None:
     conn = db.current()
     if object_table is not None:
-        raise NotSupported(f"object_table: custom functions are not supported yet; pass NULL, got {object_table!r}")
+        raise NotSupported(f"object_table: custom functions are not supported yet, got {object_table!r}",
+                           hint="Pass NULL and use Keras' built-in losses and metrics.")
     params.parse_compile_params(compile_params, "compile_params")
     params.parse_fit_params(fit_params, "fit_params")
     iterations = fit_multiple.num_iterations_argument(num_iterations)
@@ -68,7 +69,7 @@ def _model(conn, arch_text, model_id, compile_params: str, fit_params, source: P
     missing = fit_multiple.missing_arch_columns(conn, arch)
     if missing:
         raise InvalidArgument(f"model_arch_table: {arch_text!r} is not a model architecture table (no column "
-                              f"{', '.join(missing)}); make one with load_keras_model()")
+                              f"{', '.join(missing)})", hint="Make one with load_keras_model().")
     if model_id is None:
         raise InvalidArgument(f"model_id: expected the model_id of a model in {arch_text!r}, got NULL")
     model_arch, weights = fit_multiple.architecture(conn, arch, model_id, "model_id", source)

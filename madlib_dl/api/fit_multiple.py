@@ -38,7 +38,7 @@ def fit_multiple_model(source_table, model_output_table, model_selection_table, 
     source = packed_tables.describe(conn, source_table, "source_table")
     validation = validation_argument(conn, validation_table, source)
     mst, arch_table = _mst_tables(conn, model_selection_table)
-    out = _outputs(conn, model_output_table, warm_start)
+    out = output_tables(conn, model_output_table, warm_start)
     models = _models(conn, mst, arch_table, source)
     if warm_start:
         models = _warm_start(conn, out, models)
@@ -132,7 +132,7 @@ def missing_arch_columns(conn, arch: TableName) -> list[str]:
     return [c for c in ("model_id", "model_arch", "model_weights") if c not in present]
 
 
-def _outputs(conn, text, warm_start: bool) -> OutputTables:
+def output_tables(conn, text, warm_start: bool = False) -> OutputTables:
     argument = "model_output_table"
     table = identifiers.parse_table_name(text, argument)
     identifiers.check_schema_exists(conn, table, text, argument)

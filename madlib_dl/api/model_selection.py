@@ -47,14 +47,14 @@ class Target:
 def load_model_selection_table(model_arch_table, model_selection_table, model_id_list, compile_params_list,
                                fit_params_list, object_table) -> None:
     conn = db.current()
-    arch = _arch_table(conn, model_arch_table)
-    target = _target(conn, model_selection_table, arch)
+    arch = arch_table_argument(conn, model_arch_table)
+    target = selection_target(conn, model_selection_table, arch)
     ids = configs.model_ids(model_id_list)
     compiles = configs.param_list(compile_params_list, "compile_params_list", configs.compile_param)
     fits = configs.param_list(fit_params_list, "fit_params_list", configs.fit_param)
-    _no_object_table(object_table)
-    _check_model_ids(conn, arch, ids)
-    _check_optimizer_arguments(configs.optimizer_uses(compiles))
+    no_object_table(object_table)
+    check_model_ids(conn, arch, ids)
+    check_optimizer_arguments(configs.optimizer_uses(compiles))
     made = configs.product(ids, compiles, fits)
     combinations = len(model_id_list) * len(compile_params_list) * len(fit_params_list)
     notes = _merged_note(combinations, len(made), "the arguments")
@@ -65,15 +65,15 @@ def load_model_selection_table(model_arch_table, model_selection_table, model_id
 def generate_model_configs(model_arch_table, model_selection_table, model_id_list, compile_params_grid,
                            fit_params_grid, search_type, num_configs, random_state, object_table) -> None:
     conn = db.current()
-    arch = _arch_table(conn, model_arch_table)
-    target = _target(conn, model_selection_table, arch)
+    arch = arch_table_argument(conn, model_arch_table)
+    target = selection_target(conn, model_selection_table, arch)
     ids = configs.model_ids(model_id_list)
     space = grid.SearchSpace(ids, grid.parse_compile_grid(compile_params_grid), grid.parse_fit_grid(fit_params_grid))
     kind = grid.search_type(search_type)
     grid.check_search(space, kind, num_configs, random_state)
-    _no_object_table(object_table)
-    _check_model_ids(conn, arch, ids)
-    _check_optimizer_arguments(grid.check_space(space))
+    no_object_table(object_table)
+    check_model_ids(conn, arch, ids)
+    check_optimizer_arguments(grid.check_space(space))
     if kind == "grid":
         made = grid.grid_configs(space)
         notes = _merged_note(space.grid_size(), len(made), "the grid")
@@ -87,7 +87,7 @@ def generate_model_configs(model_arch_table, model_selection_table, model_id_lis
 # ---------------------------------------------------------------------------------------------------
 # Arguments
 
-def _arch_table(conn, text) -> ArchTable:
+def arch_table_argument(conn, text) -> ArchTable:
     table = catalog.input_table(conn, text, "model_arch_table")
     column = catalog.columns(conn, table).get("model_id")
     if column is None:
@@ -102,7 +102,7 @@ def _oid(conn, table: TableName) -> int | None:
     return conn.execute("SELECT to_regclass($1)::oid::bigint AS oid", [table.sql(conn)], ["text"])[0]["oid"]
 
 
-def _target(conn, text, arch: ArchTable) -> Target:
+def selection_target(conn, text, arch: ArchTable) -> Target:
     """Where the rows go. A new mst table needs a free summary name; an existing one must be an mst
     table whose summary names the same model arch table."""
     argument = "model_selection_table"
@@ -115,8 +115,8 @@ def _target(conn, text, arch: ArchTable) -> Target:
         schema = _creation_schema(conn, given, argument)
         target = Target(given, TableName(schema, given.name), TableName(schema, summary_name), exists=False)
         if identifiers.table_exists(conn, target.summary):
-            raise ObjectExists(f"{argument}: table {target.summary} already exists but {given} does not; "
-                               "drop it or choose another name")
+            raise ObjectExists(f"{argument}: table {target.summary} already exists but {given} does not",
+                               hint="Drop it or choose another name.")
         return target
     target = Target(given, TableName(found[0]["schema"], given.name), TableName(found[0]["schema"], summary_name), True)
     if found[0]["kind"] not in ("r", "p"):
@@ -172,13 +172,13 @@ def _same_table(conn, stored: str | None, arch: ArchTable) -> bool:
     return table == arch.name or _oid(conn, table) == arch.oid
 
 
-def _no_object_table(object_table) -> None:
+def no_object_table(object_table) -> None:
     if object_table is not None:
-        raise NotSupported("object_table: custom functions (object_table) are not supported yet; "
-                           "pass NULL and use Keras' built-in losses and metrics")
+        raise NotSupported(f"object_table: custom functions are not supported yet, got {object_table!r}",
+                           hint="Pass NULL and use Keras' built-in losses and metrics.")
 
 
-def _check_model_ids(conn, arch: ArchTable, ids) -> None:
+def check_model_ids(conn, arch: ArchTable, ids) -> None:
     rows = conn.execute(f"SELECT DISTINCT model_id FROM {arch.name.sql(conn)} WHERE model_id = ANY($1)",
                         [list(ids)], ["integer[]"])
     missing = sorted(set(ids) - {r["model_id"] for r in rows})
@@ -188,7 +188,7 @@ def _check_model_ids(conn, arch: ArchTable, ids) -> None:
         raise InvalidArgument(f"model_id_list: model ids {', '.join(map(str, missing))} are not in table {arch.name}")
 
 
-def _check_optimizer_arguments(uses: list[OptimizerUse]) -> None:
+def check_optimizer_arguments(uses: list[OptimizerUse]) -> None:
     """The builder's rule, applied now (so MADlib's decay, gone from Keras 3, is refused here rather
     than when training starts). Keras is imported only when some optimizer has arguments."""
     from madlib_dl.keras_runtime import builder
@@ -206,10 +206,10 @@ def _save(conn, function: str, target: Target, arch: ArchTable, made: list[Confi
         rows = conn.execute(f"SELECT model_id, compile_params, fit_params FROM {target.table.sql(conn)}")
         existing = {configs.stored_key(r["model_id"], r["compile_params"], r["fit_params"]) for r in rows}
     else:
-        _create(conn, target, arch)
+        create_selection_table(conn, target, arch)
         existing = set()
     new = [c for c in made if c.key not in existing]
-    added = _insert(conn, target.table, new)
+    added = insert_configs(conn, target.table, new)
     skipped = len(made) - added
     message = f"{function}: added {added} configuration{'s' if added != 1 else ''} to {target.given}"
     if skipped:
@@ -222,7 +222,7 @@ def _merged_note(combinations: int, distinct: int, source: str) -> list[str]:
     return [f"{repeated} of the {combinations} combinations of {source} repeated another and were merged"] if repeated else []
 
 
-def _create(conn, target: Target, arch: ArchTable) -> None:
+def create_selection_table(conn, target: Target, arch: ArchTable) -> None:
     conn.execute(f"CREATE TABLE {target.table.sql(conn)} (mst_key SERIAL PRIMARY KEY, model_id INTEGER, "
                  "compile_params VARCHAR, fit_params VARCHAR, UNIQUE (model_id, compile_params, fit_params))")
     conn.execute(f"CREATE TABLE {target.summary.sql(conn)} (model_arch_table VARCHAR, object_table VARCHAR)")
@@ -232,7 +232,7 @@ def _create(conn, target: Target, arch: ArchTable) -> None:
                  [arch.name.schema, arch.name.name], ["text", "text"])
 
 
-def _insert(conn, table: TableName, new: list[Config]) -> int:
+def insert_configs(conn, table: TableName, new: list[Config]) -> int:
     """Insert in order (mst_key follows it); a row another session added meanwhile is skipped."""
     if not new:
         return 0

@@ -101,7 +101,7 @@ def _request(conn, test_table, id_col, independent_varname, output_table, pred_t
     id_column = catalog.column(conn, test, id_col, "id_col")
     if id_column.name in OUTPUT_COLUMNS:
         raise InvalidArgument(f"id_col: column {id_column.name!r} has the name of an output column "
-                              f"({', '.join(OUTPUT_COLUMNS)}); rename it, e.g. in a view over {test}")
+                              f"({', '.join(OUTPUT_COLUMNS)})", hint=f"Rename it, e.g. in a view over {test}.")
     features = catalog.column(conn, test, independent_varname, "independent_varname")
     if not features.is_numeric_array:
         raise InvalidArgument(f"independent_varname: column {features.name!r} of {test} has type {features.type}; "
@@ -168,7 +168,7 @@ def _arch_row(conn, model_arch_table, model_id) -> tuple[str, bytes]:
     missing = [c for c in ARCH_COLUMNS if c not in catalog.columns(conn, table)]
     if missing:
         raise InvalidArgument(f"model_arch_table: {model_arch_table!r} is not a model architecture table (no column "
-                              f"{', '.join(missing)}); make one with load_keras_model()")
+                              f"{', '.join(missing)})", hint="Make one with load_keras_model().")
     if model_id is None:
         raise InvalidArgument(f"model_id: expected the id of a model in {table}, got NULL")
     rows = conn.execute(f"SELECT model_arch::text AS model_arch, model_weights FROM {table.sql(conn)} "
@@ -190,8 +190,8 @@ def _given_class_values(values, outputs: int) -> tuple:
     if any(isinstance(v, list) for v in values):
         raise InvalidArgument("class_values: expected a one-dimensional array, one value per model output")
     if len(values) != outputs:
-        raise InvalidArgument(f"class_values: has {len(values)} values but the model has {outputs} outputs; give "
-                              f"one per output, in output order, or NULL for 0 to {outputs - 1}")
+        raise InvalidArgument(f"class_values: has {len(values)} values but the model has {outputs} outputs",
+                              hint=f"Give one per output, in output order, or NULL for 0 to {outputs - 1}.")
     return tuple(values)
 
 
@@ -289,9 +289,11 @@ def _device(use_gpus) -> str:
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         hidden = os.environ.get("CUDA_VISIBLE_DEVICES") == "-1"
-        raise InvalidArgument("use_gpus: TRUE, but TensorFlow in this session sees no GPU" +
-                              ("; an earlier call in this session hid them (use_gpus FALSE): use a new session"
-                               if hidden else " on the database host; use use_gpus => FALSE"))
+        if hidden:
+            raise InvalidArgument("use_gpus: TRUE, but an earlier call in this session (use_gpus FALSE) hid the "
+                                  "GPUs from TensorFlow", hint="Use a new session.")
+        raise InvalidArgument("use_gpus: TRUE, but TensorFlow sees no GPU on the database host",
+                              hint="Use use_gpus => FALSE.")
     if fresh:  # take GPU memory as needed rather than nearly all of it, as TensorFlow would by default
         for gpu in gpus:
             try:

@@ -54,7 +54,8 @@ def _output(conn, output_table, source: Source) -> Output:
     reserved = {"__dist_key__", "buffer_id", f"{dep}_shape", f"{indep}_shape"}
     for argument, name in (("dependent_varname", dep), ("independent_varname", indep)):
         if name in reserved:
-            raise InvalidArgument(f"{argument}: column name {name!r} is used by the packed table itself; rename it")
+            raise InvalidArgument(f"{argument}: column name {name!r} is used by the packed table itself",
+                                  hint="Rename it, e.g. in a view over the source table.")
         for suffix in ("_shape", "_class_values"):
             _check_length(name + suffix, argument)
     return Output(table, summary, output_table.strip(), dep, indep)
@@ -62,7 +63,8 @@ def _output(conn, output_table, source: Source) -> Output:
 
 def _check_length(name: str, argument: str) -> None:
     if len(name.encode()) > 63:
-        raise InvalidArgument(f"{argument}: the name {name!r} derived from it is longer than 63 bytes; use a shorter name")
+        raise InvalidArgument(f"{argument}: the name {name!r} derived from it is longer than 63 bytes",
+                              hint="Use a shorter name.")
 
 
 def _buffer_size(value) -> int | None:
@@ -146,8 +148,8 @@ def _training_labels(conn, source: Source, wanted: int | None) -> Labels:
     found = _one_hot_width(conn, source) if source.one_hot else _count_levels(conn, source)
     if wanted is not None and wanted < found:
         what = "the one-hot arrays have" if source.one_hot else f"column {source.dependent.name!r} has"
-        raise InvalidArgument(f"num_classes: {wanted} is fewer than the {found} classes {what}; "
-                              f"give at least {found} or NULL")
+        raise InvalidArgument(f"num_classes: {wanted} is fewer than the {found} classes {what}",
+                              hint=f"Give at least {found}, or NULL to count them.")
     return Labels(wanted or found, found, source.one_hot)
 
 
@@ -160,7 +162,7 @@ def _check_memory(conn, plan: packing.BufferPlan, features: Features, labels: La
         raise InvalidArgument(
             f"buffer_size: buffers of {plan.buffer_size} rows need about {memory.format_bytes(needed)} while they are "
             f"packed ({packing.PACKING_COPIES} copies of one buffer) but {settings.MEMORY_BUDGET_MB.name} is {budget >> 20} "
-            "MiB; give a smaller buffer_size or raise the setting")
+            "MiB", hint="Give a smaller buffer_size or raise the setting.")
 
 
 # ---------------------------------------------------------------- training
@@ -280,8 +282,8 @@ def _validation_distribution(conn, distribution_rules, training: Training) -> di
     dist = _distribution(conn, distribution_rules)
     if dist.segments != training.distribution.segments:
         raise InvalidArgument(f"distribution_rules: {distribution_rules!r} means {dist.segments} segments, but "
-                              f"{training.table} uses {training.distribution.segments}; give NULL to use the "
-                              "training table's")
+                              f"{training.table} uses {training.distribution.segments}",
+                              hint="Give NULL to use the training table's distribution.")
     return dist
 
 

@@ -50,7 +50,7 @@ METRICS = frozenset((
 ))
 
 OPTIMIZER_EXAMPLE = "an optimizer like 'Adam(lr=0.01)'"
-SPARSE_HINT = "labels are one-hot encoded by the preprocessor; use the categorical_* variant"
+SPARSE_HINT = "Labels are one-hot encoded by the preprocessor: use the categorical_* variant."
 
 COMPILE_KEYS = ("optimizer", "loss", "metrics", "loss_weights", "weighted_metrics")
 FIT_KEYS = ("batch_size", "epochs", "verbose", "shuffle", "class_weight", "initial_epoch", "steps_per_epoch")
@@ -171,7 +171,7 @@ def _split_item(item: str, argument: str) -> tuple[str, str]:
     key, eq, value = item.partition("=")
     key, value = key.strip(), value.strip()
     if not eq:
-        raise InvalidArgument(f"{argument}: expected name=value, got {item.strip()!r}{_form_hint(item)}")
+        raise InvalidArgument(f"{argument}: expected name=value, got {item.strip()!r}", hint=_form_hint(item))
     if not key.isidentifier():
         raise InvalidArgument(f"{argument}: {key!r} is not a parameter name")
     if not value:
@@ -191,15 +191,15 @@ def did_you_mean(word: str, choices) -> str:
     return f" (did you mean {spelt[close[0]]!r}?)" if close else ""
 
 
-def _form_hint(item: str) -> str:
-    """What went wrong in an item with no '=': the other notations people write out of habit."""
+def _form_hint(item: str) -> str | None:
+    """What to write instead of an item with no '=', for the other notations people write out of habit."""
     text = item.strip()
     if text.startswith("{"):
-        return ("; compile_params and fit_params are strings of name=value pairs, such as \"loss='mse', "
-                "optimizer='Adam'\" (dictionaries of lists are generate_model_configs' grids)")
+        return ("compile_params and fit_params are strings of name=value pairs, such as \"loss='mse', "
+                "optimizer='Adam'\" (dictionaries of lists are generate_model_configs' grids).")
     if re.match(r"['\"]?[A-Za-z_]\w*['\"]?\s*:", text):
-        return "; write name=value, with '=' rather than ':'"
-    return ""
+        return "Write name=value, with '=' rather than ':'."
+    return None
 
 
 def _next_assignment(value: str, argument: str) -> str | None:
@@ -350,7 +350,7 @@ def _keras_name(value, argument, key, kind, names):
     if not isinstance(value, str):
         raise InvalidArgument(f"{argument}: {key} must hold {kind} names, got {value!r}")
     if value.startswith("sparse_"):
-        raise NotSupported(f"{argument}: {kind} {value!r} is not supported: {SPARSE_HINT}")
+        raise NotSupported(f"{argument}: {kind} {value!r} is not supported", hint=SPARSE_HINT)
     if value not in names:
         raise InvalidArgument(f"{argument}: unknown {kind} {value!r}{did_you_mean(value, names)}; expected one of "
                               f"{', '.join(sorted(names))}")

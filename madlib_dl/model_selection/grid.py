@@ -145,7 +145,7 @@ def _param(name: str, value: Any, where: str, distributions: bool) -> Param:
     if not isinstance(value, list):
         raise InvalidArgument(f"{where}: values must be given in a list, such as [{_show(value)}], got {_show(value)}")
     if not value:
-        raise InvalidArgument(f"{where}: empty list; give at least one value")
+        raise InvalidArgument(f"{where}: empty list", hint="Give at least one value.")
     distribution = _distribution(value, where)
     if distribution is None:
         return Param(name, tuple(value), where=where)
@@ -218,7 +218,8 @@ def _optimizer_entry(entry: Any, where: str) -> OptimizerEntry:
     if not isinstance(entry, dict):
         raise InvalidArgument(f"{where}: expected a dict such as {{'optimizer': ['Adam'], 'lr': [0.01]}}, got {_show(entry)}")
     if not entry:
-        raise InvalidArgument(f"{where}: empty dict; give at least the optimizer, such as {{'optimizer': ['Adam']}}")
+        raise InvalidArgument(f"{where}: empty dict",
+                              hint="Give at least the optimizer, such as {'optimizer': ['Adam']}.")
     names = Param("optimizer", (DEFAULT_OPTIMIZER,), where=where)
     arguments: dict[str, Param] = {}
     for key, value in entry.items():
@@ -234,7 +235,8 @@ def _optimizer_entry(entry: Any, where: str) -> OptimizerEntry:
             raise InvalidArgument(f"{where}: {key!r} is not an optimizer argument name")
         name = "learning_rate" if key == "lr" else key  # Keras 3's name; the parser reads both
         if name in arguments:
-            raise InvalidArgument(f"{where}: lr and learning_rate are the same argument; give one of them")
+            raise InvalidArgument(f"{where}: lr and learning_rate are the same argument",
+                                  hint="Give one of them.")
         arguments[name] = _param(name, value, f"{where}: {key}", distributions=True)
     return OptimizerEntry(names, tuple(arguments.values()), where)
 
@@ -287,7 +289,7 @@ def check_search(space: SearchSpace, kind: str, num_configs: int | None, random_
             for param in entry.arguments:
                 if param.distribution is not None:
                     raise InvalidArgument(f"{param.where}: {param.distribution} is a distribution, which only random "
-                                          "search samples; give a list of values for grid search")
+                                          "search samples", hint="Give a list of values for grid search.")
         configs.check_count(space.grid_size(), f"{COMPILE_ARG}, {FIT_ARG}: the grid (with model_id_list) makes")
         return
     if num_configs is None or num_configs < 1:
@@ -380,7 +382,13 @@ def draw(space: SearchSpace, rng: np.random.Generator) -> Config:
     arguments = [(p.name, p.draw(rng)) for p in entry.arguments]
     others = [(p.name, p.draw(rng)) for p in space.compile.others]
     fit = [(p.name, p.draw(rng)) for p in space.fit.params]
-    return Config(model_id, _compile(name, arguments, others), _fit(fit))
+    return config_from(model_id, name, arguments, others, fit)
+
+
+def config_from(model_id: int, optimizer: str, arguments, others, fit) -> Config:
+    """The configuration of chosen values (lists of (name, value) pairs, in the space's key order),
+    written as random search writes it; other samplers (automl's TPE) use it too."""
+    return Config(model_id, _compile(optimizer, arguments, others), _fit(fit))
 
 
 def random_configs(space: SearchSpace, num_configs: int, rng: np.random.Generator) -> list[Config]:

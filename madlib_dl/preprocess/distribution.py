@@ -27,8 +27,8 @@ def resolve(text: str | None, all_segments: Callable[[], int], gpu_count: Callab
     if rule.lower() == GPU_SEGMENTS:
         gpus = gpu_count()
         if gpus < 1:
-            raise InvalidArgument("distribution_rules: 'gpu_segments' needs GPUs, and this host has none; "
-                                  "use 'all_segments' or a number of segments")
+            raise InvalidArgument("distribution_rules: 'gpu_segments' needs GPUs, and this host has none",
+                                  hint="Use 'all_segments' or a number of segments.")
         return Distribution(GPU_SEGMENTS, gpus)
     if rule.isdigit():
         count = int(rule)

@@ -61,7 +61,7 @@ def plan_buffers(rows: int, segments: int, feature_size: int, buffer_size: int |
     if max(sizes) * feature_size * FEATURE_DTYPE.itemsize > MAX_BUFFER_BYTES:
         raise InvalidArgument(
             f"buffer_size: {max(sizes)} rows of {feature_size} features is more than "
-            f"{MAX_BUFFER_BYTES >> 20} MiB per buffer; give a smaller buffer_size")
+            f"{MAX_BUFFER_BYTES >> 20} MiB per buffer", hint="Give a smaller buffer_size.")
     return BufferPlan(sizes, segments)
 
 

@@ -84,6 +84,7 @@ class Fit:
     kind: str = "train"
     overwrite_state: bool = False  # the hop may write its result over the state it was sent (the driver
                                    # has no other use for it): no new buffers for a large state
+    constants: ModelConstants | None = None  # a model begun after BeginRun (AutoML): registered here first
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class Evaluate:
     read_table: bool
     is_final_call: bool
     weights: bytes = b""
+    constants: ModelConstants | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ TYPES = {cls.__name__: cls for cls in (Start, BeginRun, CountRows, InitialWeight
 # Fields holding dataclasses: a mapping of them (sent as [key, fields] pairs: JSON objects would turn
 # integer keys into text) or one of them.
 _MAPPINGS = {"tables": TableRef, "models": ModelConstants}
-_SINGLE = {"table": TableRef}
+_SINGLE = {"table": TableRef, "constants": ModelConstants}
 
 
 class BadRequest(Exception):

@@ -45,6 +45,8 @@ def stage(gd: dict, call) -> int:
     """Hand a Fit or Evaluate request to the aggregate that runs next; returns the key the aggregate is
     called with. The request (model state included) stays here: it never travels as a SQL value."""
     store = begun(gd, call.run_id)
+    if getattr(call, "constants", None) is not None:
+        store.constants.setdefault(call.mst_key, call.constants)
     if call.mst_key not in store.constants:
         raise InvalidArgument(f"mst_key {call.mst_key}: not a model of run {call.run_id}")
     store.next_call_id += 1

@@ -35,7 +35,7 @@ LIBRARY = f"{EXTENSION}.so"
 # What the server reads runs as the postgres OS user: readable by all whatever root's umask is.
 READABLE = 0o644
 # What the server imports (the client tools need psycopg2 too; requirements.txt pins them all).
-RUNTIME_PACKAGES = ("tensorflow-cpu", "keras", "numpy")
+RUNTIME_PACKAGES = ("tensorflow-cpu", "keras", "numpy", "optuna")
 DEPS_STAMP = ".madlib_dl-requirements"
 
 
@@ -44,14 +44,21 @@ def boot_lines(directories: list[str], version: str = __version__, schema: str =
     there (a version's files removed from the server), put them first on sys.path and read their .pth
     files; on every call, refuse another version's code (require_version, which every version has: a
     session still running an older version's code must get that message, not an ImportError), then
-    register the settings at the first call (madlib_dl.session.begin)."""
-    missing = (f"RuntimeError('madlib_dl: this database has madlib_dl {version}, whose files are not on this "
-               f"server (' + d + '): run ALTER EXTENSION madlib_dl UPDATE to move it to the version installed "
-               f"(docs/upgrading.md)')")
+    register the settings at the first call (madlib_dl.session.begin). The once-per-backend part first
+    calls one of the C library's functions, which loads it: its error hook then keeps these errors,
+    raised before madlib_dl is imported, as free of PL/Python's traceback as madlib_dl's own."""
+    load = f"SELECT {schema}.internal_client_connected()"  # render() allows lower-case identifiers only
+    # PL/Python names an exception by its type, so a plpy.Error type called madlib_dl in builtins reads
+    # "madlib_dl: ..." (as madlib_dl.db reports errors; madlib_dl cannot be imported here)
+    missing = (f"e = type('madlib_dl', (plpy.Error,), {{'__module__': 'builtins'}})('this database has madlib_dl "
+               f"{version}, whose files are not on this server (' + d + ')'); e.sqlstate = '55000'; "
+               "e.hint = 'Run ALTER EXTENSION madlib_dl UPDATE to move it to the version installed "
+               "(docs/upgrading.md).'; raise e")
     return ("import sys\n"
             "if 'madlib_dl' not in sys.modules:\n"
+            f"    plpy.execute({load!r})\n"
             f"    for d in {directories!r}:\n"
-            f"        if not __import__('os').path.isdir(d): raise {missing}\n"
+            f"        if not __import__('os').path.isdir(d): {missing}\n"
             f"    sys.path[0:0] = {directories!r}; [__import__('site').addsitedir(d) for d in {directories!r}]\n"
             f"__import__('madlib_dl').require_version({version!r}); __import__('madlib_dl.session').session.begin({schema!r})")
 

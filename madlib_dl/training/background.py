@@ -111,7 +111,7 @@ def launch(db, schema: str, count: int, check) -> list[Worker]:
     if len(Token(path, b"\0" * 16, count).text().encode()) > TOKEN_BYTES:
         shutil.rmtree(directory, ignore_errors=True)
         raise InvalidArgument(f"the server's temporary directory {tempfile.gettempdir()!r} has too long a path for "
-                              "a worker socket; set TMPDIR to a shorter one in the server's environment")
+                              "a worker socket", hint="Set TMPDIR to a shorter one in the server's environment.")
     secret = os.urandom(16)
     listener = channel.Listener(path)
     pids: dict[int, int] = {}

@@ -96,22 +96,31 @@ def train(db, spec: RunSpec) -> RunResult:
     try:
         with workers.executor_for(db, spec.run_id, spec.schema, tables, models, devices,
                                   spec.caller.function, busy) as executor:
-            initial = _initial_weights(spec, executor)
-            _check_state_sizes(spec, initial)
+            initial = initial_weights(executor, spec)
+            check_state_sizes(spec, initial)
             plan = plan_memory(db, spec, initial)
             driver = Driver(db, spec, executor, set_name, initial, plan)
             return driver.run()
     except Exception as error:
-        if getattr(error, "sqlstate", None) != Cancelled.sqlstate:
+        if not is_cancel(error):
             raise
         where = driver.position() if driver is not None else f"while starting, before iteration 1 of {spec.num_iterations}"
-        reason = re.sub(r"^spiexceptions\.\w+: ", "", str(error).strip())  # as Keras passes it on
-        raise Cancelled(f"{spec.caller.function}: cancelled {where}: {reason}; nothing was written") from None
+        raise cancel_error(error, spec, where) from None
     finally:
         set_name(None)
 
 
-def _initial_weights(spec: RunSpec, executor) -> dict[int, bytes]:
+def is_cancel(error: BaseException) -> bool:
+    """A cancel or statement_timeout, raised here or passed on from a worker."""
+    return getattr(error, "sqlstate", None) == Cancelled.sqlstate
+
+
+def cancel_error(error: BaseException, spec: RunSpec, where: str) -> Cancelled:
+    reason = re.sub(r"^spiexceptions\.\w+: ", "", str(error).strip())  # as Keras passes it on
+    return Cancelled(f"{spec.caller.function}: cancelled {where}: {reason}; nothing was written")
+
+
+def initial_weights(executor, spec: RunSpec) -> dict[int, bytes]:
     """Seeded initial weights of every model_id that does not bring its own (transfer learning, warm
     start), computed once per model_id before any hop, spread over the workers (the same architecture
     and seed give the same weights in every backend)."""
@@ -123,7 +132,7 @@ def _initial_weights(spec: RunSpec, executor) -> dict[int, bytes]:
     return {c.call.tag: c.weights for c in workers.run_calls(executor, calls)}
 
 
-def _check_state_sizes(spec: RunSpec, initial: dict[int, bytes]) -> None:
+def check_state_sizes(spec: RunSpec, initial: dict[int, bytes]) -> None:
     if spec.output_table is not None:
         sizes = {m.model_id: len(m.weights if m.weights is not None else initial[m.model_id]) for m in spec.models}
         stored_state.check_sizes(sizes, spec.output_table, spec.caller.output_argument)
@@ -161,8 +170,8 @@ def _check_one_segment(spec: RunSpec, estimate: memory.MemoryEstimate, budget: i
     raise InvalidArgument(
         f"memory: {spec.caller.function} needs about {size(needed)} even reading one segment at a time (largest "
         f"segment {size(estimate.largest_segment_bytes)}; model {size(estimate.model_bytes_per_worker)} per worker x "
-        f"{estimate.workers} workers) but the memory budget {settings.MEMORY_BUDGET_MB.name} is {budget >> 20} MiB; "
-        f"raise it (SET {settings.MEMORY_BUDGET_MB.name} = {memory.suggested_budget_mib(needed)})")
+        f"{estimate.workers} workers) but the memory budget {settings.MEMORY_BUDGET_MB.name} is {budget >> 20} MiB",
+        hint=f"Raise it, e.g. SET {settings.MEMORY_BUDGET_MB.name} = {memory.suggested_budget_mib(needed)}.")
 
 
 def application_name_setter(db):
@@ -264,15 +273,7 @@ class Driver:
             completed.weights, completed.optimizer_state, hop.segment)
         model.owns_state = True
         model.hop_losses.append((row["loss"], row["images"]))
-        self._log("train", hop, completed)
-
-    def _log(self, kind: str, hop, completed) -> None:
-        row = completed.row
-        wall = completed.received - completed.submitted
-        self.hops.append(HopRecord(kind, hop.iteration, hop.mst_key, hop.segment, row.get("pid"), row["started"],
-                                   row["ended"], row["seconds"], max(0.0, wall - row["seconds"]),
-                                   row["buffers_read"], row["images"], row["loss"], row.get("rss_bytes"),
-                                   row.get("peak_rss_bytes"), row.get("shared_rss_bytes")))
+        self.hops.append(hop_record("train", hop, completed))
 
     # -- metrics -------------------------------------------------------------------------------------
 
@@ -303,7 +304,7 @@ class Driver:
             hop = completed.call.tag
             results.setdefault((hop.kind, hop.mst_key), []).append(segment_means.from_row(hop.segment, completed.row))
             finished[hop.kind] = time.monotonic() - clock
-            self._log(f"evaluate {hop.kind}", hop, completed)
+            self.hops.append(hop_record(f"evaluate {hop.kind}", hop, completed))
         for (kind, mst_key), per_segment in results.items():
             mean, metrics, prefix = segment_means.combine(per_segment), self.models[mst_key].metrics, SERIES[kind]
             metrics[f"{prefix}_loss"].append(mean.loss)
@@ -320,7 +321,7 @@ class Driver:
         for mst_key, model in sorted(self.models.items()):
             if evaluated:
                 losses[mst_key] = model.metrics["training_loss"][-1]
-                lines.append(f"  mst_key={mst_key}: {_metrics_text(model)}")
+                lines.append(f"  mst_key={mst_key}: {metrics_text(model)}")
             else:
                 images = sum(n for _, n in model.hop_losses)
                 losses[mst_key] = sum(l * n for l, n in model.hop_losses) / images if images else float("nan")
@@ -329,7 +330,7 @@ class Driver:
         if self.spec.caller.one_model:
             (model,) = self.models.values()
             (loss,) = losses.values()
-            self.db.notice(head + (_metrics_text(model) if evaluated else
+            self.db.notice(head + (metrics_text(model) if evaluated else
                                    f"training loss={loss:.6g} (mean over this iteration's hops)"))
             return
         for mst_key, loss in losses.items():
@@ -340,7 +341,16 @@ class Driver:
         self.db.notice("\n".join([head + best] + lines))
 
 
-def _metrics_text(model: ModelProgress) -> str:
+def hop_record(kind: str, hop, completed) -> HopRecord:
+    """The log entry of a completed hop or evaluation (``hop``: a TrainHop or EvaluateHop)."""
+    row = completed.row
+    wall = completed.received - completed.submitted
+    return HopRecord(kind, hop.iteration, hop.mst_key, hop.segment, row.get("pid"), row["started"], row["ended"],
+                     row["seconds"], max(0.0, wall - row["seconds"]), row["buffers_read"], row["images"], row["loss"],
+                     row.get("rss_bytes"), row.get("peak_rss_bytes"), row.get("shared_rss_bytes"))
+
+
+def metrics_text(model: ModelProgress) -> str:
     m = model.metrics
     text = f"training loss={m['training_loss'][-1]:.6g}"
     if m["training_metric"][-1] is not None:

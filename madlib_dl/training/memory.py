@@ -107,11 +107,11 @@ def check(estimate: MemoryEstimate, budget_bytes: int, setting: str = "madlib_dl
     segments = "segment" if estimate.workers == 1 else "segments"
     workers = "worker" if estimate.workers == 1 else "workers"
     budget_mib = budget_bytes // MIB
-    suggestion = f"raise it (SET {setting} = {suggested_budget_mib(total)})"
+    suggestion = f"Raise it (SET {setting} = {suggested_budget_mib(total)})"
     if estimate.use_caching:
-        hints = f"{suggestion}, use fewer segments, or run with use_caching => FALSE"
+        hint = f"{suggestion}, use fewer segments, or run with use_caching => FALSE."
     else:
-        hints = f"{suggestion} or use fewer segments"
+        hint = f"{suggestion} or use fewer segments."
     raise InvalidArgument(
         f"{'use_caching' if estimate.use_caching else 'memory'}: the run needs about {format_bytes(total)} "
         f"({data} {format_bytes(estimate.data_bytes)} over {estimate.workers} {segments}, "
@@ -119,7 +119,7 @@ def check(estimate: MemoryEstimate, budget_bytes: int, setting: str = "madlib_dl
         f"models {format_bytes(estimate.model_bytes_per_worker)} per worker x {estimate.workers} {workers}"
         + (f"; model states in the driver {format_bytes(estimate.driver_bytes)}" if estimate.driver_bytes else "")
         + ") "
-        f"but the memory budget {setting} is {budget_mib} MiB; {hints}")
+        f"but the memory budget {setting} is {budget_mib} MiB", hint=hint)
 
 
 def _round_half_up(numerator: int, denominator: int) -> int:

@@ -10,6 +10,8 @@ run leaves none): MADlib's columns, plus what MADlib lacks:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from madlib_dl import __version__, catalog
 from madlib_dl.keras_runtime import params as keras_params
 from madlib_dl.training import stored_state
@@ -25,10 +27,21 @@ def drop(db, out: OutputTables) -> None:
     stored_state.drop(db, out.model)
 
 
-def write(db, out: OutputTables, spec: RunSpec, result: RunResult, request: dict) -> None:
+@dataclass(frozen=True)
+class Extra:
+    """What another caller of these tables (madlib_keras_automl) adds: columns at the end of _info
+    (``info_values``: mst_key -> their values) and of the summary ((name, type, value)), and each
+    model's own metrics_iters (mst_key -> list) where models were evaluated at different iterations."""
+    info_columns: tuple = ()
+    info_values: dict = field(default_factory=dict)
+    summary_columns: tuple = ()
+    metrics_iters: dict | None = None
+
+
+def write(db, out: OutputTables, spec: RunSpec, result: RunResult, request: dict, extra: Extra = Extra()) -> None:
     """``request``: the caller's arguments as given (table names as text, name, description...)."""
-    _write_info(db, out, result)
-    _write_summary(db, out, spec, result, request)
+    _write_info(db, out, result, extra)
+    _write_summary(db, out, spec, result, request, extra)
     _write_models(db, out, spec.schema, result)  # last: it lets go of each model's state once written
 
 
@@ -98,17 +111,19 @@ def _info_row(mst_key: int, model, metrics_iters: list[int]) -> list:
     return [values[name] for name, _ in _INFO_COLUMNS]
 
 
-def _write_info(db, out: OutputTables, result: RunResult) -> None:
+def _write_info(db, out: OutputTables, result: RunResult, extra: Extra) -> None:
     table = out.info.sql(db)
-    db.execute(f"CREATE TABLE {table} ({', '.join(f'{n} {t}' for n, t in _INFO_COLUMNS)})")
-    types = [t.replace(" PRIMARY KEY", "").lower() for _, t in _INFO_COLUMNS]
+    columns = _INFO_COLUMNS + tuple(extra.info_columns)
+    db.execute(f"CREATE TABLE {table} ({', '.join(f'{n} {t}' for n, t in columns)})")
+    types = [t.replace(" PRIMARY KEY", "").lower() for _, t in columns]
     placeholders = ", ".join(f"${i}" for i in range(1, len(types) + 1))
     for mst_key, model in sorted(result.models.items()):
-        db.execute(f"INSERT INTO {table} VALUES ({placeholders})", _info_row(mst_key, model, result.metrics_iters),
-                   types)
+        iters = result.metrics_iters if extra.metrics_iters is None else extra.metrics_iters[mst_key]
+        db.execute(f"INSERT INTO {table} VALUES ({placeholders})",
+                   _info_row(mst_key, model, iters) + list(extra.info_values.get(mst_key, ())), types)
 
 
-def _write_summary(db, out: OutputTables, spec: RunSpec, result: RunResult, request: dict) -> None:
+def _write_summary(db, out: OutputTables, spec: RunSpec, result: RunResult, request: dict, extra: Extra) -> None:
     source = spec.source
     class_column = catalog.columns(db, source.summary).get(source.class_values_column)
     class_type = class_column.type if class_column else "text[]"
@@ -126,13 +141,16 @@ def _write_summary(db, out: OutputTables, spec: RunSpec, result: RunResult, requ
         ("end_training_time", "TIMESTAMP", result.ended), ("madlib_version", "TEXT", f"madlib_dl {__version__}"),
         ("num_classes", "INTEGER[]", [source.num_classes]),
     ]
+    after = list(extra.summary_columns)
     tail = [("dependent_vartype", "TEXT[]"), ("normalizing_const", "REAL")]
     definitions = [f"{n} {t}" for n, t, _ in columns] + [f"{q(source.class_values_column)} {class_type}"] + \
-        [f"{n} {t}" for n, t in tail] + ["metrics_iters INTEGER[]"]
+        [f"{n} {t}" for n, t in tail] + ["metrics_iters INTEGER[]"] + [f"{n} {t}" for n, t, _ in after]
     db.execute(f"CREATE TABLE {out.summary.sql(db)} ({', '.join(definitions)})")
     params = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
     copied = f"s.{q(source.class_values_column)}" if class_column else "NULL"
+    later = "".join(f", ${len(columns) + 2 + i}" for i in range(len(after)))
+    iters = result.metrics_iters if extra.metrics_iters is None else sorted(set().union(*extra.metrics_iters.values()))
     db.execute(f"INSERT INTO {out.summary.sql(db)} SELECT {params}, {copied}, s.dependent_vartype, "
-               f"s.normalizing_const, ${len(columns) + 1} FROM {source.summary.sql(db)} s",
-               [v for _, _, v in columns] + [result.metrics_iters],
-               [t.lower() for _, t, _ in columns] + ["integer[]"])
+               f"s.normalizing_const, ${len(columns) + 1}{later} FROM {source.summary.sql(db)} s",
+               [v for _, _, v in columns] + [iters] + [v for _, _, v in after],
+               [t.lower() for _, t, _ in columns] + ["integer[]"] + [t.lower() for _, t, _ in after])

@@ -66,7 +66,7 @@ def place(workers: int, gpus: Sequence[Gpu], use_gpus: bool) -> list[WorkerDevic
         return [WorkerDevice(worker, CPU, None) for worker in range(workers)]
     if not gpus:
         raise InvalidArgument("use_gpus: TRUE but no GPU is visible on the database server "
-                              "(nvidia-smi lists none); use use_gpus => FALSE")
+                              "(nvidia-smi lists none)", hint="Use use_gpus => FALSE.")
     indexes = [gpu.index for gpu in gpus]
     if len(set(indexes)) != len(indexes):
         raise ValueError(f"gpus: expected distinct GPU indexes, got {indexes}")

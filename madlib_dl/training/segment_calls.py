@@ -44,26 +44,34 @@ def table_ref(table: PackedTable) -> requests.TableRef:
 def begin_calls(segments, run_id: str, schema: str, tables: dict[str, PackedTable], models: dict) -> list[SegmentCall]:
     """``models``: mst_key -> anything with model_arch, compile_params and fit_params."""
     run = requests.BeginRun(run_id, schema, {k: table_ref(t) for k, t in tables.items()},
-                            {k: requests.ModelConstants(m.model_arch, m.compile_params, getattr(m, "fit_params", None))
-                             for k, m in models.items()})
+                            {k: model_constants(m) for k, m in models.items()})
     return [SegmentCall(s, run) for s in segments]
 
 
+def model_constants(model) -> requests.ModelConstants:
+    """``model``: anything with model_arch, compile_params and fit_params."""
+    return requests.ModelConstants(model.model_arch, model.compile_params, getattr(model, "fit_params", None))
+
+
 def fit_call(table: PackedTable, hop: TrainHop, run_id: str, state, seed: int, use_caching: bool,
-             read_table: bool, is_final_call: bool, overwrite_state: bool = False) -> SegmentCall:
+             read_table: bool, is_final_call: bool, overwrite_state: bool = False, constants=None,
+             tag=None) -> SegmentCall:
     """``state``: (weights, optimizer_state); no optimizer state: a fresh optimizer. ``overwrite_state``:
-    the state is this model's alone (it came back from its last hop), so the hop may write over it."""
+    the state is this model's alone (it came back from its last hop), so the hop may write over it.
+    ``constants``: the model's, when the backend has not had them (a model begun after BeginRun)."""
     request = requests.Fit(run_id, "train", hop.segment, hop.mst_key, seed, table.segments[hop.segment].images,
                            use_caching, read_table, is_final_call, state[0], state[1],
-                           overwrite_state=overwrite_state)
-    return SegmentCall(hop.segment, request, hop)
+                           overwrite_state=overwrite_state, constants=constants)
+    return SegmentCall(hop.segment, request, hop if tag is None else tag)
 
 
 def evaluate_call(table: PackedTable, hop: EvaluateHop, worker_segment: int, run_id: str, weights: bytes,
-                  use_caching: bool, read_table: bool, is_final_call: bool) -> SegmentCall:
+                  use_caching: bool, read_table: bool, is_final_call: bool, constants=None,
+                  tag=None) -> SegmentCall:
     request = requests.Evaluate(run_id, hop.kind, hop.segment, hop.kind, hop.mst_key,
-                                table.segments[hop.segment].images, use_caching, read_table, is_final_call, weights)
-    return SegmentCall(worker_segment, request, hop)
+                                table.segments[hop.segment].images, use_caching, read_table, is_final_call, weights,
+                                constants=constants)
+    return SegmentCall(worker_segment, request, hop if tag is None else tag)
 
 
 def release_call(segment: int, run_id: str | None) -> SegmentCall:

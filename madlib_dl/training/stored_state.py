@@ -42,7 +42,7 @@ def check_sizes(weight_bytes: dict[int, int], model_table: TableName, argument: 
             raise InvalidArgument(
                 f"model_id {key}: the model has {size // 4} parameters, whose weights take {size} bytes "
                 f"({memory.format_bytes(size)}), more than the {MAX_VALUE_BYTES} bytes PostgreSQL stores in one value "
-                f"(model_weights keeps MADlib's one-value format); choose a smaller model")
+                f"(model_weights keeps MADlib's one-value format)", hint="Choose a smaller model.")
         if 2 * size > ONE_VALUE_BYTES and side_table(model_table) is None:
             raise InvalidArgument(
                 f"{argument}: name {model_table.name!r} is too long: model_id {key}'s optimizer state needs a side "

@@ -320,8 +320,9 @@ def _fails(cur, sqlstate, argument, fragments, **arguments) -> str:
     message = error.diag.message_primary or str(error)
     assert error.pgcode == sqlstate, message
     assert message.startswith(f"madlib_dl: {argument}: "), message
+    said = f"{message}\nHINT: {error.diag.message_hint}"
     for fragment in fragments:
-        assert fragment in message, message
+        assert fragment in said, said
     assert _tables(cur) == before, message
     return message
 
@@ -337,9 +338,9 @@ PACK_SMALL = (f"SELECT {S}training_preprocessor_dl('small_pixels', 'small_packed
 ERRORS = [
     # (id, set-up statements, arguments, SQLSTATE, argument named, message fragments)
     ("unknown_mst_key", [], {"mst_key": 99}, "22023", "mst_key", ["99 is not a model of 'out'"]),
-    ("multi_without_mst_key", [], {"mst_key": None}, "22023", "mst_key", ["holds several models", "one of 1, 2"]),
+    ("multi_without_mst_key", [], {"mst_key": None}, "22023", "mst_key", ["holds several models", "HINT: Choose one with mst_key (one of 1, 2"]),
     ("single_with_mst_key", [], {"model_table": "single"}, "22023", "mst_key",
-     ["holds a single model", "pass mst_key NULL, got 1"]),
+     ["holds a single model (madlib_keras_fit), got mst_key 1", "HINT: Pass mst_key NULL."]),
     ("model_null", [], {"model_table": None}, "22023", "model_table", ["expected a table name, got NULL"]),
     ("model_injection", [], {"model_table": "out; DROP TABLE out"}, "22023", "model_table", ["expected a table name"]),
     ("model_missing", [], {"model_table": "nope"}, "42P01", "model_table", ["table 'nope' does not exist"]),

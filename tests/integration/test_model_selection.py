@@ -144,7 +144,7 @@ def test_load_with_object_table(db, cur):
     assert rows(cur, "mst_obj") == [(1, 1, COMPILE, "")]
     drop(cur, "mst_obj")
     fails(cur, LOAD6, ["arch", "mst_obj", [1], [COMPILE], [""], "custom_fns"], "0A000",
-          "object_table: custom functions (object_table) are not supported yet")
+          "object_table: custom functions are not supported yet")
     assert not exists(cur, "mst_obj") and not exists(cur, "mst_obj_summary")
 
 
@@ -390,7 +390,7 @@ ERRORS = [
      "num_configs: random search needs the number of configurations to draw, an integer >= 1, got NULL"),
     (GENERATE_RANDOM, ["arch", "err_mst", [1], RANDOM_GRID, FIT_GRID, "random", 0, 3, None], "22023", "got 0"),
     (f"SELECT {S}generate_model_configs(%s, %s, %s, %s, %s, object_table => %s)",
-     ["arch", "err_mst", [1], COMPILE_GRID, FIT_GRID, "objs"], "0A000", "object_table: custom functions (object_table) are not supported yet"),
+     ["arch", "err_mst", [1], COMPILE_GRID, FIT_GRID, "objs"], "0A000", "object_table: custom functions are not supported yet"),
 ]
 
 

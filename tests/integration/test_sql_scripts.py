@@ -1,5 +1,5 @@
 """psql scripts in tests/sql/, each run in a new database and compared with tests/sql/expected/NAME.out
-(pg_regress style: the script is echoed with its results and errors). psql runs in tests/sql, so scripts
+(pg_regress style: the script is echoed with its results and errors, at psql's default verbosity, so HINTs show). psql runs in tests/sql, so scripts
 load data with e.g. \\copy iris FROM 'data/iris.csv'. On a difference the actual output
 is written to tests/sql/results/NAME.out and the diff is shown."""
 
@@ -20,7 +20,7 @@ def test_sql_script(server, script):
         env = dict(os.environ, **server.libpq_env(db), PGOPTIONS="-c client_min_messages=notice",
                    PSQLRC="/dev/null")  # the password comes in PGPASSWORD (no .pgpass, no trust line)
         with script.open() as stdin:
-            result = subprocess.run(["psql", "-X", "-a", "-q", "-v", "VERBOSITY=terse"], stdin=stdin,
+            result = subprocess.run(["psql", "-X", "-a", "-q", "-v", "VERBOSITY=default"], stdin=stdin,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300,
                                     cwd=SQL_DIR)
     actual = result.stdout

@@ -74,8 +74,9 @@ def _single(cur, name="single", rows=1, class_values="ARRAY['a', 'b', NULL]", no
 def _fails(database, error, fragment, table, mst_key=None):
     with pytest.raises(error) as info:
         trained_models.load(database, table, mst_key)
-    assert fragment in str(info.value), str(info.value)
-    return str(info.value)
+    said = f"{info.value} HINT: {info.value.hint}"
+    assert fragment in said, said
+    return said
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -125,11 +126,11 @@ def test_schema_qualified_and_quoted_names(cur, database):
 def test_mst_key_is_required_for_several_models_and_refused_for_one(cur, database):
     _multi(cur, keys=range(1, 13))
     message = _fails(database, InvalidArgument, "mst_key: 'multi' holds several models", "multi")
-    assert "(one of 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ...)" in message
+    assert "HINT: Choose one with mst_key (one of 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ...)." in message
     _fails(database, InvalidArgument, "mst_key: 99 is not a model of 'multi'", "multi", 99)
     _single(cur)
-    _fails(database, InvalidArgument, "mst_key: 'single' holds a single model (madlib_keras_fit); pass mst_key NULL, "
-           "got 1", "single", 1)
+    _fails(database, InvalidArgument, "mst_key: 'single' holds a single model (madlib_keras_fit), got mst_key 1 "
+           "HINT: Pass mst_key NULL.", "single", 1)
 
 
 def test_missing_tables(cur, database):

@@ -2,7 +2,6 @@
 -- table gives the run's own final training metrics, and on the validation table its final validation
 -- metrics; a single-model table (madlib_keras_fit's layout, made here by hand) gives the same numbers.
 -- Values depend on the machine's float rounding, so only comparisons are shown.
-\set VERBOSITY terse
 CREATE EXTENSION madlib_dl;
 CREATE TABLE iris (id INTEGER, attributes DOUBLE PRECISION[], class_text VARCHAR);
 \copy iris FROM 'data/iris.csv' WITH (FORMAT csv)

@@ -1,5 +1,4 @@
 -- The extension's SQL surface from psql: create, call, bad input, drop.
-\set VERBOSITY terse
 CREATE EXTENSION madlib_dl;
 
 -- version() names all four components

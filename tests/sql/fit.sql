@@ -1,7 +1,6 @@
 -- madlib_keras_fit from psql: one model on iris (3 segments), MADlib's call forms. Losses depend on
 -- float rounding, so only structure is shown: tables, columns, counts, array lengths, NULLs, the
 -- summary, the hops. NOTICEs carry timings: warnings only around fits.
-\set VERBOSITY terse
 CREATE EXTENSION madlib_dl;
 CREATE TABLE iris (id INTEGER, attributes DOUBLE PRECISION[], class_text VARCHAR);
 \copy iris FROM 'data/iris.csv' WITH (FORMAT csv)

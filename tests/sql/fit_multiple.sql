@@ -1,7 +1,6 @@
 -- madlib_keras_fit_multiple_model from psql: MADlib's scenarios on iris (3 segments). Losses and metrics
 -- depend on which worker finishes first, so only structure is shown: tables, columns, counts, array
 -- lengths, NULLs, the summary, and where each hop ran. NOTICEs carry timings: warnings only around fits.
-\set VERBOSITY terse
 CREATE EXTENSION madlib_dl;
 CREATE TABLE iris (id INTEGER, attributes DOUBLE PRECISION[], class_text VARCHAR);
 \copy iris FROM 'data/iris.csv' WITH (FORMAT csv)

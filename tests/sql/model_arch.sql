@@ -1,5 +1,4 @@
 -- load_keras_model / delete_keras_model from psql: MADlib's model architecture table.
-\set VERBOSITY terse
 CREATE EXTENSION madlib_dl;
 
 -- Two architectures as Keras 3's model.to_json() writes them, with the keys left out that only repeat

@@ -1,5 +1,4 @@
 -- load_model_selection_table / generate_model_configs from psql: MADlib's model selection ("mst") table.
-\set VERBOSITY terse
 CREATE EXTENSION madlib_dl;
 
 -- a model architecture table as load_keras_model makes it, filled by hand (ids 1 to 3)

@@ -3,7 +3,6 @@
 -- example e_i (one-hot) gets exactly row i, and the zero example a three-way tie.
 --   e_0: 0.65 0.10 0.25   e_1: 0.05 0.35 0.60   e_2: 0.375 0.25 0.375   e_3: 0.10 0.80 0.10   zero: 1/3 each
 -- Probabilities are rounded to 4 places (the model computes in float32).
-\set VERBOSITY terse
 CREATE EXTENSION madlib_dl;
 
 SELECT madlib_dl.load_keras_model('arch', $${"module": "keras", "class_name": "Sequential", "config": {"name": "tiny", "layers": [

@@ -1,5 +1,4 @@
 -- training_preprocessor_dl and validation_preprocessor_dl on iris (150 rows, text labels), from psql.
-\set VERBOSITY terse
 CREATE EXTENSION madlib_dl;
 CREATE TABLE iris (id INTEGER, attributes DOUBLE PRECISION[], class_text VARCHAR);
 \copy iris FROM 'data/iris.csv' WITH (FORMAT csv)

@@ -1,5 +1,4 @@
 -- From a plain table of iris examples to a model-selection run's inputs, every data API function in turn.
-\set VERBOSITY terse
 CREATE EXTENSION madlib_dl;
 CREATE TABLE iris (id INTEGER, attributes DOUBLE PRECISION[], class_text VARCHAR);
 \copy iris FROM 'data/iris.csv' WITH (FORMAT csv)

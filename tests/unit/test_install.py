@@ -4,11 +4,13 @@ import os
 import re
 import shutil
 import tempfile
+import textwrap
 from pathlib import Path
 
 import pytest
 
-from madlib_dl import __version__
+from madlib_dl import __version__, db
+from madlib_dl.errors import WrongVersion
 from madlib_dl.tools import install
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
@@ -117,9 +119,10 @@ def test_the_boot_code_refuses_another_versions_code(monkeypatch):
     assert boot.startswith("import sys\n") and boot.endswith(
         "__import__('madlib_dl').require_version('9.9.9'); __import__('madlib_dl.session').session.begin('madlib')")
     exec(compile(install.boot_lines(SITE), "boot", "exec"), {})  # this version: runs
-    with pytest.raises(RuntimeError, match="extension is version 9.9.9 but this session runs madlib_dl "
-                       f"{__version__}; run ALTER EXTENSION madlib_dl UPDATE"):
+    with db.using(db.PsycopgDatabase(None)), pytest.raises(WrongVersion, match="^this database.s extension is version 9.9.9 but "
+                                                           f"this session runs madlib_dl {__version__}$") as raised:
         exec(compile(boot, "boot", "exec"), {})
+    assert raised.value.hint == "Run ALTER EXTENSION madlib_dl UPDATE, then reconnect."
 
 
 def test_the_boot_code_names_a_version_whose_files_are_gone(tmp_path):
@@ -128,19 +131,29 @@ def test_the_boot_code_names_a_version_whose_files_are_gone(tmp_path):
     import subprocess
     import sys
 
-    boot = install.boot_lines([str(tmp_path / "gone"), str(tmp_path / "gone" / "deps")], "0.0.9")
-    done = subprocess.run([sys.executable, "-c", boot], capture_output=True, text=True, cwd=tmp_path)
-    assert done.returncode != 0
-    assert (f"this database has madlib_dl 0.0.9, whose files are not on this server ({tmp_path / 'gone'}): "
-            "run ALTER EXTENSION madlib_dl UPDATE to move it to the version installed" in done.stderr), done.stderr
+    boot = install.boot_lines([str(tmp_path / "gone"), str(tmp_path / "gone" / "deps")], "0.0.9", "madlib")
+    plpy = ("class plpy:\n    Error = type('Error', (Exception,), {})\n"
+            "    execute = staticmethod(lambda query: print('executed', query))\n")
+    caught = "\nexcept plpy.Error as e:\n    print(type(e).__module__, type(e).__name__, e.sqlstate, e, e.hint, sep='|')"
+    code = plpy + "try:\n" + textwrap.indent(boot, "    ") + caught
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    # the C library is loaded first, so that its error hook drops PL/Python's traceback from this error
+    loaded, error = done.stdout.splitlines()
+    assert loaded == "executed SELECT madlib.internal_client_connected()"
+    assert error.split("|") == [  # PL/Python reports "madlib_dl: <message>" for a type named so in builtins
+        "builtins", "madlib_dl", "55000", f"this database has madlib_dl 0.0.9, whose files are not on this server "
+        f"({tmp_path / 'gone'})", "Run ALTER EXTENSION madlib_dl UPDATE to move it to the version installed "
+        "(docs/upgrading.md)."]
 
 
 def test_runtime_requirements_come_from_the_pins_and_the_venv():
     requirements = SQL_DIR.parent / "requirements.txt"
     frozen = "absl-py==2.5.1\nmadlib-dl==0.1.0\n-e git+x#egg=y\npytest==9.2.0\n"
     wanted = install.runtime_requirements(requirements, frozen)
-    assert [w.split("==")[0] for w in wanted[:3]] == list(install.RUNTIME_PACKAGES)
-    assert wanted[3:] == ["absl-py==2.5.1", "pytest==9.2.0"]  # constraints only; madlib_dl itself is copied
+    runtime = len(install.RUNTIME_PACKAGES)
+    assert [w.split("==")[0] for w in wanted[:runtime]] == list(install.RUNTIME_PACKAGES)
+    assert wanted[runtime:] == ["absl-py==2.5.1", "pytest==9.2.0"]  # constraints only; madlib_dl itself is copied
 
 
 def test_the_package_is_copied_whole_and_only_when_it_changed(tmp_path, monkeypatch):

@@ -62,8 +62,9 @@ def test_check_message_names_the_numbers_and_the_setting():
     assert str(raised.value) == (
         "use_caching: the run needs about 3.2 GiB (cached data 2.9 GiB over 4 segments, largest 819 MiB; "
         "models 80 MiB per worker x 4 workers; model states in the driver 20 MiB) but the memory budget madlib_dl.memory_budget_mb is "
-        "2048 MiB; raise it (SET madlib_dl.memory_budget_mb = 4096), use fewer segments, "
-        "or run with use_caching => FALSE")
+        "2048 MiB")
+    assert raised.value.hint == ("Raise it (SET madlib_dl.memory_budget_mb = 4096), use fewer segments, or run with "
+                                 "use_caching => FALSE.")
 
 
 def test_check_message_without_caching_drops_the_caching_hint():
@@ -74,9 +75,9 @@ def test_check_message_without_caching_drops_the_caching_hint():
     message = str(raised.value)
     assert message == (
         "memory: the run needs about 3.0 MiB (data 3.0 MiB over 1 segment, largest 3.0 MiB; "
-        "models 512 B per worker x 1 worker) but the memory budget my.budget is 2 MiB; "
-        "raise it (SET my.budget = 1024) or use fewer segments")
-    assert "use_caching" not in message
+        "models 512 B per worker x 1 worker) but the memory budget my.budget is 2 MiB")
+    assert raised.value.hint == "Raise it (SET my.budget = 1024) or use fewer segments."
+    assert "use_caching" not in message + raised.value.hint
 
 
 @pytest.mark.parametrize("total, suggested", [

@@ -354,10 +354,12 @@ class TestSearchOptions:
         error(InvalidArgument, "random_state: must be NULL for grid search", grid.check_search, space(), "grid", None, 1)
 
     def test_grid_refuses_distributions(self):
-        message = error(InvalidArgument, "compile_params_grid: optimizer_params_list[0]: lr: [0.0001, 0.001, 'log'] "
-                        "is a distribution, which only random search samples", grid.check_search,
-                        space(MADLIB_RANDOM_GRID), "grid", None, None)
-        assert "give a list of values for grid search" in message
+        error(InvalidArgument, "compile_params_grid: optimizer_params_list[0]: lr: [0.0001, 0.001, 'log'] "
+              "is a distribution, which only random search samples", grid.check_search,
+              space(MADLIB_RANDOM_GRID), "grid", None, None)
+        with pytest.raises(InvalidArgument) as raised:
+            grid.check_search(space(MADLIB_RANDOM_GRID), "grid", None, None)
+        assert raised.value.hint == "Give a list of values for grid search."
 
     @pytest.mark.parametrize("num_configs", [None, 0, -3])
     def test_random_needs_num_configs(self, num_configs):

@@ -75,7 +75,8 @@ def test_use_gpus_without_gpus_names_the_argument():
     with pytest.raises(InvalidArgument) as raised:
         place(4, [], True)
     assert str(raised.value) == ("use_gpus: TRUE but no GPU is visible on the database server "
-                                 "(nvidia-smi lists none); use use_gpus => FALSE")
+                                 "(nvidia-smi lists none)")
+    assert raised.value.hint == "Use use_gpus => FALSE."
 
 
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True])

@@ -1,0 +1,265 @@
+"""The driver of an AutoML run: it runs what a policy (madlib_dl.automl.policy) decides, on the same
+workers, hops and evaluations as fit_multiple, without a barrier between models.
+
+Each model trains to the iteration its policy asked for, is then evaluated (on the validation table
+when there is one, and always on the training table, as fit_multiple's metrics are), and its loss goes
+to the policy, which says whether it continues, stops, or what starts instead. Whenever a worker is
+free and no model can use it, the policy is asked for more work (ASHA promotes or starts a model
+there). Models the policy creates after the run began send their constants with their first call to
+each backend.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+from dataclasses import dataclass, replace
+
+from madlib_dl.automl.policy import Continue, Decision, Policy, Start, Stop
+from madlib_dl.training import driver, segment_calls, segment_means
+from madlib_dl.training.model_schedule import Evaluated, IterationDone, ModelScheduler, Task
+from madlib_dl.training.segment_calls import EvaluateHop, TrainHop
+from madlib_dl.training.spec import ModelConfig, RunSpec, derive_seed
+
+MAX_DECISION_ROUNDS = 10_000  # more() answering without ever making work runnable is a policy bug
+
+
+@dataclass(frozen=True)
+class AutomlRun:
+    """``spec.models`` holds one stand-in per model_id (its architecture and transfer weights), for the
+    memory plan and the initial weights; ``model_archs``: model_id -> (architecture, weights or None)."""
+    spec: RunSpec
+    model_archs: dict
+    policy: Policy
+    max_models: int
+
+
+@dataclass
+class Trial:
+    """How far a configuration got, for the _info table."""
+    bracket: int | None
+    rung: int
+    until: int
+    done: int = 0             # iterations trained
+    status: str = "training"  # 'training' until the run ends; then 'done' or 'stopped'
+
+
+@dataclass
+class AutomlResult:
+    run: driver.RunResult  # its models' metrics_iters are each model's own
+    trials: dict           # mst_key -> Trial
+    metrics_iters: dict    # mst_key -> iterations evaluated
+
+
+class AutomlDriver:
+    def __init__(self, db, automl: AutomlRun, executor, set_name, initial_weights: dict, plan: driver.MemoryPlan):
+        self.db, self.spec, self.policy = db, automl.spec, automl.policy
+        self.archs, self.executor, self.set_name, self.plan = automl.model_archs, executor, set_name, plan
+        self.initial = initial_weights
+        self.segments = sorted(self.spec.source.segments)
+        self.scheduler = ModelScheduler(self.segments, self.spec.seed)
+        self.models: dict[int, driver.ModelProgress] = {}
+        self.trials: dict[int, Trial] = {}
+        self.metrics_iters: dict[int, list] = {}
+        self.known: set = set()     # (worker, mst_key) whose constants that worker's backend has
+        self.cached: set = set()    # (worker, kind, segment) whose examples that backend holds
+        self.pending: dict = {}     # mst_key -> per-segment evaluation results of the running evaluation
+        self.hops: list = driver.LAST_HOPS
+        self.clock = time.monotonic()
+
+    def position(self) -> str:
+        done = sum(1 for t in self.trials.values() if t.status != "training")
+        trained = sum(1 for h in self.hops if h.kind == "train")
+        return f"after {trained} hops ({len(self.trials)} configurations started, {done} of them finished)"
+
+    def run(self) -> AutomlResult:
+        started = datetime.datetime.now()
+        self._apply(self.policy.start())
+        asked = rounds = 0
+        while True:
+            for task in self.scheduler.assign(self.scheduler.free_workers()):
+                self.executor.submit(self._call(task))
+            idle = len(self.scheduler.free_workers())
+            if idle and not asked:
+                decisions = self.policy.more(idle)
+                asked = not decisions
+                rounds += 1
+                if rounds > MAX_DECISION_ROUNDS:
+                    raise RuntimeError(f"{self.policy.method}: the policy keeps deciding without making work")
+                if decisions:
+                    self._apply(decisions)
+                    continue
+            if not self.scheduler.running:
+                break
+            for completed in self.executor.wait():
+                self._completed(completed)
+            asked = rounds = 0
+        for key, trial in self.trials.items():
+            if trial.status == "training":  # waiting for a promotion that never came
+                trial.status = "stopped"
+        result = driver.RunResult(self.models, [], started, datetime.datetime.now(), self.executor.name,
+                                  list(self.hops))
+        return AutomlResult(result, self.trials, self.metrics_iters)
+
+    # -- decisions -------------------------------------------------------------------------------
+
+    def _apply(self, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            if isinstance(decision, Start):
+                self._start(decision)
+            elif isinstance(decision, Continue):
+                trial = self._trial(decision.key)
+                trial.until, trial.rung = decision.until, decision.rung
+                self.scheduler.train(decision.key, trial.done, decision.until)
+            elif isinstance(decision, Stop):
+                self._trial(decision.key).status = decision.status
+            else:
+                raise TypeError(f"not a policy decision: {decision!r}")
+
+    def _start(self, start: Start) -> None:
+        if start.key in self.models:
+            raise ValueError(f"{self.policy.method}: mst_key {start.key} was started already")
+        config = start.config
+        model_arch, weights = self.archs[config.model_id]
+        model = ModelConfig(start.key, config.model_id, model_arch, config.compile_params.text,
+                            config.fit_params.text, weights)
+        self.models[start.key] = driver.ModelProgress(model, weights if weights is not None else
+                                                      self.initial[config.model_id], None)
+        self.trials[start.key] = Trial(start.bracket, start.rung, start.until)
+        self.metrics_iters[start.key] = []
+        self.scheduler.train(start.key, 0, start.until)
+
+    def _trial(self, key: int) -> Trial:
+        trial = self.trials.get(key)
+        if trial is None:
+            raise ValueError(f"{self.policy.method}: decision about mst_key {key}, which was never started")
+        return trial
+
+    # -- calls -----------------------------------------------------------------------------------
+
+    def _call(self, task: Task):
+        model = self.models[task.model]
+        constants = None
+        if (task.worker, task.model) not in self.known:
+            self.known.add((task.worker, task.model))
+            constants = segment_calls.model_constants(model.config)
+        if task.evaluate is None:
+            hop = TrainHop(task.iteration, task.model, task.worker)
+            call = segment_calls.fit_call(
+                self.spec.source, hop, self.spec.run_id, (model.weights, model.optimizer_state),
+                seed=derive_seed(self.spec.seed, task.model, task.iteration, task.worker),
+                use_caching=self.plan.use_caching, read_table=self._reads(task.worker, "train", task.worker),
+                is_final_call=False, overwrite_state=model.owns_state, constants=constants, tag=task)
+            model.weights = model.optimizer_state = None  # the state went with the hop
+            return call
+        table = self.spec.source if task.evaluate == "train" else self.spec.validation
+        hop = EvaluateHop(task.iteration, task.model, task.segment, task.evaluate)
+        return segment_calls.evaluate_call(table, hop, task.worker, self.spec.run_id, model.weights,
+                                           self.plan.use_caching,
+                                           self._reads(task.worker, task.evaluate, task.segment),
+                                           False, constants=constants, tag=task)
+
+    def _reads(self, worker: int, kind: str, segment: int) -> bool:
+        if not self.plan.use_caching:
+            return True
+        key = (worker, kind, segment)
+        if key in self.cached:
+            return False
+        self.cached.add(key)
+        return True
+
+    def _completed(self, completed) -> None:
+        task: Task = completed.call.tag
+        model = self.models[task.model]
+        if task.evaluate is None:
+            model.weights, model.optimizer_state, model.last_segment = (
+                completed.weights, completed.optimizer_state, task.worker)
+            model.owns_state = True
+            model.hop_losses.append((completed.row["loss"], completed.row["images"]))
+            self.hops.append(driver.hop_record("train", TrainHop(task.iteration, task.model, task.worker), completed))
+        else:
+            hop = EvaluateHop(task.iteration, task.model, task.segment, task.evaluate)
+            self.pending.setdefault(task.model, {}).setdefault(task.evaluate, []).append(
+                segment_means.from_row(task.segment, completed.row))
+            self.hops.append(driver.hop_record(f"evaluate {task.evaluate}", hop, completed))
+        event = self.scheduler.finish(task)
+        if isinstance(event, IterationDone):
+            self._iteration_done(event)
+        elif isinstance(event, Evaluated):
+            self._evaluated(event)
+
+    def _iteration_done(self, event: IterationDone) -> None:
+        trial = self.trials[event.model]
+        trial.done = event.iteration
+        frequency = self.spec.metrics_compute_frequency
+        if event.iteration >= trial.until or (frequency and event.iteration % frequency == 0):
+            self.scheduler.evaluate(event.model, self._evaluation_tasks())
+        self.models[event.model].hop_losses = []
+
+    def _evaluation_tasks(self) -> list[tuple[str, int, int]]:
+        tables = [("train", self.spec.source)] + ([("validation", self.spec.validation)] if self.spec.validation else [])
+        return [(kind, segment, segment if segment in self.segments else self.segments[segment % len(self.segments)])
+                for kind, table in tables for segment in sorted(table.segments)]
+
+    def _evaluated(self, event: Evaluated) -> None:
+        key, model = event.model, self.models[event.model]
+        elapsed = time.monotonic() - self.clock
+        for kind, per_segment in self.pending.pop(key).items():
+            mean, prefix = segment_means.combine(per_segment), driver.SERIES[kind]
+            model.metrics[f"{prefix}_loss"].append(mean.loss)
+            model.metrics[f"{prefix}_metric"].append(mean.metric)
+            model.metrics[f"{prefix}_elapsed"].append(elapsed)
+        self.metrics_iters[key].append(event.iteration)
+        trial = self.trials[key]
+        if event.iteration < trial.until:
+            self.scheduler.resume(key)
+            return
+        loss = model.metrics["validation_loss" if self.spec.validation else "training_loss"][-1]
+        decisions = self.policy.report(key, event.iteration, loss if loss is not None else math.nan)
+        self._apply(decisions)
+        self._notice(key, event.iteration, decisions)
+
+    def _notice(self, key: int, iteration: int, decisions: list[Decision]) -> None:
+        trial = self.trials[key]
+        where = f"bracket {trial.bracket}, rung {trial.rung}" if trial.bracket is not None else f"rung {trial.rung}"
+        said = {d.key: d for d in decisions if not isinstance(d, Start)}
+        after = said.get(key)
+        outcome = ("continues to iteration " + str(after.until) if isinstance(after, Continue) else
+                   after.status if isinstance(after, Stop) else "waits")
+        others = [d.key for d in said.values() if d.key != key]
+        finished = sum(1 for t in self.trials.values() if t.status != "training")
+        progress = (f"madlib_dl {self.spec.caller.label}: {self.policy.method}, {finished} of {len(self.trials)} "
+                    "configurations finished")
+        self.set_name(progress)
+        self.executor.set_progress(progress)
+        self.db.notice(f"{self.spec.caller.function}: mst_key={key} ({where}) after iteration {iteration}: "
+                       f"{driver.metrics_text(self.models[key])}; {outcome}"
+                       + (f" (decided too: mst_key {', '.join(map(str, sorted(others)))})" if others else ""))
+
+
+def train(db, automl: AutomlRun) -> AutomlResult:
+    """Run the policy to its end; the run's data and models leave the workers whatever happens."""
+    spec = automl.spec
+    driver.LAST_HOPS.clear()
+    devices = driver.devices_for(spec)
+    tables = {"train": spec.source, **({"validation": spec.validation} if spec.validation else {})}
+    set_name = driver.application_name_setter(db)
+    runner = None
+    try:
+        with driver.workers.executor_for(db, spec.run_id, spec.schema, tables, {}, devices,
+                                         spec.caller.function) as executor:
+            initial = driver.initial_weights(executor, spec)
+            driver.check_state_sizes(spec, initial)
+            memory_spec = replace(spec, models=tuple(spec.models[i % len(spec.models)] for i in range(automl.max_models)))
+            plan = driver.plan_memory(db, memory_spec, initial)
+            set_name(f"madlib_dl {spec.caller.label}: {automl.policy.method}")
+            runner = AutomlDriver(db, automl, executor, set_name, initial, plan)
+            return runner.run()
+    except Exception as error:
+        if not driver.is_cancel(error):
+            raise
+        where = runner.position() if runner is not None else "while starting"
+        raise driver.cancel_error(error, spec, where) from None
+    finally:
+        set_name(None)

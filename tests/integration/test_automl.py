@@ -1,0 +1,149 @@
+"""madlib_keras_automl end to end on sklearn's digits, as a plain role on a server with Debian's pg_hba:
+each method through SQL, MADlib's output columns, the best configuration in the mst table, and the
+same random_state giving the same configurations and (in process) the same weights."""
+
+from __future__ import annotations
+
+import psycopg2
+import pytest
+from psycopg2.extras import execute_values
+from sklearn.datasets import load_digits
+
+from madlib_dl.keras_runtime import tf_setup
+
+keras = tf_setup.keras()
+
+COMPILE_GRID = ("$${'loss': ['categorical_crossentropy'], 'metrics': ['accuracy'], "
+                "'optimizer_params_list': [{'optimizer': ['Adam'], 'lr': [0.0003, 0.1, 'log']}]}$$")
+FIT_GRID = "$${'batch_size': [32, 128], 'epochs': [1]}$$"
+INFO_COLUMNS = {"mst_key", "model_id", "compile_params", "fit_params", "model_type", "model_size",
+                "metrics_elapsed_time", "metrics_type", "loss_type", "training_metrics_final", "training_loss_final",
+                "training_metrics", "training_loss", "validation_metrics_final", "validation_loss_final",
+                "validation_metrics", "validation_loss", "metrics_iters"}
+SUMMARY_AUTOML = {"automl_method", "automl_params", "random_state", "use_gpus"}
+
+
+def _mlp():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,))
+    x = keras.layers.Dense(16, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+
+
+@pytest.fixture(scope="module")
+def cur(training_database):
+    with training_database("automl_digits") as conn, conn.cursor() as c:
+        digits = load_digits()
+        c.execute("CREATE TABLE digits (id INTEGER, pixels REAL[], label INTEGER)")
+        execute_values(c, "INSERT INTO digits VALUES %s",
+                       [(i, x.tolist(), int(y)) for i, (x, y) in enumerate(zip(digits.data, digits.target))])
+        c.execute("CREATE TABLE digits_train AS SELECT * FROM digits WHERE id % 4 <> 0")
+        c.execute("CREATE TABLE digits_val AS SELECT * FROM digits WHERE id % 4 = 0")
+        c.execute("SELECT madlib_dl.training_preprocessor_dl('digits_train', 'train_packed', 'label', 'pixels', "
+                  "200, 16.0, NULL, '2')")
+        c.execute("SELECT madlib_dl.validation_preprocessor_dl('digits_val', 'val_packed', 'label', 'pixels', "
+                  "'train_packed')")
+        c.execute("SELECT madlib_dl.load_keras_model('arch', %s::json)", [_mlp().to_json()])
+        conn.commit()  # background workers see committed tables only
+        yield c
+
+
+def _automl(cur, out, mst, method, params, random_state=7, validation=True, **extra):
+    options = "".join(f", {k} => {v}" for k, v in extra.items())
+    cur.execute(f"SELECT madlib_dl.madlib_keras_automl('train_packed', %s, 'arch', %s, ARRAY[1], {COMPILE_GRID}, "
+                f"{FIT_GRID}, %s, %s, %s, validation_table => %s{options})",
+                [out, mst, method, params, random_state, "val_packed" if validation else None])
+    cur.connection.commit()
+
+
+def _columns(cur, table):
+    cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s", [table])
+    return {r[0] for r in cur.fetchall()}
+
+
+def _info(cur, table):
+    cur.execute(f"SELECT mst_key, compile_params, fit_params, automl_status, iterations_trained, metrics_iters, "
+                f"validation_loss_final FROM {table}_info ORDER BY mst_key")
+    return cur.fetchall()
+
+
+def test_hyperband_runs_its_brackets_and_writes_madlibs_tables(cur):
+    _automl(cur, "hb", "hb_mst", "hyperband", "R=3, eta=3, skip_last=0", use_caching="TRUE")
+    # R=3, eta=3: bracket s=1 trains 3 configurations 1 iteration, the best 1 on to 3; s=0 trains 2 to 3
+    rows = _info(cur, "hb")
+    assert len(rows) == 5
+    assert INFO_COLUMNS | {"automl_status", "iterations_trained", "s", "i"} <= _columns(cur, "hb_info")
+    cur.execute("SELECT s, i, iterations_trained, automl_status FROM hb_info ORDER BY mst_key")
+    got = cur.fetchall()
+    assert sorted((s, i, n, status) for s, i, n, status in got) == sorted(
+        [(1, 0, 1, "stopped"), (1, 0, 1, "stopped"), (1, 1, 3, "done"), (0, 0, 3, "done"), (0, 0, 3, "done")])
+    for key, _, _, status, trained, iters, val_loss in rows:
+        assert iters[-1] == trained and val_loss is not None
+    assert SUMMARY_AUTOML <= _columns(cur, "hb_summary")
+    cur.execute("SELECT automl_method, automl_params, random_state, num_iterations FROM hb_summary")
+    assert cur.fetchone() == ("hyperband", "R=3, eta=3, skip_last=0", "7", 3)
+    cur.execute("SELECT count(*), count(model_weights) FROM hb")
+    assert cur.fetchone() == (5, 5)  # stopped models keep their state
+    # the best configuration (lowest final validation loss) replaces the selection table
+    cur.execute("SELECT model_id, compile_params, fit_params FROM hb_mst")
+    best = cur.fetchall()
+    cur.execute("SELECT 1, compile_params, fit_params FROM hb_info ORDER BY validation_loss_final LIMIT 1")
+    assert best == cur.fetchall()
+    cur.execute("SELECT model_arch_table FROM hb_mst_summary")
+    assert cur.fetchone()[0] == "arch"
+
+
+def test_asha_promotes_the_best_and_stops_the_rest(cur):
+    _automl(cur, "asha_out", "asha_mst", "asha", "max_iterations=3, grace_iterations=1, reduction_factor=3, "
+            "num_configs=6")
+    rows = _info(cur, "asha_out")
+    assert len(rows) == 6
+    trained = sorted(r[4] for r in rows)
+    assert trained[0] == 1 and trained[-1] == 3  # some stopped at the first rung, one went to the last
+    assert sum(trained) < 6 * 3  # less than training every configuration fully
+    for _, _, _, status, n, iters, _ in rows:
+        assert status == ("done" if n == 3 else "stopped") and iters[-1] == n
+
+
+def test_hyperopt_tpe_trains_each_proposal_to_num_iterations(cur):
+    _automl(cur, "tpe_out", "tpe_mst", "hyperopt", "num_configs=4, num_iterations=2, algorithm=tpe")
+    rows = _info(cur, "tpe_out")
+    assert len(rows) == 4 and all(r[3] == "done" and r[4] == 2 for r in rows)
+    for _, compile_params, fit_params, *_ in rows:
+        lr = float(compile_params.split("learning_rate=")[1].split(")")[0])
+        assert 0.0003 <= lr <= 0.1 and ("batch_size=32" in fit_params or "batch_size=128" in fit_params)
+
+
+def test_the_same_random_state_gives_the_same_configurations_and_in_process_the_same_weights(cur):
+    cur.execute("SET madlib_dl.executor = 'in_process'")
+    try:
+        for out in ("same_a", "same_b"):
+            _automl(cur, out, out + "_mst", "asha", "max_iterations=3, num_configs=4", random_state=11,
+                    validation=False)
+    finally:
+        cur.execute("RESET madlib_dl.executor")
+    assert [r[:5] for r in _info(cur, "same_a")] == [r[:5] for r in _info(cur, "same_b")]
+    cur.execute("SELECT a.mst_key FROM same_a a JOIN same_b b USING (mst_key) WHERE a.model_weights = b.model_weights")
+    assert len(cur.fetchall()) == 4
+
+
+@pytest.mark.parametrize("method, params, message", [
+    ("bohb", None, "automl_method: expected 'hyperband', 'hyperopt' or 'asha', got 'bohb'"),
+    ("hyperband", "R=6, eta=1", "automl_params: eta must be greater than 1"),
+    ("hyperband", "R=2, eta=3", "automl_params: R should not be less than eta"),
+    ("hyperopt", "num_configs=0", "automl_params: num_configs must be an integer >= 1"),
+])
+def test_bad_arguments_are_named_and_nothing_is_created(cur, method, params, message):
+    with pytest.raises(psycopg2.Error) as raised:
+        _automl(cur, "bad_out", "bad_mst", method, params)
+    cur.connection.rollback()
+    assert raised.value.diag.message_primary.startswith(f"madlib_dl: {message}"), raised.value.diag.message_primary
+    cur.execute("SELECT to_regclass('bad_out'), to_regclass('bad_mst')")
+    assert cur.fetchone() == (None, None)
+
+
+def test_hyperband_schedule_writes_the_papers_table(cur):
+    cur.execute("SELECT madlib_dl.hyperband_schedule('hb_schedule', 81, 3, 0)")
+    cur.execute("SELECT s, n_i, r_i FROM hb_schedule WHERE i = 0 ORDER BY s DESC")
+    assert cur.fetchall() == [(4, 81, 1), (3, 34, 3), (2, 15, 9), (1, 8, 27), (0, 5, 81)]
+    cur.connection.rollback()
