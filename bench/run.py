@@ -7,8 +7,9 @@ bandwidth and caches), then the SQL call with S=1 and S=2 worker sessions, cachi
 a fresh psycopg2 session, every process with the same TF thread count. It prints a table per workload
 and the targets of issue 5 (bench/report.py), and writes every measurement to a JSON file. Tables live
 in the schema madlib_dl_bench and are kept between runs (data are re-made only when the workload or
-scale changes). The state, calls and data workloads (bench/state.py, calls.py, data.py) measure
-moving model state, a session's second call, and packing and scoring a CIFAR-shaped table.
+scale changes). The state, calls, data and automl workloads (bench/state.py, calls.py, data.py, automl.py) measure
+moving model state, a session's second call, packing and scoring a CIFAR-shaped table, and AutoML
+against grid search.
 
     .venv/bin/python bench/run.py [--scale 1] [--workloads small,compute] [--threads N] [--json PATH]
 """
@@ -29,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import automl  # noqa: E402
 import calls  # noqa: E402
 import data  # noqa: E402
 import report  # noqa: E402
@@ -276,14 +278,14 @@ def bench_workload(cluster, lib: str, workload: workloads.Workload, scale: float
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the examples of every workload")
-    parser.add_argument("--workloads", default="small,compute,state,calls,data",
-                        help="comma-separated: small, compute, state, calls, data")
+    parser.add_argument("--workloads", default="small,compute,state,calls,data,automl",
+                        help="comma-separated: small, compute, state, calls, data, automl")
     parser.add_argument("--threads", type=int, default=0,
                         help="TF threads of every process (default: CPUs / 2, at least 1: one per worker at S=2)")
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"), help="where the results go")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
-    unknown = [n for n in names if n not in workloads.WORKLOADS and n not in ("state", "calls", "data")]
+    unknown = [n for n in names if n not in workloads.WORKLOADS and n not in ("state", "calls", "data", "automl")]
     if unknown or not names or args.scale <= 0:
         parser.error(f"--workloads: expected names from {sorted(workloads.WORKLOADS)}, got {args.workloads!r}"
                      if unknown or not names else f"--scale: expected a positive number, got {args.scale}")
@@ -303,8 +305,10 @@ def main(argv=None) -> None:
     state_result = state.bench(cluster, lib, threads, say) if "state" in names else None
     calls_result = calls.bench(cluster, lib, say) if "calls" in names else None
     data_result = data.bench(cluster, lib, args.scale, threads, say) if "data" in names else None
+    automl_result = automl.bench(cluster, lib, say) if "automl" in names else None
     found = report.targets(results) + (state.targets(state_result) if state_result else []) + \
-        (calls.targets(calls_result) if calls_result else []) + (data.targets(data_result) if data_result else [])
+        (calls.targets(calls_result) if calls_result else []) + (data.targets(data_result) if data_result else []) + \
+        (automl.targets(automl_result) if automl_result else [])
     say("")
     for name, workload in results.items():
         say(report.table(name, workload) + "\n")
@@ -316,6 +320,9 @@ def main(argv=None) -> None:
     if data_result:
         say(data.table(data_result) + "\n")
         results["data"] = data_result
+    if automl_result:
+        say(automl.table(automl_result) + "\n")
+        results["automl"] = automl_result
     say(report.verdicts(found))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

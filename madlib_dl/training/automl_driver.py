@@ -89,6 +89,7 @@ class AutomlDriver:
                     raise RuntimeError(f"{self.policy.method}: the policy keeps deciding without making work")
                 if decisions:
                     self._apply(decisions)
+                    self._promoted([d for d in decisions if isinstance(d, Continue)])
                     continue
             if not self.scheduler.running:
                 break
@@ -216,13 +217,18 @@ class AutomlDriver:
             self.scheduler.resume(key)
             return
         loss = model.metrics["validation_loss" if self.spec.validation else "training_loss"][-1]
+        where = f"bracket {trial.bracket}, rung {trial.rung}" if trial.bracket is not None else f"rung {trial.rung}"
         decisions = self.policy.report(key, event.iteration, loss if loss is not None else math.nan)
         self._apply(decisions)
-        self._notice(key, event.iteration, decisions)
+        self._notice(key, event.iteration, decisions, where)
 
-    def _notice(self, key: int, iteration: int, decisions: list[Decision]) -> None:
-        trial = self.trials[key]
-        where = f"bracket {trial.bracket}, rung {trial.rung}" if trial.bracket is not None else f"rung {trial.rung}"
+    def _promoted(self, promotions: list[Continue]) -> None:
+        for decision in promotions:
+            self.db.notice(f"{self.spec.caller.function}: mst_key={decision.key} promoted to rung {decision.rung}: "
+                           f"trains on to iteration {decision.until}")
+
+    def _notice(self, key: int, iteration: int, decisions: list[Decision], where: str) -> None:
+        """The model's result at the end of a rung (``where``: the rung it ended) and what was decided."""
         said = {d.key: d for d in decisions if not isinstance(d, Start)}
         after = said.get(key)
         outcome = ("continues to iteration " + str(after.until) if isinstance(after, Continue) else
