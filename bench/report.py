@@ -94,6 +94,25 @@ def _versus_two_processes(name: str, result: dict) -> list[Target]:
                    f"S=2 {_fmt(wall, '.2f')} s, 2 processes {two:.2f} s")]
 
 
+PROGRESS_COST = 1.01  # live progress (fit_progress) may add at most 1 % to a run
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _progress_cost(runs: dict | None) -> list[Target]:
+    """``runs``: {'on': [wall seconds...], 'off': [...]}, alternating runs of one variant."""
+    if not runs or not runs.get("on") or not runs.get("off"):
+        return []
+    on, off = _median(runs["on"]), _median(runs["off"])
+    return [Target("small, S=2 caching on: progress on / off (median of alternating runs)", on / off, PROGRESS_COST,
+                   "max", f"on {', '.join(f'{x:.2f}' for x in runs['on'])} s; off "
+                          f"{', '.join(f'{x:.2f}' for x in runs['off'])} s")]
+
+
 def targets(results: dict) -> list[Target]:
     """The issue's targets over the measured workloads (those missing from ``results`` are skipped), with
     informational lines (kind 'info', never met nor missed) where two-process Keras was measured."""
@@ -119,6 +138,7 @@ def targets(results: dict) -> list[Target]:
         overheads = [run["hop_overhead_ms"] for run in small["runs"].values() if run.get("hop_overhead_ms") is not None]
         found.append(Target("small: per-hop overhead, ms (worst run)", max(overheads) if overheads else None,
                             20.0, "max"))
+        found.extend(_progress_cost(small.get("progress")))
     for name, workload in results.items():
         found.extend(_never_slower(name, workload))
         found.extend(_memory(name, workload))

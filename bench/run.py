@@ -185,7 +185,7 @@ def run_keras_processes(cluster, workload: workloads.Workload, threads: int, pro
 
 
 def run_ours(cluster, lib: str, workload: workloads.Workload, segments: int, caching: bool, threads: int,
-             cache_bytes: dict[int, int]) -> dict:
+             cache_bytes: dict[int, int], progress: str = "on") -> dict:
     name = workload.name
     output = f"{SCHEMA}.{name}_model"
     with cluster.connect() as conn:
@@ -193,7 +193,7 @@ def run_ours(cluster, lib: str, workload: workloads.Workload, segments: int, cac
         with conn.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {output}, {output}_summary, {output}_info")
             cur.execute("SET madlib_dl.executor = 'workers'; SET madlib_dl.worker_threads = %s; "
-                        "SET client_min_messages = warning", [threads])
+                        "SET madlib_dl.progress = %s; SET client_min_messages = warning", [threads, progress])
             started = time.time()
             cur.execute(f"SELECT {lib}.madlib_keras_fit_multiple_model(%s, %s, %s, %s, FALSE, NULL, NULL, FALSE, "
                         "NULL, NULL, %s)", [f"{SCHEMA}.{name}_packed_{segments}", output, f"{SCHEMA}.{name}_mst",
@@ -272,7 +272,24 @@ def bench_workload(cluster, lib: str, workload: workloads.Workload, scale: float
             run = run_ours(cluster, lib, workload, segments, caching, threads, caches[segments])
             result["runs"][label] = run
             say(f"  {label}: {run['wall_seconds']:.2f} s")
+    if workload.name == "small":
+        result["progress"] = progress_cost(cluster, lib, workload, threads, caches[2])
     return result
+
+
+PROGRESS_PAIRS = 3
+
+
+def progress_cost(cluster, lib: str, workload: workloads.Workload, threads: int, cache_bytes: dict) -> dict:
+    """Wall times of S=2 caching on with madlib_dl.progress on and off, alternating (the machine's drift
+    falls on both)."""
+    walls = {"on": [], "off": []}
+    for _ in range(PROGRESS_PAIRS):
+        for setting in ("off", "on"):
+            walls[setting].append(run_ours(cluster, lib, workload, 2, True, threads, cache_bytes, setting)["wall_seconds"])
+    say(f"  S=2 caching on, progress on: {', '.join(f'{x:.2f}' for x in walls['on'])} s; off: "
+        f"{', '.join(f'{x:.2f}' for x in walls['off'])} s")
+    return walls
 
 
 def main(argv=None) -> None:

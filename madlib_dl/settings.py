@@ -73,7 +73,11 @@ EXECUTOR = Choice("madlib_dl.executor", ("auto", "workers", "in_process"),
                   "NOTICE), 'workers' (background workers or an error), 'in_process' (this session, one segment "
                   "at a time)")
 
-CHOICES = (EXECUTOR,)
+PROGRESS = Choice("madlib_dl.progress", ("on", "off"),
+                  "'on': a training run's progress is visible from other sessions in fit_progress (one more "
+                  "background worker records it); 'off': it is not")
+
+CHOICES = (EXECUTOR, PROGRESS)
 
 
 def cpu_count() -> int:

@@ -81,12 +81,12 @@ def _frequency(value, max_iterations: int) -> int:
 
 
 def _new_selection_table(conn, text, arch) -> model_selection.Target:
-    target = model_selection.selection_target(conn, text, arch)
-    if target.exists:
-        raise ObjectExists(f"model_selection_table: table {str(target.given)!r} already exists",
+    given = identifiers.parse_table_name(text, "model_selection_table")
+    if identifiers.table_exists(conn, given):
+        raise ObjectExists(f"model_selection_table: table {str(given)!r} already exists",
                            hint="Drop it or choose another name: madlib_keras_automl creates it with the best "
                                 "configuration.")
-    return target
+    return model_selection.selection_target(conn, text, arch)  # its summary's name must be free too
 
 
 # ---------------------------------------------------------------------------------------------------

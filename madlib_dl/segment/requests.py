@@ -103,6 +103,17 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
+class Record:
+    """Write a run's progress snapshot (training.progress) in this backend's own transaction; ``final``:
+    the run is over, remove its rows."""
+    schema: str
+    run_id: str
+    run_values: dict = field(default_factory=dict)  # internal_progress_runs' columns
+    model_rows: list = field(default_factory=list)  # internal_progress_models' columns, one dict per model
+    final: bool = False
+
+
+@dataclass(frozen=True)
 class Release:
     """Drop a run's data and models (None: whatever is held)."""
     run_id: str | None
@@ -120,8 +131,8 @@ class Reply:
     optimizer_state: bytes | None = None
 
 
-TYPES = {cls.__name__: cls for cls in (Start, BeginRun, CountRows, InitialWeights, Fit, Evaluate, Release, Stop,
-                                       Reply)}
+TYPES = {cls.__name__: cls for cls in (Start, BeginRun, CountRows, InitialWeights, Fit, Evaluate, Record, Release,
+                                       Stop, Reply)}
 # Fields holding dataclasses: a mapping of them (sent as [key, fields] pairs: JSON objects would turn
 # integer keys into text) or one of them.
 _MAPPINGS = {"tables": TableRef, "models": ModelConstants}

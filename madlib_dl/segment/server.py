@@ -7,7 +7,7 @@ with the hop's request staged in GD so that the aggregate takes data and keys on
 from __future__ import annotations
 
 from madlib_dl.errors import InvalidArgument
-from madlib_dl.segment import requests, runtime
+from madlib_dl.segment import recording, requests, runtime
 from madlib_dl.segment.requests import Reply, TableRef
 
 LOCK_TIMEOUT = "5s"  # CountRows: a lock the caller holds on the table makes the check fail, not hang
@@ -69,9 +69,14 @@ def _evaluate(db, gd, request: requests.Evaluate) -> Reply:
     return Reply(_aggregate(db, gd, "internal_keras_evaluate", request))
 
 
+def _record(db, gd, request: requests.Record) -> Reply:
+    recording.write(db, gd, request)
+    return Reply({})
+
+
 HANDLERS = {requests.Start: _start, requests.BeginRun: _begin_run, requests.InitialWeights: _initial_weights,
             requests.Release: _release, requests.CountRows: _count_rows, requests.Fit: _fit,
-            requests.Evaluate: _evaluate}
+            requests.Evaluate: _evaluate, requests.Record: _record}
 
 
 def _aggregate(db, gd, aggregate: str, call) -> dict:

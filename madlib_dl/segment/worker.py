@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from madlib_dl import channel, db
 from madlib_dl.keras_runtime import interrupts
-from madlib_dl.segment import requests, server
+from madlib_dl.segment import recording, requests, server
 from madlib_dl.segment import store as stores
 
 GD_KEY = "madlib_dl_worker"
@@ -79,9 +79,11 @@ def serve(gd: dict, token: str) -> bool:
         state.last_request = time.monotonic()
         return True
     except channel.ChannelClosed:
+        recording.forget_current(db.current(), gd)
         return False  # the driver is gone, or ended the run: nothing to say
     except (channel.ChannelError, requests.BadRequest, DriverGone) as error:
         _log(f"madlib_dl worker: ending: {error}")
+        recording.forget_current(db.current(), gd)
         return False
 
 

@@ -53,8 +53,9 @@ class AutomlResult:
 
 
 class AutomlDriver:
-    def __init__(self, db, automl: AutomlRun, executor, set_name, initial_weights: dict, plan: driver.MemoryPlan):
-        self.db, self.spec, self.policy = db, automl.spec, automl.policy
+    def __init__(self, db, automl: AutomlRun, executor, set_name, initial_weights: dict, plan: driver.MemoryPlan,
+                 recorder):
+        self.db, self.spec, self.policy, self.recorder = db, automl.spec, automl.policy, recorder
         self.archs, self.executor, self.set_name, self.plan = automl.model_archs, executor, set_name, plan
         self.initial = initial_weights
         self.segments = sorted(self.spec.source.segments)
@@ -66,6 +67,7 @@ class AutomlDriver:
         self.cached: set = set()    # (worker, kind, segment) whose examples that backend holds
         self.pending: dict = {}     # mst_key -> per-segment evaluation results of the running evaluation
         self.hops: list = driver.LAST_HOPS
+        self.trained_hops = 0
         self.clock = time.monotonic()
 
     def position(self) -> str:
@@ -179,6 +181,7 @@ class AutomlDriver:
             model.owns_state = True
             model.hop_losses.append((completed.row["loss"], completed.row["images"]))
             self.hops.append(driver.hop_record("train", TrainHop(task.iteration, task.model, task.worker), completed))
+            self.trained_hops += 1
         else:
             hop = EvaluateHop(task.iteration, task.model, task.segment, task.evaluate)
             self.pending.setdefault(task.model, {}).setdefault(task.evaluate, []).append(
@@ -189,6 +192,23 @@ class AutomlDriver:
             self._iteration_done(event)
         elif isinstance(event, Evaluated):
             self._evaluated(event)
+        self._record()
+
+    def _record(self) -> None:
+        """The run's state for fit_progress: every configuration started so far (the total is the
+        method's to decide, so there is no ETA)."""
+        trained = self.trained_hops
+        models = []
+        for key, trial in self.trials.items():
+            m = self.models[key].metrics
+            models.append({"mst_key": key, "iterations_done": trial.done,
+                           "training_loss": m["training_loss"][-1] if m["training_loss"] else None,
+                           "validation_metric": m["validation_metric"][-1] if m["validation_metric"] else None,
+                           "status": trial.status})
+        run = {"iteration": max((t.done for t in self.trials.values()), default=0),
+               "iterations": self.spec.num_iterations, "hops_done": trained, "hops_total": None,
+               "phase": self.policy.method, "eta_seconds": None}
+        self.recorder.update(run, models)
 
     def _iteration_done(self, event: IterationDone) -> None:
         trial = self.trials[event.model]
@@ -260,8 +280,9 @@ def train(db, automl: AutomlRun) -> AutomlResult:
             memory_spec = replace(spec, models=tuple(spec.models[i % len(spec.models)] for i in range(automl.max_models)))
             plan = driver.plan_memory(db, memory_spec, initial)
             set_name(f"madlib_dl {spec.caller.label}: {automl.policy.method}")
-            runner = AutomlDriver(db, automl, executor, set_name, initial, plan)
-            return runner.run()
+            with driver.recording(db, spec) as recorder:
+                runner = AutomlDriver(db, automl, executor, set_name, initial, plan, recorder)
+                return runner.run()
     except Exception as error:
         if not driver.is_cancel(error):
             raise

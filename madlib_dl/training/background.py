@@ -103,49 +103,91 @@ def keep_idle(workers: list[Worker]) -> None:
         _POOL.append(worker)
 
 
+@dataclass
+class Launch:
+    """Workers asked for and not yet connected: the socket they connect to, and their pids by index."""
+    directory: str
+    listener: channel.Listener
+    secret: bytes
+    pids: dict
+    connected: dict
+
+    def close(self) -> None:
+        self.listener.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def abandon(self) -> None:
+        """End the workers asked for, connected or not, and close."""
+        end(list(self.connected.values()))
+        _terminate([pid for index, pid in self.pids.items() if index not in self.connected])
+        self.close()
+
+
 def launch(db, schema: str, count: int, check) -> list[Worker]:
     """Start up to ``count`` workers (as many as slots are free) and wait until each has connected and
     authenticated. The socket's directory exists only during this call."""
+    started = begin_launch(db, schema, count)
+    try:
+        return finish_launch(started, check)
+    finally:
+        started.close()
+
+
+def begin_launch(db, schema: str, count: int) -> Launch:
+    """Ask for up to ``count`` workers (as many as slots are free) without waiting for them; the caller
+    finishes (finish_launch, poll_launch) and closes the launch."""
     directory = tempfile.mkdtemp(prefix="madlib_dl-")  # mode 0700: only the server's OS user enters it
     path = os.path.join(directory, "socket")
     if len(Token(path, b"\0" * 16, count).text().encode()) > TOKEN_BYTES:
         shutil.rmtree(directory, ignore_errors=True)
         raise InvalidArgument(f"the server's temporary directory {tempfile.gettempdir()!r} has too long a path for "
                               "a worker socket", hint="Set TMPDIR to a shorter one in the server's environment.")
-    secret = os.urandom(16)
-    listener = channel.Listener(path)
-    pids: dict[int, int] = {}
-    connected: dict[int, Worker] = {}
+    started = Launch(directory, channel.Listener(path), os.urandom(16), {}, {})
     try:
         for index in range(count):
             row = db.execute(f"SELECT {db.quote_ident(schema)}.internal_launch_worker($1) AS pid",
-                             [Token(path, secret, index).text()], ["text"])[0]
+                             [Token(path, started.secret, index).text()], ["text"])[0]
             if row["pid"] is None:
                 break
-            pids[index] = int(row["pid"])
+            started.pids[index] = int(row["pid"])
+    except BaseException:
+        _terminate(list(started.pids.values()))
+        started.close()
+        raise
+    return started
+
+
+def finish_launch(started: Launch, check) -> list[Worker]:
+    """Wait until every worker asked for has connected and authenticated; on failure they are ended."""
+    try:
         deadline = time.monotonic() + CONNECT_SECONDS
-        while len(connected) < len(pids):
-            conn = listener.accept(POLL_SECONDS)
-            check()
-            if conn is not None:
-                worker = _authenticated(conn, secret, pids, connected, check)
-                if worker is not None:
-                    connected[worker.index] = worker
+        while len(started.connected) < len(started.pids):
+            if poll_launch(started, POLL_SECONDS, check):
                 continue
-            gone = [pid for index, pid in pids.items() if index not in connected and not _alive(pid)]
+            gone = [pid for index, pid in started.pids.items() if index not in started.connected and not _alive(pid)]
             if gone or time.monotonic() > deadline:
                 raise InvalidArgument(
-                    f"background worker{'s' if len(gone) > 1 else ''} {', '.join(map(str, gone or pids.values()))} "
+                    f"background worker{'s' if len(gone) > 1 else ''} {', '.join(map(str, gone or started.pids.values()))} "
                     f"{'exited' if gone else 'did not connect'} before serving this run; see the server log")
-        return [connected[i] for i in sorted(connected)]
+        return [started.connected[i] for i in sorted(started.connected)]
     except BaseException:
-        for worker in connected.values():
+        for worker in started.connected.values():
             worker.conn.close()
-        _terminate(list(pids.values()))
+        _terminate(list(started.pids.values()))
         raise
-    finally:
-        listener.close()
-        shutil.rmtree(directory, ignore_errors=True)
+
+
+def poll_launch(started: Launch, timeout: float, check) -> bool:
+    """Take one connection waiting on the launch's socket, if one comes within ``timeout`` seconds
+    (``started.connected`` gets it once it has authenticated); whether one came."""
+    conn = started.listener.accept(timeout)
+    check()
+    if conn is None:
+        return False
+    worker = _authenticated(conn, started.secret, started.pids, started.connected, check)
+    if worker is not None:
+        started.connected[worker.index] = worker
+    return True
 
 
 def _authenticated(conn, secret, pids, connected, check) -> Worker | None:
@@ -182,10 +224,10 @@ def _reply(worker: Worker, what: str, check) -> requests.Reply:
     except channel.ChannelClosed:
         raise SegmentFailed(f"background worker {worker.pid} exited during {what}; see the server log", "XX000") \
             from None
-    return _decoded(message, f"background worker {worker.pid}")
+    return decode_reply(message, f"background worker {worker.pid}")
 
 
-def _decoded(message, who: str) -> requests.Reply:
+def decode_reply(message, who: str) -> requests.Reply:
     header, blobs = message
     error = header.get("error") if isinstance(header, dict) else None
     if error is not None:
@@ -296,7 +338,7 @@ class BackgroundWorkers:
             if message is None:
                 continue
             del self._busy[pid]
-            reply = _decoded(message, f"worker of segment {call.segment}")
+            reply = decode_reply(message, f"worker of segment {call.segment}")
             done.append(Completed(call, reply.row, submitted, time.time(), reply.weights, reply.optimizer_state))
             if self._queues[pid]:
                 self._send(worker, self._queues[pid].popleft())

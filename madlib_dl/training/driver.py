@@ -9,6 +9,7 @@ the model's next hop, so any worker can take any model; the driver's memory hold
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import re
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from madlib_dl import settings
 from madlib_dl.errors import Cancelled, InvalidArgument
 from madlib_dl.keras_runtime import gpus
-from madlib_dl.training import memory, placement, segment_calls, segment_means, stored_state, workers
+from madlib_dl.training import memory, placement, progress, segment_calls, segment_means, stored_state, workers
 from madlib_dl.training.schedule import Hop, IterationScheduler
 from madlib_dl.training.segment_calls import EvaluateHop, TrainHop
 from madlib_dl.training.spec import ModelConfig, RunSpec, derive_seed
@@ -99,8 +100,9 @@ def train(db, spec: RunSpec) -> RunResult:
             initial = initial_weights(executor, spec)
             check_state_sizes(spec, initial)
             plan = plan_memory(db, spec, initial)
-            driver = Driver(db, spec, executor, set_name, initial, plan)
-            return driver.run()
+            with recording(db, spec) as recorder:  # once the run is sure to start
+                driver = Driver(db, spec, executor, set_name, initial, plan, recorder)
+                return driver.run()
     except Exception as error:
         if not is_cancel(error):
             raise
@@ -108,6 +110,18 @@ def train(db, spec: RunSpec) -> RunResult:
         raise cancel_error(error, spec, where) from None
     finally:
         set_name(None)
+
+
+@contextlib.contextmanager
+def recording(db, spec: RunSpec):
+    """The run's progress recorder (training.progress), started after its workers; it ends with the run."""
+    recorder = progress.start(db, spec.schema, spec.run_id, spec.caller.function,
+                              None if spec.output_table is None else str(spec.output_table),
+                              workers.driver_check(db, spec.schema))
+    try:
+        yield recorder
+    finally:
+        recorder.close()
 
 
 def is_cancel(error: BaseException) -> bool:
@@ -187,8 +201,12 @@ def application_name_setter(db):
 
 
 class Driver:
-    def __init__(self, db, spec: RunSpec, executor, set_name, initial_weights: dict[int, bytes], plan: MemoryPlan):
+    def __init__(self, db, spec: RunSpec, executor, set_name, initial_weights: dict[int, bytes], plan: MemoryPlan,
+                 recorder: progress.Recorder):
         self.db, self.spec, self.executor, self.set_name, self.plan = db, spec, executor, set_name, plan
+        self.recorder = recorder
+        self.trained_hops = 0  # of the whole run
+        self.model_hops: dict[int, int] = {m.mst_key: 0 for m in spec.models}
         self.models = {m.mst_key: ModelProgress(m, m.weights if m.weights is not None else initial_weights[m.model_id],
                                                 m.optimizer_state) for m in spec.models}
         self.segments = sorted(spec.source.segments)
@@ -197,6 +215,7 @@ class Driver:
         self.best: tuple[float, int] | None = None
         self.hops: list[HopRecord] = LAST_HOPS
         self.iteration, self.evaluating = 0, False  # where the run is (position)
+        self.clock = time.monotonic()
 
     def position(self) -> str:
         """How far the run got, for a cancel's message."""
@@ -208,7 +227,7 @@ class Driver:
 
     def run(self) -> RunResult:
         started = datetime.datetime.now()
-        clock = time.monotonic()
+        clock = self.clock
         for iteration in range(1, self.spec.num_iterations + 1):
             self.iteration, self.evaluating = iteration, False
             progress = f"madlib_dl {self.spec.caller.label}: iteration {iteration}/{self.spec.num_iterations}"
@@ -219,6 +238,7 @@ class Driver:
             trained = time.monotonic() - begun
             if self.spec.metrics_iteration(iteration):
                 self.evaluating = True
+                self._record(wait=True)
                 self._evaluate(iteration, clock)
                 self.metrics_iters.append(iteration)
             self._report(iteration, time.monotonic() - begun, trained)
@@ -274,6 +294,9 @@ class Driver:
         model.owns_state = True
         model.hop_losses.append((row["loss"], row["images"]))
         self.hops.append(hop_record("train", hop, completed))
+        self.trained_hops += 1
+        self.model_hops[hop.mst_key] += 1
+        self._record()
 
     # -- metrics -------------------------------------------------------------------------------------
 
@@ -314,6 +337,25 @@ class Driver:
                 model.metrics[f"{SERIES[kind]}_elapsed"].append(finished[kind])
 
     # -- progress ------------------------------------------------------------------------------------
+
+    def _record(self, wait: bool = False) -> None:
+        """The run's state for fit_progress (after every hop, and when evaluation begins)."""
+        per_iteration = len(self.models) * len(self.segments)
+        total = per_iteration * self.spec.num_iterations
+        done_now = self.trained_hops - per_iteration * (self.iteration - 1)
+        run = {"iteration": self.iteration, "iterations": self.spec.num_iterations, "hops_done": done_now,
+               "hops_total": per_iteration, "phase": "evaluating" if self.evaluating else "training",
+               "eta_seconds": progress.eta_seconds(time.monotonic() - self.clock, self.trained_hops, total)}
+        self.recorder.update(run, [self._model_progress(k, m) for k, m in self.models.items()], wait)
+
+    def _model_progress(self, mst_key: int, model: ModelProgress) -> dict:
+        m = model.metrics
+        images = sum(n for _, n in model.hop_losses)  # this iteration's hops so far, else the last evaluation
+        loss = (sum(l * n for l, n in model.hop_losses) / images if images else
+                m["training_loss"][-1] if m["training_loss"] else None)
+        return {"mst_key": mst_key, "iterations_done": self.model_hops[mst_key] // len(self.segments),
+                "training_loss": loss, "validation_metric": m["validation_metric"][-1] if m["validation_metric"] else None,
+                "status": "training"}
 
     def _report(self, iteration: int, seconds: float, trained: float) -> None:
         evaluated = bool(self.metrics_iters) and self.metrics_iters[-1] == iteration

@@ -182,3 +182,25 @@ def test_table_prints_two_process_keras_against_keras_divided_by_two():
     peak_column_end = lines[1].index("worker peak MiB") + len("worker peak MiB")
     for line, peak in ((row, "601"), (lines[2], "650"), (next(l for l in lines if "our loop" in l), "640")):
         assert line.endswith(peak) and len(line) == peak_column_end, line  # peaks in their column
+
+
+def test_progress_cost_is_the_median_ratio_of_alternating_runs():
+    (target,) = report._progress_cost({"on": [10.2, 10.0, 30.0], "off": [10.0, 9.9, 10.1]})
+    assert target.measured == pytest.approx(10.2 / 10.0) and target.limit == report.PROGRESS_COST
+    assert target.met is False  # 2 % more
+    (target,) = report._progress_cost({"on": [10.05, 9.9], "off": [10.0, 9.95]})
+    assert target.met is True
+    assert report._progress_cost(None) == [] and report._progress_cost({"on": [], "off": [1.0]}) == []
+
+
+def test_automl_targets_compare_time_and_accuracy_with_the_grid():
+    import automl
+
+    runs = {"grid": {"wall_seconds": 100.0, "validation_accuracy": 0.98},
+            "hyperband": {"wall_seconds": 39.0, "validation_accuracy": 0.975},
+            "asha": {"wall_seconds": 41.0, "validation_accuracy": 0.965}}
+    verdicts = {t.name: t.met for t in automl.targets({"runs": runs})}
+    assert verdicts == {"automl: hyperband time / grid time": True,
+                        "automl: hyperband validation accuracy - (grid's - 0.01)": True,
+                        "automl: asha time / grid time": False,
+                        "automl: asha validation accuracy - (grid's - 0.01)": False}

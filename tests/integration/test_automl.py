@@ -142,6 +142,35 @@ def test_bad_arguments_are_named_and_nothing_is_created(cur, method, params, mes
     assert cur.fetchone() == (None, None)
 
 
+def test_an_existing_model_selection_table_is_refused_before_anything_runs(cur):
+    cur.execute("CREATE TABLE taken_mst (x INTEGER)")
+    cur.connection.commit()
+    with pytest.raises(psycopg2.Error) as raised:
+        _automl(cur, "taken_out", "taken_mst", "asha", "max_iterations=3, num_configs=2")
+    cur.connection.rollback()
+    assert raised.value.pgcode == "42P07"
+    assert raised.value.diag.message_primary == "madlib_dl: model_selection_table: table 'taken_mst' already exists"
+    assert raised.value.diag.message_hint.startswith("Drop it or choose another name")
+    cur.execute("SELECT to_regclass('taken_out'), to_regclass('taken_mst') IS NOT NULL")
+    assert cur.fetchone() == (None, True)
+    cur.execute("DROP TABLE taken_mst")
+    cur.connection.commit()
+
+
+def test_a_statement_timeout_stops_the_run_says_how_far_it_got_and_writes_nothing(cur):
+    cur.execute("SET statement_timeout = '4s'")
+    try:
+        with pytest.raises(psycopg2.errors.QueryCanceled) as raised:
+            _automl(cur, "slow_out", "slow_mst", "hyperband", "R=81, eta=3")
+    finally:
+        cur.connection.rollback()
+    message = raised.value.diag.message_primary
+    assert message.startswith("madlib_dl: madlib_keras_automl: cancelled "), message
+    assert message.endswith("nothing was written"), message
+    cur.execute("SELECT to_regclass('slow_out'), to_regclass('slow_out_info'), to_regclass('slow_mst')")
+    assert cur.fetchone() == (None, None, None)
+
+
 def test_hyperband_schedule_writes_the_papers_table(cur):
     cur.execute("SELECT madlib_dl.hyperband_schedule('hb_schedule', 81, 3, 0)")
     cur.execute("SELECT s, n_i, r_i FROM hb_schedule WHERE i = 0 ORDER BY s DESC")

@@ -30,6 +30,12 @@ def _declared_types():
     return re.findall(r"^CREATE TYPE @SCHEMA@\.(\w+) ", install.script_template(paths.REPO / "sql"), re.M)
 
 
+def _declared_relations():
+    """Tables and views: the progress tables and fit_progress."""
+    return re.findall(r"^CREATE (?:TABLE|OR REPLACE VIEW) @SCHEMA@\.(\w+) ", install.script_template(paths.REPO / "sql"),
+                      re.M)
+
+
 def test_create_and_drop_extension_leave_nothing_behind(server):
     with server.fresh_database("ext_life", extension=False) as db, server.connect(db) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM pg_namespace")
@@ -40,7 +46,10 @@ def test_create_and_drop_extension_leave_nothing_behind(server):
                 "internal_launch_worker", "internal_client_connected", "internal_worker_serve"} <= names
         assert set(_functions_in(cur, "madlib_dl")) == names
         cur.execute(MEMBER_OBJECTS)
-        assert cur.fetchone()[0] == 1 + signatures + len(_declared_types())  # the schema, functions, types
+        relations = _declared_relations()
+        assert set(relations) == {"internal_progress_runs", "internal_progress_models", "fit_progress"}
+        # the schema, functions, types, tables and the view
+        assert cur.fetchone()[0] == 1 + signatures + len(_declared_types()) + len(relations)
         cur.execute("SELECT madlib_dl.version()")
         assert cur.fetchone()[0].startswith("madlib_dl ")
         cur.execute("DROP EXTENSION madlib_dl")

@@ -336,7 +336,7 @@ def error_tables(db):
     ({"normalizing_const": 0}, r"normalizing_const: expected a positive number .*, got 0"),
     ({"normalizing_const": -1.5}, r"normalizing_const: expected a positive number .*, got -1.5"),
     ({"normalizing_const": float("nan")}, r"normalizing_const: expected a positive number .*, got nan"),
-    ({"num_classes": [2]}, r"num_classes: 2 is fewer than the 3 classes column 'class_text' has$"),
+    ({"num_classes": [2]}, r"num_classes: 2 is fewer than the 3 classes column 'class_text' has\n"),
     ({"num_classes": [3, 4]}, r"num_classes: expected one class count"),
     ({"num_classes": [0]}, r"num_classes: expected a positive class count, got 0"),
     ({"distribution_rules": "0"}, r"distribution_rules: expected a number of segments from 1 to 1024, got 0"),

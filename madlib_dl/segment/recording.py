@@ -1,0 +1,60 @@
+"""The recorder's side of live progress: a run's snapshot (requests.Record) written into the progress
+tables (sql/functions/90_progress.sql.in) in this backend's own transaction, which commits when the
+request is served, so every session may see it while the run goes on. Rows are the login role's (the
+tables' row-level security); the recorder runs as that role.
+"""
+
+from __future__ import annotations
+
+from madlib_dl.segment import requests
+
+RUN_COLUMNS = ("pid", "backend_start", "function", "output_table", "started", "iteration", "iterations",
+               "hops_done", "hops_total", "phase", "eta_seconds")
+RUN_TYPES = ("integer", "timestamptz", "text", "text", "timestamptz", "integer", "integer", "integer", "integer",
+             "text", "double precision")
+MODEL_COLUMNS = ("mst_key", "iterations_done", "training_loss", "validation_metric", "status")
+MODEL_TYPES = ("integer[]", "integer[]", "double precision[]", "double precision[]", "text[]")
+GD_KEY = "madlib_dl_recording"  # schema and run this backend records, removed if the driver goes away
+
+
+def write(db, gd: dict, request: requests.Record) -> None:
+    schema = db.quote_ident(request.schema)
+    runs, models = f"{schema}.internal_progress_runs", f"{schema}.internal_progress_models"
+    if request.final:
+        forget(db, request.schema, request.run_id)
+        gd.pop(GD_KEY, None)
+        return
+    if gd.get(GD_KEY) != (request.schema, request.run_id):
+        _remove_stale(db, runs)
+        gd[GD_KEY] = (request.schema, request.run_id)
+    values = [request.run_values.get(c) for c in RUN_COLUMNS]
+    placeholders = ", ".join(f"${i}" for i in range(2, len(RUN_COLUMNS) + 2))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in RUN_COLUMNS)
+    db.execute(f"INSERT INTO {runs} (run_id, {', '.join(RUN_COLUMNS)}) VALUES ($1, {placeholders}) "
+               f"ON CONFLICT (run_id) DO UPDATE SET {updates}, updated = clock_timestamp()",
+               [request.run_id, *values], ["text", *RUN_TYPES])
+    if not request.model_rows:
+        return
+    arrays = [[m.get(c) for m in request.model_rows] for c in MODEL_COLUMNS]
+    unnest = ", ".join(f"${i}::{t}" for i, t in enumerate(MODEL_TYPES, 2))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in MODEL_COLUMNS[1:])
+    db.execute(f"INSERT INTO {models} (run_id, {', '.join(MODEL_COLUMNS)}) SELECT $1, * FROM unnest({unnest}) "
+               f"ON CONFLICT (run_id, mst_key) DO UPDATE SET {updates}", [request.run_id, *arrays],
+               ["text", *MODEL_TYPES])
+
+
+def forget(db, schema: str, run_id: str) -> None:
+    db.execute(f"DELETE FROM {db.quote_ident(schema)}.internal_progress_runs WHERE run_id = $1", [run_id], ["text"])
+
+
+def forget_current(db, gd: dict) -> None:
+    """The driver went away without saying the run is over: its rows go (a worker's last act)."""
+    recording = gd.pop(GD_KEY, None)
+    if recording is not None:
+        forget(db, *recording)
+
+
+def _remove_stale(db, runs: str) -> None:
+    """This role's rows of drivers that are gone (a server restart, a recorder that could not clean up)."""
+    db.execute(f"DELETE FROM {runs} r WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
+               "WHERE a.pid = r.pid AND a.backend_start = r.backend_start)")
