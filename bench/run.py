@@ -277,7 +277,7 @@ def bench_workload(cluster, lib: str, workload: workloads.Workload, scale: float
     return result
 
 
-PROGRESS_PAIRS = 3
+PROGRESS_PAIRS = 5
 
 
 def progress_cost(cluster, lib: str, workload: workloads.Workload, threads: int, cache_bytes: dict) -> dict:

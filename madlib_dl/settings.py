@@ -58,7 +58,14 @@ WORKER_IDLE_TIMEOUT = Setting("madlib_dl.worker_idle_timeout", lambda: 60, 0, 86
                               "seconds a session's background workers wait for its next call after a run (0: they "
                               "end with each call)")
 
-ALL = (NUM_SEGMENTS, SHUFFLE_SEED, FIT_SEED, WORKER_THREADS, MEMORY_BUDGET_MB, WORKER_IDLE_TIMEOUT)
+CHECKPOINT_EVERY = Setting("madlib_dl.checkpoint_every", lambda: 0, 0, 1_000_000,
+                           "a training run saves a checkpoint every this many iterations (0: by time only)")
+CHECKPOINT_MINUTES = Setting("madlib_dl.checkpoint_minutes", lambda: 10, 0, 10080,
+                             "a training run saves a checkpoint at the end of an iteration this many minutes after "
+                             "it began or last saved (0: by count only)")
+
+ALL = (NUM_SEGMENTS, SHUFFLE_SEED, FIT_SEED, WORKER_THREADS, MEMORY_BUDGET_MB, WORKER_IDLE_TIMEOUT, CHECKPOINT_EVERY,
+       CHECKPOINT_MINUTES)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ def write(db, gd: dict, request: requests.Record) -> None:
     if gd.get(GD_KEY) != (request.schema, request.run_id):
         _remove_stale(db, runs)
         gd[GD_KEY] = (request.schema, request.run_id)
+    # A snapshot is stale a moment later: its commit need not wait for the WAL to reach the disk.
+    db.execute("SELECT set_config('synchronous_commit', 'off', true)")
     values = [request.run_values.get(c) for c in RUN_COLUMNS]
     placeholders = ", ".join(f"${i}" for i in range(2, len(RUN_COLUMNS) + 2))
     updates = ", ".join(f"{c} = excluded.{c}" for c in RUN_COLUMNS)
@@ -58,3 +60,29 @@ def _remove_stale(db, runs: str) -> None:
     """This role's rows of drivers that are gone (a server restart, a recorder that could not clean up)."""
     db.execute(f"DELETE FROM {runs} r WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
                "WHERE a.pid = r.pid AND a.backend_start = r.backend_start)")
+
+
+def write_checkpoint_model(db, request: requests.CheckpointModel) -> None:
+    """A model's state; the checkpoint's run row is made at its first model, with no iteration yet."""
+    schema = db.quote_ident(request.schema)
+    db.execute(f"INSERT INTO {schema}.internal_checkpoints (run_key, function) VALUES ($1, '') "
+               "ON CONFLICT (run_key) DO NOTHING", [request.run_key], ["text"])
+    db.execute(f"INSERT INTO {schema}.internal_checkpoint_models (run_key, iteration, mst_key, weights, "
+               "optimizer_state, last_segment, metrics) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+               "ON CONFLICT (run_key, iteration, mst_key) DO UPDATE SET weights = excluded.weights, "
+               "optimizer_state = excluded.optimizer_state, last_segment = excluded.last_segment, "
+               "metrics = excluded.metrics",
+               [request.run_key, request.iteration, request.mst_key, bytes(request.weights),
+                None if request.optimizer_state is None else bytes(request.optimizer_state), request.last_segment,
+                request.metrics], ["text", "integer", "integer", "bytea", "bytea", "integer", "text"])
+
+
+def finish_checkpoint(db, request: requests.CheckpointDone) -> None:
+    """The checkpoint stands at ``iteration`` from this commit on; other iterations' states go."""
+    schema = db.quote_ident(request.schema)
+    db.execute(f"UPDATE {schema}.internal_checkpoints SET function = $2, output_table = $3, iteration = $4, "
+               "metrics_iters = $5, saved = clock_timestamp() WHERE run_key = $1",
+               [request.run_key, request.function, request.output_table, request.iteration, request.metrics_iters],
+               ["text", "text", "text", "integer", "integer[]"])
+    db.execute(f"DELETE FROM {schema}.internal_checkpoint_models WHERE run_key = $1 AND iteration <> $2",
+               [request.run_key, request.iteration], ["text", "integer"])

@@ -114,6 +114,30 @@ class Record:
 
 
 @dataclass(frozen=True)
+class CheckpointModel:
+    """One model's state at the end of ``iteration``, for the checkpoint ``run_key`` (training.checkpoints)."""
+    schema: str
+    run_key: str
+    iteration: int
+    mst_key: int
+    last_segment: int | None
+    metrics: str                       # the model's metric series, as JSON
+    weights: bytes = b""
+    optimizer_state: bytes | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointDone:
+    """Every model of ``iteration`` is written: the checkpoint now stands at it (older states go)."""
+    schema: str
+    run_key: str
+    iteration: int
+    function: str
+    output_table: str | None
+    metrics_iters: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Release:
     """Drop a run's data and models (None: whatever is held)."""
     run_id: str | None
@@ -131,8 +155,8 @@ class Reply:
     optimizer_state: bytes | None = None
 
 
-TYPES = {cls.__name__: cls for cls in (Start, BeginRun, CountRows, InitialWeights, Fit, Evaluate, Record, Release,
-                                       Stop, Reply)}
+TYPES = {cls.__name__: cls for cls in (Start, BeginRun, CountRows, InitialWeights, Fit, Evaluate, Record,
+                                       CheckpointModel, CheckpointDone, Release, Stop, Reply)}
 # Fields holding dataclasses: a mapping of them (sent as [key, fields] pairs: JSON objects would turn
 # integer keys into text) or one of them.
 _MAPPINGS = {"tables": TableRef, "models": ModelConstants}

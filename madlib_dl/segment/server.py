@@ -74,9 +74,20 @@ def _record(db, gd, request: requests.Record) -> Reply:
     return Reply({})
 
 
+def _checkpoint_model(db, gd, request: requests.CheckpointModel) -> Reply:
+    recording.write_checkpoint_model(db, request)
+    return Reply({})
+
+
+def _checkpoint_done(db, gd, request: requests.CheckpointDone) -> Reply:
+    recording.finish_checkpoint(db, request)
+    return Reply({})
+
+
 HANDLERS = {requests.Start: _start, requests.BeginRun: _begin_run, requests.InitialWeights: _initial_weights,
             requests.Release: _release, requests.CountRows: _count_rows, requests.Fit: _fit,
-            requests.Evaluate: _evaluate, requests.Record: _record}
+            requests.Evaluate: _evaluate, requests.Record: _record, requests.CheckpointModel: _checkpoint_model,
+            requests.CheckpointDone: _checkpoint_done}
 
 
 def _aggregate(db, gd, aggregate: str, call) -> dict:

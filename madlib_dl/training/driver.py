@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from madlib_dl import settings
 from madlib_dl.errors import Cancelled, InvalidArgument
 from madlib_dl.keras_runtime import gpus
-from madlib_dl.training import memory, placement, progress, segment_calls, segment_means, stored_state, workers
+from madlib_dl.training import (checkpoints, memory, placement, progress, segment_calls, segment_means, stored_state,
+                                workers)
 from madlib_dl.training.schedule import Hop, IterationScheduler
 from madlib_dl.training.segment_calls import EvaluateHop, TrainHop
 from madlib_dl.training.spec import ModelConfig, RunSpec, derive_seed
@@ -100,9 +101,13 @@ def train(db, spec: RunSpec) -> RunResult:
             initial = initial_weights(executor, spec)
             check_state_sizes(spec, initial)
             plan = plan_memory(db, spec, initial)
-            with recording(db, spec) as recorder:  # once the run is sure to start
-                driver = Driver(db, spec, executor, set_name, initial, plan, recorder)
-                return driver.run()
+            when = checkpoints.when(db)
+            with recording(db, spec, not when.never) as recorder:  # once the run is sure to start
+                driver = Driver(db, spec, executor, set_name, initial, plan, recorder, when)
+                result = driver.run()
+            # after the recorder is done (no checkpoint write of this run is still under way)
+            checkpoints.remove(db, spec.schema, driver.key)
+            return result
     except Exception as error:
         if not is_cancel(error):
             raise
@@ -113,11 +118,11 @@ def train(db, spec: RunSpec) -> RunResult:
 
 
 @contextlib.contextmanager
-def recording(db, spec: RunSpec):
+def recording(db, spec: RunSpec, saves_checkpoints: bool = False):
     """The run's progress recorder (training.progress), started after its workers; it ends with the run."""
     recorder = progress.start(db, spec.schema, spec.run_id, spec.caller.function,
                               None if spec.output_table is None else str(spec.output_table),
-                              workers.driver_check(db, spec.schema))
+                              workers.driver_check(db, spec.schema), saves_checkpoints)
     try:
         yield recorder
     finally:
@@ -202,9 +207,10 @@ def application_name_setter(db):
 
 class Driver:
     def __init__(self, db, spec: RunSpec, executor, set_name, initial_weights: dict[int, bytes], plan: MemoryPlan,
-                 recorder: progress.Recorder):
+                 recorder: progress.Recorder, when: checkpoints.When):
         self.db, self.spec, self.executor, self.set_name, self.plan = db, spec, executor, set_name, plan
-        self.recorder = recorder
+        self.recorder, self.when = recorder, when
+        self.key = checkpoints.run_key(spec)
         self.trained_hops = 0  # of the whole run
         self.model_hops: dict[int, int] = {m.mst_key: 0 for m in spec.models}
         self.models = {m.mst_key: ModelProgress(m, m.weights if m.weights is not None else initial_weights[m.model_id],
@@ -227,8 +233,9 @@ class Driver:
 
     def run(self) -> RunResult:
         started = datetime.datetime.now()
-        clock = self.clock
-        for iteration in range(1, self.spec.num_iterations + 1):
+        first = self._resume(checkpoints.load(self.db, self.spec.schema, self.key))
+        clock, saved_at = self.clock, time.monotonic()
+        for iteration in range(first, self.spec.num_iterations + 1):
             self.iteration, self.evaluating = iteration, False
             progress = f"madlib_dl {self.spec.caller.label}: iteration {iteration}/{self.spec.num_iterations}"
             self.set_name(progress)
@@ -242,8 +249,38 @@ class Driver:
                 self._evaluate(iteration, clock)
                 self.metrics_iters.append(iteration)
             self._report(iteration, time.monotonic() - begun, trained)
+            if self.when.due(iteration, (time.monotonic() - saved_at) / 60, iteration == self.spec.num_iterations):
+                self._save(iteration)
+                saved_at = time.monotonic()
         return RunResult(self.models, self.metrics_iters, started, datetime.datetime.now(), self.executor.name,
                          list(self.hops))
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def _resume(self, saved: checkpoints.Saved | None) -> int:
+        """Continue from a checkpoint of this very run (same arguments); the first iteration to train."""
+        if saved is None or set(saved.models) != set(self.models):
+            return 1
+        for mst_key, model in self.models.items():
+            state = saved.models[mst_key]
+            model.weights, model.optimizer_state, model.last_segment = (state.weights, state.optimizer_state,
+                                                                        state.last_segment)
+            model.metrics, model.owns_state = state.metrics, False
+        self.metrics_iters = list(saved.metrics_iters)
+        per_iteration = len(self.segments)
+        self.trained_hops = saved.iteration * per_iteration * len(self.models)
+        self.model_hops = {k: saved.iteration * per_iteration for k in self.models}
+        elapsed = [m.metrics["training_elapsed"][-1] for m in self.models.values() if m.metrics["training_elapsed"]]
+        self.clock -= max(elapsed, default=0.0)  # the metrics' times go on from the checkpoint's
+        self.db.notice(f"{self.spec.caller.function}: resuming from the checkpoint after iteration {saved.iteration} "
+                       f"of {self.spec.num_iterations} (an earlier call with the same arguments did not finish)")
+        return saved.iteration + 1
+
+    def _save(self, iteration: int) -> None:
+        messages = checkpoints.requests_for(self.spec, self.key, iteration, self.models, self.metrics_iters)
+        if self.recorder.checkpoint(messages):
+            for model in self.models.values():
+                model.owns_state = False  # the recorder holds these states too: the next hop must not overwrite them
 
     # -- training ------------------------------------------------------------------------------------
 

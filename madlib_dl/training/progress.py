@@ -12,13 +12,16 @@ With madlib_dl.progress = 'off', or no free slot (a NOTICE says so), nothing is 
 from __future__ import annotations
 
 import datetime
+import time
 
 from madlib_dl import channel, settings
+from madlib_dl.errors import MadlibDLError
 from madlib_dl.segment import requests
 from madlib_dl.training import background
 from madlib_dl.training.executors import SegmentFailed
 
 RECORDER_IDLE_SECONDS = 7 * 86400  # a recorder waits for the next snapshot as long as its run lasts
+MIN_INTERVAL_SECONDS = 0.2  # snapshots closer together wait: every hop longer than this is still shown
 FINAL_REPLY_SECONDS = 5.0
 
 
@@ -28,7 +31,9 @@ class Recorder:
         self.worker: background.Worker | None = None
         self.launch: background.Launch | None = None
         self.pending: requests.Record | None = None
-        self.waiting = False  # a snapshot was sent and its reply has not come
+        self.outstanding = 0  # requests sent whose replies have not come
+        self.sent_at = 0.0    # when the last snapshot went
+        self.recording = True  # progress snapshots (madlib_dl.progress); the recorder may serve checkpoints only
         me = db.execute("SELECT pg_backend_pid() AS pid, backend_start FROM pg_stat_activity "
                         "WHERE pid = pg_backend_pid()")[0]
         self.header = {"pid": me["pid"], "backend_start": me["backend_start"], "function": function,
@@ -38,8 +43,34 @@ class Recorder:
         """The run's state now: ``run`` has the progress columns (iteration, hops...), ``models`` one
         dict per model. Sent at once when the recorder is free, else kept until it is; ``wait``: wait
         for the recorder (a state that will stand for a while, such as evaluation beginning)."""
+        if not self.recording:
+            return
         self.pending = requests.Record(self.schema, self.run_id, _json_safe({**self.header, **run}), models)
         self._flush(wait)
+
+    def checkpoint(self, messages: list) -> bool:
+        """Send every request of a checkpoint, in order (never dropped, as snapshots may be); whether
+        there is a recorder to send them to. Waits for it to connect if it has not yet."""
+        if self.worker is None and self.launch is not None:
+            try:
+                background.finish_launch(self.launch, self.check)
+            except MadlibDLError as error:
+                self.launch.close()
+                self.launch = None
+                self.db.notice(f"{self.header['function']}: no checkpoints are saved: the recorder did not start "
+                               f"({error})")
+                return False
+            self._connected()
+        if self.worker is None:
+            return False
+        try:
+            self._receive(block=False, check=self.check)
+            for message in messages:
+                self._send(message, self.check)
+            return True
+        except (channel.ChannelClosed, channel.ChannelError, SegmentFailed) as error:
+            self._lost(error)
+            return False
 
     def close(self) -> None:
         """The run is over (or failed): its rows go, and the recorder ends. No SQL here: after a cancel
@@ -64,13 +95,19 @@ class Recorder:
             return
         try:
             self._receive(block=wait, check=self.check)
-            if not self.waiting and self.pending is not None:
+            soon = time.monotonic() - self.sent_at < MIN_INTERVAL_SECONDS and not wait
+            if not self.outstanding and self.pending is not None and not soon:
                 self._send(self.pending, self.check)
                 self.pending = None
+                self.sent_at = time.monotonic()
         except (channel.ChannelClosed, channel.ChannelError, SegmentFailed) as error:
-            background.end([self.worker])
-            self.worker = None  # progress stops; the run does not
-            self.db.notice(f"{self.header['function']}: fit_progress stops showing this run: its recorder {error}")
+            self._lost(error)
+
+    def _lost(self, error) -> None:
+        background.end([self.worker])
+        self.worker = None  # progress and checkpoints stop; the run does not
+        self.db.notice(f"{self.header['function']}: fit_progress stops showing this run and no more checkpoints "
+                       f"are saved: its recorder {error}")
 
     def _connected(self) -> bool:
         if self.worker is not None:
@@ -90,27 +127,34 @@ class Recorder:
         header["idle_timeout"] = RECORDER_IDLE_SECONDS
         header["progress"] = f"madlib_dl progress recorder ({self.header['function']})"  # its application_name
         self.worker.conn.send(header, blobs, check)
-        self.waiting = True
+        self.outstanding += 1
 
     def _receive(self, block: bool, check) -> None:
-        if not self.waiting:
-            return
-        message = self.worker.conn.receive(FINAL_REPLY_SECONDS, check) if block else self.worker.conn.poll()
-        if message is not None:
-            self.waiting = False
+        """Take the replies that have come (``block``: all of them, each within FINAL_REPLY_SECONDS of
+        the last; a checkpoint's large states may take that long each)."""
+        while self.outstanding:
+            message = self.worker.conn.receive(FINAL_REPLY_SECONDS, check) if block else self.worker.conn.poll()
+            if message is None:
+                if block:
+                    raise channel.ChannelError("the progress recorder did not answer")
+                return
+            self.outstanding -= 1
             background.decode_reply(message, f"the progress recorder (pid {self.worker.pid})")
 
 
-def start(db, schema: str, run_id: str, function: str, output_table: str | None, check) -> Recorder:
-    """A recorder for the run, launching (not awaiting) its worker unless progress is off."""
+def start(db, schema: str, run_id: str, function: str, output_table: str | None, check,
+          checkpoints: bool = False) -> Recorder:
+    """A recorder for the run, launching (not awaiting) its worker unless progress is off and the run
+    saves no checkpoints."""
     recorder = Recorder(db, schema, run_id, function, output_table, check)
-    if settings.read_choice(db, settings.PROGRESS) == "off":
+    recorder.recording = settings.read_choice(db, settings.PROGRESS) != "off"
+    if not recorder.recording and not checkpoints:
         return recorder
     launch = background.begin_launch(db, schema, 1)
     if not launch.pids:
         launch.close()
-        db.notice(f"{function}: fit_progress will not show this run: no background worker slot is free for its "
-                  f"recorder (max_worker_processes); training goes on")
+        db.notice(f"{function}: fit_progress will not show this run and it saves no checkpoints: no background "
+                  f"worker slot is free for its recorder (max_worker_processes); training goes on")
         return recorder
     recorder.launch = launch
     return recorder

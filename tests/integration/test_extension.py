@@ -31,7 +31,7 @@ def _declared_types():
 
 
 def _declared_relations():
-    """Tables and views: the progress tables and fit_progress."""
+    """Tables and views: the progress and checkpoint tables, and fit_progress."""
     return re.findall(r"^CREATE (?:TABLE|OR REPLACE VIEW) @SCHEMA@\.(\w+) ", install.script_template(paths.REPO / "sql"),
                       re.M)
 
@@ -47,7 +47,8 @@ def test_create_and_drop_extension_leave_nothing_behind(server):
         assert set(_functions_in(cur, "madlib_dl")) == names
         cur.execute(MEMBER_OBJECTS)
         relations = _declared_relations()
-        assert set(relations) == {"internal_progress_runs", "internal_progress_models", "fit_progress"}
+        assert set(relations) == {"internal_progress_runs", "internal_progress_models", "fit_progress",
+                                  "internal_checkpoints", "internal_checkpoint_models"}
         # the schema, functions, types, tables and the view
         assert cur.fetchone()[0] == 1 + signatures + len(_declared_types()) + len(relations)
         cur.execute("SELECT madlib_dl.version()")

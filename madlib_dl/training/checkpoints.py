@@ -1,0 +1,112 @@
+"""Checkpoints of a training run (fit_multiple, fit) and resuming from them.
+
+At the end of an iteration the driver may save every model's state (weights, optimizer state, where it
+last trained, its metric series) and the metrics iterations so far. The recorder worker writes them
+in its own transactions (training.progress), so they survive the driver: cancelled, terminated, or the
+server restarted. A checkpoint belongs to the hash of the run's arguments (run_key): calling the
+function again with the same arguments and settings continues after its iteration, and since every
+seed derives from the iteration, an in-process run resumed ends with exactly the weights of an
+uninterrupted one. Other arguments make another key: an old checkpoint is never used for them. The
+run's success removes its checkpoint in the caller's transaction, so it goes exactly when the outputs
+are committed.
+
+When: at the end of every ``madlib_dl.checkpoint_every``-th iteration, and of any iteration that ends
+``madlib_dl.checkpoint_minutes`` after the run began or last saved (the defaults: no count, 10 minutes,
+so that only runs whose iterations take minutes pay for them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from madlib_dl import settings
+from madlib_dl.segment import requests
+from madlib_dl.training.spec import RunSpec
+
+SCHEMA_VERSION = 1  # bump when what a checkpoint holds changes: older ones then have another key
+
+
+@dataclass(frozen=True)
+class When:
+    every: int      # iterations; 0: by time only
+    minutes: float  # 0: by count only
+
+    def due(self, iteration: int, minutes_since_last: float, last_iteration: bool) -> bool:
+        if last_iteration:
+            return False  # the outputs are written now: nothing to resume
+        return (self.every > 0 and iteration % self.every == 0) or (0 < self.minutes <= minutes_since_last)
+
+    @property
+    def never(self) -> bool:
+        return self.every == 0 and self.minutes == 0
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    weights: bytes
+    optimizer_state: bytes | None
+    last_segment: int | None
+    metrics: dict
+
+
+@dataclass(frozen=True)
+class Saved:
+    iteration: int
+    metrics_iters: list
+    models: dict  # mst_key -> SavedModel
+
+
+def when(db) -> When:
+    return When(settings.read(db, settings.CHECKPOINT_EVERY), float(settings.read(db, settings.CHECKPOINT_MINUTES)))
+
+
+def run_key(spec: RunSpec) -> str:
+    """The hash of everything that decides a run's result: the function, its tables (by name and
+    shape), iterations, frequency, seeds, caching, and every model's configuration and starting state."""
+    def digest(value) -> str | None:
+        return None if value is None else hashlib.sha256(bytes(value)).hexdigest()
+
+    tables = [(t.text, sorted((k, s.buffers, s.images) for k, s in t.segments.items()))
+              for t in (spec.source, spec.validation) if t is not None]
+    models = [(m.mst_key, m.model_id, hashlib.sha256(m.model_arch.encode()).hexdigest(), m.compile_params,
+               m.fit_params, digest(m.weights), digest(m.optimizer_state)) for m in spec.models]
+    described = [SCHEMA_VERSION, spec.caller.function, str(spec.output_table), tables, spec.num_iterations,
+                 spec.metrics_compute_frequency, spec.use_caching, spec.use_gpus, spec.seed, spec.iteration_offset,
+                 models]
+    return hashlib.sha256(json.dumps(described, default=str).encode()).hexdigest()
+
+
+def load(db, schema: str, key: str) -> Saved | None:
+    """The run's last complete checkpoint (the caller's session reads what the recorder committed)."""
+    q = db.quote_ident(schema)
+    head = db.execute(f"SELECT iteration, metrics_iters FROM {q}.internal_checkpoints WHERE run_key = $1 "
+                      "AND iteration IS NOT NULL", [key], ["text"])
+    if not head:
+        return None
+    iteration = head[0]["iteration"]
+    rows = db.execute(f"SELECT mst_key, weights, optimizer_state, last_segment, metrics FROM "
+                      f"{q}.internal_checkpoint_models WHERE run_key = $1 AND iteration = $2",
+                      [key, iteration], ["text", "integer"])
+    models = {r["mst_key"]: SavedModel(bytes(r["weights"]), None if r["optimizer_state"] is None else
+                                       bytes(r["optimizer_state"]), r["last_segment"], json.loads(r["metrics"]))
+              for r in rows}
+    return Saved(iteration, list(head[0]["metrics_iters"] or []), models)
+
+
+def remove(db, schema: str, key: str) -> None:
+    """In the caller's transaction: the checkpoint goes when the run's outputs are committed."""
+    db.execute(f"DELETE FROM {db.quote_ident(schema)}.internal_checkpoints WHERE run_key = $1", [key], ["text"])
+
+
+def requests_for(spec: RunSpec, key: str, iteration: int, models: dict, metrics_iters: list) -> list:
+    """What the recorder is sent to save a checkpoint at the end of ``iteration``: one request per
+    model (``models``: mst_key -> driver.ModelProgress), then the one that makes it stand."""
+    out = [requests.CheckpointModel(spec.schema, key, iteration, mst_key, model.last_segment,
+                                    json.dumps(model.metrics), model.weights, model.optimizer_state)
+           for mst_key, model in sorted(models.items())]
+    out.append(requests.CheckpointDone(spec.schema, key, iteration, spec.caller.function,
+                                       None if spec.output_table is None else str(spec.output_table),
+                                       list(metrics_iters)))
+    return out
