@@ -4,8 +4,8 @@
 #      server headers and PGXS build the extension's small C library (src/madlib_dl.c); Debian's
 #      server headers include <gssapi/gssapi.h> (libkrb5-dev) without depending on it;
 #   2. a venv built from Debian's /usr/bin/python3 (the interpreter plpython3u embeds) holding
-#      requirements.txt and requirements-dev.txt (their dependencies at constraints.txt's versions), with
-#      psycopg2 compiled against the system libpq;
+#      requirements.txt, requirements-dev.txt and requirements-client.txt (their dependencies at
+#      constraints.txt's versions), with psycopg2 compiled against the system libpq;
 #   3. madlib_dl itself, installed editable into that venv.
 # Usage: src/setup.sh VENV_DIR
 set -euo pipefail
@@ -41,12 +41,12 @@ if [ ! -x "$venv/bin/python" ] || [ "$(readlink -f "$venv/bin/python")" != "$(re
 fi
 
 stamp="$venv/.madlib_dl-requirements"
-pinned=("$repo/requirements.txt" "$repo/requirements-dev.txt" "$repo/constraints.txt")
+pinned=("$repo/requirements.txt" "$repo/requirements-dev.txt" "$repo/requirements-client.txt" "$repo/constraints.txt")
 if ! cat "${pinned[@]}" | cmp -s - "$stamp"; then
-    echo "setup: installing pinned Python packages (requirements.txt, requirements-dev.txt) into $venv" \
+    echo "setup: installing pinned Python packages (requirements.txt, requirements-dev.txt, requirements-client.txt) into $venv" \
          "(TensorFlow: about 600 MB, a few minutes the first time)"
     PIP_NO_BINARY=psycopg2 quiet_pip install -q --disable-pip-version-check -r "$repo/requirements.txt" \
-        -r "$repo/requirements-dev.txt" -c "$repo/constraints.txt"
+        -r "$repo/requirements-dev.txt" -r "$repo/requirements-client.txt" -c "$repo/constraints.txt"
     cat "${pinned[@]}" > "$stamp"
 fi
 

@@ -1,4 +1,4 @@
-"""`madlib-dl`: install the extension, run the embedded cluster, run the demo."""
+"""`madlib-dl`: install the extension, run the embedded cluster, run the demo, plot a run's learning curves."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def main(argv=None) -> None:
     commands.add_parser("status", help="state and connection parameters of the embedded cluster")
     commands.add_parser("psql", help="psql on the embedded cluster")
     commands.add_parser("demo", help="train a small model inside the embedded cluster")
+    _add_plot(commands)
     args, rest = parser.parse_known_args(argv)
     cluster = Cluster.from_environment()
     if args.command == "install":
@@ -40,6 +41,33 @@ def main(argv=None) -> None:
         cluster.start()
         demo.run(cluster)
         print(f"the embedded cluster keeps running: `make psql`, or connect with\n  {cluster.connection_help()}")
+    elif args.command == "plot":
+        print(plot(args, cluster))
+
+
+def _add_plot(commands) -> None:
+    plot_parser = commands.add_parser("plot", help="learning curves of a training run's output table, as a PNG "
+                                      "(needs madlib_dl[client])")
+    plot_parser.add_argument("table", help="the run's model output table (its _info table is read)")
+    plot_parser.add_argument("-o", "--output", default="curves.png", help="the PNG to write (default curves.png)")
+    plot_parser.add_argument("--x", choices=("iteration", "elapsed"), default="iteration",
+                             help="x axis: the metrics iteration or the seconds since the run started")
+    plot_parser.add_argument("--metrics", nargs="+", default=["training_loss", "validation_loss"],
+                             help="columns of Client.info to plot, one axes each (default: the losses)")
+    plot_parser.add_argument("--dsn", help="libpq connection string (default: the embedded cluster)")
+
+
+def plot(args, cluster: Cluster) -> str:
+    """Writes the PNG and returns its path. The client's packages are imported only here: the other
+    commands run without the client extra."""
+    from madlib_dl.client import Client, plot_learning_curves
+
+    if args.dsn is None and not cluster.running():
+        cluster.start()
+    client = Client(args.dsn) if args.dsn is not None else Client(cluster.dsn())
+    figure = plot_learning_curves(client.info(args.table), x=args.x, metrics=tuple(args.metrics))
+    figure.savefig(args.output, dpi=120)
+    return os.path.abspath(args.output)
 
 
 if __name__ == "__main__":

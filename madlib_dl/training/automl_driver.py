@@ -72,8 +72,7 @@ class AutomlDriver:
 
     def position(self) -> str:
         done = sum(1 for t in self.trials.values() if t.status != "training")
-        trained = sum(1 for h in self.hops if h.kind == "train")
-        return f"after {trained} hops ({len(self.trials)} configurations started, {done} of them finished)"
+        return f"after {self.trained_hops} hops ({len(self.trials)} configurations started, {done} of them finished)"
 
     def run(self) -> AutomlResult:
         started = datetime.datetime.now()

@@ -1,0 +1,272 @@
+"""Training from a notebook: a call runs on its own connection while a second one polls
+``fit_progress`` for a tqdm bar (psycopg2 hands a blocking call's NOTICEs over only when it returns, so
+they cannot show progress), and the output tables come back as DataFrames to plot."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import re
+import threading
+import warnings
+
+import pandas as pd
+import psycopg2
+from matplotlib.figure import Figure
+from psycopg2 import sql
+from psycopg2.extras import NamedTupleCursor
+from tqdm import tqdm as text_bar
+from tqdm.auto import tqdm as auto_bar
+
+from madlib_dl.identifiers import parse_table_name
+
+POLL_SECONDS = 0.5
+PROGRESS = ("SELECT function, output_table, iteration, iterations, hops_done, hops_total, phase, mst_key, "
+            "training_loss FROM {schema}.fit_progress WHERE pid = %s ORDER BY mst_key")
+# <table>_info's per-metrics-iteration arrays (MADlib's names) -> the long table's column.
+SERIES = {"training_loss": "training_loss", "training_metrics": "training_metric",
+          "validation_loss": "validation_loss", "validation_metrics": "validation_metric",
+          "metrics_elapsed_time": "elapsed"}
+INFO_COLUMNS = ["mst_key", "model_id", "compile_params", "fit_params", "iteration", *SERIES.values()]
+X_AXES = {"iteration": "iteration", "elapsed": "elapsed (s)"}
+
+
+class Client:
+    """A madlib_dl database seen from Python. Made from a libpq DSN string (``"host=... dbname=..."``,
+    ``""`` for the PG* environment variables), a dict of ``psycopg2.connect`` keywords, or those keywords
+    themselves; ``schema`` is the extension's (``madlib`` for MADlib-style installs). Each call opens its
+    own connections, so a client can be shared by notebook cells."""
+
+    def __init__(self, dsn: str | dict | None = None, *, schema: str = "madlib_dl", **connect_kwargs):
+        if isinstance(dsn, dict):
+            dsn, connect_kwargs = None, {**dsn, **connect_kwargs}
+        self.dsn, self.connect_kwargs, self.schema = dsn or "", connect_kwargs, schema
+
+    def connect(self):
+        """A new autocommit connection: training calls commit their output tables themselves."""
+        conn = psycopg2.connect(self.dsn, **self.connect_kwargs)
+        conn.autocommit = True
+        return conn
+
+    # -- training calls ---------------------------------------------------------------------------
+
+    def run(self, statement, args=None, progress=True) -> list[str]:
+        """Runs one training call (SQL text or a psycopg2.sql object, with ``args`` as its parameters)
+        and returns its NOTICEs; its error is raised here. ``progress``: True for a tqdm bar fed from
+        fit_progress, False for none, or a tqdm-like class to draw it with. Interrupting (Ctrl-C, a
+        notebook's stop button) cancels the call on the server."""
+        conn = self.connect()
+        conn.notices = collections.deque()  # psycopg2 cuts a list of notices to the last 50
+        call = _Call(conn, statement, args)
+        try:
+            if progress:
+                self._watch(call, progress if callable(progress) else _default_bar)
+            call.join()
+        except KeyboardInterrupt:
+            call.cancel()
+            raise
+        finally:
+            call.join()
+            conn.close()
+        call.raise_error()
+        return [notice.strip() for notice in conn.notices]
+
+    def call(self, function: str, named_args: dict, progress=True) -> list[str]:
+        """``SELECT <schema>.<function>(name => %s, ...)``: names quoted as identifiers, values sent as
+        parameters, so nothing the caller passes becomes SQL text."""
+        arguments = sql.SQL(", ").join(sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder())
+                                       for name in named_args)
+        statement = sql.SQL("SELECT {}.{}({})").format(sql.Identifier(self.schema), sql.Identifier(function),
+                                                       arguments)
+        return self.run(statement, list(named_args.values()), progress)
+
+    def fit_multiple(self, progress=True, **named_args) -> list[str]:
+        """madlib_keras_fit_multiple_model with named arguments (source_table=..., num_iterations=...)."""
+        return self.call("madlib_keras_fit_multiple_model", named_args, progress)
+
+    def fit(self, progress=True, **named_args) -> list[str]:
+        """madlib_keras_fit with named arguments."""
+        return self.call("madlib_keras_fit", named_args, progress)
+
+    def automl(self, progress=True, **named_args) -> list[str]:
+        """madlib_keras_automl with named arguments."""
+        return self.call("madlib_keras_automl", named_args, progress)
+
+    def _watch(self, call: "_Call", make_bar) -> None:
+        """Draws fit_progress's rows of the call's backend until it ends. A failure to watch (an older
+        server without the view) only ends the bar: the training call goes on."""
+        query = sql.SQL(PROGRESS).format(schema=sql.Identifier(self.schema))
+        bar = _Bar(make_bar)
+        try:
+            with contextlib.closing(self.connect()) as watcher, watcher.cursor(cursor_factory=NamedTupleCursor) as cur:
+                while call.running(POLL_SECONDS):
+                    cur.execute(query, [call.pid])
+                    bar.show(cur.fetchall())
+        except psycopg2.Error as error:
+            warnings.warn(f"madlib_dl client: progress not shown: {str(error).strip()}", stacklevel=3)
+        finally:
+            bar.close(done=not call.running(0) and call.error is None)
+
+    # -- output tables ----------------------------------------------------------------------------
+
+    def info(self, model_output_table: str) -> pd.DataFrame:
+        """``<table>_info`` long: one row per (mst_key, metrics iteration), NaN where a run has no
+        validation table or no metric, so that models line up by iteration for plotting and filtering."""
+        rows = self._select(model_output_table, "_info", "mst_key")
+        return pd.DataFrame([r for row in rows for r in _long_rows(row)], columns=INFO_COLUMNS).astype(
+            {name: float for name in SERIES.values()})
+
+    def summary(self, model_output_table: str) -> pd.DataFrame:
+        """``<table>_summary``, its one row as a DataFrame."""
+        return pd.DataFrame(self._select(model_output_table, "_summary"))
+
+    def _select(self, table: str, suffix: str, order_by: str | None = None) -> list[dict]:
+        """Every row of a table named after ``table`` (parsed as the server parses table names: unquoted
+        parts fold to lower case) as dicts."""
+        name = parse_table_name(table, "model_output_table")
+        parts = [name.schema, name.name + suffix] if name.schema else [name.name + suffix]
+        query = sql.SQL("SELECT * FROM {}").format(sql.Identifier(*parts))
+        if order_by:
+            query += sql.SQL(" ORDER BY {}").format(sql.Identifier(order_by))
+        with contextlib.closing(self.connect()) as conn, conn.cursor() as cur:
+            cur.execute(query)
+            names = [column.name for column in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+class _Call:
+    """A statement running on its own connection in a thread, so that the caller's thread can watch it."""
+
+    def __init__(self, conn, statement, args):
+        self.conn, self.pid, self.error = conn, conn.get_backend_pid(), None
+        self.thread = threading.Thread(target=self._run, args=(statement, args), daemon=True)
+        self.thread.start()
+
+    def _run(self, statement, args) -> None:
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(statement, args)
+        except Exception as error:  # raised again in the caller's thread by raise_error()
+            self.error = error
+
+    def running(self, timeout: float) -> bool:
+        self.thread.join(timeout)
+        return self.thread.is_alive()
+
+    def join(self) -> None:
+        while self.running(POLL_SECONDS):
+            pass
+
+    def cancel(self) -> None:
+        self.conn.cancel()
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class _Bar:
+    """A progress bar over a run's hops (iterations when fit_progress gives no hop count, as for automl),
+    made when fit_progress first shows the run, since only then are its totals known."""
+
+    def __init__(self, make_bar):
+        self.make_bar, self.bar = make_bar, None
+
+    def show(self, rows) -> None:
+        if not rows:
+            return
+        total, done = _position(rows[0])
+        if self.bar is None:
+            self.bar = self.make_bar(total=total, desc=f"{rows[0].function} {rows[0].output_table}",
+                                     unit="hop" if rows[0].hops_total else "it")
+        elif self.bar.total != total:
+            self.bar.reset(total=total)
+        self.bar.n = done
+        self.bar.set_postfix_str(_postfix(rows), refresh=False)
+        self.bar.refresh()
+
+    def close(self, done: bool) -> None:
+        if self.bar is None:
+            return
+        if done and self.bar.total:
+            self.bar.n = self.bar.total
+            self.bar.refresh()
+        self.bar.close()
+
+
+def _default_bar(**kwargs):
+    """tqdm.auto's bar (a widget in Jupyter), or the text bar in a Jupyter without ipywidgets, where
+    tqdm's widget raises ImportError."""
+    try:
+        return auto_bar(**kwargs)
+    except ImportError:
+        return text_bar(**kwargs)
+
+
+def _position(row) -> tuple[int | None, int]:
+    """(total, done) of a fit_progress row: hops over every iteration when the hop count is known."""
+    iterations, iteration = row.iterations or 0, row.iteration or 0
+    if row.hops_total:
+        total = iterations * row.hops_total
+        return total, min(total, max(iteration - 1, 0) * row.hops_total + (row.hops_done or 0))
+    return iterations or None, iteration
+
+
+def _postfix(rows) -> str:
+    losses = [(row.training_loss, row.mst_key) for row in rows if row.training_loss is not None]
+    text = rows[0].phase or ""
+    if losses:
+        loss, mst_key = min(losses)
+        text += f", best training loss {loss:.4g} (mst_key {mst_key})"
+    return text
+
+
+def _long_rows(row: dict) -> list[list]:
+    """An _info row's one row per metrics iteration (INFO_COLUMNS)."""
+    return [[row["mst_key"], row.get("model_id"), row.get("compile_params"), row.get("fit_params"), iteration,
+             *(_at(row.get(array), i) for array in SERIES)]
+            for i, iteration in enumerate(row.get("metrics_iters") or [])]
+
+
+def _at(values, i):
+    return values[i] if values is not None and i < len(values) and values[i] is not None else float("nan")
+
+
+# -- plots ----------------------------------------------------------------------------------------------
+
+def plot_learning_curves(info: pd.DataFrame, x: str = "iteration",
+                         metrics=("training_loss", "validation_loss"), label_width: int = 60) -> Figure:
+    """One axes per metric of ``Client.info``'s frame, one line per mst_key, against the metrics
+    iteration or the elapsed seconds. A metric with no value at all (no validation table) gets no axes.
+    Built on matplotlib.figure.Figure, which needs no GUI backend: a notebook shows it, a script saves
+    it with ``fig.savefig``."""
+    if x not in X_AXES:
+        raise ValueError(f"x: expected one of {', '.join(X_AXES)}, got {x!r}")
+    missing = [name for name in (x, "mst_key", *metrics) if name not in info.columns]
+    if missing:
+        raise ValueError(f"info: no column {', '.join(missing)}")
+    shown = [metric for metric in metrics if info[metric].notna().any()]
+    if not shown:
+        raise ValueError(f"info: no values in {', '.join(metrics)}")
+    figure = Figure(figsize=(5.5 * len(shown), 4), layout="constrained")
+    for axes, metric in zip(figure.subplots(1, len(shown), squeeze=False)[0], shown):
+        _plot_metric(axes, info, x, metric, label_width)
+    return figure
+
+
+def _plot_metric(axes, info: pd.DataFrame, x: str, metric: str, label_width: int) -> None:
+    for mst_key, model in info.sort_values(["mst_key", x]).groupby("mst_key", sort=True):
+        axes.plot(model[x].to_numpy(), model[metric].to_numpy(), marker="o", markersize=3,
+                  label=_label(mst_key, model.iloc[0], label_width))
+    axes.set(title=metric.replace("_", " "), xlabel=X_AXES[x], ylabel=metric)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+
+
+def _label(mst_key, row, width: int) -> str:
+    """``mst_key N: <optimizer>, <fit params>``, cut to ``width`` characters: enough to tell the lines apart."""
+    found = re.search(r"optimizer\s*=\s*(['\"])(.*?)\1", str(row.get("compile_params") or ""))
+    details = [found.group(2) if found else "", re.sub(r"\s+", "", str(row.get("fit_params") or ""))]
+    details = ", ".join(d for d in details if d)
+    text = f"mst_key {mst_key}: {details}" if details else f"mst_key {mst_key}"
+    return text if len(text) <= width else text[:width - 1] + "…"
