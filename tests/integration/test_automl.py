@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import psycopg2
 import pytest
-from psycopg2.extras import execute_values
-from sklearn.datasets import load_digits
 
-from madlib_dl.keras_runtime import tf_setup
-
-keras = tf_setup.keras()
+import digits_data
 
 COMPILE_GRID = ("$${'loss': ['categorical_crossentropy'], 'metrics': ['accuracy'], "
                 "'optimizer_params_list': [{'optimizer': ['Adam'], 'lr': [0.0003, 0.1, 'log']}]}$$")
@@ -23,27 +19,17 @@ INFO_COLUMNS = {"mst_key", "model_id", "compile_params", "fit_params", "model_ty
 SUMMARY_AUTOML = {"automl_method", "automl_params", "random_state", "use_gpus"}
 
 
-def _mlp():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((64,))
-    x = keras.layers.Dense(16, activation="relu")(inputs)
-    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
-
-
 @pytest.fixture(scope="module")
 def cur(training_database):
     with training_database("automl_digits") as conn, conn.cursor() as c:
-        digits = load_digits()
-        c.execute("CREATE TABLE digits (id INTEGER, pixels REAL[], label INTEGER)")
-        execute_values(c, "INSERT INTO digits VALUES %s",
-                       [(i, x.tolist(), int(y)) for i, (x, y) in enumerate(zip(digits.data, digits.target))])
+        digits_data.create_table(c)
         c.execute("CREATE TABLE digits_train AS SELECT * FROM digits WHERE id % 4 <> 0")
         c.execute("CREATE TABLE digits_val AS SELECT * FROM digits WHERE id % 4 = 0")
         c.execute("SELECT madlib_dl.training_preprocessor_dl('digits_train', 'train_packed', 'label', 'pixels', "
                   "200, 16.0, NULL, '2')")
         c.execute("SELECT madlib_dl.validation_preprocessor_dl('digits_val', 'val_packed', 'label', 'pixels', "
                   "'train_packed')")
-        c.execute("SELECT madlib_dl.load_keras_model('arch', %s::json)", [_mlp().to_json()])
+        c.execute("SELECT madlib_dl.load_keras_model('arch', %s::json)", [digits_data.mlp_json(16)])
         conn.commit()  # background workers see committed tables only
         yield c
 

@@ -10,12 +10,9 @@ import time
 
 import psycopg2
 import pytest
-from psycopg2.extras import execute_values
-from sklearn.datasets import load_digits
 
-from madlib_dl.keras_runtime import tf_setup
+import digits_data
 
-keras = tf_setup.keras()
 DB = "checkpoints"
 ITERATIONS, MODELS, SEGMENTS = 4, 2, 2
 FIT = ("SELECT madlib_dl.madlib_keras_fit_multiple_model('train_packed', %s, 'mst', %s, FALSE, NULL, NULL, FALSE, "
@@ -25,16 +22,10 @@ FIT = ("SELECT madlib_dl.madlib_keras_fit_multiple_model('train_packed', %s, 'ms
 @pytest.fixture(scope="module")
 def db(training_database):
     with training_database(DB) as conn, conn.cursor() as cur:
-        digits = load_digits()
-        cur.execute("CREATE TABLE digits (id INTEGER, pixels REAL[], label INTEGER)")
-        execute_values(cur, "INSERT INTO digits VALUES %s",
-                       [(i, x.tolist(), int(y)) for i, (x, y) in enumerate(zip(digits.data, digits.target))])
+        digits_data.create_table(cur)
         cur.execute("SELECT madlib_dl.training_preprocessor_dl('digits', 'train_packed', 'label', 'pixels', 100, "
                     "16.0, NULL, %s)", [str(SEGMENTS)])
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
-                                  keras.layers.Dense(10, activation="softmax")])
-        cur.execute("SELECT madlib_dl.load_keras_model('arch', %s::json)", [model.to_json()])
+        cur.execute("SELECT madlib_dl.load_keras_model('arch', %s::json)", [digits_data.mlp_json(32)])
         cur.execute("SELECT madlib_dl.load_model_selection_table('arch', 'mst', ARRAY[1], ARRAY[%s, %s], "
                     "ARRAY['batch_size=8, epochs=4'])",
                     ["loss='categorical_crossentropy', optimizer='Adam(learning_rate=0.01)', metrics=['accuracy']",
@@ -73,18 +64,8 @@ def _checkpoint_iteration(su, role) -> int | None:
 def test_a_terminated_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(db, server, plain_role):
     with server.connect(DB) as admin, admin.cursor() as su:
         admin.autocommit = True
-        su.execute("DELETE FROM madlib_dl.internal_checkpoints")
-        driver = _session(server, plain_role)
-        failed = []
-        thread = threading.Thread(target=lambda: failed.append(_try(lambda: _fit(driver, "resumed"))))
-        thread.start()
-        deadline = time.monotonic() + 180
-        while (_checkpoint_iteration(su, plain_role.name) or 0) < 2:
-            assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint of iteration 2 came"
-            time.sleep(0.05)
-        su.execute("SELECT pg_terminate_backend(%s)", [driver.get_backend_pid()])
-        thread.join(120)
-        assert failed and isinstance(failed[0], psycopg2.Error), "the terminated run did not fail"
+        error = _terminated_after_checkpoint(su, server, plain_role, "resumed", 2)
+        assert isinstance(error, psycopg2.Error), "the terminated run did not fail"
         saved = _checkpoint_iteration(su, plain_role.name)
         assert 2 <= saved < ITERATIONS
         su.execute("SELECT count(*) FROM madlib_dl.internal_checkpoint_models m JOIN madlib_dl.internal_checkpoints c "
@@ -114,17 +95,7 @@ def test_a_terminated_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupt
 def test_other_arguments_never_use_a_checkpoint(db, server, plain_role):
     with server.connect(DB) as admin, admin.cursor() as su:
         admin.autocommit = True
-        su.execute("DELETE FROM madlib_dl.internal_checkpoints")
-        driver = _session(server, plain_role)
-        failed = []
-        thread = threading.Thread(target=lambda: failed.append(_try(lambda: _fit(driver, "other"))))
-        thread.start()
-        deadline = time.monotonic() + 180
-        while not _checkpoint_iteration(su, plain_role.name):
-            assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint came"
-            time.sleep(0.05)
-        su.execute("SELECT pg_terminate_backend(%s)", [driver.get_backend_pid()])
-        thread.join(120)
+        _terminated_after_checkpoint(su, server, plain_role, "other", 1)
         conn = _session(server, plain_role)
         hops, notices = _fit(conn, "other", iterations=ITERATIONS - 1)  # another run: from the start
         assert hops == (ITERATIONS - 1) * MODELS * SEGMENTS and not any("resuming" in n for n in notices)
@@ -133,9 +104,26 @@ def test_other_arguments_never_use_a_checkpoint(db, server, plain_role):
         conn.close()
 
 
-def _try(call):
-    try:
-        call()
-    except Exception as error:  # the test looks at it
-        return error
-    return None
+def _terminated_after_checkpoint(su, server, role, out: str, iteration: int):
+    """Run fit_multiple into ``out`` in a thread, terminate its driver once a checkpoint of at least
+    ``iteration`` stands, and return the error the run ended with (None if it did not fail)."""
+    su.execute("DELETE FROM madlib_dl.internal_checkpoints")
+    driver = _session(server, role)
+    ended = []
+
+    def run():
+        try:
+            _fit(driver, out)
+            ended.append(None)
+        except Exception as error:  # the test looks at it
+            ended.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 180
+    while (_checkpoint_iteration(su, role.name) or 0) < iteration:
+        assert time.monotonic() < deadline and thread.is_alive(), f"no checkpoint of iteration {iteration} came"
+        time.sleep(0.05)
+    su.execute("SELECT pg_terminate_backend(%s)", [driver.get_backend_pid()])
+    thread.join(120)
+    return ended[0]

@@ -12,13 +12,10 @@ import psycopg2
 import pytest
 import tqdm
 from psycopg2.extensions import make_dsn
-from psycopg2.extras import execute_values
-from sklearn.datasets import load_digits
 
+import digits_data
 from madlib_dl.client import Client, notebook, plot_learning_curves
-from madlib_dl.keras_runtime import tf_setup
 
-keras = tf_setup.keras()
 DB = "client"
 ITERATIONS = 3
 OUT = "curves"
@@ -30,20 +27,14 @@ COMPILE = ["loss='categorical_crossentropy', optimizer='Adam(learning_rate=0.01)
 def db(training_database):
     """Digits packed on 2 segments with a validation table, and 2 configurations of one MLP."""
     with training_database(DB) as conn, conn.cursor() as cur:
-        digits = load_digits()
-        cur.execute("CREATE TABLE digits (id INTEGER, pixels REAL[], label INTEGER)")
-        execute_values(cur, "INSERT INTO digits VALUES %s",
-                       [(i, x.tolist(), int(y)) for i, (x, y) in enumerate(zip(digits.data, digits.target))])
+        digits_data.create_table(cur)
         cur.execute("CREATE TABLE digits_train AS SELECT * FROM digits WHERE id % 5 <> 0")
         cur.execute("CREATE TABLE digits_test AS SELECT * FROM digits WHERE id % 5 = 0")
         cur.execute("SELECT madlib_dl.training_preprocessor_dl('digits_train', 'train_packed', 'label', 'pixels', "
                     "100, 16.0, NULL, '2')")
         cur.execute("SELECT madlib_dl.validation_preprocessor_dl('digits_test', 'test_packed', 'label', 'pixels', "
                     "'train_packed')")
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"),
-                                  keras.layers.Dense(10, activation="softmax")])
-        cur.execute("SELECT madlib_dl.load_keras_model('arch', %s::json)", [model.to_json()])
+        cur.execute("SELECT madlib_dl.load_keras_model('arch', %s::json)", [digits_data.mlp_json(64)])
         cur.execute("SELECT madlib_dl.load_model_selection_table('arch', 'mst', ARRAY[1], ARRAY[%s, %s], "
                     "ARRAY['batch_size=8, epochs=4'])", COMPILE)
         yield conn

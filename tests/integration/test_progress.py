@@ -9,12 +9,9 @@ import time
 
 import psycopg2
 import pytest
-from psycopg2.extras import execute_values
-from sklearn.datasets import load_digits
 
-from madlib_dl.keras_runtime import tf_setup
+import digits_data
 
-keras = tf_setup.keras()
 DB = "progress"
 ITERATIONS = 4
 FIT = ("SELECT madlib_dl.madlib_keras_fit_multiple_model('train_packed', %s, 'mst', %s, FALSE, NULL, NULL, FALSE, "
@@ -26,16 +23,10 @@ PROGRESS = ("SELECT function, output_table, iteration, iterations, hops_total, m
 @pytest.fixture(scope="module")
 def db(training_database):
     with training_database(DB) as conn, conn.cursor() as cur:
-        digits = load_digits()
-        cur.execute("CREATE TABLE digits (id INTEGER, pixels REAL[], label INTEGER)")
-        execute_values(cur, "INSERT INTO digits VALUES %s",
-                       [(i, x.tolist(), int(y)) for i, (x, y) in enumerate(zip(digits.data, digits.target))])
+        digits_data.create_table(cur)
         cur.execute("SELECT madlib_dl.training_preprocessor_dl('digits', 'train_packed', 'label', 'pixels', 100, "
                     "16.0, NULL, '2')")
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"),
-                                  keras.layers.Dense(10, activation="softmax")])
-        cur.execute("SELECT madlib_dl.load_keras_model('arch', %s::json)", [model.to_json()])
+        cur.execute("SELECT madlib_dl.load_keras_model('arch', %s::json)", [digits_data.mlp_json(64)])
         cur.execute("SELECT madlib_dl.load_model_selection_table('arch', 'mst', ARRAY[1], ARRAY[%s, %s], "
                     "ARRAY['batch_size=8, epochs=6'])",
                     ["loss='categorical_crossentropy', optimizer='Adam(learning_rate=0.01)', metrics=['accuracy']",

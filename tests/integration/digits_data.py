@@ -1,0 +1,26 @@
+"""sklearn's digits (8x8 images, 10 classes) as a table of REAL[64] rows, and a small MLP for them: the
+data and model of the training tests that need a run of a few seconds."""
+
+from __future__ import annotations
+
+from psycopg2.extras import execute_values
+from sklearn.datasets import load_digits
+
+from madlib_dl.keras_runtime import tf_setup
+
+
+def create_table(cur, table: str = "digits") -> None:
+    """``table`` (id INTEGER, pixels REAL[], label INTEGER): all 1797 images, id in load order."""
+    digits = load_digits()
+    cur.execute(f"CREATE TABLE {table} (id INTEGER, pixels REAL[], label INTEGER)")
+    execute_values(cur, f"INSERT INTO {table} VALUES %s",
+                   [(i, x.tolist(), int(y)) for i, (x, y) in enumerate(zip(digits.data, digits.target))])
+
+
+def mlp_json(hidden: int) -> str:
+    """64 -> hidden (relu) -> 10 (softmax), built with seed 0."""
+    keras = tf_setup.keras()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(hidden, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    return model.to_json()
