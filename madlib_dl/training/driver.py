@@ -237,9 +237,9 @@ class Driver:
         clock, saved_at = self.clock, time.monotonic()
         for iteration in range(first, self.spec.num_iterations + 1):
             self.iteration, self.evaluating = iteration, False
-            progress = f"madlib_dl {self.spec.caller.label}: iteration {iteration}/{self.spec.num_iterations}"
-            self.set_name(progress)
-            self.executor.set_progress(progress)
+            where = f"madlib_dl {self.spec.caller.label}: iteration {iteration}/{self.spec.num_iterations}"
+            self.set_name(where)
+            self.executor.set_progress(where)
             begun = time.monotonic()
             self._train_iteration(iteration)
             trained = time.monotonic() - begun

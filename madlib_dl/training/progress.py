@@ -6,7 +6,9 @@ requests.Record snapshots in its own committed transactions (segment/recording.p
 asked for after the training workers, so it takes only a slot they left free, and the driver does not
 wait for it: snapshots start once it has connected. A snapshot is sent only when the recorder has
 answered the last one; meanwhile newer ones replace it, so a slow write never holds training up.
-With madlib_dl.progress = 'off', or no free slot (a NOTICE says so), nothing is recorded.
+The same recorder writes the run's checkpoints (training.checkpoints): their requests are queued in
+order and never dropped. With madlib_dl.progress = 'off' the recorder starts only for a run that saves
+checkpoints; with no free slot (a NOTICE says so), neither is recorded.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class Recorder:
         self.launch = None
         return True
 
-    def _send(self, record: requests.Record, check) -> None:
+    def _send(self, record, check) -> None:
         header, blobs = requests.encode(record)
         header["idle_timeout"] = RECORDER_IDLE_SECONDS
         header["progress"] = f"madlib_dl progress recorder ({self.header['function']})"  # its application_name
