@@ -25,6 +25,7 @@ from madlib_dl.training.executors import SegmentFailed
 RECORDER_IDLE_SECONDS = 7 * 86400  # a recorder waits for the next snapshot as long as its run lasts
 MIN_INTERVAL_SECONDS = 0.2  # snapshots closer together wait: every hop longer than this is still shown
 FINAL_REPLY_SECONDS = 5.0
+EXIT_WAIT_SECONDS = 1.0
 
 
 class Recorder:
@@ -89,7 +90,7 @@ class Recorder:
         except Exception:  # best effort: a recorder that went away removed the rows itself
             pass
         finally:
-            background.end([self.worker])
+            background.end([self.worker], EXIT_WAIT_SECONDS)  # gone by the time the call returns
             self.worker = None
 
     def _flush(self, wait: bool = False) -> None:
