@@ -99,10 +99,9 @@ def _write(conn, out, mst, arch, spec: RunSpec, result: automl_driver.AutomlResu
            random_state, use_gpus, request: dict) -> None:
     run = result.run
     trials = result.trials
-    info_values = {key: (t.status, t.done, t.bracket, t.rung if method == "hyperband" else None)
-                   for key, t in trials.items()}
-    columns = INFO_COLUMNS if method == "hyperband" else INFO_COLUMNS[:2]
-    info_values = {key: v[:len(columns)] for key, v in info_values.items()}
+    hyperband = method == "hyperband"  # only its configurations have a bracket (s) and a round (i)
+    columns = INFO_COLUMNS if hyperband else INFO_COLUMNS[:2]
+    info_values = {key: (t.status, t.done) + ((t.bracket, t.rung) if hyperband else ()) for key, t in trials.items()}
     summary = (("automl_method", "TEXT", method), ("automl_params", "TEXT", methods.describe(values)),
                ("random_state", "TEXT", None if random_state is None else str(random_state)),
                ("use_gpus", "BOOLEAN", bool(use_gpus)))

@@ -170,7 +170,7 @@ def _json_safe(values: dict) -> dict:
 
 def eta_seconds(elapsed: float, done: int, total: int) -> float | None:
     """Seconds left if the rest goes at the pace so far; None before anything is done or without a total."""
-    if not done or not total or done >= total:
-        return None if not done or not total else 0.0
-    return elapsed / done * (total - done)
+    if not done or not total:
+        return None
+    return elapsed / done * max(0, total - done)
 
