@@ -78,11 +78,19 @@ def write_checkpoint_model(db, request: requests.CheckpointModel) -> None:
 
 
 def finish_checkpoint(db, request: requests.CheckpointDone) -> None:
-    """The checkpoint stands at ``iteration`` from this commit on; other iterations' states go."""
+    """The checkpoint stands at ``iteration`` from this commit on (with the kept models' rows of the
+    last one); other iterations' states go."""
     schema = db.quote_ident(request.schema)
+    db.execute(f"INSERT INTO {schema}.internal_checkpoints (run_key, function) VALUES ($1, '') "
+               "ON CONFLICT (run_key) DO NOTHING", [request.run_key], ["text"])  # every model was kept
+    if request.kept:
+        db.execute(f"UPDATE {schema}.internal_checkpoint_models SET iteration = $2 WHERE run_key = $1 "
+                   "AND iteration = $3 AND mst_key = ANY($4)",
+                   [request.run_key, request.iteration, request.kept_from, request.kept],
+                   ["text", "integer", "integer", "integer[]"])
     db.execute(f"UPDATE {schema}.internal_checkpoints SET function = $2, output_table = $3, iteration = $4, "
-               "metrics_iters = $5, saved = clock_timestamp() WHERE run_key = $1",
-               [request.run_key, request.function, request.output_table, request.iteration, request.metrics_iters],
-               ["text", "text", "text", "integer", "integer[]"])
+               "metrics_iters = $5, state = $6, saved = clock_timestamp() WHERE run_key = $1",
+               [request.run_key, request.function, request.output_table, request.iteration, request.metrics_iters,
+                request.state], ["text", "text", "text", "integer", "integer[]", "text"])
     db.execute(f"DELETE FROM {schema}.internal_checkpoint_models WHERE run_key = $1 AND iteration <> $2",
                [request.run_key, request.iteration], ["text", "integer"])

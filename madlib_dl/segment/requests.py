@@ -128,13 +128,18 @@ class CheckpointModel:
 
 @dataclass(frozen=True)
 class CheckpointDone:
-    """Every model of ``iteration`` is written: the checkpoint now stands at it (older states go)."""
+    """Every model of ``iteration`` is written: the checkpoint now stands at it (older states go).
+    ``kept``: models that did not change since the checkpoint of iteration ``kept_from``, whose rows
+    move on to this one instead of being written again."""
     schema: str
     run_key: str
     iteration: int
     function: str
     output_table: str | None
     metrics_iters: list = field(default_factory=list)
+    state: str | None = None          # JSON: the rest of the run's state (training.checkpoints)
+    kept: list = field(default_factory=list)
+    kept_from: int | None = None
 
 
 @dataclass(frozen=True)

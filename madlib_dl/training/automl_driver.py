@@ -7,17 +7,26 @@ to the policy, which says whether it continues, stops, or what starts instead. W
 free and no model can use it, the policy is asked for more work (ASHA promotes or starts a model
 there). Models the policy creates after the run began send their constants with their first call to
 each backend.
+
+Checkpoints (training.checkpoints): when one is due, no new hop starts; once nothing runs, every
+model's state, the schedule and the policy's log of calls (automl.replay) are saved, and the run goes
+on. A resumed run replays the log into a fresh policy with the same seed (drawn, and saved, when
+random_state is NULL) and continues from the saved schedule, so in process it ends as the uninterrupted
+run would.
 """
 
 from __future__ import annotations
 
 import datetime
 import math
+import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from madlib_dl.automl import replay
 from madlib_dl.automl.policy import Continue, Decision, Policy, Start, Stop
-from madlib_dl.training import driver, segment_calls, segment_means
+from madlib_dl.training import checkpoints, driver, segment_calls, segment_means
 from madlib_dl.training.model_schedule import Evaluated, IterationDone, ModelScheduler, Task
 from madlib_dl.training.segment_calls import EvaluateHop, TrainHop
 from madlib_dl.training.spec import ModelConfig, RunSpec, derive_seed
@@ -31,8 +40,21 @@ class AutomlRun:
     memory plan and the initial weights; ``model_archs``: model_id -> (architecture, weights or None)."""
     spec: RunSpec
     model_archs: dict
-    policy: Policy
+    make_policy: Callable[[int], Policy]  # a fresh policy drawing with this random_state
+    random_state: int | None              # the caller's; None: one is drawn (and kept in checkpoints)
     max_models: int
+    identity: dict                        # JSON values: what else decides the run (its search), for run_key
+
+
+@dataclass(frozen=True)
+class Saving:
+    key: str                              # checkpoints.run_key
+    when: checkpoints.When
+    saved: checkpoints.Saved | None       # the checkpoint to resume from
+
+
+def draw_random_state() -> int:
+    return secrets.randbelow(2 ** 32)
 
 
 @dataclass
@@ -54,9 +76,11 @@ class AutomlResult:
 
 class AutomlDriver:
     def __init__(self, db, automl: AutomlRun, executor, set_name, initial_weights: dict, plan: driver.MemoryPlan,
-                 recorder):
-        self.db, self.spec, self.policy, self.recorder = db, automl.spec, automl.policy, recorder
+                 recorder, saving: Saving):
+        self.db, self.spec, self.automl, self.recorder, self.saving = db, automl.spec, automl, recorder, saving
         self.archs, self.executor, self.set_name, self.plan = automl.model_archs, executor, set_name, plan
+        self.random_state = automl.random_state if automl.random_state is not None else draw_random_state()
+        self.policy = replay.LoggedPolicy(automl.make_policy(self.random_state))  # or the checkpoint's, replayed
         self.initial = initial_weights
         self.segments = sorted(self.spec.source.segments)
         self.scheduler = ModelScheduler(self.segments, self.spec.seed)
@@ -69,6 +93,13 @@ class AutomlDriver:
         self.hops: list = driver.LAST_HOPS
         self.trained_hops = 0
         self.clock = time.monotonic()
+        # checkpoints: numbered on from the one found; models whose rows in the last one are current
+        self.sequence = saving.saved.iteration if saving.saved else 0
+        self.in_checkpoint: set = set()
+        self.changed: set = set()   # models trained or evaluated since the last checkpoint
+        self.since, self.saved_at = 0, time.monotonic()  # model iterations ended, and when, since then
+        self.draining = False       # a checkpoint is due: no hop starts until nothing runs
+        self.saved_text: str | None = None  # how far the last checkpoint got (a cancel's hint)
 
     def position(self) -> str:
         done = sum(1 for t in self.trials.values() if t.status != "training")
@@ -76,13 +107,16 @@ class AutomlDriver:
 
     def run(self) -> AutomlResult:
         started = datetime.datetime.now()
-        self._apply(self.policy.start())
+        if not self._resume():
+            self._apply(self.policy.start())
         asked = rounds = 0
         while True:
-            for task in self.scheduler.assign(self.scheduler.free_workers()):
+            if self.draining and self.scheduler.quiet:
+                self._save()
+            for task in self.scheduler.assign(self.scheduler.free_workers(), training=not self.draining):
                 self.executor.submit(self._call(task))
             idle = len(self.scheduler.free_workers())
-            if idle and not asked:
+            if idle and not asked and not self.draining:
                 decisions = self.policy.more(idle)
                 asked = not decisions
                 rounds += 1
@@ -122,21 +156,95 @@ class AutomlDriver:
     def _start(self, start: Start) -> None:
         if start.key in self.models:
             raise ValueError(f"{self.policy.method}: mst_key {start.key} was started already")
+        self.models[start.key] = self._model(start)
+        self.trials[start.key] = Trial(start.bracket, start.rung, start.until)
+        self.metrics_iters[start.key] = []
+        self.scheduler.train(start.key, 0, start.until)
+
+    def _model(self, start: Start) -> driver.ModelProgress:
         config = start.config
         model_arch, weights = self.archs[config.model_id]
         model = ModelConfig(start.key, config.model_id, model_arch, config.compile_params.text,
                             config.fit_params.text, weights)
-        self.models[start.key] = driver.ModelProgress(model, weights if weights is not None else
-                                                      self.initial[config.model_id], None)
-        self.trials[start.key] = Trial(start.bracket, start.rung, start.until)
-        self.metrics_iters[start.key] = []
-        self.scheduler.train(start.key, 0, start.until)
+        return driver.ModelProgress(model, weights if weights is not None else self.initial[config.model_id], None)
 
     def _trial(self, key: int) -> Trial:
         trial = self.trials.get(key)
         if trial is None:
             raise ValueError(f"{self.policy.method}: decision about mst_key {key}, which was never started")
         return trial
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        """Every model's state (those that changed since the last checkpoint), the schedule and the
+        policy's log, while nothing runs."""
+        self.draining, self.since, self.saved_at = False, 0, time.monotonic()
+        written = {k: m for k, m in self.models.items() if k in self.changed or k not in self.in_checkpoint}
+        kept = checkpoints.Kept(self.sequence, frozenset(self.models) - frozenset(written))
+        iterations = sum(t.done for t in self.trials.values())
+        state = {"random_state": self.random_state, "policy": self.policy.log, "schedule": self.scheduler.snapshot(),
+                 "trials": [[k, t.bracket, t.rung, t.until, t.done, t.status] for k, t in sorted(self.trials.items())],
+                 "metrics_iters": sorted(self.metrics_iters.items()), "trained_hops": self.trained_hops,
+                 "elapsed": time.monotonic() - self.clock, "model_iterations": iterations}
+        messages = checkpoints.requests_for(self.spec, self.saving.key, self.sequence + 1, written, [], state, kept)
+        if not self.recorder.checkpoint(messages):
+            return
+        self.sequence += 1
+        self.in_checkpoint, self.changed = set(self.models), set()
+        for model in written.values():
+            model.owns_state = False  # the recorder holds these states too: the next hop must not overwrite them
+        self.saved_text = self._progress_text(iterations)
+
+    def _resume(self) -> bool:
+        """Continue from the checkpoint of this very run (same arguments), if there is one that replays."""
+        saved = self.saving.saved
+        if saved is None:
+            return False
+        try:
+            restored = self._restored(saved)
+        except (replay.NotReplayable, KeyError, IndexError, TypeError, ValueError) as error:
+            self.db.notice(f"{self.spec.caller.function}: the checkpoint of an earlier call with the same arguments "
+                           f"is not used ({error}); the run starts over")
+            return False
+        self.policy, self.random_state, self.models, self.trials, self.metrics_iters = restored
+        state = saved.state
+        self.scheduler.restore(state["schedule"])
+        self.trained_hops = state["trained_hops"]
+        self.clock -= state["elapsed"]  # the metrics' times go on from the checkpoint's
+        self.in_checkpoint = set(self.models)
+        self.saved_text = self._progress_text(state["model_iterations"])
+        self.db.notice(f"{self.spec.caller.function}: resuming from the checkpoint {self.saved_text} (an earlier "
+                       "call with the same arguments did not finish)")
+        return True
+
+    def _restored(self, saved: checkpoints.Saved):
+        """The policy replayed and every model and trial as the checkpoint has them; raises when it
+        does not fit together."""
+        state = saved.state
+        if not isinstance(state, dict):
+            raise ValueError("it holds no AutoML state")
+        random_state = state["random_state"]
+        policy, decided = replay.replay(self.automl.make_policy(random_state), state["policy"])
+        starts = {d.key: d for d in replay.started(decided)}
+        trials = {key: Trial(bracket, rung, until, done, status)
+                  for key, bracket, rung, until, done, status in state["trials"]}
+        if set(starts) != set(saved.models) or set(trials) != set(starts):
+            raise replay.NotReplayable("its models are not those its policy started")
+        models = {}
+        for key, start in sorted(starts.items()):
+            model, kept = self._model(start), saved.models[key]
+            model.weights, model.optimizer_state, model.last_segment = (kept.weights, kept.optimizer_state,
+                                                                        kept.last_segment)
+            model.metrics = kept.metrics
+            models[key] = model
+        metrics_iters = {key: list(iters) for key, iters in state["metrics_iters"]}
+        return policy, random_state, models, trials, metrics_iters
+
+    def _progress_text(self, model_iterations: int) -> str:
+        finished = sum(1 for t in self.trials.values() if t.status != "training")
+        return (f"after {model_iterations} model iterations ({len(self.trials)} configurations started, "
+                f"{finished} of them finished)")
 
     # -- calls -----------------------------------------------------------------------------------
 
@@ -174,6 +282,7 @@ class AutomlDriver:
     def _completed(self, completed) -> None:
         task: Task = completed.call.tag
         model = self.models[task.model]
+        self.changed.add(task.model)
         if task.evaluate is None:
             model.weights, model.optimizer_state, model.last_segment = (
                 completed.weights, completed.optimizer_state, task.worker)
@@ -212,6 +321,9 @@ class AutomlDriver:
     def _iteration_done(self, event: IterationDone) -> None:
         trial = self.trials[event.model]
         trial.done = event.iteration
+        self.since += 1
+        if self.recorder.saves and self.saving.when.due_after(self.since, (time.monotonic() - self.saved_at) / 60):
+            self.draining = True
         frequency = self.spec.metrics_compute_frequency
         if event.iteration >= trial.until or (frequency and event.iteration % frequency == 0):
             self.scheduler.evaluate(event.model, self._evaluation_tasks())
@@ -270,6 +382,9 @@ def train(db, automl: AutomlRun) -> AutomlResult:
     devices = driver.devices_for(spec)
     tables = {"train": spec.source, **({"validation": spec.validation} if spec.validation else {})}
     set_name = driver.application_name_setter(db)
+    when = checkpoints.when(db)
+    key = checkpoints.run_key(spec, automl.identity)
+    saving = Saving(key, when, checkpoints.load(db, spec.schema, key))
     runner = None
     try:
         with driver.workers.executor_for(db, spec.run_id, spec.schema, tables, {}, devices,
@@ -278,14 +393,16 @@ def train(db, automl: AutomlRun) -> AutomlResult:
             driver.check_state_sizes(spec, initial)
             memory_spec = replace(spec, models=tuple(spec.models[i % len(spec.models)] for i in range(automl.max_models)))
             plan = driver.plan_memory(db, memory_spec, initial)
-            set_name(f"madlib_dl {spec.caller.label}: {automl.policy.method}")
-            with driver.recording(db, spec) as recorder:
-                runner = AutomlDriver(db, automl, executor, set_name, initial, plan, recorder)
-                return runner.run()
+            with driver.recording(db, spec, not when.never) as recorder:
+                runner = AutomlDriver(db, automl, executor, set_name, initial, plan, recorder, saving)
+                set_name(f"madlib_dl {spec.caller.label}: {runner.policy.method}")
+                result = runner.run()
+            checkpoints.remove(db, spec.schema, key)  # after the recorder is done, as fit's
+            return result
     except Exception as error:
         if not driver.is_cancel(error):
             raise
         where = runner.position() if runner is not None else "while starting"
-        raise driver.cancel_error(error, spec, where) from None
+        raise driver.cancel_error(error, spec, where, runner.saved_text if runner else None) from None
     finally:
         set_name(None)

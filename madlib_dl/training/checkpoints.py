@@ -1,4 +1,4 @@
-"""Checkpoints of a training run (fit_multiple, fit) and resuming from them.
+"""Checkpoints of a training run (fit_multiple, fit, automl) and resuming from them.
 
 At the end of an iteration the driver may save every model's state (weights, optimizer state, where it
 last trained, its metric series) and the metrics iterations so far. The recorder worker writes them
@@ -12,7 +12,9 @@ are committed.
 
 When: at the end of every ``madlib_dl.checkpoint_every``-th iteration, and of any iteration that ends
 ``madlib_dl.checkpoint_minutes`` after the run began or last saved (the defaults: no count, 10 minutes,
-so that only runs whose iterations take minutes pay for them).
+so that only runs whose iterations take minutes pay for them). madlib_keras_automl's models go at
+their own pace: it counts the iterations any model ends, saves when nothing is running, and keeps the
+rest of its state (the policy's calls, the schedule) as JSON (training.automl_checkpoints).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ class When:
     def never(self) -> bool:
         return self.every == 0 and self.minutes == 0
 
+    def due_after(self, iterations: int, minutes_since_last: float) -> bool:
+        """For runs without a common iteration (automl): ``iterations`` ended, by any model, since the
+        last save."""
+        return (self.every > 0 and iterations >= self.every) or (0 < self.minutes <= minutes_since_last)
+
 
 @dataclass(frozen=True)
 class SavedModel:
@@ -52,19 +59,28 @@ class SavedModel:
 
 
 @dataclass(frozen=True)
+class Kept:
+    """Models whose rows in the checkpoint of ``iteration`` are still their state."""
+    iteration: int
+    models: frozenset
+
+
+@dataclass(frozen=True)
 class Saved:
     iteration: int
     metrics_iters: list
     models: dict  # mst_key -> SavedModel
+    state: dict | None = None  # what else the run saved (automl)
 
 
 def when(db) -> When:
     return When(settings.read(db, settings.CHECKPOINT_EVERY), float(settings.read(db, settings.CHECKPOINT_MINUTES)))
 
 
-def run_key(spec: RunSpec) -> str:
+def run_key(spec: RunSpec, extra=None) -> str:
     """The hash of everything that decides a run's result: the function, its tables (by name and
-    shape), iterations, frequency, seeds, caching, and every model's configuration and starting state."""
+    shape), iterations, frequency, seeds, caching, every model's configuration and starting state, and
+    ``extra`` (JSON values: what else the function's arguments decide, such as automl's search)."""
     def digest(value) -> str | None:
         return None if value is None else hashlib.sha256(bytes(value)).hexdigest()
 
@@ -74,14 +90,14 @@ def run_key(spec: RunSpec) -> str:
                m.fit_params, digest(m.weights), digest(m.optimizer_state)) for m in spec.models]
     described = [SCHEMA_VERSION, spec.caller.function, str(spec.output_table), tables, spec.num_iterations,
                  spec.metrics_compute_frequency, spec.use_caching, spec.use_gpus, spec.seed, spec.iteration_offset,
-                 models]
+                 models, extra]
     return hashlib.sha256(json.dumps(described, default=str).encode()).hexdigest()
 
 
 def load(db, schema: str, key: str) -> Saved | None:
     """The run's last complete checkpoint (the caller's session reads what the recorder committed)."""
     q = db.quote_ident(schema)
-    head = db.execute(f"SELECT iteration, metrics_iters FROM {q}.internal_checkpoints WHERE run_key = $1 "
+    head = db.execute(f"SELECT iteration, metrics_iters, state FROM {q}.internal_checkpoints WHERE run_key = $1 "
                       "AND iteration IS NOT NULL", [key], ["text"])
     if not head:
         return None
@@ -92,7 +108,8 @@ def load(db, schema: str, key: str) -> Saved | None:
     models = {r["mst_key"]: SavedModel(bytes(r["weights"]), None if r["optimizer_state"] is None else
                                        bytes(r["optimizer_state"]), r["last_segment"], json.loads(r["metrics"]))
               for r in rows}
-    return Saved(iteration, list(head[0]["metrics_iters"] or []), models)
+    state = head[0]["state"]
+    return Saved(iteration, list(head[0]["metrics_iters"] or []), models, None if state is None else json.loads(state))
 
 
 def remove(db, schema: str, key: str) -> None:
@@ -100,13 +117,16 @@ def remove(db, schema: str, key: str) -> None:
     db.execute(f"DELETE FROM {db.quote_ident(schema)}.internal_checkpoints WHERE run_key = $1", [key], ["text"])
 
 
-def requests_for(spec: RunSpec, key: str, iteration: int, models: dict, metrics_iters: list) -> list:
+def requests_for(spec: RunSpec, key: str, iteration: int, models: dict, metrics_iters: list, state=None,
+                 kept: Kept | None = None) -> list:
     """What the recorder is sent to save a checkpoint at the end of ``iteration``: one request per
-    model (``models``: mst_key -> driver.ModelProgress), then the one that makes it stand."""
+    model (``models``: mst_key -> driver.ModelProgress), then the one that makes it stand, with
+    ``state`` (JSON values) and the models ``kept`` from the last checkpoint."""
     out = [requests.CheckpointModel(spec.schema, key, iteration, mst_key, model.last_segment,
                                     json.dumps(model.metrics), model.weights, model.optimizer_state)
            for mst_key, model in sorted(models.items())]
     out.append(requests.CheckpointDone(spec.schema, key, iteration, spec.caller.function,
                                        None if spec.output_table is None else str(spec.output_table),
-                                       list(metrics_iters)))
+                                       list(metrics_iters), None if state is None else json.dumps(state),
+                                       sorted(kept.models) if kept else [], kept.iteration if kept else None))
     return out

@@ -112,7 +112,7 @@ def train(db, spec: RunSpec) -> RunResult:
         if not is_cancel(error):
             raise
         where = driver.position() if driver is not None else f"while starting, before iteration 1 of {spec.num_iterations}"
-        raise cancel_error(error, spec, where) from None
+        raise cancel_error(error, spec, where, driver.saved_text if driver is not None else None) from None
     finally:
         set_name(None)
 
@@ -134,9 +134,12 @@ def is_cancel(error: BaseException) -> bool:
     return getattr(error, "sqlstate", None) == Cancelled.sqlstate
 
 
-def cancel_error(error: BaseException, spec: RunSpec, where: str) -> Cancelled:
+def cancel_error(error: BaseException, spec: RunSpec, where: str, checkpoint: str | None = None) -> Cancelled:
+    """``checkpoint``: how far the run's last checkpoint got, if it saved one."""
     reason = re.sub(r"^spiexceptions\.\w+: ", "", str(error).strip())  # as Keras passes it on
-    return Cancelled(f"{spec.caller.function}: cancelled {where}: {reason}; nothing was written")
+    hint = None if checkpoint is None else (f"Its checkpoint {checkpoint} stays: call {spec.caller.function} again "
+                                            "with the same arguments to resume from it.")
+    return Cancelled(f"{spec.caller.function}: cancelled {where}: {reason}; nothing was written", hint=hint)
 
 
 def initial_weights(executor, spec: RunSpec) -> dict[int, bytes]:
@@ -221,6 +224,7 @@ class Driver:
         self.best: tuple[float, int] | None = None
         self.hops: list[HopRecord] = LAST_HOPS
         self.iteration, self.evaluating = 0, False  # where the run is (position)
+        self.saved_text: str | None = None  # how far the last checkpoint got (a cancel's hint)
         self.clock = time.monotonic()
 
     def position(self) -> str:
@@ -272,6 +276,7 @@ class Driver:
         self.model_hops = {k: saved.iteration * per_iteration for k in self.models}
         elapsed = [m.metrics["training_elapsed"][-1] for m in self.models.values() if m.metrics["training_elapsed"]]
         self.clock -= max(elapsed, default=0.0)  # the metrics' times go on from the checkpoint's
+        self.saved_text = f"after iteration {saved.iteration}"
         self.db.notice(f"{self.spec.caller.function}: resuming from the checkpoint after iteration {saved.iteration} "
                        f"of {self.spec.num_iterations} (an earlier call with the same arguments did not finish)")
         return saved.iteration + 1
@@ -279,6 +284,7 @@ class Driver:
     def _save(self, iteration: int) -> None:
         messages = checkpoints.requests_for(self.spec, self.key, iteration, self.models, self.metrics_iters)
         if self.recorder.checkpoint(messages):
+            self.saved_text = f"after iteration {iteration}"
             for model in self.models.values():
                 model.owns_state = False  # the recorder holds these states too: the next hop must not overwrite them
 

@@ -94,17 +94,18 @@ class ModelScheduler:
 
     # -- handing out work ------------------------------------------------------------------------
 
-    def assign(self, free: Iterable[int]) -> list[Task]:
+    def assign(self, free: Iterable[int], training: bool = True) -> list[Task]:
         """Work for free workers: an evaluation bound to the worker first (it unblocks a decision),
         else a hop of the idle training model with the most of this iteration left (the longest way to
-        go), ties broken at random. At most one task per worker."""
+        go), ties broken at random. At most one task per worker; with ``training`` False evaluations
+        only (the run is winding down to a checkpoint)."""
         free = list(free)
         for worker in free:
             if worker not in self.workers or worker in self._busy:
                 raise ValueError(f"assign of worker {worker}, which is unknown or busy")
         started = []
         for index in self._rng.permutation(len(free)):
-            task = self._evaluation_for(free[index]) or self._hop_for(free[index])
+            task = self._evaluation_for(free[index]) or (self._hop_for(free[index]) if training else None)
             if task is not None:
                 self._busy[task.worker] = task
                 self._models[task.model].running += 1
@@ -136,6 +137,28 @@ class ModelScheduler:
         state.training = state.done < state.until
         if state.training and not state.unvisited:
             state.unvisited = set(self.workers)
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing runs and no evaluation waits: every model's state is at the driver."""
+        return not self._busy and not any(s.evaluations for s in self._models.values())
+
+    def snapshot(self) -> dict:
+        """The schedule as JSON values, while it is quiet (a checkpoint)."""
+        if not self.quiet:
+            raise ValueError("a snapshot of the schedule is taken only while nothing runs")
+        return {"models": [[k, s.done, s.until, sorted(s.unvisited), s.training] for k, s in sorted(self._models.items())],
+                "rng": self._rng.bit_generator.state}
+
+    def restore(self, snapshot: dict) -> None:
+        """Back to a snapshot (of a scheduler over the same workers)."""
+        models = {}
+        for key, done, until, unvisited, training in snapshot["models"]:
+            if not set(unvisited) <= set(self.workers):
+                raise ValueError(f"model {key}: the snapshot's workers {unvisited} are not {list(self.workers)}")
+            models[key] = _Model(done, until, set(unvisited), training=bool(training))
+        self._rng.bit_generator.state = snapshot["rng"]
+        self._models, self._busy = models, {}
 
     @property
     def running(self) -> list[Task]:

@@ -51,6 +51,11 @@ class Recorder:
         self.pending = requests.Record(self.schema, self.run_id, _json_safe({**self.header, **run}), models)
         self._flush(wait)
 
+    @property
+    def saves(self) -> bool:
+        """Whether checkpoints can be sent: the recorder is connected or still starting."""
+        return self.worker is not None or self.launch is not None
+
     def checkpoint(self, messages: list) -> bool:
         """Send every request of a checkpoint, in order (never dropped, as snapshots may be); whether
         there is a recorder to send them to. Waits for it to connect if it has not yet."""

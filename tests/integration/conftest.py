@@ -16,7 +16,10 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,10 +179,42 @@ def server():
         with srv.connect("test") as conn, conn.cursor() as cur:
             cur.execute("CREATE EXTENSION plpython3u")
             cur.execute("CREATE EXTENSION madlib_dl")
+        _POSTMASTERS[port] = pg
         yield srv
     finally:
+        _POSTMASTERS.pop(pg.settings["port"], None)
         pg.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+_POSTMASTERS: dict = {}  # port -> the testing.postgresql server, for restart_server
+
+
+@pytest.fixture
+def restart_server(server):
+    """``restart_server()``: stop the server at once, as a crash would (an immediate shutdown: every
+    session ends, and the next start recovers from the WAL), and start it again; returns when it
+    accepts connections. Sessions and module connections opened before are gone afterwards."""
+    pg = _POSTMASTERS[server.port]
+
+    def restart(timeout: float = 60.0) -> None:
+        import psycopg2
+
+        pg.child_process.send_signal(signal.SIGQUIT)
+        pg.child_process.wait(timeout)
+        with open(os.path.join(pg.base_dir, f"{pg.name}.log"), "at") as log:
+            pg.child_process = subprocess.Popen(pg.get_server_commandline(), stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with server.connect("postgres"):
+                    return
+            except psycopg2.OperationalError:
+                if time.monotonic() > deadline or pg.child_process.poll() is not None:
+                    raise
+                time.sleep(0.2)
+
+    return restart
 
 
 @pytest.fixture

@@ -1,10 +1,14 @@
 """Checkpoints and resume, as a plain role on a server with Debian's pg_hba: a run whose driver is
-terminated mid-run continues from its last checkpoint when called again with the same arguments, ends
-bitwise equal to an uninterrupted run (in process), trains only what was left, and leaves no checkpoint
-once it succeeds; other arguments never use it."""
+terminated mid-run (fit_multiple, madlib_keras_automl) or whose server restarts continues from its last
+checkpoint when called again with the same arguments, ends bitwise equal to an uninterrupted run (in
+process), trains only what was left, and leaves no checkpoint once it succeeds; other arguments never
+use it; a cancel or a client that disappears leaves the checkpoint."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 import time
 
@@ -104,16 +108,17 @@ def test_other_arguments_never_use_a_checkpoint(db, server, plain_role):
         conn.close()
 
 
-def _terminated_after_checkpoint(su, server, role, out: str, iteration: int):
-    """Run fit_multiple into ``out`` in a thread, terminate its driver once a checkpoint of at least
-    ``iteration`` stands, and return the error the run ended with (None if it did not fail)."""
+def _terminated_after_checkpoint(su, server, role, out: str, iteration: int, call=None, stop=None):
+    """Run ``call(conn, out)`` (fit_multiple by default) in a thread, stop its driver once a checkpoint
+    of at least ``iteration`` stands (``stop(pid)``; by default pg_terminate_backend), and return the
+    error the run ended with (None if it did not fail)."""
     su.execute("DELETE FROM madlib_dl.internal_checkpoints")
     driver = _session(server, role)
     ended = []
 
     def run():
         try:
-            _fit(driver, out)
+            (call or _fit)(driver, out)
             ended.append(None)
         except Exception as error:  # the test looks at it
             ended.append(error)
@@ -124,6 +129,170 @@ def _terminated_after_checkpoint(su, server, role, out: str, iteration: int):
     while (_checkpoint_iteration(su, role.name) or 0) < iteration:
         assert time.monotonic() < deadline and thread.is_alive(), f"no checkpoint of iteration {iteration} came"
         time.sleep(0.05)
-    su.execute("SELECT pg_terminate_backend(%s)", [driver.get_backend_pid()])
+    pid = driver.get_backend_pid()
+    if stop is None:
+        su.execute("SELECT pg_terminate_backend(%s)", [pid])
+    else:
+        stop(pid)
     thread.join(120)
+    assert not thread.is_alive(), "the run did not end"
     return ended[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# madlib_keras_automl
+
+COMPILE_GRID = ("{'loss': ['categorical_crossentropy'], 'metrics': ['accuracy'], "
+                "'optimizer_params_list': [{'optimizer': ['Adam'], 'lr': [0.0003, 0.1, 'log']}]}")
+FIT_GRID = "{'batch_size': [16, 64], 'epochs': [1]}"
+AUTOML = ("SELECT madlib_dl.madlib_keras_automl('train_packed', %s, 'arch', %s, ARRAY[1], %s, %s, %s, %s, %s, "
+          "use_caching => TRUE)")
+ASHA = ("asha", "max_iterations=4, grace_iterations=1, reduction_factor=2, num_configs=6")
+HYPEROPT_CONFIGS, HYPEROPT_ITERATIONS = 4, 3
+HYPEROPT = ("hyperopt", f"num_configs={HYPEROPT_CONFIGS}, num_iterations={HYPEROPT_ITERATIONS}, algorithm=tpe")
+
+
+def _automl(method, random_state):
+    def call(conn, out):
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {out}, {out}_summary, {out}_info, {out}_mst, {out}_mst_summary")
+            conn.notices.clear()
+            cur.execute(AUTOML, [out, f"{out}_mst", COMPILE_GRID, FIT_GRID, *method, random_state])
+            cur.execute("SELECT count(*) FROM madlib_dl.last_fit_hops() WHERE kind = 'train'")
+            return cur.fetchone()[0], list(conn.notices)
+    return call
+
+
+def _automl_state(su, role):
+    su.execute("SELECT state::json FROM madlib_dl.internal_checkpoints WHERE role = %s AND iteration IS NOT NULL",
+               [role])
+    return su.fetchone()[0]
+
+
+def _automl_result(cur, out):
+    cur.execute(f"SELECT mst_key, compile_params, fit_params, automl_status, iterations_trained, training_loss, "
+                f"metrics_iters FROM {out}_info ORDER BY mst_key")
+    return cur.fetchall(), _weights(cur, out)
+
+
+def test_a_terminated_automl_run_resumes_and_ends_as_an_uninterrupted_one(db, server, plain_role):
+    with server.connect(DB) as admin, admin.cursor() as su:
+        admin.autocommit = True
+        call = _automl(ASHA, 7)
+        error = _terminated_after_checkpoint(su, server, plain_role, "am_resumed", 3, call)
+        assert isinstance(error, psycopg2.Error), "the terminated run did not fail"
+        state = _automl_state(su, plain_role.name)
+        assert state["random_state"] == 7 and state["trained_hops"] > 0
+        su.execute("SELECT count(*) FROM madlib_dl.internal_checkpoint_models m JOIN madlib_dl.internal_checkpoints c "
+                   "USING (run_key) WHERE m.iteration = c.iteration")
+        assert su.fetchone()[0] == len(state["trials"])  # every model started so far, kept or written again
+
+        again = _session(server, plain_role)
+        hops, notices = call(again, "am_resumed")
+        assert any(f"resuming from the checkpoint after {state['model_iterations']} model iterations" in n
+                   for n in notices), notices
+        assert _checkpoint_iteration(su, plain_role.name) is None  # success removes it
+        fresh = _session(server, plain_role)
+        full_hops, notices = call(fresh, "am_full")
+        assert not any("resuming" in n for n in notices)
+        assert hops == full_hops - state["trained_hops"]  # only what was left
+        with again.cursor() as cur:
+            assert _automl_result(cur, "am_resumed") == _automl_result(cur, "am_full")
+            cur.execute("SELECT count(*) FROM am_resumed_info WHERE automl_status = 'stopped'")
+            assert cur.fetchone()[0] > 0  # the policy decided after the resume too
+        for conn in (again, fresh):
+            conn.close()
+
+
+def test_an_automl_run_without_random_state_resumes_with_the_seed_it_drew(db, server, plain_role):
+    with server.connect(DB) as admin, admin.cursor() as su:
+        admin.autocommit = True
+        call = _automl(HYPEROPT, None)
+        _terminated_after_checkpoint(su, server, plain_role, "tpe_resumed", 2, call)
+        state = _automl_state(su, plain_role.name)
+        drawn = state["random_state"]
+        assert isinstance(drawn, int)
+        again = _session(server, plain_role)
+        hops, notices = call(again, "tpe_resumed")
+        assert any("resuming from the checkpoint" in n for n in notices)
+        assert hops == HYPEROPT_CONFIGS * HYPEROPT_ITERATIONS * SEGMENTS - state["trained_hops"]
+        seeded = _session(server, plain_role)  # the run it resumed, had its seed been given
+        _automl(HYPEROPT, drawn)(seeded, "tpe_seeded")
+        with again.cursor() as cur:
+            assert _automl_result(cur, "tpe_resumed") == _automl_result(cur, "tpe_seeded")
+        for conn in (again, seeded):
+            conn.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# What stops a run leaves its checkpoint
+
+def test_a_cancelled_run_keeps_its_checkpoint_and_says_so(db, server, plain_role):
+    with server.connect(DB) as admin, admin.cursor() as su:
+        admin.autocommit = True
+        error = _terminated_after_checkpoint(su, server, plain_role, "cancelled", 1,
+                                             stop=lambda pid: su.execute("SELECT pg_cancel_backend(%s)", [pid]))
+        assert isinstance(error, psycopg2.errors.QueryCanceled), error
+        saved = _checkpoint_iteration(su, plain_role.name)
+        assert saved is not None and saved >= 1
+        assert "nothing was written" in error.diag.message_primary
+        assert error.diag.message_hint.startswith("Its checkpoint after iteration ")
+        assert "again with the same arguments to resume" in error.diag.message_hint
+        su.execute("DELETE FROM madlib_dl.internal_checkpoints")
+
+
+def test_a_client_that_disappears_leaves_the_checkpoint(db, server, plain_role):
+    env = dict(os.environ, **server.libpq_env(DB, user=plain_role), PGOPTIONS="-c madlib_dl.checkpoint_every=1")
+    with server.connect(DB) as admin, admin.cursor() as su:
+        admin.autocommit = True
+        su.execute("DELETE FROM madlib_dl.internal_checkpoints")
+        sql = FIT.replace("%s", "'gone'", 1).replace("%s", str(ITERATIONS))
+        psql = subprocess.Popen(["psql", "-X", "-q", "-c", sql], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 180
+            while (_checkpoint_iteration(su, plain_role.name) or 0) < 1:
+                assert time.monotonic() < deadline and psql.poll() is None, "no checkpoint came"
+                time.sleep(0.05)
+            psql.send_signal(signal.SIGKILL)
+            psql.wait()
+            deadline = time.monotonic() + 30
+            while True:  # the driver notices its client is gone and ends
+                su.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND query LIKE %s",
+                           [plain_role.name, "%'gone'%"])
+                if su.fetchone()[0] == 0:
+                    break
+                assert time.monotonic() < deadline, "the run went on without its client"
+                time.sleep(0.1)
+            assert _checkpoint_iteration(su, plain_role.name) >= 1
+            su.execute("SELECT to_regclass('gone')")
+            assert su.fetchone()[0] is None
+        finally:
+            if psql.poll() is None:
+                psql.kill()
+        su.execute("DELETE FROM madlib_dl.internal_checkpoints")
+
+
+def test_a_run_resumes_after_the_server_restarts(db, server, plain_role, restart_server):
+    """Last in this module: the restart ends every session, the module's connection too."""
+    with server.connect(DB) as admin, admin.cursor() as su:
+        admin.autocommit = True
+        restarted = []
+        _terminated_after_checkpoint(su, server, plain_role, "restarted", 2,
+                                     stop=lambda pid: restarted.append(restart_server()))
+    assert restarted
+    with server.connect(DB) as admin, admin.cursor() as su:
+        admin.autocommit = True
+        saved = _checkpoint_iteration(su, plain_role.name)  # committed before the crash, recovered after
+        assert 2 <= saved < ITERATIONS
+        again = _session(server, plain_role)
+        hops, notices = _fit(again, "restarted")
+        assert any(f"resuming from the checkpoint after iteration {saved} of {ITERATIONS}" in n for n in notices)
+        assert hops == (ITERATIONS - saved) * MODELS * SEGMENTS
+        fresh = _session(server, plain_role)
+        _fit(fresh, "restarted_full")
+        with again.cursor() as cur:
+            assert _weights(cur, "restarted") == _weights(cur, "restarted_full")
+        assert _checkpoint_iteration(su, plain_role.name) is None
+        for conn in (again, fresh):
+            conn.close()
