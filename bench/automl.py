@@ -3,7 +3,9 @@ ways on the same packed data, each from a fresh session with caching on:
 
 * grid: madlib_keras_fit_multiple_model trains all 48 to the full budget (MAX_ITERATIONS);
 * hyperband: madlib_keras_automl 'hyperband' with R = MAX_ITERATIONS, eta = 3;
-* asha: madlib_keras_automl 'asha' with max_iterations = MAX_ITERATIONS, grace 1, factor 3, 48 configurations.
+* asha: madlib_keras_automl 'asha' with max_iterations = MAX_ITERATIONS, grace 1, factor 3, 48 configurations;
+* asha_checkpoints: the same with madlib_dl.checkpoint_every = CHECKPOINT_EVERY model iterations (info:
+  its time / asha's, what checkpoints cost, the winding down before each one included).
 
 Each prints its wall time, the best final validation accuracy of the configurations it trained to the
 full budget, and (info) the accuracy of the configuration it picks by validation loss (automl: the one
@@ -20,6 +22,7 @@ import report
 SCHEMA = "madlib_dl_bench"
 SEGMENTS, MAX_ITERATIONS, SEED = 2, 27, 5
 ACCURACY_SLACK, TIME_RATIO = 0.01, 0.4
+CHECKPOINT_EVERY = 8
 COMPILE_GRID = ("{'loss': ['categorical_crossentropy'], 'metrics': ['accuracy'], 'optimizer_params_list': ["
                 "{'optimizer': ['Adam'], 'lr': [0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]}, "
                 "{'optimizer': ['SGD'], 'lr': [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]}]}")
@@ -76,8 +79,8 @@ def _grid(cur, lib: str) -> tuple[float, float]:
     return cur.fetchone()
 
 
-def _automl(cur, lib: str, method: str, params: str) -> tuple[float, float, int]:
-    out, mst = _t(method), _t(method + "_mst")
+def _automl(cur, lib: str, name: str, method: str, params: str) -> tuple[float, float, int]:
+    out, mst = _t(name), _t(name + "_mst")
     cur.execute(f"SELECT {lib}.madlib_keras_automl(%s, %s, %s, %s, ARRAY[1], %s, %s, %s, %s, %s, "
                 "validation_table => %s, use_caching => TRUE)",
                 [_t("packed"), out, _t("arch"), mst, COMPILE_GRID, FIT_GRID, method, params, SEED, _t("val")])
@@ -89,10 +92,12 @@ def _automl(cur, lib: str, method: str, params: str) -> tuple[float, float, int]
     return accuracy, picked, iterations
 
 
-RUNS = {
+ASHA = f"max_iterations={MAX_ITERATIONS}, grace_iterations=1, reduction_factor=3, num_configs={CONFIGS}"
+RUNS = {  # name -> None (the grid) or (method, automl_params, madlib_dl.checkpoint_every)
     "grid": None,
-    "hyperband": f"R={MAX_ITERATIONS}, eta=3, skip_last=0",
-    "asha": f"max_iterations={MAX_ITERATIONS}, grace_iterations=1, reduction_factor=3, num_configs={CONFIGS}",
+    "hyperband": ("hyperband", f"R={MAX_ITERATIONS}, eta=3, skip_last=0", 0),
+    "asha": ("asha", ASHA, 0),
+    "asha_checkpoints": ("asha", ASHA, CHECKPOINT_EVERY),
 }
 
 
@@ -105,17 +110,18 @@ def bench(cluster, lib: str, say) -> dict:
                 _drop_outputs(cur, _t(name), _t(name + "_mst"))
     conn.close()
     runs = {}
-    for name, params in RUNS.items():
+    for name, run in RUNS.items():
         with cluster.connect() as conn:  # a fresh session for each: its workers start within the timing
             conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute("SET client_min_messages = warning")
+                cur.execute("SELECT set_config('madlib_dl.checkpoint_every', %s, false)", [str(run[2] if run else 0)])
                 started = time.perf_counter()
-                if params is None:
+                if run is None:
                     accuracy, picked = _grid(cur, lib)
                     iterations = CONFIGS * MAX_ITERATIONS
                 else:
-                    accuracy, picked, iterations = _automl(cur, lib, name, params)
+                    accuracy, picked, iterations = _automl(cur, lib, name, run[0], run[1])
                 runs[name] = {"wall_seconds": time.perf_counter() - started, "validation_accuracy": accuracy,
                               "picked_accuracy": picked, "model_iterations": iterations}
         conn.close()
@@ -136,6 +142,14 @@ def targets(result: dict) -> list:
         found.append(report.Target(f"automl: {name} validation accuracy - (grid's - {ACCURACY_SLACK})",
                                    run["validation_accuracy"] - (grid["validation_accuracy"] - ACCURACY_SLACK),
                                    0.0, "min", detail))
+    saved = result["runs"].get("asha_checkpoints")
+    if saved:
+        asha = result["runs"]["asha"]
+        found.append(report.Target(
+            f"automl: asha with a checkpoint every {CHECKPOINT_EVERY} model iterations / asha",
+            saved["wall_seconds"] / asha["wall_seconds"], None, "info",
+            f"{saved['wall_seconds']:.1f} s vs {asha['wall_seconds']:.1f} s, about "
+            f"{saved['model_iterations'] // CHECKPOINT_EVERY} checkpoints"))
     return found
 
 

@@ -59,7 +59,8 @@ WORKER_IDLE_TIMEOUT = Setting("madlib_dl.worker_idle_timeout", lambda: 60, 0, 86
                               "end with each call)")
 
 CHECKPOINT_EVERY = Setting("madlib_dl.checkpoint_every", lambda: 0, 0, 1_000_000,
-                           "a training run saves a checkpoint every this many iterations (0: by time only)")
+                           "a training run saves a checkpoint every this many iterations (automl: model iterations; "
+                           "0: by time only)")
 CHECKPOINT_MINUTES = Setting("madlib_dl.checkpoint_minutes", lambda: 10, 0, 10080,
                              "a training run saves a checkpoint at the end of an iteration this many minutes after "
                              "it began or last saved (0: by count only)")

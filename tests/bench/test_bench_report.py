@@ -204,3 +204,15 @@ def test_automl_targets_compare_time_and_accuracy_with_the_grid():
                         "automl: hyperband validation accuracy - (grid's - 0.01)": True,
                         "automl: asha time / grid time": False,
                         "automl: asha validation accuracy - (grid's - 0.01)": False}
+
+
+def test_automl_checkpoint_cost_is_reported_as_a_ratio_to_asha():
+    import automl
+
+    runs = {"grid": {"wall_seconds": 100.0, "validation_accuracy": 0.98},
+            "hyperband": {"wall_seconds": 39.0, "validation_accuracy": 0.975},
+            "asha": {"wall_seconds": 40.0, "validation_accuracy": 0.975},
+            "asha_checkpoints": {"wall_seconds": 44.0, "validation_accuracy": 0.975, "model_iterations": 96}}
+    (cost,) = [t for t in automl.targets({"runs": runs}) if "checkpoint" in t.name]
+    assert cost.kind == "info" and cost.met is None
+    assert abs(cost.measured - 1.1) < 1e-9 and "about 12 checkpoints" in cost.detail
