@@ -156,8 +156,8 @@ def targets(result: dict) -> list:
 def table(result: dict) -> str:
     lines = [f"automl ({result['configurations']} configurations, up to {result['max_iterations']} iterations, "
              f"S={result['segments']}, caching on)",
-             f"  {'search':<10} {'wall s':>8} {'best acc':>9} {'picked acc':>11} {'model-iterations':>17}"]
+             f"  {'search':<16} {'wall s':>8} {'best acc':>9} {'picked acc':>11} {'model-iterations':>17}"]
     for name, run in result["runs"].items():
-        lines.append(f"  {name:<10} {run['wall_seconds']:>8.1f} {run['validation_accuracy']:>9.4f} "
+        lines.append(f"  {name:<16} {run['wall_seconds']:>8.1f} {run['validation_accuracy']:>9.4f} "
                      f"{run['picked_accuracy']:>11.4f} {run['model_iterations']:>17}")
     return "\n".join(lines)
