@@ -81,8 +81,6 @@ def finish_checkpoint(db, request: requests.CheckpointDone) -> None:
     """The checkpoint stands at ``iteration`` from this commit on (with the kept models' rows of the
     last one); other iterations' states go."""
     schema = db.quote_ident(request.schema)
-    db.execute(f"INSERT INTO {schema}.internal_checkpoints (run_key, function) VALUES ($1, '') "
-               "ON CONFLICT (run_key) DO NOTHING", [request.run_key], ["text"])  # every model was kept
     if request.kept:
         db.execute(f"UPDATE {schema}.internal_checkpoint_models SET iteration = $2 WHERE run_key = $1 "
                    "AND iteration = $3 AND mst_key = ANY($4)",

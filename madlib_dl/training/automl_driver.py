@@ -54,7 +54,8 @@ class Saving:
 
 
 def draw_random_state() -> int:
-    return secrets.randbelow(2 ** 32)
+    """A seed that random_state (an SQL INTEGER) could have given, so the same run can be called with it."""
+    return secrets.randbelow(2 ** 31)
 
 
 @dataclass

@@ -14,7 +14,7 @@ When: at the end of every ``madlib_dl.checkpoint_every``-th iteration, and of an
 ``madlib_dl.checkpoint_minutes`` after the run began or last saved (the defaults: no count, 10 minutes,
 so that only runs whose iterations take minutes pay for them). madlib_keras_automl's models go at
 their own pace: it counts the iterations any model ends, saves when nothing is running, and keeps the
-rest of its state (the policy's calls, the schedule) as JSON (training.automl_checkpoints).
+rest of its state (the policy's calls, the schedule) as JSON (training.automl_driver, automl.replay).
 """
 
 from __future__ import annotations

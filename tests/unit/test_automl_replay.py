@@ -145,3 +145,10 @@ def test_assign_without_training_hands_out_evaluations_only():
     scheduler.evaluate(ended[0], [("train", 0, 0), ("train", 1, 1)])
     assert all(t.evaluate == "train" for t in scheduler.assign(scheduler.free_workers(), training=False))
     assert not scheduler.quiet
+
+
+def test_a_drawn_random_state_fits_an_sql_integer():
+    from madlib_dl.training.automl_driver import draw_random_state
+
+    drawn = [draw_random_state() for _ in range(2000)]
+    assert all(0 <= d < 2 ** 31 for d in drawn) and len(set(drawn)) > 1990
