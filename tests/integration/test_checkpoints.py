@@ -2,7 +2,8 @@
 terminated mid-run (fit_multiple, madlib_keras_automl) or whose server restarts continues from its last
 checkpoint when called again with the same arguments, ends bitwise equal to an uninterrupted run (in
 process), trains only what was left, and leaves no checkpoint once it succeeds; other arguments never
-use it; a cancel or a client that disappears leaves the checkpoint."""
+use it, nor does an automl checkpoint whose policy log does not replay; a cancel or a client that
+disappears leaves the checkpoint."""
 
 from __future__ import annotations
 
@@ -222,6 +223,23 @@ def test_an_automl_run_without_random_state_resumes_with_the_seed_it_drew(db, se
             assert _automl_result(cur, "tpe_resumed") == _automl_result(cur, "tpe_seeded")
         for conn in (again, seeded):
             conn.close()
+
+
+def test_an_automl_checkpoint_whose_policy_does_not_replay_is_not_used(db, server, plain_role):
+    with server.connect(DB) as admin, admin.cursor() as su:
+        admin.autocommit = True
+        call = _automl(HYPEROPT, 7)
+        _terminated_after_checkpoint(su, server, plain_role, "tpe_tampered", 2, call)
+        su.execute("UPDATE madlib_dl.internal_checkpoints SET state = "
+                   "jsonb_set(state::jsonb, '{random_state}', '8')::text WHERE role = %s", [plain_role.name])
+        again = _session(server, plain_role)
+        hops, notices = call(again, "tpe_tampered")
+        assert any("is not used (the policy decided otherwise at entry 0 (start)" in n and "starts over" in n
+                   for n in notices), notices
+        assert not any("resuming" in n for n in notices)
+        assert hops == HYPEROPT_CONFIGS * HYPEROPT_ITERATIONS * SEGMENTS  # all of it, from the start
+        assert _checkpoint_iteration(su, plain_role.name) is None
+        again.close()
 
 
 # ---------------------------------------------------------------------------------------------------
