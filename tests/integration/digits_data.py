@@ -24,3 +24,19 @@ def mlp_json(hidden: int) -> str:
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(hidden, activation="relu"),
                               keras.layers.Dense(10, activation="softmax")])
     return model.to_json()
+
+
+# Two configurations of one model, for runs that need more than one model in a few seconds.
+TWO_CONFIGS = ["loss='categorical_crossentropy', optimizer='Adam(learning_rate=0.01)', metrics=['accuracy']",
+               "loss='categorical_crossentropy', optimizer='SGD(learning_rate=0.1)', metrics=['accuracy']"]
+
+
+def pack_and_select(cur, hidden: int, epochs: int, source: str = "digits", segments: int = 2) -> None:
+    """``source`` packed as train_packed over ``segments`` segments (buffers of 100 rows), the MLP of
+    ``hidden`` units as model_id 1 of table arch, and model selection table mst with TWO_CONFIGS of it
+    (batch size 8, ``epochs`` per hop)."""
+    cur.execute("SELECT madlib_dl.training_preprocessor_dl(%s, 'train_packed', 'label', 'pixels', 100, 16.0, NULL, "
+                "%s)", [source, str(segments)])
+    cur.execute("SELECT madlib_dl.load_keras_model('arch', %s::json)", [mlp_json(hidden)])
+    cur.execute("SELECT madlib_dl.load_model_selection_table('arch', 'mst', ARRAY[1], %s, %s)",
+                [TWO_CONFIGS, [f"batch_size=8, epochs={epochs}"]])

@@ -28,13 +28,7 @@ FIT = ("SELECT madlib_dl.madlib_keras_fit_multiple_model('train_packed', %s, 'ms
 def db(training_database):
     with training_database(DB) as conn, conn.cursor() as cur:
         digits_data.create_table(cur)
-        cur.execute("SELECT madlib_dl.training_preprocessor_dl('digits', 'train_packed', 'label', 'pixels', 100, "
-                    "16.0, NULL, %s)", [str(SEGMENTS)])
-        cur.execute("SELECT madlib_dl.load_keras_model('arch', %s::json)", [digits_data.mlp_json(32)])
-        cur.execute("SELECT madlib_dl.load_model_selection_table('arch', 'mst', ARRAY[1], ARRAY[%s, %s], "
-                    "ARRAY['batch_size=8, epochs=4'])",
-                    ["loss='categorical_crossentropy', optimizer='Adam(learning_rate=0.01)', metrics=['accuracy']",
-                     "loss='categorical_crossentropy', optimizer='SGD(learning_rate=0.1)', metrics=['accuracy']"])
+        digits_data.pack_and_select(cur, hidden=32, epochs=4, segments=SEGMENTS)
         conn.commit()
         yield conn
 

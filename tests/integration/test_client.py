@@ -19,10 +19,6 @@ from madlib_dl.client import Client, notebook, plot_learning_curves
 DB = "client"
 ITERATIONS = 3
 OUT = "curves"
-COMPILE = ["loss='categorical_crossentropy', optimizer='Adam(learning_rate=0.01)', metrics=['accuracy']",
-           "loss='categorical_crossentropy', optimizer='SGD(learning_rate=0.1)', metrics=['accuracy']"]
-
-
 @pytest.fixture(scope="module")
 def db(training_database):
     """Digits packed on 2 segments with a validation table, and 2 configurations of one MLP."""
@@ -30,13 +26,9 @@ def db(training_database):
         digits_data.create_table(cur)
         cur.execute("CREATE TABLE digits_train AS SELECT * FROM digits WHERE id % 5 <> 0")
         cur.execute("CREATE TABLE digits_test AS SELECT * FROM digits WHERE id % 5 = 0")
-        cur.execute("SELECT madlib_dl.training_preprocessor_dl('digits_train', 'train_packed', 'label', 'pixels', "
-                    "100, 16.0, NULL, '2')")
+        digits_data.pack_and_select(cur, hidden=64, epochs=4, source="digits_train")
         cur.execute("SELECT madlib_dl.validation_preprocessor_dl('digits_test', 'test_packed', 'label', 'pixels', "
                     "'train_packed')")
-        cur.execute("SELECT madlib_dl.load_keras_model('arch', %s::json)", [digits_data.mlp_json(64)])
-        cur.execute("SELECT madlib_dl.load_model_selection_table('arch', 'mst', ARRAY[1], ARRAY[%s, %s], "
-                    "ARRAY['batch_size=8, epochs=4'])", COMPILE)
         yield conn
 
 
@@ -103,7 +95,7 @@ def test_info_has_one_row_per_model_and_metrics_iteration_with_the_tables_values
         assert list(model.validation_loss) == pytest.approx(validation_loss)
         assert list(model.elapsed) == pytest.approx(elapsed)
         assert model.training_metric.between(0, 1).all() and model.validation_metric.between(0, 1).all()
-    assert set(info.compile_params) == set(COMPILE)
+    assert set(info.compile_params) == set(digits_data.TWO_CONFIGS)
 
 
 def test_the_curves_plot_the_tables_data(run, db, server, plain_role):
