@@ -49,10 +49,9 @@ def automl(source_table, model_output_table, model_arch_table, model_selection_t
     frequency = _frequency(metrics_compute_frequency, max_iterations)
     segments = len(source.segments)
 
-    def make_policy(seed: int):
+    def make_policy(seed: int):  # its arguments are checked above (methods.parse_params)
         return methods.make_policy(method, values, space, segments, seed)
 
-    make_policy(random_state if random_state is not None else 0)  # its own errors, before any worker starts
     identity = {"method": method, "automl_params": methods.describe(values), "model_id_list": list(ids),
                 "compile_params_grid": compile_params_grid, "fit_params_grid": fit_params_grid,
                 "random_state": random_state}
@@ -60,8 +59,8 @@ def automl(source_table, model_output_table, model_arch_table, model_selection_t
     spec = RunSpec(uuid.uuid4().hex, catalog.extension_schema(conn), source, validation, stand_ins, max_iterations,
                    frequency, bool(use_caching), bool(use_gpus), settings.read(conn, settings.FIT_SEED),
                    caller=AUTOML, output_table=out.model)
-    result = automl_driver.train(conn, automl_driver.AutomlRun(spec, archs, make_policy, random_state, max_models,
-                                                               identity))
+    result = automl_driver.train(conn, automl_driver.AutomlRun(spec, archs, method, make_policy, random_state,
+                                                               max_models, identity))
     _write(conn, out, mst, arch, spec, result, method, values, random_state, use_gpus, {
         "source_table": source_table, "validation_table": validation_table if validation else None,
         "model_output_table": model_output_table, "model_arch_table": arch.name.sql(conn),

@@ -40,6 +40,7 @@ class AutomlRun:
     memory plan and the initial weights; ``model_archs``: model_id -> (architecture, weights or None)."""
     spec: RunSpec
     model_archs: dict
+    method: str                           # the policy's: 'hyperband', 'hyperopt', 'asha'
     make_policy: Callable[[int], Policy]  # a fresh policy drawing with this random_state
     random_state: int | None              # the caller's; None: one is drawn (and kept in checkpoints)
     max_models: int
@@ -81,7 +82,7 @@ class AutomlDriver:
         self.db, self.spec, self.automl, self.recorder, self.saving = db, automl.spec, automl, recorder, saving
         self.archs, self.executor, self.set_name, self.plan = automl.model_archs, executor, set_name, plan
         self.random_state = automl.random_state if automl.random_state is not None else draw_random_state()
-        self.policy = replay.LoggedPolicy(automl.make_policy(self.random_state))  # or the checkpoint's, replayed
+        self.policy: replay.LoggedPolicy | None = None  # made by run: fresh, or the checkpoint's replayed
         self.initial = initial_weights
         self.segments = sorted(self.spec.source.segments)
         self.scheduler = ModelScheduler(self.segments, self.spec.seed)
@@ -109,6 +110,7 @@ class AutomlDriver:
     def run(self) -> AutomlResult:
         started = datetime.datetime.now()
         if not self._resume():
+            self.policy = replay.LoggedPolicy(self.automl.make_policy(self.random_state))
             self._apply(self.policy.start())
         asked = rounds = 0
         while True:
@@ -396,7 +398,7 @@ def train(db, automl: AutomlRun) -> AutomlResult:
             plan = driver.plan_memory(db, memory_spec, initial)
             with driver.recording(db, spec, not when.never) as recorder:
                 runner = AutomlDriver(db, automl, executor, set_name, initial, plan, recorder, saving)
-                set_name(f"madlib_dl {spec.caller.label}: {runner.policy.method}")
+                set_name(f"madlib_dl {spec.caller.label}: {automl.method}")
                 result = runner.run()
             checkpoints.remove(db, spec.schema, key)  # after the recorder is done, as fit's
             return result
