@@ -31,6 +31,11 @@ TWO_CONFIGS = ["loss='categorical_crossentropy', optimizer='Adam(learning_rate=0
                "loss='categorical_crossentropy', optimizer='SGD(learning_rate=0.1)', metrics=['accuracy']"]
 
 
+# fit_multiple on pack_and_select's tables, caching on: (model_output_table, num_iterations).
+FIT_MULTIPLE = ("SELECT madlib_dl.madlib_keras_fit_multiple_model('train_packed', %s, 'mst', %s, FALSE, NULL, NULL, "
+                "FALSE, NULL, NULL, TRUE)")
+
+
 def pack_and_select(cur, hidden: int, epochs: int, source: str = "digits", segments: int = 2) -> None:
     """``source`` packed as train_packed over ``segments`` segments (buffers of 100 rows), the MLP of
     ``hidden`` units as model_id 1 of table arch, and model selection table mst with TWO_CONFIGS of it

@@ -20,8 +20,7 @@ import digits_data
 
 DB = "checkpoints"
 ITERATIONS, MODELS, SEGMENTS = 4, 2, 2
-FIT = ("SELECT madlib_dl.madlib_keras_fit_multiple_model('train_packed', %s, 'mst', %s, FALSE, NULL, NULL, FALSE, "
-       "NULL, NULL, TRUE)")
+FIT = digits_data.FIT_MULTIPLE
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import digits_data
 
 DB = "progress"
 ITERATIONS = 4
-FIT = ("SELECT madlib_dl.madlib_keras_fit_multiple_model('train_packed', %s, 'mst', %s, FALSE, NULL, NULL, FALSE, "
-       "NULL, NULL, TRUE)")
+FIT = digits_data.FIT_MULTIPLE
 PROGRESS = ("SELECT function, output_table, iteration, iterations, hops_total, mst_key, status, role, phase "
             "FROM madlib_dl.fit_progress ORDER BY mst_key")
 
