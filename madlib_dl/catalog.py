@@ -27,19 +27,20 @@ class Column:
 
 
 _COLUMNS_SQL = """
-SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, t.typcategory AS category,
-       e.typcategory AS element_category, a.atttypid::int AS type_oid
-FROM pg_attribute a
-JOIN pg_type t ON t.oid = a.atttypid
-LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
-WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
+SELECT a.attname AS name, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, t.typcategory AS category,
+       e.typcategory AS element_category, a.atttypid::pg_catalog.int4 AS type_oid
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
+LEFT JOIN pg_catalog.pg_type e ON e.oid OPERATOR(pg_catalog.=) t.typelem AND t.typcategory OPERATOR(pg_catalog.=) 'A'
+WHERE a.attrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass AND a.attnum OPERATOR(pg_catalog.>) 0
+  AND NOT a.attisdropped
 ORDER BY a.attnum"""
 
 
 def input_table(db, text: str | None, argument: str) -> TableName:
     """A table (or view) the caller names as input: valid and existing."""
-    table = identifiers.parse_table_name(text, argument)
-    if not identifiers.table_exists(db, table):
+    table = identifiers.resolve(db, identifiers.parse_table_name(text, argument))
+    if table.oid is None:
         raise ObjectMissing(f"{argument}: table {text!r} does not exist")
     return table
 

@@ -78,7 +78,7 @@ def load(db, model_table: str | None, mst_key: int | None, argument: str = "mode
 
 
 def _companion(db, table: TableName, suffix: str, text: str, argument: str) -> TableName:
-    other = TableName(table.schema, table.name + suffix)
+    other = table.sibling(table.name + suffix)
     if not identifiers.table_exists(db, other):
         raise ObjectMissing(f"{argument}: {text!r} has no table {str(other)!r}",
                             hint="Pass the model table a training function wrote (its summary and, for several "

@@ -89,8 +89,8 @@ def _frequency(value, max_iterations: int) -> int:
 
 
 def _new_selection_table(conn, text, arch) -> model_selection.Target:
-    given = identifiers.parse_table_name(text, "model_selection_table")
-    if identifiers.table_exists(conn, given):
+    given = identifiers.named_table(conn, text, "model_selection_table")
+    if given.oid is not None:
         raise ObjectExists(f"model_selection_table: table {str(given)!r} already exists",
                            hint="Drop it or choose another name: madlib_keras_automl creates it with the best "
                                 "configuration.")

@@ -77,8 +77,7 @@ def _model(conn, arch_text, model_id, compile_params: str, fit_params, source: P
 
 
 def _outputs(conn, text, warm_start: bool) -> FitOutputTables:
-    table = identifiers.parse_table_name(text, "model")
-    identifiers.check_schema_exists(conn, table, text, "model")
+    table = identifiers.named_table(conn, text, "model")
     out = FitOutputTables(table, identifiers.summary_table(table, "model"), text)
     fit_multiple.check_outputs(conn, (out.model, out.summary), warm_start, "model")
     return out

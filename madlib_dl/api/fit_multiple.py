@@ -116,8 +116,8 @@ def _mst_tables(conn, text) -> tuple[TableName, TableName]:
         raise NotSupported(f"{argument}: {summary} names object_table {rows[0]['object_table']!r}; custom functions "
                            "are not supported yet")
     arch_text = rows[0]["model_arch_table"]
-    arch = identifiers.parse_table_name(arch_text, f"{argument} (model_arch_table in {summary})")
-    if not identifiers.table_exists(conn, arch):
+    arch = identifiers.named_table(conn, arch_text, f"{argument} (model_arch_table in {summary})")
+    if arch.oid is None:
         raise ObjectMissing(f"{argument}: its summary names model architecture table {arch_text!r}, which does not exist")
     missing = missing_arch_columns(conn, arch)
     if missing:
@@ -134,13 +134,12 @@ def missing_arch_columns(conn, arch: TableName) -> list[str]:
 
 def output_tables(conn, text, warm_start: bool = False) -> OutputTables:
     argument = "model_output_table"
-    table = identifiers.parse_table_name(text, argument)
-    identifiers.check_schema_exists(conn, table, text, argument)
+    table = identifiers.named_table(conn, text, argument)
     summary = identifiers.summary_table(table, argument)
     info_name = table.name + "_info"
     if len(info_name.encode()) > 63:
         raise InvalidArgument(f"{argument}: name {table.name!r} is too long: its info table would exceed 63 bytes")
-    out = OutputTables(table, summary, TableName(table.schema, info_name), text)
+    out = OutputTables(table, summary, table.sibling(info_name), text)
     check_outputs(conn, (out.model, out.summary, out.info), warm_start, argument)
     return out
 

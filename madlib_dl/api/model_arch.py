@@ -36,7 +36,7 @@ def load_keras_model(keras_model_arch_table: str | None, model_arch: str | None,
                      name: str | None = None, description: str | None = None) -> None:
     """Add one architecture (and optional initial weights) to the table, creating the table if missing."""
     conn = db.current()
-    table = identifiers.parse_table_name(keras_model_arch_table, TABLE_ARGUMENT)
+    table = identifiers.named_table(conn, keras_model_arch_table, TABLE_ARGUMENT)
     _check_arch_readable(model_arch)  # pure JSON checks first: no TensorFlow import for a malformed JSON
     existing_columns = _existing_columns(conn, table, keras_model_arch_table)
     _check_buildable(model_arch, None if model_weights is None else bytes(model_weights))

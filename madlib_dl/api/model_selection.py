@@ -99,7 +99,7 @@ def arch_table_argument(conn, text) -> ArchTable:
 
 
 def _oid(conn, table: TableName) -> int | None:
-    return conn.execute("SELECT to_regclass($1)::oid::bigint AS oid", [table.sql(conn)], ["text"])[0]["oid"]
+    return identifiers.resolve(conn, table).oid
 
 
 def selection_target(conn, text, arch: ArchTable) -> Target:
@@ -107,34 +107,22 @@ def selection_target(conn, text, arch: ArchTable) -> Target:
     table whose summary names the same model arch table."""
     argument = "model_selection_table"
     given = identifiers.parse_table_name(text, argument)
-    summary_name = identifiers.summary_table(given, argument).name
-    found = conn.execute("SELECT n.nspname AS schema, c.relkind::text AS kind FROM pg_class c "
-                         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
-                         [given.sql(conn)], ["text"])
-    if not found:
-        schema = _creation_schema(conn, given, argument)
-        target = Target(given, TableName(schema, given.name), TableName(schema, summary_name), exists=False)
+    resolved = identifiers.named_table(conn, text, argument)
+    summary = identifiers.summary_table(resolved, argument)
+    if resolved.oid is None:
+        target = Target(given, resolved, summary, exists=False)
         if identifiers.table_exists(conn, target.summary):
             raise ObjectExists(f"{argument}: table {target.summary} already exists but {given} does not",
                                hint="Drop it or choose another name.")
         return target
-    target = Target(given, TableName(found[0]["schema"], given.name), TableName(found[0]["schema"], summary_name), True)
-    if found[0]["kind"] not in ("r", "p"):
+    target = Target(given, resolved, summary, True)
+    kind = conn.execute("SELECT c.relkind::pg_catalog.text AS kind FROM pg_catalog.pg_class c "
+                        "WHERE c.oid OPERATOR(pg_catalog.=) $1", [resolved.oid], ["oid"])[0]["kind"]
+    if kind not in ("r", "p"):
         raise InvalidArgument(f"{argument}: {given} exists and is not a table")
     _require_columns(conn, target.table, MST_COLUMNS, f"{argument}: table {given} exists but is not a model selection table")
     _check_summary(conn, target, arch)
     return target
-
-
-def _creation_schema(conn, table: TableName, argument: str) -> str:
-    if table.schema is not None:
-        identifiers.check_schema_exists(conn, table, str(table), argument)
-        return table.schema
-    schema = conn.execute("SELECT current_schema() AS schema")[0]["schema"]
-    if schema is None:
-        raise InvalidArgument(f"{argument}: no schema to create {table} in (the search_path names none that "
-                              "exists); qualify the name, such as public.mst")
-    return schema
 
 
 def _require_columns(conn, table: TableName, names, problem: str) -> None:

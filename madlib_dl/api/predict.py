@@ -133,7 +133,7 @@ def _trained_class_values(conn, trained, outputs: int) -> tuple:
     if trained.class_values is None:  # labels packed as one-hot arrays: only the index is known
         values = prediction.default_class_values(outputs)
     else:
-        summary = TableName(trained.table.schema, trained.table.name + "_summary")
+        summary = trained.table.sibling(trained.table.name + "_summary")
         column = conn.quote_ident(trained.class_values_column)
         values = conn.execute(f"SELECT {column}::text[] AS v FROM {summary.sql(conn)}")[0]["v"]
     if len(values) != outputs:

@@ -38,7 +38,8 @@ class EvaluateHop:
 
 
 def table_ref(table: PackedTable) -> requests.TableRef:
-    return requests.TableRef(table.table.schema, table.table.name, table.dependent, table.independent)
+    return requests.TableRef(table.table.schema, table.table.name, table.dependent, table.independent,
+                             table.table.oid)
 
 
 def begin_calls(segments, run_id: str, schema: str, tables: dict[str, PackedTable], models: dict) -> list[SegmentCall]:

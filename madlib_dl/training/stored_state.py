@@ -31,7 +31,7 @@ SINGLE_KEY = 0  # madlib_keras_fit's one model, in the side table's mst_key colu
 def side_table(model_table: TableName) -> TableName | None:
     """The side table for ``model_table``'s large optimizer states; None when its name would be too long."""
     name = model_table.name + SIDE_SUFFIX
-    return TableName(model_table.schema, name) if len(name.encode()) <= 63 else None
+    return model_table.sibling(name) if len(name.encode()) <= 63 else None
 
 
 def check_sizes(weight_bytes: dict[int, int], model_table: TableName, argument: str) -> None:

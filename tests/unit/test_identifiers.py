@@ -28,9 +28,15 @@ def test_names_parse_like_the_server(text, expected):
 
 
 def test_quoted_form_is_safe_sql():
-    table = parse_table_name('"x""; DROP TABLE y; --"', "output_table")
-    assert table.sql(Quoting) == '"x""; DROP TABLE y; --"'
+    table = parse_table_name('s."x""; DROP TABLE y; --"', "output_table")
+    assert table.sql(Quoting) == '"s"."x""; DROP TABLE y; --"'
     assert parse_table_name("s.t", "t").sql(Quoting) == '"s"."t"'
+
+
+def test_a_name_without_schema_is_never_placed_in_sql():
+    """Statements run with search_path = pg_catalog, pg_temp: a bare name must be resolved first."""
+    with pytest.raises(ValueError, match="before it was resolved"):
+        parse_table_name("t", "output_table").sql(Quoting)
     assert str(parse_table_name('"A".b', "t")) == "A.b"
 
 

@@ -45,8 +45,8 @@ def test_function_bodies_are_valid_python_that_boots_the_venv():
 def test_c_functions_name_symbols_of_the_library():
     script = _script()
     declared = re.findall(r"LANGUAGE C \w+(?: STRICT)? AS '\$libdir/madlib_dl', '(\w+)';", script)
-    assert sorted(declared) == ["madlib_dl_client_connected", "madlib_dl_define_setting", "madlib_dl_launch_worker",
-                                "madlib_dl_reserve_settings"]
+    assert {"madlib_dl_caller_search_path", "madlib_dl_client_connected", "madlib_dl_define_setting",
+            "madlib_dl_launch_worker", "madlib_dl_reserve_settings"} <= set(declared)
     assert script.count("LANGUAGE C ") == len(declared)
     source = (SQL_DIR.parent / "src" / "madlib_dl.c").read_text()
     for symbol in declared:
@@ -54,6 +54,15 @@ def test_c_functions_name_symbols_of_the_library():
     # the worker calls the function the install script declares, in the extension's schema
     assert "CREATE OR REPLACE FUNCTION madlib_dl.internal_worker_serve(token TEXT) RETURNS BOOLEAN" in script
     assert "internal_worker_serve($1)" in source
+
+
+def test_every_python_function_pins_its_search_path():
+    """No object a role creates in a schema of a caller's search_path may stand in for a built-in in
+    madlib_dl's own statements: every PL/Python function runs with pg_catalog, pg_temp only."""
+    headers = [h for h in re.findall(r"CREATE OR REPLACE FUNCTION .*?AS \$\$", _script(), re.S) if "plpython3u" in h]
+    assert len(headers) > 50
+    for header in headers:
+        assert "SET search_path = pg_catalog, pg_temp AS $$" in header, header
 
 
 def test_plain_roles_may_use_the_schema():

@@ -5,11 +5,11 @@ import pytest
 
 from madlib_dl.segment import requests as r
 
-TABLE = r.TableRef("s", "t", "y", "x")
+TABLE = r.TableRef("s", "t", "y", "x", 16384)
 SAMPLES = [
-    r.Start("alice", 2, "-1", None),
-    r.Start(None, None, None, 512, worker_session=False),
-    r.BeginRun("run", "madlib_dl", {"train": TABLE, "validation": r.TableRef(None, "v", "y", "x")},
+    r.Start(2, "-1", None),
+    r.Start(None, None, 512, worker_session=False),
+    r.BeginRun("run", "madlib_dl", {"train": TABLE, "validation": r.TableRef("s", "v", "y", "x", 16390)},
                {1: r.ModelConstants("{}", "loss='mse'", "epochs=1"), 7: r.ModelConstants("{}", "c")}),
     r.CountRows(TABLE),
     r.InitialWeights("{}", 42),
