@@ -36,3 +36,9 @@ class Cancelled(MadlibDLError):
 class WrongVersion(MadlibDLError):
     """This session's madlib_dl is not the version of the database's extension."""
     sqlstate = "55000"  # object_not_in_prerequisite_state
+
+
+class UnsafeEnvironment(MadlibDLError):
+    """Something on the server's machine that madlib_dl would use is not private to the server's OS user
+    (a directory others can write, or a link planted where madlib_dl creates one)."""
+    sqlstate = "58000"  # system_error

@@ -54,6 +54,18 @@ MEMORY_BUDGET_MB = Setting("madlib_dl.memory_budget_mb", memory_default_mib, 1, 
                            "MiB that a training run's cached data and models (or a buffer being packed) may take "
                            "on this machine")
 
+
+def max_model_memory_default_mib() -> int:
+    """A quarter of the machine's memory: one model being built must leave room for the rest."""
+    return max(1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (4 << 20))
+
+
+# A DBA cap of its own (no user setting under it): what building one model may take in a backend (about 3x
+# its weights), checked from the architecture's JSON before Keras allocates anything (keras_runtime.arch_size).
+MAX_MODEL_MEMORY_MB = Setting("madlib_dl.max_model_memory_mb", max_model_memory_default_mib, 1, 2**31 - 1,
+                              "MiB that building one model may take in a backend (about 3 times its weights): "
+                              "load_keras_model, predict and training runs refuse larger architectures")
+
 WORKER_IDLE_TIMEOUT = Setting("madlib_dl.worker_idle_timeout", lambda: 60, 0, 86400,
                               "seconds a session's background workers wait for its next call after a run (0: they "
                               "end with each call)")
@@ -66,7 +78,7 @@ CHECKPOINT_MINUTES = Setting("madlib_dl.checkpoint_minutes", lambda: 10, 0, 1008
                              "it began or last saved (0: by count only)")
 
 ALL = (NUM_SEGMENTS, SHUFFLE_SEED, FIT_SEED, WORKER_THREADS, MEMORY_BUDGET_MB, WORKER_IDLE_TIMEOUT, CHECKPOINT_EVERY,
-       CHECKPOINT_MINUTES)
+       CHECKPOINT_MINUTES, MAX_MODEL_MEMORY_MB)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from madlib_dl.api import help as help_topics
 from madlib_dl.api.fit_multiple import show_value
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.identifiers import TableName
-from madlib_dl.keras_runtime import arch_info, params
+from madlib_dl.keras_runtime import arch_info, builder, params
 from madlib_dl.packed_tables import PackedTable
 from madlib_dl.trained_models import TrainedModel
 from madlib_dl.training import evaluation
@@ -36,6 +36,7 @@ def evaluate(model_table, test_table, output_table, use_gpus, mst_key) -> None:
     compiled = params.parse_compile_params(model.compile_params, f"model_table: compile_params of {model.described}")
     test = packed_tables.describe(conn, test_table, "test_table")
     check_fits(model, test)
+    builder.check_size(conn, model.model_arch, f"model_table: the architecture of {model.described}")
     output = identifiers.output_table(conn, output_table, "output_table")
     spec = EvaluationSpec(uuid.uuid4().hex, catalog.extension_schema(conn), test, model, bool(use_gpus))
     result = evaluation.evaluate(conn, spec)

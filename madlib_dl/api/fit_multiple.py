@@ -18,7 +18,7 @@ from madlib_dl import catalog, db, identifiers, packed_tables, settings
 from madlib_dl.api import help as help_topics
 from madlib_dl.errors import InvalidArgument, NotSupported, ObjectExists, ObjectMissing
 from madlib_dl.identifiers import TableName
-from madlib_dl.keras_runtime import arch_info, params
+from madlib_dl.keras_runtime import arch_info, builder, params
 from madlib_dl.packed_tables import PackedTable
 from madlib_dl.training import driver, outputs, stored_state
 from madlib_dl.training.spec import ModelConfig, OutputTables, RunSpec
@@ -203,6 +203,7 @@ def architecture(conn, arch_table: TableName, model_id, where: str, source: Pack
     reason = arch_info.refusal(info)
     if reason is not None:  # a row written into the table directly, not through load_keras_model
         raise InvalidArgument(f"{where}: model_id {model_id} of {arch_table}: {reason}")
+    builder.check_size(conn, rows[0]["model_arch"], f"{where}: model_id {model_id} of {arch_table}")
     expected = tuple(source.feature_shape)
     if not arch_info.accepts(info.input_shape, expected):
         raise InvalidArgument(f"{where}: model_id {model_id} expects input shape {arch_info.shape_text(info.input_shape)} but "

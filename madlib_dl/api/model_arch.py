@@ -39,6 +39,7 @@ def load_keras_model(keras_model_arch_table: str | None, model_arch: str | None,
     table = identifiers.named_table(conn, keras_model_arch_table, TABLE_ARGUMENT)
     _check_arch_readable(model_arch)  # pure JSON checks first: no TensorFlow import for a malformed JSON
     existing_columns = _existing_columns(conn, table, keras_model_arch_table)
+    builder.check_size(conn, model_arch, "model_arch")  # from the JSON, before Keras allocates anything
     _check_buildable(model_arch, None if model_weights is None else bytes(model_weights))
     if existing_columns is None:
         conn.execute(CREATE_SQL.format(table=table.sql(conn)))

@@ -200,6 +200,7 @@ def _given_class_values(values, outputs: int) -> tuple:
 
 def _score(conn, model: Model, request: Request, use_gpus) -> None:
     size = int(np.prod(model.input_shape))
+    builder.check_size(conn, model.arch, f"{model.argument}: model_arch")  # before Keras allocates it
     _check_sizes(conn, request, model, size)
     device = _device(use_gpus)
     keras_model = _keras_model(model, device)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import math
 
+from madlib_dl import settings
 from madlib_dl.errors import InvalidArgument
-from madlib_dl.keras_runtime import tf_setup
+from madlib_dl.keras_runtime import arch_size, tf_setup
 from madlib_dl.keras_runtime.params import CompileParams, OptimizerSpec
 
 
@@ -22,6 +24,62 @@ def model_from_json(model_json: str, argument: str = "model_arch"):
     if not isinstance(model, keras.Model):
         raise InvalidArgument(f"{argument}: the JSON describes a {type(model).__name__}, not a Keras model")
     return model
+
+
+def check_size(db, model_json: str, argument: str = "model_arch", budget: bool = True) -> arch_size.ArchSize:
+    """Refuse, before Keras allocates anything, a model whose building would take more memory than
+    the DBA's cap madlib_dl.max_model_memory_mb allows one model (or, with ``budget``, than the caller's
+    madlib_dl.memory_budget_mb). Errors start with ``argument``."""
+    measured = size(model_json, argument)
+    cap = settings.read(db, settings.MAX_MODEL_MEMORY_MB)
+    arch_size.check(measured, argument, cap)
+    if budget:
+        with settings.naming_the_cap(db, settings.MEMORY_BUDGET_MB):  # the budget may be the DBA's cap's
+            arch_size.check(measured, argument, cap, settings.read(db, settings.MEMORY_BUDGET_MB))
+    return measured
+
+
+def size(model_json: str, argument: str = "model_arch") -> arch_size.ArchSize:
+    """The memory building this model takes, before anything is built: the closed forms of
+    :mod:`arch_size` (no TensorFlow), else Keras' own count without allocation (:func:`symbolic_size`)."""
+    try:
+        return arch_size.closed_form(model_json)
+    except arch_size.NotClosedForm:
+        return symbolic_size(model_json, argument)
+
+
+def symbolic_size(model_json: str, argument: str = "model_arch") -> arch_size.ArchSize:
+    """Every variable Keras creates for this model (its layers', and an optimizer's if the JSON compiles
+    it), counted without allocating one: the model is deserialized (safe mode) inside a TensorFlow graph,
+    where no operation runs and no tensor holds values, and inside a StatelessScope, where Keras creates
+    a variable without its value (deferred: only its shape and dtype are kept, and it is never
+    initialized here). So an unknown layer's size is known without building it for real."""
+    keras = tf_setup.keras()
+    tf = tf_setup.tensorflow()
+    from keras.src.backend.common import global_state
+
+    if not isinstance(model_json, str) or not model_json.strip():
+        raise InvalidArgument(f"{argument}: expected the JSON of a Keras model (model.to_json())")
+    saved = list(global_state.get_global_attribute("uninitialized_variables") or [])
+    global_state.set_global_attribute("uninitialized_variables", [])
+    try:
+        with tf.Graph().as_default(), keras.StatelessScope(initialize_variables=False):
+            keras.models.model_from_json(model_json)
+        created = list(global_state.get_global_attribute("uninitialized_variables") or [])
+    except Exception as error:  # what building it for real would refuse too
+        raise InvalidArgument(f"{argument}: not a loadable Keras model JSON: {type(error).__name__}: {error}") from None
+    finally:  # the deferred variables are dropped, never initialized
+        global_state.set_global_attribute("uninitialized_variables", saved)
+    params = weight_bytes = 0
+    for variable in created:
+        count = math.prod(int(d) for d in variable.shape)
+        params += count
+        weight_bytes += count * _DTYPE_BYTES.get(str(variable.dtype), 8)
+    return arch_size.ArchSize(params, weight_bytes)
+
+
+_DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
+                "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1}
 
 
 def check_optimizer_arguments(name: str, arguments, argument: str) -> None:

@@ -16,10 +16,11 @@ llvmjit at all, and starts TensorFlow without the optional modules Keras would i
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import tempfile
 
-from madlib_dl.errors import NotSupported
+from madlib_dl.errors import NotSupported, UnsafeEnvironment
 
 _threads: int | None = None
 
@@ -27,10 +28,45 @@ _threads: int | None = None
 def _environment() -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the server log
-    if "KERAS_HOME" not in os.environ:
+    if "KERAS_HOME" not in os.environ:  # one the server's administrator set is theirs to keep private
         home = os.path.join(tempfile.gettempdir(), f"madlib_dl-keras-{os.getuid()}")
-        os.makedirs(home, mode=0o700, exist_ok=True)
+        private_directory(home)
         os.environ["KERAS_HOME"] = home
+
+
+def private_directory(path: str) -> None:
+    """Create ``path`` as a directory only this OS user can use (mode 0700), or check that the one there
+    is exactly that: a directory, not a symbolic link, owned by this user, closed to everyone else.
+    Keras reads its configuration (keras.json: float type, image layout...) from KERAS_HOME, and the path
+    is predictable (under /tmp), so another local user could plant one there, or a link to elsewhere.
+    In a sticky /tmp, a directory this user owns cannot be renamed or replaced by others afterwards."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise UnsafeEnvironment(f"KERAS_HOME: cannot create {path}: {error.strerror}",
+                                hint="Set KERAS_HOME in the server's environment to a private directory.") from None
+    try:  # O_NOFOLLOW: a symbolic link (planted or not) is refused, never followed
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as error:
+        found = "a symbolic link" if os.path.islink(path) else f"not a directory ({error.strerror})"
+        raise _unsafe(path, found) from None
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if info.st_uid != os.getuid():
+        raise _unsafe(path, f"owned by uid {info.st_uid}, not by the server's OS user (uid {os.getuid()})")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise _unsafe(path, f"open to other users (mode {stat.S_IMODE(info.st_mode):04o}, expected 0700)")
+
+
+def _unsafe(path: str, found: str) -> UnsafeEnvironment:
+    return UnsafeEnvironment(
+        f"KERAS_HOME: {path} is {found}; Keras would read its configuration from it, so madlib_dl will not use it",
+        hint=f"The server's administrator: remove {path} (madlib_dl creates it again, private), or set KERAS_HOME "
+             "in the server's environment to a directory only the server's OS user can use.")
 
 
 def _llvmjit_loaded() -> bool:
