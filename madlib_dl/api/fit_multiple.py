@@ -203,7 +203,8 @@ def architecture(conn, arch_table: TableName, model_id, where: str, source: Pack
     reason = arch_info.refusal(info)
     if reason is not None:  # a row written into the table directly, not through load_keras_model
         raise InvalidArgument(f"{where}: model_id {model_id} of {arch_table}: {reason}")
-    builder.check_size(conn, rows[0]["model_arch"], f"{where}: model_id {model_id} of {arch_table}")
+    # the DBA's cap before the workers build it; the run's memory budget is driver.plan_memory's check
+    builder.check_size(conn, rows[0]["model_arch"], f"{where}: model_id {model_id} of {arch_table}", budget=False)
     expected = tuple(source.feature_shape)
     if not arch_info.accepts(info.input_shape, expected):
         raise InvalidArgument(f"{where}: model_id {model_id} expects input shape {arch_info.shape_text(info.input_shape)} but "
