@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from madlib_dl import identifiers
-from madlib_dl.errors import InvalidArgument, NotSupported, ObjectMissing
+from madlib_dl.errors import InvalidArgument, NotSupported, ObjectMissing, PermissionDenied
 from madlib_dl.identifiers import TableName
 
 
@@ -42,7 +42,24 @@ def input_table(db, text: str | None, argument: str) -> TableName:
     table = identifiers.resolve(db, identifiers.parse_table_name(text, argument))
     if table.oid is None:
         raise ObjectMissing(f"{argument}: table {text!r} does not exist")
+    require_select(db, table, argument, text)
     return table
+
+
+def require_select(db, table: TableName, argument: str, text: str, companion: bool = False) -> None:
+    """The caller must be able to read ``table``: the one the argument names as ``text``, or with
+    ``companion`` one that goes with it (its summary, say). Refused up front, naming what the caller
+    typed and the grant that is missing."""
+    rows = db.execute("SELECT pg_catalog.has_table_privilege(pg_catalog.to_regclass($1), 'SELECT') AS ok",
+                      [table.sql(db)], ["text"])
+    if rows[0]["ok"] is False:
+        which = f"table {str(table)!r} of {text!r}" if companion else f"table {text!r}"
+        raise PermissionDenied(f"{argument}: permission denied to read {which}",
+                               hint=f"Its owner can run GRANT SELECT ON {table.sql(db)} TO {_current_role(db)}.")
+
+
+def _current_role(db) -> str:
+    return db.quote_ident(db.execute("SELECT current_user AS r")[0]["r"])
 
 
 def columns(db, table: TableName) -> dict[str, Column]:
@@ -81,11 +98,11 @@ def _refuse_column_list(db, table: TableName, text: str, argument: str) -> None:
     features = argument.startswith("independent_varname")
     if features and listed and all(c is not None and not c.is_array for c in listed):
         joined = ", ".join(db.quote_ident(c.name) for c in listed)
-        arrays = TableName(table.schema, f"{table.name}_arrays").sql(db)
+        arrays = table.sibling(f"{table.name}_arrays").typed_sql(db)
         raise InvalidArgument(
             f"{argument}: expected one array column, got {len(listed)} columns ({text.strip()})",
             hint=f"Make them one array column, e.g. CREATE TABLE {arrays} AS SELECT *, "
-                 f"ARRAY[{joined}]::REAL[] AS features FROM {table.sql(db)}; then pass 'features' and that table.")
+                 f"ARRAY[{joined}]::REAL[] AS features FROM {table.typed_sql(db)}; then pass 'features' and that table.")
     raise NotSupported(f"{argument}: one column is supported, got the list {text!r} "
                        "(models with several inputs or outputs are not supported yet)")
 

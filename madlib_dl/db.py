@@ -12,7 +12,7 @@ import contextvars
 import functools
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
-from madlib_dl.errors import MadlibDLError
+from madlib_dl.errors import MadlibDLError, PermissionDenied
 
 
 class Database(Protocol):
@@ -180,5 +180,14 @@ def sql_function(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except MadlibDLError as error:
             current().fail(error)
+        except Exception as error:
+            # A privilege the checks up front could not foresee (a table written at the end, say): one
+            # line as the server said it, without the Python traceback and madlib_dl's internals.
+            if getattr(error, "sqlstate", None) != PermissionDenied.sqlstate:
+                raise
+            current().fail(PermissionDenied(str(error.args[0] if error.args else error), hint=PERMISSION_HINT))
 
     return wrapper
+
+
+PERMISSION_HINT = "Ask the owner of the object named for the privilege (GRANT), or your DBA for the schema's."

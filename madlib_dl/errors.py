@@ -24,6 +24,10 @@ class ObjectMissing(MadlibDLError):
     sqlstate = "42P01"  # undefined_table
 
 
+class PermissionDenied(MadlibDLError):
+    sqlstate = "42501"  # insufficient_privilege
+
+
 class NotSupported(MadlibDLError):
     sqlstate = "0A000"  # feature_not_supported
 

@@ -41,6 +41,11 @@ class TableName:
             raise ValueError(f"internal: table name {self.name!r} used before it was resolved to a schema")
         return f"{db.quote_ident(self.schema)}.{db.quote_ident(self.name)}"
 
+    def typed_sql(self, db) -> str:
+        """The quoted form as the caller typed it (with its schema only if typed so): for messages and
+        for names stored in summaries, which MADlib keeps as given."""
+        return self.sql(db) if self.typed_schema else db.quote_ident(self.name)
+
     def __str__(self) -> str:
         return f"{self.schema}.{self.name}" if self.schema and self.typed_schema else self.name
 

@@ -288,6 +288,7 @@ def describe(conn, text: str | None, argument: str) -> PackedTable:
     if not identifiers.table_exists(conn, summary):
         raise ObjectMissing(f"{argument}: {text!r} has no summary table {str(summary)!r}; it is not a packed table "
                             f"({PREPROCESS_HINT})")
+    catalog.require_select(conn, summary, argument, text, companion=True)
     row = _summary_row(conn, summary, argument, text)
     dependent, independent = row["dependent_varname"][0], row["independent_varname"][0]
     _check_packed_columns(conn, table, text, argument, dependent, independent)

@@ -21,7 +21,7 @@ from madlib_dl.automl import hyperband, methods
 from madlib_dl.errors import InvalidArgument, ObjectExists
 from madlib_dl.model_selection import configs, grid
 from madlib_dl.model_selection.configs import Config
-from madlib_dl.training import automl_driver, outputs
+from madlib_dl.training import automl_driver, outputs, stored_state
 from madlib_dl.training.spec import Caller, ModelConfig, RunSpec
 
 AUTOML = Caller("madlib_keras_automl", "automl")
@@ -45,6 +45,8 @@ def automl(source_table, model_output_table, model_arch_table, model_selection_t
     archs = {i: fit_multiple.architecture(conn, arch.name, i, "model_id_list", source) for i in ids}
     out = fit_multiple.output_tables(conn, model_output_table)
     mst = _new_selection_table(conn, model_selection_table, arch)
+    reserved = outputs.reserve(conn, (out.model, out.summary, out.info, stored_state.side_table(out.model),
+                                      mst.table, mst.summary))
     max_iterations, max_models = budget(method, values)
     frequency = _frequency(metrics_compute_frequency, max_iterations)
     segments = len(source.segments)
@@ -61,9 +63,10 @@ def automl(source_table, model_output_table, model_arch_table, model_selection_t
                    caller=AUTOML, output_table=out.model)
     result = automl_driver.train(conn, automl_driver.AutomlRun(spec, archs, method, make_policy, random_state,
                                                                max_models, identity))
+    outputs.release(conn, reserved)
     _write(conn, out, mst, arch, spec, result, method, values, random_state, use_gpus, {
         "source_table": source_table, "validation_table": validation_table if validation else None,
-        "model_output_table": model_output_table, "model_arch_table": arch.name.sql(conn),
+        "model_output_table": model_output_table, "model_arch_table": arch.name.typed_sql(conn),
         "model_selection_table": model_selection_table, "warm_start": False, "name": name,
         "description": description})
 

@@ -24,7 +24,7 @@ from madlib_dl.errors import InvalidArgument, NotSupported
 from madlib_dl.identifiers import TableName
 from madlib_dl.keras_runtime import params
 from madlib_dl.packed_tables import PackedTable
-from madlib_dl.training import driver, fit_outputs, stored_state
+from madlib_dl.training import driver, fit_outputs, outputs, stored_state
 from madlib_dl.training.fit_outputs import FitOutputTables, FitRequest
 from madlib_dl.training.spec import FIT, ModelConfig, RunSpec
 
@@ -50,6 +50,8 @@ def fit(source_table, model, model_arch_table, model_id, compile_params, fit_par
     offset = 0
     if warm_start:
         config, offset = _warm_start(conn, out, config)
+    reserved = [] if warm_start else outputs.reserve(conn, (out.model, out.summary,
+                                                             stored_state.side_table(out.model)))
     spec = RunSpec(uuid.uuid4().hex, catalog.extension_schema(conn), source, validation, (config,), iterations,
                    frequency, None, bool(use_gpus), settings.read(conn, settings.FIT_SEED), caller=FIT,
                    iteration_offset=offset, output_table=out.model)
@@ -58,6 +60,7 @@ def fit(source_table, model, model_arch_table, model_id, compile_params, fit_par
         fit_outputs.drop(conn, out)
     request = FitRequest(source_table, model, model_arch_table, model_id, validation_table if validation else None,
                          name, description)
+    outputs.release(conn, reserved)
     fit_outputs.write(conn, out, spec, result, request)
 
 

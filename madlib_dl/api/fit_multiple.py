@@ -42,15 +42,18 @@ def fit_multiple_model(source_table, model_output_table, model_selection_table, 
     models = _models(conn, mst, arch_table, source)
     if warm_start:
         models = _warm_start(conn, out, models)
+    reserved = [] if warm_start else outputs.reserve(conn, (out.model, out.summary, out.info,
+                                                             stored_state.side_table(out.model)))
     spec = RunSpec(uuid.uuid4().hex, catalog.extension_schema(conn), source, validation, tuple(models), iterations, frequency,
                    bool(use_caching), bool(use_gpus), settings.read(conn, settings.FIT_SEED), output_table=out.model)
     result = driver.train(conn, spec)
     if warm_start:
         outputs.drop(conn, out)
     request = {"source_table": source_table, "validation_table": validation_table if validation else None,
-               "model_output_table": model_output_table, "model_arch_table": arch_table.sql(conn),
+               "model_output_table": model_output_table, "model_arch_table": arch_table.typed_sql(conn),
                "model_selection_table": model_selection_table, "warm_start": warm_start, "name": name,
                "description": description}
+    outputs.release(conn, reserved)
     outputs.write(conn, out, spec, result, request)
 
 
@@ -109,6 +112,7 @@ def _mst_tables(conn, text) -> tuple[TableName, TableName]:
     summary = identifiers.summary_table(mst, argument)
     if not identifiers.table_exists(conn, summary):
         raise ObjectMissing(f"{argument}: {text!r} has no summary table {str(summary)!r}; {CONFIG_HINT}")
+    catalog.require_select(conn, summary, argument, text, companion=True)
     rows = conn.execute(f"SELECT * FROM {summary.sql(conn)}")
     if len(rows) != 1 or "model_arch_table" not in rows[0]:
         raise InvalidArgument(f"{argument}: summary {summary} must have one row with model_arch_table; {CONFIG_HINT}")

@@ -45,7 +45,7 @@ def load_keras_model(keras_model_arch_table: str | None, model_arch: str | None,
         conn.execute(CREATE_SQL.format(table=table.sql(conn)))
         existing_columns = set(REQUIRED_COLUMNS) | {INTERNAL_ID_COLUMN}
     model_id = _insert(conn, table, existing_columns, model_arch, model_weights, name, description)
-    conn.notice(f"load_keras_model: added model id {model_id} to table {table.sql(conn)}")
+    conn.notice(f"load_keras_model: added model id {model_id} to table {table.typed_sql(conn)}")
 
 
 def _check_arch_readable(model_arch: str | None) -> arch_info.ArchInfo:
@@ -126,13 +126,13 @@ def delete_keras_model(keras_model_arch_table: str | None, model_id: int | None)
     deleted = conn.execute(f"DELETE FROM {table.sql(conn)} WHERE model_id = $1 RETURNING model_id",
                            [model_id], ["integer"])
     if not deleted:
-        raise InvalidArgument(f"model_id: no model with id {model_id} in table {table.sql(conn)}")
+        raise InvalidArgument(f"model_id: no model with id {model_id} in table {table.typed_sql(conn)}")
     if catalog.is_empty(conn, table):
         conn.execute(f"DROP TABLE {table.sql(conn)}")
-        conn.notice(f"delete_keras_model: deleted model id {model_id}; table {table.sql(conn)} "
+        conn.notice(f"delete_keras_model: deleted model id {model_id}; table {table.typed_sql(conn)} "
                     "was left empty and has been dropped")
     else:
-        conn.notice(f"delete_keras_model: deleted model id {model_id} from table {table.sql(conn)}")
+        conn.notice(f"delete_keras_model: deleted model id {model_id} from table {table.typed_sql(conn)}")
 
 
 # ---- help ------------------------------------------------------------------------------------------

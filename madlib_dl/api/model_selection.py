@@ -11,7 +11,7 @@ same as one already there are skipped. Every argument is checked before anything
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from madlib_dl import catalog, db, identifiers
 from madlib_dl.api import help as help_topics
@@ -107,7 +107,8 @@ def selection_target(conn, text, arch: ArchTable) -> Target:
     table whose summary names the same model arch table."""
     argument = "model_selection_table"
     given = identifiers.parse_table_name(text, argument)
-    resolved = identifiers.named_table(conn, text, argument)
+    # Messages name the mst table and its summary with the schema they are (or will be) in.
+    resolved = replace(identifiers.named_table(conn, text, argument), typed_schema=True)
     summary = identifiers.summary_table(resolved, argument)
     if resolved.oid is None:
         target = Target(given, resolved, summary, exists=False)
@@ -217,7 +218,7 @@ def create_selection_table(conn, target: Target, arch: ArchTable) -> None:
     # The arch table's name as the caller gave it, quoted where SQL needs it, so it reads back as a name.
     conn.execute(f"INSERT INTO {target.summary.sql(conn)} (model_arch_table, object_table) "
                  "VALUES (concat_ws('.', quote_ident($1), quote_ident($2)), NULL)",
-                 [arch.name.schema, arch.name.name], ["text", "text"])
+                 [arch.name.schema if arch.name.typed_schema else None, arch.name.name], ["text", "text"])
 
 
 def insert_configs(conn, table: TableName, new: list[Config]) -> int:

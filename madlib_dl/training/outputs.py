@@ -12,13 +12,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from madlib_dl import __version__, catalog
+from madlib_dl import __version__, catalog, identifiers
+from madlib_dl.errors import ObjectExists
 from madlib_dl.keras_runtime import params as keras_params
 from madlib_dl.training import stored_state
 from madlib_dl.training.driver import RunResult
 from madlib_dl.training.spec import OutputTables, RunSpec
 
 MODEL_TYPE = "madlib_keras"
+
+
+def reserve(db, tables) -> list:
+    """Take the output tables' names for the caller's transaction before the run trains: an empty table
+    of each, dropped just before the real one is written (:func:`release`). Until the transaction ends,
+    another session's CREATE TABLE of one of these names waits, then finds it taken; without this, a
+    table someone made meanwhile would fail the run at its end, after all of its training."""
+    reserved = [table for table in tables if table is not None]
+    for table in reserved:
+        if identifiers.table_exists(db, table):
+            raise ObjectExists(f"table {str(table)!r}, which this run writes, already exists",
+                               hint="Drop it or choose another output table name.")
+        db.execute(f"CREATE TABLE {table.sql(db)} ()")
+    return reserved
+
+
+def release(db, reserved: list) -> None:
+    for table in reserved:
+        db.execute(f"DROP TABLE {table.sql(db)}")
 
 
 def drop(db, out: OutputTables) -> None:
@@ -130,7 +150,7 @@ def _write_summary(db, out: OutputTables, spec: RunSpec, result: RunResult, requ
     q = db.quote_ident
     columns = [
         ("source_table", "TEXT", request["source_table"]), ("validation_table", "TEXT", request["validation_table"]),
-        ("model", "TEXT", request["model_output_table"]), ("model_info", "TEXT", out.info.sql(db)),
+        ("model", "TEXT", request["model_output_table"]), ("model_info", "TEXT", out.info.typed_sql(db)),
         ("dependent_varname", "TEXT[]", [source.dependent]), ("independent_varname", "TEXT[]", [source.independent]),
         ("model_arch_table", "TEXT", request["model_arch_table"]),
         ("model_selection_table", "TEXT", request["model_selection_table"]), ("object_table", "TEXT", None),

@@ -117,7 +117,7 @@ def test_workers_read_the_table_the_caller_resolved(server, traps):
     with server.connect(traps) as conn, conn.cursor() as cur:
         cur.execute("SET search_path = admin_s, public")
         cur.execute("SET madlib_dl.executor = 'workers'")  # no fallback to this session may hide it
-        cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('train_packed', 'out_workers', 'mst', 1)")
+        cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('train_packed', 'out_workers', 'mst', 1, FALSE)")
         assert _fired_as_others(cur) == []
         cur.execute("SELECT pg_catalog.count(*) FROM admin_s.out_workers_info")
         assert cur.fetchone() == (2,)
