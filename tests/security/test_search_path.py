@@ -121,3 +121,22 @@ def test_workers_read_the_table_the_caller_resolved(server, traps):
         assert _fired_as_others(cur) == []
         cur.execute("SELECT pg_catalog.count(*) FROM admin_s.out_workers_info")
         assert cur.fetchone() == (2,)
+
+
+def test_a_temporary_table_is_read_only_in_the_callers_session(server, traps, plain_role):
+    """pg_temp names resolve to the caller's own temporary schema; no worker (another session) is asked
+    to read one: the run trains in this session, with a NOTICE saying why."""
+    with server.connect(traps, user=plain_role) as conn, conn.cursor() as cur:
+        cur.execute("SELECT madlib_dl.training_preprocessor_dl('public.alice_digits', 'pg_temp.tpacked', 'label', "
+                    "'pixels', 100, 16.0, NULL, '2')")
+        cur.execute("SELECT relpersistence FROM pg_catalog.pg_class WHERE oid = 'pg_temp.tpacked'::regclass")
+        assert cur.fetchone() == ("t",)
+        cur.execute("SELECT madlib_dl.load_keras_model('pg_temp.tarch', %s::json)", [digits_data.mlp_json(8)])
+        cur.execute("SELECT madlib_dl.load_model_selection_table('pg_temp.tarch', 'pg_temp.tmst', ARRAY[1], %s, %s)",
+                    [digits_data.TWO_CONFIGS[:1], ["batch_size=8, epochs=1"]])
+        del conn.notices[:]
+        cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('tpacked', 'pg_temp.tout', 'tmst', 1, FALSE)")
+        assert any("tpacked is a temporary table, which no other session can read" in n for n in conn.notices), \
+            conn.notices
+        cur.execute("SELECT pg_catalog.count(*) FROM pg_temp.tout_info")
+        assert cur.fetchone() == (1,)
