@@ -29,17 +29,19 @@ class ModelConstants:
 
 @dataclass(frozen=True)
 class TableRef:
-    """A packed table as a backend reads it."""
-    schema: str | None
+    """A packed table as a backend reads it: by the schema and name the caller's session resolved, and
+    only while that name still means the relation (OID) the caller resolved."""
+    schema: str
     name: str
     dependent: str
     independent: str
+    oid: int
 
 
 @dataclass(frozen=True)
 class Start:
-    """Set up a fresh worker before TensorFlow starts: whose privileges, which GPU, how many threads."""
-    role: str | None                 # SET ROLE to this (the caller's current role) when not None
+    """Set up a fresh worker before TensorFlow starts: which GPU, how many threads. Not whose privileges:
+    a worker is the caller's current role from its start (src/madlib_dl.c), never from a message."""
     threads: int | None
     cuda_visible_devices: str | None
     memory_limit_mib: int | None
@@ -105,8 +107,10 @@ class Evaluate:
 @dataclass(frozen=True)
 class Record:
     """Write a run's progress snapshot (training.progress) in this backend's own transaction; ``final``:
-    the run is over, remove its rows."""
+    the run is over, remove its rows. ``role``: the OID of the run's role (its current user), whose rows
+    these are; the recorder acts as that role and writes nothing else."""
     schema: str
+    role: int
     run_id: str
     run_values: dict = field(default_factory=dict)  # internal_progress_runs' columns
     model_rows: list = field(default_factory=list)  # internal_progress_models' columns, one dict per model
@@ -115,8 +119,10 @@ class Record:
 
 @dataclass(frozen=True)
 class CheckpointModel:
-    """One model's state at the end of ``iteration``, for the checkpoint ``run_key`` (training.checkpoints)."""
+    """One model's state at the end of ``iteration``, for the checkpoint ``run_key`` of ``role``
+    (training.checkpoints)."""
     schema: str
+    role: int
     run_key: str
     iteration: int
     mst_key: int
@@ -132,6 +138,7 @@ class CheckpointDone:
     ``kept``: models that did not change since the checkpoint of iteration ``kept_from``, whose rows
     move on to this one instead of being written again."""
     schema: str
+    role: int
     run_key: str
     iteration: int
     function: str

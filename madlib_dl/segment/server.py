@@ -6,7 +6,7 @@ with the hop's request staged in GD so that the aggregate takes data and keys on
 
 from __future__ import annotations
 
-from madlib_dl.errors import InvalidArgument
+from madlib_dl.errors import InvalidArgument, ObjectMissing
 from madlib_dl.segment import recording, requests, runtime
 from madlib_dl.segment.requests import Reply, TableRef
 
@@ -21,8 +21,6 @@ def handle(db, gd: dict, request) -> Reply:
 
 
 def _start(db, gd, request: requests.Start) -> Reply:
-    if request.role is not None:  # the caller's current role: exactly its privileges, never more
-        db.execute("SELECT set_config('role', $1, false)", [request.role], ["text"])
     if request.worker_session:
         # A worker runs only the driver's statements, none of which gains from JIT: with JIT off its
         # TensorFlow need not share the process with PostgreSQL's LLVM (tf_setup), ~50 MiB less.
@@ -116,5 +114,11 @@ def _aggregate(db, gd, aggregate: str, call) -> dict:
 
 
 def _table_sql(db, table: TableRef) -> str:
-    parts = [table.schema, table.name] if table.schema else [table.name]
-    return ".".join(db.quote_ident(p) for p in parts)
+    """The table's qualified name, once it is checked to be the relation the caller resolved: a table
+    dropped and re-created (or renamed away) since would be another role's to choose."""
+    name = f"{db.quote_ident(table.schema)}.{db.quote_ident(table.name)}"
+    found = db.execute("SELECT pg_catalog.to_regclass($1)::pg_catalog.oid AS oid", [name], ["text"])[0]["oid"]
+    if found is None or int(found) != table.oid:
+        raise ObjectMissing(f"table {table.schema}.{table.name}: not the table this run was started on (this "
+                            "session sees it dropped, renamed or replaced, or not yet committed)")
+    return name

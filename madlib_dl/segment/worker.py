@@ -18,7 +18,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from madlib_dl import channel, db
+from madlib_dl import channel, db, native
+from madlib_dl.errors import MadlibDLError
 from madlib_dl.keras_runtime import interrupts
 from madlib_dl.segment import recording, requests, server
 from madlib_dl.segment import store as stores
@@ -39,6 +40,7 @@ class WorkerState:
     parent: int
     idle_timeout: float = DEFAULT_IDLE_SECONDS
     last_request: float = 0.0
+    pooled: bool = False  # idle in its driver's pool: it may give its slot up when asked
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,19 @@ class Token:
         return cls(path, bytes.fromhex(secret), int(index))
 
 
+class NotAWorker(MadlibDLError):
+    sqlstate = "42501"  # insufficient_privilege
+
+
 def serve(gd: dict, token: str) -> bool:
-    """Serve at most one request; False when this worker should end."""
+    """Serve at most one request; False when this worker should end. Only in the madlib_dl background
+    worker the token was given to (the C library says which token that is): from any other session a
+    caller could make this backend connect to a socket of its choosing."""
+    own = native.worker_token()
+    if own is None or token != own:
+        db.current().fail(NotAWorker("internal_worker_serve runs only in the madlib_dl background worker its "
+                                     "token was given to",
+                                     hint="madlib_dl's training functions start and serve their own workers."))
     state = gd.get(GD_KEY)
     if state is None:
         state = _connect(token)
@@ -68,12 +81,16 @@ def serve(gd: dict, token: str) -> bool:
         message = state.conn.receive(WAIT_SECONDS, lambda: _check(state))
         if message is None:  # the idle timeout counts between runs only: in a run the driver may be busy
             in_run = gd.get(stores.GD_KEY) is not None
+            if native.take_give_way_request() and state.pooled and not in_run:
+                _log("madlib_dl worker: idle: ending to give its slot to another session's launch")
+                return False  # its driver finds it gone when it next takes it from its pool, and starts another
             return in_run or time.monotonic() - state.last_request < state.idle_timeout
         state.last_request = time.monotonic()
         header, blobs = message
         request = requests.decode(header, blobs)
         if isinstance(request, requests.Stop):
             return False
+        state.pooled = bool(header.get("pooled"))  # a Release that puts it in its driver's pool
         _apply_envelope(state, header)
         state.conn.send(*_answer(gd, request), check=lambda: _check(state))
         state.last_request = time.monotonic()

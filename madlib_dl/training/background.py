@@ -1,14 +1,21 @@
 """Background workers: the executor that runs a run's segments in parallel, one PostgreSQL dynamic
 background worker per segment (or fewer, each then serving several segments).
 
-The driver asks the C library (internal_launch_worker) to start workers. Each logs in to the caller's
-database as the caller's login role, with no authentication and no pg_hba entry, then SETs ROLE to the
-caller's current role (requests.Start), so it has exactly the caller's privileges. It connects back to
-the driver over a Unix socket in a private directory made for this start-up only, and both ends prove
-they know a per-start secret (channel). Requests and model state then travel as raw bytes.
+The driver asks the C library (internal_launch_worker) to start workers, arming each launch first
+(native.arm_launch: only madlib_dl's own Python in this backend can). Each logs in to the caller's
+database as the caller's current role (or as its session user, taking the role in C, when the current
+role may not log in), with no authentication and no pg_hba entry, so it has exactly the caller's
+privileges, taken from the backend itself and never from a message. No worker starts for a caller in
+a security-restricted operation, a SECURITY DEFINER function or autovacuum (native.launch_refusal): a
+worker would not be bound by their restrictions. A worker connects back to the driver over a Unix
+socket in a private directory made for this start-up only, and both ends prove they know a per-start
+secret (channel). Requests and model state then travel as raw bytes.
 
 Workers of a session stay for the next call for ``madlib_dl.worker_idle_timeout`` seconds once a run
-has succeeded (their run's data and models dropped), so a second call starts at once. A failed or
+has succeeded (their run's data and models dropped), so a second call starts at once, when the
+session's identity (session user, current user, security context) is still the one they were started
+for; a launch of another session that finds no slot asks one of them to give way (it exits if still
+idle), and a driver that takes a pooled worker first claims it (a Release round trip). A failed or
 cancelled run ends its workers: they are told nothing, their channel closes and they exit as soon as
 they can (a worker still importing TensorFlow exits right after the import).
 """
@@ -24,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, fields, replace
 
-from madlib_dl import channel
+from madlib_dl import channel, native
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.segment import requests
 from madlib_dl.segment.worker import Token
@@ -34,14 +41,16 @@ POLL_SECONDS = channel.POLL_SECONDS
 CONNECT_SECONDS = 120.0   # a worker that neither connects nor exits by then is given up on
 AUTH_SECONDS = 10.0
 EXIT_WAIT_SECONDS = 2.0   # how long a failing run waits for its workers to exit before returning its error
-TOKEN_BYTES = 119          # what internal_launch_worker can hand a worker
+TOKEN_BYTES = 115          # what internal_launch_worker can hand a worker (bgw_extra: three OIDs and the token)
+IDLE_APPLICATION_NAME = "madlib_dl worker (idle)"
 IDLE_MARGIN_SECONDS = 2.0  # a pooled worker this close to its idle timeout is not reused (it may be exiting)
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """What a worker was started with; a pooled worker serves a later run only with the same."""
-    role: str | None
+    """What a worker was started with; a pooled worker serves a later run only with the same. ``identity``:
+    the caller's (session user, current user, security context) OIDs as the backend holds them."""
+    identity: tuple
     threads: int | None
     cuda_visible_devices: str | None
     memory_limit_mib: int | None
@@ -62,7 +71,7 @@ _POOL: list[Worker] = []  # this session's idle workers, kept between calls
 def acquire(db, schema: str, configs: list[WorkerConfig], idle_timeout: float, check, notice) -> list[Worker]:
     """Started workers, one per config: idle ones of this session first, then new ones. Fewer come back
     when fewer slots are free (max_worker_processes): the caller decides what to do with those."""
-    workers = _take_pooled(configs, idle_timeout)
+    workers = _take_pooled(configs, idle_timeout, check)
     wanted = [position for position, worker in enumerate(workers) if worker is None]
     if wanted:
         reused = len(configs) - len(wanted)
@@ -80,7 +89,7 @@ def acquire(db, schema: str, configs: list[WorkerConfig], idle_timeout: float, c
     return [w for w in workers if w is not None]
 
 
-def _take_pooled(configs: list[WorkerConfig], idle_timeout: float) -> list[Worker | None]:
+def _take_pooled(configs: list[WorkerConfig], idle_timeout: float, check) -> list[Worker | None]:
     now, taken = time.monotonic(), [None] * len(configs)
     keep: list[Worker] = []
     for worker in _POOL:
@@ -90,10 +99,36 @@ def _take_pooled(configs: list[WorkerConfig], idle_timeout: float) -> list[Worke
             keep.append(worker) if alive else worker.conn.close()
         else:
             taken[slot] = worker
-    # Idle workers no run of this call wants are ended: the session's needs have changed.
-    end(keep)
+    # Idle workers no run of this call wants are ended: the session's needs (or its identity) have
+    # changed. Waited for, so that they no longer count against the role's workers when new ones start.
+    end(keep, EXIT_WAIT_SECONDS if keep else 0.0)
     _POOL.clear()
+    return _claimed(taken, check)
+
+
+def _claimed(taken: list[Worker | None], check) -> list[Worker | None]:
+    """The pooled workers that answer a Release: a worker asked to give way by another session's launch
+    exits if it is still idle, and from its answer on it no longer is. One that does not answer is
+    ended, and its place is launched anew."""
+    for position, worker in enumerate(taken):
+        if worker is None:
+            continue
+        try:
+            worker.conn.send(*requests.encode(requests.Release(None)), check=check)
+            _reply(worker, "its claim", check)
+        except (channel.ChannelClosed, SegmentFailed):
+            end([worker])
+            taken[position] = None
     return taken
+
+
+def forget_unless(identity: tuple) -> None:
+    """A session whose identity changed (SET ROLE, SET SESSION AUTHORIZATION) ends its idle workers: they
+    act as the identity they were started for."""
+    stale = [w for w in _POOL if w.config is None or w.config.identity != identity]
+    if stale:
+        _POOL[:] = [w for w in _POOL if w not in stale]
+        end(stale)
 
 
 def keep_idle(workers: list[Worker]) -> None:
@@ -142,11 +177,17 @@ def begin_launch(db, schema: str, count: int) -> Launch:
         shutil.rmtree(directory, ignore_errors=True)
         raise InvalidArgument(f"the server's temporary directory {tempfile.gettempdir()!r} has too long a path for "
                               "a worker socket", hint="Set TMPDIR to a shorter one in the server's environment.")
+    refusal = native.launch_refusal()
+    if refusal is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise InvalidArgument(f"no background worker can start: {refusal}", hint=native.REFUSAL_HINT)
     started = Launch(directory, channel.Listener(path), os.urandom(16), {}, {})
     try:
         for index in range(count):
+            token = Token(path, started.secret, index).text()
+            native.arm_launch(token)  # the launcher starts a worker only for the token armed here
             row = db.execute(f"SELECT {db.quote_ident(schema)}.internal_launch_worker($1) AS pid",
-                             [Token(path, started.secret, index).text()], ["text"])[0]
+                             [token], ["text"])[0]
             if row["pid"] is None:
                 break
             started.pids[index] = int(row["pid"])
@@ -168,7 +209,8 @@ def finish_launch(started: Launch, check) -> list[Worker]:
             if gone or time.monotonic() > deadline:
                 raise InvalidArgument(
                     f"background worker{'s' if len(gone) > 1 else ''} {', '.join(map(str, gone or started.pids.values()))} "
-                    f"{'exited' if gone else 'did not connect'} before serving this run; see the server log")
+                    f"{'exited' if gone else 'did not connect'} before serving this run",
+                    hint="The server log says why (a role that has reached its connection limit, say).")
         return [started.connected[i] for i in sorted(started.connected)]
     except BaseException:
         for worker in started.connected.values():
@@ -207,10 +249,13 @@ def _start(workers: list[Worker], configs: list[WorkerConfig], idle_timeout: flo
     """Send each new worker its Start (role, threads, GPU) and wait for all: TensorFlow starts in each
     at once."""
     for worker, config in zip(workers, configs):
-        request = requests.Start(config.role, config.threads, config.cuda_visible_devices, config.memory_limit_mib)
+        request = requests.Start(config.threads, config.cuda_visible_devices, config.memory_limit_mib)
         header, blobs = requests.encode(request)
         header["idle_timeout"] = idle_timeout
-        worker.conn.send(header, blobs, check)
+        try:
+            worker.conn.send(header, blobs, check)
+        except channel.ChannelClosed:
+            raise _lost_at_start(worker) from None
         worker.config = config
     for worker in workers:
         reply = _reply(worker, "start", check)
@@ -222,9 +267,23 @@ def _reply(worker: Worker, what: str, check) -> requests.Reply:
     try:
         message = worker.conn.receive(None, check)
     except channel.ChannelClosed:
+        if what == "start":
+            raise _lost_at_start(worker) from None
         raise SegmentFailed(f"background worker {worker.pid} exited during {what}; see the server log", "XX000") \
             from None
     return decode_reply(message, f"background worker {worker.pid}")
+
+
+class WorkerLost(SegmentFailed):
+    def __init__(self, message: str, hint: str):
+        super().__init__(message, "XX000")
+        self.hint = hint
+
+
+def _lost_at_start(worker: Worker) -> WorkerLost:
+    return WorkerLost(f"background worker {worker.pid} exited while it started (before it could serve this run)",
+                      "The server log says why (out of memory, a terminate, a role that may not log in or has "
+                      "reached its connection limit); SET madlib_dl.executor = 'in_process' trains in this session.")
 
 
 def decode_reply(message, who: str) -> requests.Reply:
@@ -364,11 +423,20 @@ class BackgroundWorkers:
         for worker in self.workers:
             header, blobs = requests.encode(requests.Release(run_id))
             header["idle_timeout"] = self._idle_timeout
-            header["progress"] = "madlib_dl worker (idle)"
-            worker.conn.send(header, blobs, self._check)
+            header["progress"] = IDLE_APPLICATION_NAME  # src/madlib_dl.c asks only these to give way
+            header["pooled"] = True
+            try:
+                worker.conn.send(header, blobs, self._check)
+            except channel.ChannelClosed:
+                pass  # its reply says so
+        kept = []
         for worker in self.workers:
-            _reply(worker, "release", self._check)
-        keep_idle(self.workers)
+            try:
+                _reply(worker, "release", self._check)
+                kept.append(worker)
+            except SegmentFailed:  # gone after the run's last call: the run stands, the worker is not kept
+                end([worker])
+        keep_idle(kept)
         self.workers = []
 
     def _stop(self) -> None:

@@ -9,6 +9,8 @@ answered the last one; meanwhile newer ones replace it, so a slow write never ho
 The same recorder writes the run's checkpoints (training.checkpoints): their requests are queued in
 order and never dropped. With madlib_dl.progress = 'off' the recorder starts only for a run that saves
 checkpoints; with no free slot (a NOTICE says so), neither is recorded.
+Every row the recorder writes is the run's role's (the caller's current user, which the recorder acts
+as; segment/recording.py).
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ from __future__ import annotations
 import datetime
 import time
 
-from madlib_dl import channel, settings
+from madlib_dl import channel, native, settings
 from madlib_dl.errors import MadlibDLError
 from madlib_dl.segment import requests
-from madlib_dl.training import background
+from madlib_dl.training import background, checkpoints
 from madlib_dl.training.executors import SegmentFailed
 
-RECORDER_IDLE_SECONDS = 7 * 86400  # a recorder waits for the next snapshot as long as its run lasts
 MIN_INTERVAL_SECONDS = 0.2  # snapshots closer together wait: every hop longer than this is still shown
 FINAL_REPLY_SECONDS = 5.0
 EXIT_WAIT_SECONDS = 1.0
@@ -37,6 +38,10 @@ class Recorder:
         self.outstanding = 0  # requests sent whose replies have not come
         self.sent_at = 0.0    # when the last snapshot went
         self.recording = True  # progress snapshots (madlib_dl.progress); the recorder may serve checkpoints only
+        # How long the recorder waits for the next request before it ends and gives its slot back: the
+        # DBA's cap (a hop with no snapshot for longer loses the recorder: progress and checkpoints stop).
+        self.idle_timeout = settings.read(db, settings.MAX_RECORDER_IDLE_TIMEOUT)
+        self.role = checkpoints.current_role(db)  # whose rows these are: the recorder acts as this role too
         me = db.execute("SELECT pg_backend_pid() AS pid, backend_start FROM pg_stat_activity "
                         "WHERE pid = pg_backend_pid()")[0]
         self.header = {"pid": me["pid"], "backend_start": me["backend_start"], "function": function,
@@ -48,7 +53,7 @@ class Recorder:
         for the recorder (a state that will stand for a while, such as evaluation beginning)."""
         if not self.recording:
             return
-        self.pending = requests.Record(self.schema, self.run_id, _json_safe({**self.header, **run}), models)
+        self.pending = requests.Record(self.schema, self.role, self.run_id, _json_safe({**self.header, **run}), models)
         self._flush(wait)
 
     @property
@@ -90,7 +95,7 @@ class Recorder:
             return
         try:
             self._receive(block=True, check=None)
-            self._send(requests.Record(self.schema, self.run_id, final=True), check=None)
+            self._send(requests.Record(self.schema, self.role, self.run_id, final=True), check=None)
             self._receive(block=True, check=None)
         except Exception:  # best effort: a recorder that went away removed the rows itself
             pass
@@ -132,7 +137,7 @@ class Recorder:
 
     def _send(self, record, check) -> None:
         header, blobs = requests.encode(record)
-        header["idle_timeout"] = RECORDER_IDLE_SECONDS
+        header["idle_timeout"] = self.idle_timeout
         header["progress"] = f"madlib_dl progress recorder ({self.header['function']})"  # its application_name
         self.worker.conn.send(header, blobs, check)
         self.outstanding += 1
@@ -157,6 +162,11 @@ def start(db, schema: str, run_id: str, function: str, output_table: str | None,
     recorder = Recorder(db, schema, run_id, function, output_table, check)
     recorder.recording = settings.read_choice(db, settings.PROGRESS) != "off"
     if not recorder.recording and not checkpoints:
+        return recorder
+    refusal = native.launch_refusal()  # the recorder acts as the caller too: it starts where workers may
+    if refusal is not None:
+        db.notice(f"{function}: fit_progress will not show this run and it saves no checkpoints: its recorder is a "
+                  f"background worker, and none starts here because {refusal}; training goes on")
         return recorder
     launch = background.begin_launch(db, schema, 1)
     if not launch.pids:

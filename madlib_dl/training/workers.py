@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 
-from madlib_dl import settings
+from madlib_dl import native, settings
 from madlib_dl.errors import InvalidArgument, MadlibDLError
 from madlib_dl.packed_tables import PackedTable
 from madlib_dl.segment import requests
@@ -15,8 +15,10 @@ from madlib_dl.training.background import BackgroundWorkers, WorkerConfig
 from madlib_dl.training.executors import InProcess
 
 UNCOMMITTED_HINT = "commit the transaction that created or changed it to train with background workers in parallel"
+TEMPORARY_HINT = "pack into a permanent table to train with background workers in parallel"
 SLOTS_HINT = ("background workers share the server's max_worker_processes slots with parallel queries and other "
-              "extensions; a DBA can raise it (server restart)")
+              "extensions (a DBA can raise it: server restart), and one role has at most "
+              "madlib_dl.max_workers_per_role at once across its sessions (a DBA's cap)")
 
 
 class WorkersUnusable(Exception):
@@ -56,6 +58,7 @@ def executor_for(db, run_id: str, schema: str, tables: dict[str, PackedTable], m
 def open_executor(db, schema: str, tables: list[PackedTable], devices, name: str, busy_workers: int | None = None):
     mode = settings.read_choice(db, settings.EXECUTOR)
     segments = sorted(tables[0].segments)
+    background.forget_unless(native.caller())  # idle workers of another identity of this session end
     if mode != "in_process":
         try:
             return _background(db, schema, tables, devices, name, busy_workers or len(segments), mode)
@@ -67,29 +70,36 @@ def open_executor(db, schema: str, tables: list[PackedTable], devices, name: str
     executor = InProcess(db, segments)
     # This session keeps the TensorFlow set-up it has (threads, devices): only the GPU choice is made.
     device = devices[0] if devices[0].uses_gpu else replace(devices[0], cuda_visible_devices=None)
-    start = segment_calls.SegmentCall(segments[0], requests.Start(None, None, device.cuda_visible_devices,
+    start = segment_calls.SegmentCall(segments[0], requests.Start(None, device.cuda_visible_devices,
                                                                   device.memory_limit_mib, worker_session=False))
     executor.pids = run_on_each(executor, [start])
     return executor
 
 
 def _background(db, schema, tables, devices, name, busy_workers: int, mode: str) -> BackgroundWorkers:
+    temporary = [t for t in tables if t.table.temporary]
+    if temporary:
+        raise WorkersUnusable(f"{temporary[0].text} is a temporary table, which no other session can read",
+                              TEMPORARY_HINT)
     segments = sorted(tables[0].segments)
-    role = db.execute("SELECT current_user AS role, session_user AS login")[0]
+    identity = _identity(db)
     threads = threads_per_worker(db, busy_workers)
-    configs = [WorkerConfig(role["role"] if role["role"] != role["login"] else None, threads,
-                            devices[i].cuda_visible_devices, devices[i].memory_limit_mib) for i in range(len(segments))]
+    configs = [WorkerConfig(identity, threads, devices[i].cuda_visible_devices, devices[i].memory_limit_mib)
+               for i in range(len(segments))]
     idle = settings.read(db, settings.WORKER_IDLE_TIMEOUT)
     check = driver_check(db, schema)
     workers = background.acquire(db, schema, configs, idle, check, lambda text: db.notice(f"{name}: {text}"))
     if len(workers) < len(configs):
-        slots = db.execute("SELECT current_setting('max_worker_processes') AS n")[0]["n"]
+        limits = db.execute("SELECT pg_catalog.current_setting('max_worker_processes') AS slots, "
+                            "pg_catalog.current_setting('madlib_dl.max_workers_per_role', true) AS per_role")[0]
+        why = (f"max_worker_processes is {limits['slots']}, madlib_dl.max_workers_per_role is "
+               f"{limits['per_role'] or 6}")  # 6: src/madlib_dl.c's default
         if not workers or mode == "workers":
             background.end(workers, background.EXIT_WAIT_SECONDS)
             raise WorkersUnusable(f"only {len(workers)} of the {len(configs)} background workers it needs could start "
-                                  f"(max_worker_processes is {slots})", SLOTS_HINT)
+                                  f"({why})", SLOTS_HINT)
         db.notice(f"{name}: {len(workers)} background workers serve {len(segments)} segments, because only "
-                  f"{len(workers)} could start (max_worker_processes is {slots}); {SLOTS_HINT}")
+                  f"{len(workers)} could start ({why}); {SLOTS_HINT}")
     executor = BackgroundWorkers(workers, segments, check, idle)
     try:
         _check_same_data(executor, tables)
@@ -100,6 +110,22 @@ def _background(db, schema, tables, devices, name, busy_workers: int, mode: str)
         executor.close()
         raise
     return executor
+
+
+def _identity(db) -> tuple:
+    """Who background workers would act as (session user, current user, security context): why they
+    cannot, or the identity a pooled worker must have been started for."""
+    refusal = native.launch_refusal()
+    if refusal is not None:
+        raise WorkersUnusable(refusal, native.REFUSAL_HINT)
+    identity = native.caller()
+    roles = db.execute("SELECT r.rolname AS name, r.rolcanlogin AS login FROM pg_catalog.pg_roles r "
+                       "WHERE r.oid OPERATOR(pg_catalog.=) ANY ($1)", [list(identity[:2])], ["oid[]"])
+    if roles and not any(r["login"] for r in roles):
+        names = " nor ".join(sorted({r["name"] for r in roles}))
+        raise WorkersUnusable(f"no background worker can act as {names}: a worker logs in as the current role, "
+                              "or as the session user when the current role may not", "a role with LOGIN can")
+    return identity
 
 
 def driver_check(db, schema: str):

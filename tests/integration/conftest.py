@@ -272,12 +272,36 @@ def training_database(server, plain_role):
     return lambda name: plain_training_database(server, plain_role, name)
 
 
+# internal_launch_worker starts a worker only for a token madlib_dl's Python armed in the same backend
+# (src/madlib_dl.c, madlib_dl/native.py): a test launches through a PL/Python function of its own, which
+# only a superuser can create. The C library is loaded first (internal_client_connected is one of its
+# functions), so that its symbols are in the process.
+LAUNCH_FUNCTION = """
+CREATE OR REPLACE FUNCTION public.madlib_dl_test_launch(schema TEXT, token TEXT) RETURNS INTEGER
+LANGUAGE plpython3u AS $$
+import ctypes
+plpy.execute("SELECT %s.internal_client_connected()" % plpy.quote_ident(schema))
+library = ctypes.CDLL(None)
+library.madlib_dl_arm_launch.argtypes = [ctypes.c_char_p]
+library.madlib_dl_arm_launch(token.encode())
+plan = plpy.prepare("SELECT %s.internal_launch_worker($1) AS pid" % plpy.quote_ident(schema), ["text"])
+return plpy.execute(plan, [token])[0]["pid"]
+$$"""
+
+
+def create_launch_function(cur) -> None:
+    """public.madlib_dl_test_launch(schema, token) in cur's database (cur: a superuser's)."""
+    cur.execute(LAUNCH_FUNCTION)
+
+
 class WorkerSlots:
     """Takes the server's free background worker slots with real madlib_dl workers (launched through
-    internal_launch_worker from the given session) that connect to a channel this test owns and then
-    wait for requests; ``free(n)`` lets n of them go, so exactly n slots are free."""
+    internal_launch_worker by the superuser, in the database of the given session, with no per-role cap)
+    that connect to a channel this test owns and then wait for requests; ``free(n)`` lets n of them go,
+    so exactly n slots are free."""
 
-    def __init__(self):
+    def __init__(self, server=None):
+        self._server = server
         from madlib_dl import channel
 
         self._channel = channel
@@ -293,8 +317,15 @@ class WorkerSlots:
         """Launch until no slot is left; returns how many were taken."""
         from madlib_dl.segment.worker import Token
 
-        for index in range(64):
-            cur.execute(f"SELECT {schema}.internal_launch_worker(%s)", [Token(self._path, self._secret, index).text()])
+        with self._server.connect(cur.connection.info.dbname) as admin, admin.cursor() as acur:
+            create_launch_function(acur)
+            acur.execute("SET madlib_dl.max_workers_per_role = 1000")
+            return self._fill(acur, schema, Token)
+
+    def _fill(self, cur, schema, Token) -> int:
+        for index in range(len(self.held), 64):
+            cur.execute("SELECT public.madlib_dl_test_launch(%s, %s)",
+                        [schema, Token(self._path, self._secret, index).text()])
             pid = cur.fetchone()[0]
             if pid is None:
                 return len(self.held)
@@ -321,8 +352,8 @@ class WorkerSlots:
 
 
 @pytest.fixture
-def worker_slots():
-    slots = WorkerSlots()
+def worker_slots(server):
+    slots = WorkerSlots(server)
     try:
         yield slots
     finally:

@@ -1,12 +1,15 @@
 """The C library (src/madlib_dl.c) on a real server: internal_launch_worker starts a dynamic background
-worker connected to the caller's database as the caller's login role, which calls
+worker connected to the caller's database as the caller's current role (or as its session user, in the
+NOLOGIN role it SET ROLE to), which calls
 internal_worker_serve(token) once per transaction until it returns false, then exits; a token too long
 for bgw_extra is refused; a full max_worker_processes gives NULL; internal_client_connected notices a
 client that went away.
 
 The real internal_worker_serve is madlib_dl/segment/worker.py's; this module's own database replaces it
 with a small body that logs each call and returns false on its third call. Its first call waits for a
-shared advisory lock, so the test can hold workers alive while it looks at them in pg_stat_activity."""
+shared advisory lock, so the test can hold workers alive while it looks at them in pg_stat_activity.
+Launches go through conftest's public.madlib_dl_test_launch, a superuser's PL/Python function that arms
+each launch as madlib_dl's own Python does (the launcher refuses a launch nobody armed)."""
 
 from __future__ import annotations
 
@@ -21,8 +24,10 @@ import pytest
 # The schema the extension owns (pg_extension.extnamespace is only where CREATE EXTENSION ran: public).
 from madlib_dl.tools.cluster import EXTENSION_QUERY
 
+from tests.integration.conftest import create_launch_function
+
 LOCK = 4242  # advisory lock key: while the test holds it, a worker's first call waits
-TOKEN_BYTES = 119  # bgw_extra is 128 bytes: two OIDs, then the NUL-terminated token
+TOKEN_BYTES = 115  # bgw_extra is 128 bytes: three OIDs, then the NUL-terminated token
 
 SERVE_BODY = """
 calls = GD['calls'] = GD.get('calls', 0) + 1
@@ -67,6 +72,7 @@ def setup(server, plain_role):
                 cur.execute(f'GRANT "{TEAM_ROLE}" TO "{TEAM_MEMBER}"')
                 for role in (plain_role.name, TEAM_MEMBER, TEAM_ROLE):
                     cur.execute(f'GRANT SELECT, INSERT ON public.serve_log, public.client_check TO "{role}"')
+                create_launch_function(cur)
                 cur.execute(f"CREATE OR REPLACE FUNCTION {schema}.internal_worker_serve(token TEXT) RETURNS BOOLEAN "
                             f"LANGUAGE plpython3u VOLATILE AS $$\n{SERVE_BODY.format(lock=LOCK, schema=schema)}\n$$")
             yield Setup(db, schema, plain_role, member)
@@ -78,7 +84,7 @@ def setup(server, plain_role):
 
 
 def _launch(cur, schema: str, token: str):
-    cur.execute(f"SELECT {schema}.internal_launch_worker(%s)", [token])
+    cur.execute("SELECT public.madlib_dl_test_launch(%s, %s)", [schema, token])
     return cur.fetchone()[0]
 
 
@@ -168,7 +174,9 @@ def test_a_worker_serves_three_transactions_as_the_login_role_then_exits(server,
         assert acur.fetchone()[0] is False
 
 
-def test_the_worker_runs_as_the_session_user_not_the_role_set(server, setup):
+def test_a_nologin_role_the_caller_set_is_the_workers_from_its_first_statement(server, setup):
+    """SET ROLE to a group role that may not log in: the worker logs in as the session user and takes the
+    role in C, before any SQL runs."""
     with server.connect(setup.db, user=setup.team_member) as conn, conn.cursor() as cur:
         cur.execute(f'SET ROLE "{TEAM_ROLE}"')
         cur.execute("SELECT session_user, current_user")
@@ -177,7 +185,19 @@ def test_the_worker_runs_as_the_session_user_not_the_role_set(server, setup):
         assert pid is not None
         _wait_until_done(cur, ["set-role"], [pid])
         rows = _log(cur, "set-role")
-        assert [r[:3] for r in rows] == [(call, TEAM_MEMBER, TEAM_MEMBER) for call in (1, 2, 3)]
+        assert [r[:3] for r in rows] == [(call, TEAM_MEMBER, TEAM_ROLE) for call in (1, 2, 3)]
+
+
+def test_a_login_role_the_caller_set_is_the_one_the_worker_logs_in_as(server, setup):
+    """The superuser did SET ROLE to a role that may log in: the worker logs in as that role, so neither
+    RESET ROLE nor SET ROLE NONE there reaches the superuser."""
+    with server.connect(setup.db) as conn, conn.cursor() as cur:
+        cur.execute(f'SET ROLE "{setup.role.name}"')
+        pid = _launch(cur, setup.schema, "set-login-role")
+        assert pid is not None
+        _wait_until_done(cur, ["set-login-role"], [pid])
+        rows = _log(cur, "set-login-role")
+        assert [r[:3] for r in rows] == [(call, setup.role.name, setup.role.name) for call in (1, 2, 3)]
 
 
 def test_the_longest_token_arrives_whole_and_a_longer_one_is_refused(server, setup):
@@ -192,13 +212,23 @@ def test_the_longest_token_arrives_whole_and_a_longer_one_is_refused(server, set
         with pytest.raises(psycopg2.Error) as raised:
             _launch(cur, setup.schema, longest + "y")
         assert raised.value.pgcode == "22023"
-        assert raised.value.diag.message_primary == \
-            f"madlib_dl: token: expected at most {TOKEN_BYTES} bytes, got {TOKEN_BYTES + 1}"
+        assert raised.value.diag.message_primary.endswith(  # through the test's PL/Python launcher
+            f"madlib_dl: token: expected at most {TOKEN_BYTES} bytes, got {TOKEN_BYTES + 1}")
         cur.execute(f"SELECT {setup.schema}.internal_launch_worker(NULL)")  # STRICT: no worker
         assert cur.fetchone()[0] is None
 
 
 def test_launch_returns_null_when_every_worker_slot_is_taken(server, setup):
+    with server.connect(setup.db) as admin, admin.cursor() as acur:  # slots, not the per-role cap, run out
+        acur.execute(f'ALTER ROLE "{setup.role.name}" IN DATABASE "{setup.db}" SET madlib_dl.max_workers_per_role = 100')
+    try:
+        _null_when_every_slot_is_taken(server, setup)
+    finally:
+        with server.connect(setup.db) as admin, admin.cursor() as acur:
+            acur.execute(f'ALTER ROLE "{setup.role.name}" IN DATABASE "{setup.db}" RESET madlib_dl.max_workers_per_role')
+
+
+def _null_when_every_slot_is_taken(server, setup):
     with server.connect(setup.db) as admin, admin.cursor() as acur, \
             server.connect(setup.db, user=setup.role) as conn, conn.cursor() as cur:
         acur.execute("SHOW max_worker_processes")
