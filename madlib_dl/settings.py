@@ -2,10 +2,13 @@
 postgresql.conf, no restart needed. This module is their one definition: a backend's first madlib_dl
 call registers them (:func:`register`, through the C library) with these ranges and defaults, so SHOW
 prints them and SET refuses a bad value. Values are also checked when a function reads them (a client
-tool's connection, where nothing is registered), so a bad value gives an error naming the setting."""
+tool's connection, where nothing is registered), so a bad value gives an error naming the setting. The
+DBA caps (``superuser_only``, madlib_dl.max_*) are superuser-only settings; the settings they cap are
+clamped to them when read."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +35,12 @@ class Setting:
     minimum: int
     maximum: int
     meaning: str
+    # A DBA's cap: superuser-only (PGC_SUSET), so that no plain role can set or raise it. Its name starts
+    # with madlib_dl.max_ and it is listed, with the same range and default, in src/madlib_dl.c's CAPS,
+    # which decides the context (a plain role may call the C function that registers settings).
+    superuser_only: bool = False
+    # The cap this setting is clamped to when read (read() returns the smaller); SHOW shows what was set.
+    cap: "Setting | None" = None
 
 
 NUM_SEGMENTS = Setting("madlib_dl.num_segments", machine_segments, 1, 1024,
@@ -50,9 +59,24 @@ def memory_default_mib() -> int:
     return max(1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (2 << 20))
 
 
+def machine_memory_mib() -> int:
+    return max(1, min(2**31 - 1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)))
+
+
+# DBA caps (superuser_only): what a role's settings may spend of the server's shared resources.
+MAX_MEMORY_BUDGET_MB = Setting("madlib_dl.max_memory_budget_mb", machine_memory_mib, 1, 2**31 - 1,
+                               "the DBA's cap on madlib_dl.memory_budget_mb (MiB); default: the machine's memory",
+                               superuser_only=True)
+MAX_WORKER_IDLE_TIMEOUT = Setting("madlib_dl.max_worker_idle_timeout", lambda: 600, 0, 86400,
+                                  "the DBA's cap on madlib_dl.worker_idle_timeout (seconds)", superuser_only=True)
+MAX_RECORDER_IDLE_TIMEOUT = Setting("madlib_dl.max_recorder_idle_timeout", lambda: 86400, 1, 7 * 86400,
+                                    "seconds a training run's progress recorder waits for its next snapshot before "
+                                    "it ends, giving its background worker slot back (progress and checkpoints stop)",
+                                    superuser_only=True)
+
 MEMORY_BUDGET_MB = Setting("madlib_dl.memory_budget_mb", memory_default_mib, 1, 2**31 - 1,
                            "MiB that a training run's cached data and models (or a buffer being packed) may take "
-                           "on this machine")
+                           "on this machine (at most madlib_dl.max_memory_budget_mb)", cap=MAX_MEMORY_BUDGET_MB)
 
 
 def max_model_memory_default_mib() -> int:
@@ -64,11 +88,20 @@ def max_model_memory_default_mib() -> int:
 # its weights), checked from the architecture's JSON before Keras allocates anything (keras_runtime.arch_size).
 MAX_MODEL_MEMORY_MB = Setting("madlib_dl.max_model_memory_mb", max_model_memory_default_mib, 1, 2**31 - 1,
                               "MiB that building one model may take in a backend (about 3 times its weights): "
-                              "load_keras_model, predict and training runs refuse larger architectures")
+                              "load_keras_model, predict and training runs refuse larger architectures",
+                              superuser_only=True)
 
 WORKER_IDLE_TIMEOUT = Setting("madlib_dl.worker_idle_timeout", lambda: 60, 0, 86400,
                               "seconds a session's background workers wait for its next call after a run (0: they "
-                              "end with each call)")
+                              "end with each call; at most madlib_dl.max_worker_idle_timeout)",
+                              cap=MAX_WORKER_IDLE_TIMEOUT)
+
+# The DBA's cap (superuser-only once settings have DBA caps); src/madlib_dl.c reads it at each launch
+# (DEFAULT_WORKERS_PER_ROLE there when unregistered) and counts the role's workers across its sessions.
+MAX_WORKERS_PER_ROLE = Setting("madlib_dl.max_workers_per_role", lambda: 6, 1, 1024,
+                               "background workers (training workers and progress recorders) one role may have at "
+                               "once, across all its sessions; a launch beyond it asks an idle worker of the role "
+                               "to give way, else gets none", superuser_only=True)
 
 CHECKPOINT_EVERY = Setting("madlib_dl.checkpoint_every", lambda: 0, 0, 1_000_000,
                            "a training run saves a checkpoint every this many iterations (automl: model iterations; "
@@ -78,7 +111,9 @@ CHECKPOINT_MINUTES = Setting("madlib_dl.checkpoint_minutes", lambda: 10, 0, 1008
                              "it began or last saved (0: by count only)")
 
 ALL = (NUM_SEGMENTS, SHUFFLE_SEED, FIT_SEED, WORKER_THREADS, MEMORY_BUDGET_MB, WORKER_IDLE_TIMEOUT, CHECKPOINT_EVERY,
-       CHECKPOINT_MINUTES, MAX_MODEL_MEMORY_MB)
+       CHECKPOINT_MINUTES, MAX_MODEL_MEMORY_MB, MAX_WORKERS_PER_ROLE, MAX_MEMORY_BUDGET_MB, MAX_WORKER_IDLE_TIMEOUT,
+       MAX_RECORDER_IDLE_TIMEOUT)
+CAPS = tuple(setting for setting in ALL if setting.superuser_only)  # each in src/madlib_dl.c's CAPS too
 
 
 @dataclass(frozen=True)
@@ -121,8 +156,37 @@ def parse_int(setting: Setting, text: str | None) -> int:
 
 
 def read(db, setting: Setting) -> int:
+    """The setting's value in force: what the session set, clamped to the DBA's cap if it has one
+    (silently: an error that a capped value causes names the cap, see capped_note)."""
     rows = db.execute("SELECT current_setting($1, true) AS value", [setting.name], ["text"])
-    return parse_int(setting, rows[0]["value"])
+    value = parse_int(setting, rows[0]["value"])
+    return value if setting.cap is None else min(value, read(db, setting.cap))
+
+
+def capped_note(db, setting: Setting) -> str:
+    """' (capped at N by madlib_dl.max_...: a superuser's setting)' when the cap lowers what the session
+    set, else ''; for messages that name the value read()."""
+    if setting.cap is None:
+        return ""
+    cap = read(db, setting.cap)
+    if parse_int(setting, read_text(db, setting.name)) <= cap:
+        return ""
+    return f" (capped at {cap} by {setting.cap.name}, a superuser's setting)"
+
+
+@contextlib.contextmanager
+def naming_the_cap(db, setting: Setting):
+    """An InvalidArgument raised inside (about ``setting``'s value) says so when the DBA's cap lowered
+    what the session set: raising the setting would not help."""
+    try:
+        yield
+    except InvalidArgument as error:
+        note = capped_note(db, setting)
+        if not note:
+            raise
+        hint = (f"{setting.cap.name} is a superuser's setting (ALTER ROLE or ALTER DATABASE ... SET "
+                f"{setting.cap.name})" + (f"; otherwise: {error.hint}" if error.hint else ""))
+        raise InvalidArgument(f"{error}{note}", hint=hint) from None
 
 
 def read_text(db, name: str) -> str | None:
@@ -161,6 +225,8 @@ def register(db, schema: str) -> None:
         parse_int(setting, read_text(db, setting.name))
     for choice in CHOICES:
         read_choice(db, choice)
+    # The C function makes the DBA caps (madlib_dl.max_*, its CAPS) superuser-only whatever it is passed:
+    # a cap's value that a plain role SET before this call is then dropped, with PostgreSQL's WARNING.
     for setting in ALL:
         kind = "integer" if INT32[0] <= setting.minimum and setting.maximum <= INT32[1] else "bigint"
         db.execute(define[0], [setting.name, kind, str(setting.default()), setting.minimum, setting.maximum, [],

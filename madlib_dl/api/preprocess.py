@@ -159,10 +159,11 @@ def _check_memory(conn, plan: packing.BufferPlan, features: Features, labels: La
     needed = packing.packing_bytes(plan, features.size, labels.num_classes)
     budget = settings.read(conn, settings.MEMORY_BUDGET_MB) << 20
     if needed > budget:
-        raise InvalidArgument(
-            f"buffer_size: buffers of {plan.buffer_size} rows need about {memory.format_bytes(needed)} while they are "
-            f"packed ({packing.PACKING_COPIES} copies of one buffer) but {settings.MEMORY_BUDGET_MB.name} is {budget >> 20} "
-            "MiB", hint="Give a smaller buffer_size or raise the setting.")
+        with settings.naming_the_cap(conn, settings.MEMORY_BUDGET_MB):
+            raise InvalidArgument(
+                f"buffer_size: buffers of {plan.buffer_size} rows need about {memory.format_bytes(needed)} while they "
+                f"are packed ({packing.PACKING_COPIES} copies of one buffer) but {settings.MEMORY_BUDGET_MB.name} is "
+                f"{budget >> 20} MiB", hint="Give a smaller buffer_size or raise the setting.")
 
 
 # ---------------------------------------------------------------- training

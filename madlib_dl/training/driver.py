@@ -171,10 +171,11 @@ def plan_memory(db, spec: RunSpec, initial: dict[int, bytes]) -> MemoryPlan:
     validation = {k: s.cache_bytes for k, s in spec.validation.segments.items()} if spec.validation else {}
     budget = settings.read(db, settings.MEMORY_BUDGET_MB) << 20
     estimate = memory.estimate(training, validation, sizes, spec.use_caching is not False)
-    if spec.use_caching is not None or estimate.total_bytes <= budget:
-        memory.check(estimate, budget)
-        return MemoryPlan(estimate.use_caching)
-    _check_one_segment(spec, estimate, budget)
+    with settings.naming_the_cap(db, settings.MEMORY_BUDGET_MB):
+        if spec.use_caching is not None or estimate.total_bytes <= budget:
+            memory.check(estimate, budget)
+            return MemoryPlan(estimate.use_caching)
+        _check_one_segment(spec, estimate, budget)
     setting, total = settings.MEMORY_BUDGET_MB.name, estimate.total_bytes
     db.notice(f"{spec.caller.function}: caching the examples would need about {memory.format_bytes(total)} but "
               f"{setting} is {budget >> 20} MiB, so every hop reads its segment's buffers from {spec.source.text} "
