@@ -85,7 +85,8 @@ def _fails(database, error, fragment, table, mst_key=None):
 def test_a_multi_model_table_gives_the_row_of_its_mst_key(cur, database):
     _multi(cur)
     model = trained_models.load(database, "multi", 2)
-    assert model.table == TableName(None, "multi") and model.text == "multi" and model.mst_key == 2
+    assert model.table == TableName("t", "multi") and str(model.table) == "multi" and model.text == "multi"
+    assert model.mst_key == 2
     assert json.loads(model.model_arch) == json.loads(ARCH)
     assert model.weights == WEIGHTS + bytes([2]) and isinstance(model.weights, bytes)
     assert model.compile_params == COMPILE.replace("0.01", "0.02")  # from _info, for this key
