@@ -219,6 +219,7 @@ def _training(conn, text) -> Training:
     hint = f"training_preprocessor_table: {text!r} must be made by training_preprocessor_dl()"
     if not identifiers.table_exists(conn, summary):
         raise ObjectMissing(f"{hint}; its summary table {summary} is missing")
+    catalog.require_select(conn, summary, "training_preprocessor_table", text, companion=True)
     columns = catalog.columns(conn, summary)
     missing = [c for c in _TRAINING_COLUMNS if c not in columns]
     if missing:
