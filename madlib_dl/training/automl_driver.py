@@ -49,7 +49,7 @@ class AutomlRun:
 
 @dataclass(frozen=True)
 class Saving:
-    key: str                              # checkpoints.run_key
+    key: checkpoints.RunKey               # checkpoints.run_key
     when: checkpoints.When
     saved: checkpoints.Saved | None       # the checkpoint to resume from
 
@@ -386,7 +386,7 @@ def train(db, automl: AutomlRun) -> AutomlResult:
     tables = {"train": spec.source, **({"validation": spec.validation} if spec.validation else {})}
     set_name = driver.application_name_setter(db)
     when = checkpoints.when(db)
-    key = checkpoints.run_key(spec, automl.identity)
+    key = checkpoints.run_key(db, spec, automl.identity)  # the current user's, as fit's
     saving = Saving(key, when, checkpoints.load(db, spec.schema, key))
     runner = None
     try:

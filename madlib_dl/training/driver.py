@@ -214,7 +214,7 @@ class Driver:
                  recorder: progress.Recorder, when: checkpoints.When):
         self.db, self.spec, self.executor, self.set_name, self.plan = db, spec, executor, set_name, plan
         self.recorder, self.when = recorder, when
-        self.key = checkpoints.run_key(spec)
+        self.key = checkpoints.run_key(db, spec)  # the current user's: never another role's checkpoint
         self.trained_hops = 0  # of the whole run
         self.model_hops: dict[int, int] = {m.mst_key: 0 for m in spec.models}
         self.models = {m.mst_key: ModelProgress(m, m.weights if m.weights is not None else initial_weights[m.model_id],

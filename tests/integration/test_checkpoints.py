@@ -55,7 +55,7 @@ def _weights(cur, table):
 
 
 def _checkpoint_iteration(su, role) -> int | None:
-    su.execute("SELECT max(iteration) FROM madlib_dl.internal_checkpoints WHERE role = %s", [role])
+    su.execute("SELECT max(iteration) FROM madlib_dl.internal_checkpoints WHERE role = %s::regrole", [role])
     return su.fetchone()[0]
 
 
@@ -158,8 +158,8 @@ def _automl(method, random_state):
 
 
 def _automl_state(su, role):
-    su.execute("SELECT state::json FROM madlib_dl.internal_checkpoints WHERE role = %s AND iteration IS NOT NULL",
-               [role])
+    su.execute("SELECT state::json FROM madlib_dl.internal_checkpoints WHERE role = %s::regrole "
+               "AND iteration IS NOT NULL", [role])
     return su.fetchone()[0]
 
 
@@ -224,7 +224,7 @@ def test_an_automl_checkpoint_whose_policy_does_not_replay_is_not_used(db, serve
         call = _automl(HYPEROPT, 7)
         _terminated_after_checkpoint(su, server, plain_role, "tpe_tampered", 2, call)
         su.execute("UPDATE madlib_dl.internal_checkpoints SET state = "
-                   "jsonb_set(state::jsonb, '{random_state}', '8')::text WHERE role = %s", [plain_role.name])
+                   "jsonb_set(state::jsonb, '{random_state}', '8')::text WHERE role = %s::regrole", [plain_role.name])
         again = _session(server, plain_role)
         hops, notices = call(again, "tpe_tampered")
         assert any("is not used (the policy decided otherwise at entry 0 (start)" in n and "starts over" in n
