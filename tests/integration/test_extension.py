@@ -71,6 +71,7 @@ def test_the_c_library_is_loaded_from_libdir_and_the_schema_is_usable_by_everyon
                 "JOIN pg_language l ON l.oid = p.prolang WHERE l.lanname = 'c' "
                 "AND p.pronamespace = 'madlib_dl'::regnamespace ORDER BY 1")
     assert cur.fetchall() == [
+        ("internal_caller_search_path", "$libdir/madlib_dl", "madlib_dl_caller_search_path", "s", False),
         ("internal_client_connected", "$libdir/madlib_dl", "madlib_dl_client_connected", "v", False),
         ("internal_define_setting", "$libdir/madlib_dl", "madlib_dl_define_setting", "v", True),
         ("internal_launch_worker", "$libdir/madlib_dl", "madlib_dl_launch_worker", "v", True),

@@ -23,7 +23,7 @@ def small_limits(monkeypatch):
 
 def test_a_large_state_is_stored_in_parts_and_read_back_whole(plain_cur, small_limits):
     db = database.PsycopgDatabase(plain_cur.connection)
-    table = TableName(None, "state_models")
+    table = TableName("public", "state_models")
     stored_state.drop(db, table)
     large, small = os.urandom(2500), os.urandom(1000)
     for key, state in ((1, large), (2, small), (3, None)):
@@ -41,7 +41,7 @@ def test_a_large_state_is_stored_in_parts_and_read_back_whole(plain_cur, small_l
 
 def test_nothing_is_written_when_every_state_fits_its_column(plain_cur, small_limits):
     db = database.PsycopgDatabase(plain_cur.connection)
-    stored_state.write_large(db, TableName(None, "state_small"), 1, b"x" * 1000)
+    stored_state.write_large(db, TableName("public", "state_small"), 1, b"x" * 1000)
     plain_cur.execute("SELECT to_regclass('state_small_optimizer_state') IS NULL")
     assert plain_cur.fetchone()[0]
 
