@@ -55,7 +55,7 @@ def _library():
         library.madlib_dl_take_give_way_request.restype = ctypes.c_int
     except AttributeError:
         raise LibraryMissing("the C library madlib_dl is not loaded in this backend, or is an older version",
-                             hint="run ALTER EXTENSION madlib_dl UPDATE, then reconnect") from None
+                             hint="Run ALTER EXTENSION madlib_dl UPDATE, then reconnect.") from None
     return library
 
 

@@ -92,7 +92,8 @@ _PG_init(void)
 #define WORKER_TYPE "madlib_dl worker"
 #define IDLE_APPLICATION_NAME "madlib_dl worker (idle)"
 #define DEFAULT_WORKERS_PER_ROLE 6
-#define GIVE_WAY_MS 3000		/* how long a launch waits for an idle worker it asked to give way */
+#define GIVE_WAY_MS 3000		/* how long a launch short of a slot or of the role's cap waits for one */
+#define ASK_EVERY_MS 1000		/* how often it asks another idle worker to give way meanwhile */
 
 /* What a worker gets from its launcher, in bgw_extra (BGW_EXTRALEN = 128 bytes). */
 typedef struct WorkerArgs
@@ -346,6 +347,8 @@ madlib_dl_launch_worker(PG_FUNCTION_ARGS)
 	bool		armed;
 	int			cap = workers_per_role();
 	TimestampTz deadline = 0;
+	TimestampTz next_ask = 0;
+	TimestampTz now;
 	MemoryContext old;
 	Launched   *item;
 
@@ -418,15 +421,21 @@ madlib_dl_launch_worker(PG_FUNCTION_ARGS)
 		}
 		if (registered)
 			break;
+		now = GetCurrentTimestamp();
 		if (deadline == 0)
+			deadline = TimestampTzPlusMilliseconds(now, GIVE_WAY_MS);
+		else if (now >= deadline)
+			PG_RETURN_NULL();
+		/*
+		 * Wait even when no idle worker was there to ask: workers of a run or session that just ended
+		 * are still exiting, and their places free up in a moment. Ask again each ASK_EVERY_MS, one
+		 * worker at a time, so that no more give way than this launch needs.
+		 */
+		if (now >= next_ask)
 		{
 			(void) madlib_dl_workers(capped ? args.login : InvalidOid, true, &asked);
-			if (!asked)
-				PG_RETURN_NULL();
-			deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), GIVE_WAY_MS);
+			next_ask = TimestampTzPlusMilliseconds(now, ASK_EVERY_MS);
 		}
-		else if (GetCurrentTimestamp() >= deadline)
-			PG_RETURN_NULL();
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 50, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();

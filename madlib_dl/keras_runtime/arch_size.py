@@ -85,12 +85,12 @@ def check(size: ArchSize, argument: str, cap_mib: int, budget_mib: int | None = 
     if needed > cap_mib << 20:
         raise InvalidArgument(
             f"{what}, over the {cap_mib} MiB that {cap} allows one model on this server",
-            hint=f"Use a smaller model, or ask a superuser to raise the cap: ALTER SYSTEM SET {cap} = {suggested}; "
-                 "SELECT pg_reload_conf();")
+            hint=f"Use a smaller model, or ask a superuser to raise the cap (ALTER SYSTEM SET {cap} = {suggested}, "
+                 "then SELECT pg_reload_conf()).")
     budget = settings.MEMORY_BUDGET_MB.name
     if budget_mib is not None and needed > budget_mib << 20:
         raise InvalidArgument(f"{what}, over the memory budget {budget} = {budget_mib} MiB",
-                              hint=f"Use a smaller model, or raise the budget: SET {budget} = {suggested};")
+                              hint=f"Use a smaller model, or raise the budget: SET {budget} = {suggested}.")
 
 
 # ---- counting from the JSON ------------------------------------------------------------------------

@@ -26,7 +26,11 @@ from madlib_dl.segment import store as stores
 
 GD_KEY = "madlib_dl_worker"
 WAIT_SECONDS = 1.0
-AUTH_SECONDS = 10.0
+# How long a new worker waits for its driver's challenge. A training worker is accepted at once, but a
+# progress recorder only at its run's next snapshot, which may be a long hop away (it gave up after 10 s
+# before: a run whose first hop was longer had no fit_progress and no checkpoints). The wait ends at once
+# when the driver's end closes (the driver gone, or its launch given up).
+AUTH_SECONDS = 86400.0
 DEFAULT_IDLE_SECONDS = 60.0
 
 
@@ -70,7 +74,7 @@ def serve(gd: dict, token: str) -> bool:
     if own is None or token != own:
         db.current().fail(NotAWorker("internal_worker_serve runs only in the madlib_dl background worker its "
                                      "token was given to",
-                                     hint="madlib_dl's training functions start and serve their own workers."))
+                                     hint="Only madlib_dl's training functions start and serve its workers."))
     state = gd.get(GD_KEY)
     if state is None:
         state = _connect(token)

@@ -148,3 +148,42 @@ def test_progress_off_records_nothing(db, server, plain_role):
         run.join()
     assert run.error is None, run.error
     assert seen == []
+
+
+def test_a_first_hop_longer_than_ten_seconds_keeps_the_recorder(db, server, plain_role):
+    """The recorder is accepted at the run's first snapshot after it started, the end of the first hop;
+    its worker waits that long for the driver's challenge (it gave up after 10 s, and a run whose first
+    hop was longer had no fit_progress and saved no checkpoints, without a word)."""
+    with db.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS mst_long, mst_long_summary")
+        cur.execute("SELECT madlib_dl.load_model_selection_table('arch', 'mst_long', ARRAY[1], %s, %s)",
+                    [digits_data.TWO_CONFIGS[:1], ["batch_size=8, epochs=600"]])
+        db.commit()
+    conn = psycopg2.connect(**server.dsn(DB, user=plain_role))
+    conn.autocommit = True
+    seen, done = [], threading.Event()
+
+    def watch():
+        with psycopg2.connect(**server.dsn(DB, user=plain_role)) as watcher, watcher.cursor() as cur:
+            watcher.autocommit = True
+            while not done.is_set():
+                cur.execute("SELECT iteration FROM madlib_dl.fit_progress WHERE output_table = 'long_hops'")
+                seen.extend(cur.fetchall())
+                time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS long_hops, long_hops_summary, long_hops_info")
+            cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('train_packed', 'long_hops', 'mst_long', "
+                        "2, FALSE)")
+            cur.execute("SELECT min(seconds) FROM madlib_dl.last_fit_hops() WHERE kind = 'train'")
+            shortest = cur.fetchone()[0]
+    finally:
+        done.set()
+        watcher.join()
+        conn.close()
+    assert shortest > 11, f"hops of {shortest:.1f} s test nothing here: give mst_long more epochs"
+    assert not [n for n in conn.notices if "fit_progress stops showing" in n], conn.notices
+    assert seen, "fit_progress never showed the run"

@@ -60,7 +60,8 @@ def test_an_output_table_made_by_another_role_mid_run_does_not_spoil_the_run(ser
             _wait_until_training(server, database, bob_pid)
             with server.connect(database, user=plain_role) as alice, alice.cursor() as cur:
                 cur.execute("SET lock_timeout = '2s'")
-                with pytest.raises((psycopg2.errors.LockNotAvailable, psycopg2.errors.DuplicateTable)):
+                with pytest.raises((psycopg2.errors.LockNotAvailable, psycopg2.errors.DuplicateTable,
+                                    psycopg2.errors.UniqueViolation)):  # waited, then found it taken
                     cur.execute("CREATE TABLE public.bob_out_info (x INTEGER)")
         finally:
             thread.join(300)

@@ -54,7 +54,7 @@ def db(training_database):
         cur.execute("SELECT madlib_dl.load_model_selection_table('arch', 'mst_quick', ARRAY[1], ARRAY[%s], "
                     "ARRAY['batch_size=8,epochs=1'])", [ADAM])
         cur.execute("SELECT madlib_dl.load_model_selection_table('arch', 'mst_mixed', ARRAY[1], ARRAY[%s], "
-                    "ARRAY['batch_size=8,epochs=1', 'batch_size=1,epochs=300'])", [ADAM])
+                    "ARRAY['batch_size=8,epochs=1', 'batch_size=1,epochs=600'])", [ADAM])
         yield conn
 
 

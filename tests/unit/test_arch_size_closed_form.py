@@ -90,8 +90,8 @@ def test_check_names_the_argument_the_numbers_and_the_cap_to_raise():
     message, hint = str(refused.value), refused.value.hint
     assert message.startswith("model_arch: the model has 24,000,003 parameters (91.6 MiB of weights); building it "
                               "takes about 274.7 MiB, over the 16 MiB that madlib_dl.max_model_memory_mb allows")
-    assert hint.startswith("Use a smaller model, or ask a superuser to raise the cap: "
-                           "ALTER SYSTEM SET madlib_dl.max_model_memory_mb = 275;")
+    assert hint == ("Use a smaller model, or ask a superuser to raise the cap (ALTER SYSTEM SET "
+                    "madlib_dl.max_model_memory_mb = 275, then SELECT pg_reload_conf()).")
 
 
 def test_check_against_the_budget_names_the_setting_the_caller_can_change():
@@ -100,4 +100,4 @@ def test_check_against_the_budget_names_the_setting_the_caller_can_change():
     with pytest.raises(InvalidArgument) as refused:
         arch_size.check(size, "model_id 3", cap_mib=100, budget_mib=8)
     assert str(refused.value).endswith(f"over the memory budget {settings.MEMORY_BUDGET_MB.name} = 8 MiB")
-    assert refused.value.hint == f"Use a smaller model, or raise the budget: SET {settings.MEMORY_BUDGET_MB.name} = 12;"
+    assert refused.value.hint == f"Use a smaller model, or raise the budget: SET {settings.MEMORY_BUDGET_MB.name} = 12."
