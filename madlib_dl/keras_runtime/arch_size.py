@@ -454,10 +454,15 @@ def _conv(rank: int):
         if channels % groups or filters % groups:
             raise NotClosedForm("channels or filters not divisible by groups")
         params = _prod(kernel) * (channels // groups) * filters + _bias(config, filters)
-        out = _windowed(spatial, kernel, _ints(config.get("strides", 1), rank),
-                        _ints(config.get("dilation_rate", 1), rank), config.get("padding", "valid"))
+        out = _convolved(spatial, kernel, config, rank)
         return params, [_join(batch, out, filters, last)]
     return rule
+
+
+def _convolved(spatial, kernel, config, rank: int):
+    """The spatial output shape of a (depthwise, separable) convolution over ``spatial``."""
+    return _windowed(spatial, kernel, _ints(config.get("strides", 1), rank), _ints(config.get("dilation_rate", 1), rank),
+                     config.get("padding", "valid"))
 
 
 def _depthwise(rank: int):
@@ -467,8 +472,7 @@ def _depthwise(rank: int):
         multiplier, channels = _known_dim(config.get("depth_multiplier", 1)), _known_dim(channels)
         kernel = _ints(config.get("kernel_size"), rank)
         params = _prod(kernel) * channels * multiplier + _bias(config, channels * multiplier)
-        out = _windowed(spatial, kernel, _ints(config.get("strides", 1), rank),
-                        _ints(config.get("dilation_rate", 1), rank), config.get("padding", "valid"))
+        out = _convolved(spatial, kernel, config, rank)
         return params, [_join(batch, out, channels * multiplier, last)]
     return rule
 
@@ -482,8 +486,7 @@ def _separable(rank: int):
         kernel = _ints(config.get("kernel_size"), rank)
         params = (_prod(kernel) * channels * multiplier + channels * multiplier * filters
                   + _bias(config, filters))
-        out = _windowed(spatial, kernel, _ints(config.get("strides", 1), rank),
-                        _ints(config.get("dilation_rate", 1), rank), config.get("padding", "valid"))
+        out = _convolved(spatial, kernel, config, rank)
         return params, [_join(batch, out, filters, last)]
     return rule
 
