@@ -52,7 +52,7 @@ demo: install
 	@$(CLI) demo
 
 test: install
-	@echo "make test: every suite, about 14 minutes on 2 cores (make test-unit: the pure-Python tests, seconds)"
+	@echo "make test: every suite, about 18 minutes on 2 cores (make test-unit: the pure-Python tests, seconds)"
 	@$(PYTHON) -m pytest -p no:cacheprovider tests
 
 test-unit: setup
