@@ -51,7 +51,11 @@ SHUFFLE_SEED = Setting("madlib_dl.shuffle_seed", lambda: 0, -(2**63), 2**63 - 1,
 FIT_SEED = Setting("madlib_dl.fit_seed", lambda: 0, -(2**63), 2**63 - 1,
                    "seed of fit_multiple's and fit's schedule, initial weights and Keras shuffling")
 WORKER_THREADS = Setting("madlib_dl.worker_threads", lambda: 0, 0, 1024,
-                         "TensorFlow threads per training worker; 0: the server's CPUs divided among the workers training at once")
+                         "TensorFlow threads per training worker; 0: chosen per run from the models and the "
+                         "server's CPUs (training.parallelism)")
+TRAINING_WORKERS = Setting("madlib_dl.training_workers", lambda: 0, 0, 1024,
+                           "background workers a training run uses (each serves one or more segments); 0: chosen "
+                           "per run from the models, the segments and the server's CPUs (training.parallelism)")
 
 
 def memory_default_mib() -> int:
@@ -110,7 +114,7 @@ CHECKPOINT_MINUTES = Setting("madlib_dl.checkpoint_minutes", lambda: 10, 0, 1008
                              "a training run saves a checkpoint at the end of an iteration this many minutes after "
                              "it began or last saved (0: by count only)")
 
-ALL = (NUM_SEGMENTS, SHUFFLE_SEED, FIT_SEED, WORKER_THREADS, MEMORY_BUDGET_MB, WORKER_IDLE_TIMEOUT, CHECKPOINT_EVERY,
+ALL = (NUM_SEGMENTS, SHUFFLE_SEED, FIT_SEED, WORKER_THREADS, TRAINING_WORKERS, MEMORY_BUDGET_MB, WORKER_IDLE_TIMEOUT, CHECKPOINT_EVERY,
        CHECKPOINT_MINUTES, MAX_MODEL_MEMORY_MB, MAX_WORKERS_PER_ROLE, MAX_MEMORY_BUDGET_MB, MAX_WORKER_IDLE_TIMEOUT,
        MAX_RECORDER_IDLE_TIMEOUT)
 CAPS = tuple(setting for setting in ALL if setting.superuser_only)  # each in src/madlib_dl.c's CAPS too
@@ -132,7 +136,14 @@ PROGRESS = Choice("madlib_dl.progress", ("on", "off"),
                   "'on': a training run's progress is visible from other sessions in fit_progress (one more "
                   "background worker records it); 'off': it is not")
 
-CHOICES = (EXECUTOR, PROGRESS)
+TRAINING_METRICS = Choice("madlib_dl.training_metrics", ("running", "evaluate", "running_only"),
+                          "where a training run's training loss and metrics come from: 'running' (each iteration's "
+                          "hops' running means, as Keras' fit reports an epoch; the final iteration's from an "
+                          "evaluation of the final model on the training table, as MADlib's), 'evaluate' (MADlib's: "
+                          "an evaluation on the training table at every metrics iteration), 'running_only' (running "
+                          "means only: no pass over the training table besides training)")
+
+CHOICES = (EXECUTOR, PROGRESS, TRAINING_METRICS)
 
 
 def cpu_count() -> int:

@@ -110,22 +110,26 @@ def seed_layers(model, seed: int) -> None:
             variable.assign(np.array([start, 0], dtype=variable.dtype))
 
 
-def train(loop: Loop, x, y, batch_size: int, epochs: int, shuffle: bool, seed: int, check=None) -> float:
-    """``epochs`` passes over (x, y); the last epoch's mean loss (NaN when it diverged)."""
+def train(loop: Loop, x, y, batch_size: int, epochs: int, shuffle: bool, seed: int, check=None) -> list[float]:
+    """``epochs`` passes over (x, y); [loss, compiled metrics...] as Keras' ``fit`` reports the last epoch
+    (its running means over the epoch's batches, the order ``evaluate`` returns them; NaN when it diverged)."""
     n = int(x.shape[0])
     batches = -(-n // batch_size)
     permutations = np.random.default_rng(seed % (2**64))
-    loss = float("nan")
+    logs: dict = {}
     for _ in range(epochs):
         order = permutations.permutation(n) if shuffle else np.arange(n)
         loop.model.reset_metrics()
-        loss = _run_batches(loop, "train", x, y, order, batches, batch_size, check).get("loss", float("nan"))
-    return loss
+        logs = _run_batches(loop, "train", x, y, order, batches, batch_size, check)
+    return _as_list(logs)
+
+
+def _as_list(logs: dict) -> list[float]:
+    return [logs.get("loss", float("nan"))] + [value for name, value in logs.items() if name != "loss"]
 
 
 def evaluate(loop: Loop, x, y, batch_size: int, check=None) -> list[float]:
     """[loss, compiled metrics...] over (x, y), in the order ``evaluate`` returns them."""
     n = int(x.shape[0])
     loop.model.reset_metrics()
-    logs = _run_batches(loop, "test", x, y, np.arange(n), -(-n // batch_size), batch_size, check)
-    return [logs.get("loss", float("nan"))] + [value for name, value in logs.items() if name != "loss"]
+    return _as_list(_run_batches(loop, "test", x, y, np.arange(n), -(-n // batch_size), batch_size, check))

@@ -239,26 +239,34 @@ def fit_final(gd, state) -> dict | None:
     training_loop.seed_layers(entry.model, call.seed)
     fit = params.parse_fit_params(store.constants[call.mst_key].fit_params)
     started, clock = time.time(), time.perf_counter()
-    loss = train(entry, data, fit, call.seed)
+    values = train(entry, data, fit, call.seed)
     seconds = time.perf_counter() - clock
     spare = model_state.ModelState(call.weights, call.optimizer_state) if call.overwrite_state else None
     store.output = model_state.get_state(entry.model, allocate=channel.allocate, reuse=spare)
     if call.is_final_call:
         _release_segment(store, call.segment)
-    return _result(pending, data, started, seconds, loss=_finite_or_nan(loss))
+    return _result(pending, data, started, seconds, **_loss_and_metric(values))
 
 
-def train(entry: ConfiguredModel, data: SegmentData, fit: params.FitParams, seed: int) -> float | None:
+def train(entry: ConfiguredModel, data: SegmentData, fit: params.FitParams, seed: int) -> list[float]:
     """One hop's training: training_loop's passes, or Keras' fit for the options that loop does not
-    have (class_weight, steps_per_epoch). Returns the last epoch's loss."""
+    have (class_weight, steps_per_epoch). Returns the last epoch's [loss, metrics...] as fit reports
+    them (running means over the epoch's batches); [] when there was no epoch to train."""
     if fit.class_weight is not None or fit.steps_per_epoch is not None:
         history = entry.model.fit(data.x, data.y, callbacks=[interrupts.callback()], **fit.keras_kwargs())
-        return (history.history.get("loss") or [None])[-1]
+        logs = {name: values[-1] for name, values in history.history.items() if values}
+        return [logs.pop("loss", float("nan")), *logs.values()] if logs else []
     epochs = fit.epochs - fit.initial_epoch
     if epochs <= 0:
-        return None
+        return []
     return training_loop.train(entry.loop, data.x, data.y, fit.batch_size or DEFAULT_BATCH_SIZE, epochs,
                                fit.shuffle, seed, interrupts.server_check())
+
+
+def _loss_and_metric(values: list) -> dict:
+    """The result row's loss and metric (the first compiled one; None when the model has none)."""
+    return {"loss": _finite_or_nan(values[0] if values else None),
+            "metric": _finite_or_nan(values[1]) if len(values) > 1 else None}
 
 
 @db.sql_function
@@ -281,8 +289,7 @@ def evaluate_final(gd, state) -> dict | None:
     seconds = time.perf_counter() - clock
     if call.is_final_call:
         _release_segment(store, call.segment)
-    metric = _finite_or_nan(values[1]) if len(values) > 1 else None
-    return _result(pending, data, started, seconds, loss=_finite_or_nan(values[0]), metric=metric)
+    return _result(pending, data, started, seconds, **_loss_and_metric(values))
 
 
 @db.sql_function

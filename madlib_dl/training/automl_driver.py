@@ -2,7 +2,8 @@
 workers, hops and evaluations as fit_multiple, without a barrier between models.
 
 Each model trains to the iteration its policy asked for, is then evaluated (on the validation table
-when there is one, and always on the training table, as fit_multiple's metrics are), and its loss goes
+when there is one, and on the training table as madlib_dl.training_metrics says: training.training_metrics;
+a model's final iteration is the most any configuration trains), and its loss goes
 to the policy, which says whether it continues, stops, or what starts instead. Whenever a worker is
 free and no model can use it, the policy is asked for more work (ASHA promotes or starts a model
 there). Models the policy creates after the run began send their constants with their first call to
@@ -26,7 +27,7 @@ from dataclasses import dataclass, replace
 
 from madlib_dl.automl import replay
 from madlib_dl.automl.policy import Continue, Decision, Policy, Start, Stop
-from madlib_dl.training import checkpoints, driver, segment_calls, segment_means
+from madlib_dl.training import checkpoints, driver, segment_calls, segment_means, training_metrics
 from madlib_dl.training.model_schedule import Evaluated, IterationDone, ModelScheduler, Task
 from madlib_dl.training.segment_calls import EvaluateHop, TrainHop
 from madlib_dl.training.spec import ModelConfig, RunSpec, derive_seed
@@ -95,6 +96,7 @@ class AutomlDriver:
         self.hops: list = driver.LAST_HOPS
         self.trained_hops = 0
         self.clock = time.monotonic()
+        self.metrics_mode = training_metrics.mode(db)
         # checkpoints: numbered on from the one found; models whose rows in the last one are current
         self.sequence = saving.saved.iteration if saving.saved else 0
         self.in_checkpoint: set = set()
@@ -287,17 +289,15 @@ class AutomlDriver:
         model = self.models[task.model]
         self.changed.add(task.model)
         if task.evaluate is None:
-            model.weights, model.optimizer_state, model.last_segment = (
-                completed.weights, completed.optimizer_state, task.worker)
-            model.owns_state = True
-            model.hop_losses.append((completed.row["loss"], completed.row["images"]))
-            self.hops.append(driver.hop_record("train", TrainHop(task.iteration, task.model, task.worker), completed))
+            model.trained(completed, task.worker)
+            self.hops.append(driver.hop_record("train", TrainHop(task.iteration, task.model, task.worker), completed,
+                                             self.executor.threads))
             self.trained_hops += 1
         else:
             hop = EvaluateHop(task.iteration, task.model, task.segment, task.evaluate)
             self.pending.setdefault(task.model, {}).setdefault(task.evaluate, []).append(
                 segment_means.from_row(task.segment, completed.row))
-            self.hops.append(driver.hop_record(f"evaluate {task.evaluate}", hop, completed))
+            self.hops.append(driver.hop_record(f"evaluate {task.evaluate}", hop, completed, self.executor.threads))
         event = self.scheduler.finish(task)
         if isinstance(event, IterationDone):
             self._iteration_done(event)
@@ -313,7 +313,7 @@ class AutomlDriver:
         for key, trial in self.trials.items():
             m = self.models[key].metrics
             models.append({"mst_key": key, "iterations_done": trial.done,
-                           "training_loss": m["training_loss"][-1] if m["training_loss"] else None,
+                           "training_loss": self.models[key].current_loss(),
                            "validation_metric": m["validation_metric"][-1] if m["validation_metric"] else None,
                            "status": trial.status})
         run = {"iteration": max((t.done for t in self.trials.values()), default=0),
@@ -327,24 +327,32 @@ class AutomlDriver:
         self.since += 1
         if self.recorder.saves and self.saving.when.due_after(self.since, (time.monotonic() - self.saved_at) / 60):
             self.draining = True
+        model = self.models[event.model]
+        model.end_iteration()
         frequency = self.spec.metrics_compute_frequency
-        if event.iteration >= trial.until or (frequency and event.iteration % frequency == 0):
-            self.scheduler.evaluate(event.model, self._evaluation_tasks())
-        self.models[event.model].hop_losses = []
+        if not (event.iteration >= trial.until or (frequency and event.iteration % frequency == 0)):
+            return
+        final = event.iteration >= self.spec.num_iterations  # the most any configuration trains
+        evaluated = training_metrics.evaluates_training_table(self.metrics_mode, final)
+        if not evaluated:  # the iteration's running means stand for the training table's
+            self.pending.setdefault(event.model, {})["train"] = list(model.running_hops)
+        tasks = self._evaluation_tasks(evaluated)
+        if tasks:
+            self.scheduler.evaluate(event.model, tasks)
+        else:
+            self._evaluated(Evaluated(event.model, event.iteration))
 
-    def _evaluation_tasks(self) -> list[tuple[str, int, int]]:
-        tables = [("train", self.spec.source)] + ([("validation", self.spec.validation)] if self.spec.validation else [])
+    def _evaluation_tasks(self, training_table: bool) -> list[tuple[str, int, int]]:
+        tables = ([("train", self.spec.source)] if training_table else []) + \
+            ([("validation", self.spec.validation)] if self.spec.validation else [])
         return [(kind, segment, segment if segment in self.segments else self.segments[segment % len(self.segments)])
                 for kind, table in tables for segment in sorted(table.segments)]
 
     def _evaluated(self, event: Evaluated) -> None:
         key, model = event.model, self.models[event.model]
         elapsed = time.monotonic() - self.clock
-        for kind, per_segment in self.pending.pop(key).items():
-            mean, prefix = segment_means.combine(per_segment), driver.SERIES[kind]
-            model.metrics[f"{prefix}_loss"].append(mean.loss)
-            model.metrics[f"{prefix}_metric"].append(mean.metric)
-            model.metrics[f"{prefix}_elapsed"].append(elapsed)
+        for kind, per_segment in sorted(self.pending.pop(key).items(), key=lambda item: item[0] != "train"):
+            model.add_metrics(kind, segment_means.combine(per_segment), elapsed)
         self.metrics_iters[key].append(event.iteration)
         trial = self.trials[key]
         if event.iteration < trial.until:
@@ -390,12 +398,12 @@ def train(db, automl: AutomlRun) -> AutomlResult:
     saving = Saving(key, when, checkpoints.load(db, spec.schema, key))
     runner = None
     try:
-        with driver.workers.executor_for(db, spec.run_id, spec.schema, tables, {}, devices,
-                                         spec.caller.function) as executor:
+        with driver.workers.executor_for(db, spec.run_id, spec.schema, tables, {}, devices, spec.caller.function,
+                                         automl.max_models, [m.model_arch for m in spec.models]) as executor:
             initial = driver.initial_weights(executor, spec)
             driver.check_state_sizes(spec, initial)
             memory_spec = replace(spec, models=tuple(spec.models[i % len(spec.models)] for i in range(automl.max_models)))
-            plan = driver.plan_memory(db, memory_spec, initial)
+            plan = driver.plan_memory(db, memory_spec, initial, executor.worker_count)
             with driver.recording(db, spec, not when.never) as recorder:
                 runner = AutomlDriver(db, automl, executor, set_name, initial, plan, recorder, saving)
                 set_name(f"madlib_dl {spec.caller.label}: {automl.method}")

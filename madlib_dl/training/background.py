@@ -341,8 +341,10 @@ class BackgroundWorkers:
     ``i`` of the run to worker ``i % workers``), one call at a time per worker, queued in order."""
     name = "workers"
 
-    def __init__(self, workers: list[Worker], segments, check, idle_timeout: float):
+    def __init__(self, workers: list[Worker], segments, check, idle_timeout: float, threads: int | None = None):
         self.workers = workers
+        self.threads = threads  # TensorFlow threads per worker
+        self.worker_count = len(workers)
         self.segments = list(segments)
         self._worker_of = {s: workers[i % len(workers)] for i, s in enumerate(self.segments)}
         self.pids = {s: w.pid for s, w in self._worker_of.items()}

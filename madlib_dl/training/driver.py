@@ -19,7 +19,7 @@ from madlib_dl import settings
 from madlib_dl.errors import Cancelled, InvalidArgument
 from madlib_dl.keras_runtime import gpus
 from madlib_dl.training import (checkpoints, memory, placement, progress, segment_calls, segment_means, stored_state,
-                                workers)
+                                training_metrics, workers)
 from madlib_dl.training.schedule import Hop, IterationScheduler
 from madlib_dl.training.segment_calls import EvaluateHop, TrainHop
 from madlib_dl.training.spec import ModelConfig, RunSpec, derive_seed
@@ -37,7 +37,37 @@ class ModelProgress:
     metrics: dict = field(default_factory=lambda: {k: [] for k in (
         "training_loss", "training_metric", "validation_loss", "validation_metric",
         "training_elapsed", "validation_elapsed")})
-    hop_losses: list = field(default_factory=list)  # (loss, images) of this iteration's hops
+    hop_results: list = field(default_factory=list)  # SegmentResults (running means) of this iteration's hops
+    running_hops: list = field(default_factory=list)  # the hop results of its last iteration trained
+
+    def trained(self, completed, segment: int) -> None:
+        """A hop of this model came back: its new state, and its running loss and metrics."""
+        self.weights, self.optimizer_state, self.last_segment = completed.weights, completed.optimizer_state, segment
+        self.owns_state = True
+        self.hop_results.append(segment_means.from_row(segment, completed.row))
+
+    def end_iteration(self) -> None:
+        """Every hop of an iteration is back: their combined running means are the iteration's."""
+        self.running_hops, self.hop_results = self.hop_results, []
+
+    @property
+    def running(self) -> segment_means.TableMean | None:
+        """The running loss and metrics of the last iteration trained."""
+        return training_metrics.running_mean(self.running_hops)
+
+    def current_loss(self) -> float | None:
+        """For progress: this iteration's hops so far, else the last iteration's, else the last evaluation's."""
+        mean = training_metrics.running_mean(self.hop_results) or self.running
+        if mean is not None:
+            return mean.loss
+        return self.metrics["training_loss"][-1] if self.metrics["training_loss"] else None
+
+    def add_metrics(self, kind: str, mean: segment_means.TableMean, elapsed: float) -> None:
+        """One point of a metric series (``kind``: 'train' or 'validation')."""
+        prefix = SERIES[kind]
+        self.metrics[f"{prefix}_loss"].append(mean.loss)
+        self.metrics[f"{prefix}_metric"].append(mean.metric)
+        self.metrics[f"{prefix}_elapsed"].append(elapsed)
 
 
 @dataclass(frozen=True)
@@ -57,6 +87,8 @@ class HopRecord:
     rss_bytes: int | None = None         # the worker's memory right after the call (process_memory)
     peak_rss_bytes: int | None = None
     shared_rss_bytes: int | None = None
+    metric: float | None = None          # a training hop's running metric, an evaluation's metric
+    worker_threads: int | None = None    # TensorFlow threads of the worker (None: this session's own set-up)
 
 
 @dataclass
@@ -92,15 +124,14 @@ def train(db, spec: RunSpec) -> RunResult:
     devices = devices_for(spec)
     tables = {"train": spec.source, **({"validation": spec.validation} if spec.validation else {})}
     set_name = application_name_setter(db)
-    busy = min(len(spec.models), len(spec.source.segments))
     models = {m.mst_key: m for m in spec.models}
     driver = None
     try:
-        with workers.executor_for(db, spec.run_id, spec.schema, tables, models, devices,
-                                  spec.caller.function, busy) as executor:
+        with workers.executor_for(db, spec.run_id, spec.schema, tables, models, devices, spec.caller.function,
+                                  len(spec.models), [m.model_arch for m in spec.models]) as executor:
             initial = initial_weights(executor, spec)
             check_state_sizes(spec, initial)
-            plan = plan_memory(db, spec, initial)
+            plan = plan_memory(db, spec, initial, executor.worker_count)
             when = checkpoints.when(db)
             with recording(db, spec, not when.never) as recorder:  # once the run is sure to start
                 driver = Driver(db, spec, executor, set_name, initial, plan, recorder, when)
@@ -160,7 +191,7 @@ def check_state_sizes(spec: RunSpec, initial: dict[int, bytes]) -> None:
         stored_state.check_sizes(sizes, spec.output_table, spec.caller.output_argument)
 
 
-def plan_memory(db, spec: RunSpec, initial: dict[int, bytes]) -> MemoryPlan:
+def plan_memory(db, spec: RunSpec, initial: dict[int, bytes], workers: int | None = None) -> MemoryPlan:
     """Refuse a run that does not fit madlib_dl.memory_budget_mb. With use_caching None (fit, whose
     MADlib signature has no such argument) the run caches when the cached run fits, and otherwise
     reads every hop's examples from the table with a NOTICE: one model trains on one segment at a time,
@@ -170,7 +201,7 @@ def plan_memory(db, spec: RunSpec, initial: dict[int, bytes]) -> MemoryPlan:
     training = {k: s.cache_bytes for k, s in spec.source.segments.items()}
     validation = {k: s.cache_bytes for k, s in spec.validation.segments.items()} if spec.validation else {}
     budget = settings.read(db, settings.MEMORY_BUDGET_MB) << 20
-    estimate = memory.estimate(training, validation, sizes, spec.use_caching is not False)
+    estimate = memory.estimate(training, validation, sizes, spec.use_caching is not False, workers)
     with settings.naming_the_cap(db, settings.MEMORY_BUDGET_MB):
         if spec.use_caching is not None or estimate.total_bytes <= budget:
             memory.check(estimate, budget)
@@ -214,6 +245,7 @@ class Driver:
                  recorder: progress.Recorder, when: checkpoints.When):
         self.db, self.spec, self.executor, self.set_name, self.plan = db, spec, executor, set_name, plan
         self.recorder, self.when = recorder, when
+        self.metrics_mode = training_metrics.mode(db)
         self.key = checkpoints.run_key(db, spec)  # the current user's: never another role's checkpoint
         self.trained_hops = 0  # of the whole run
         self.model_hops: dict[int, int] = {m.mst_key: 0 for m in spec.models}
@@ -239,7 +271,7 @@ class Driver:
     def run(self) -> RunResult:
         started = datetime.datetime.now()
         first = self._resume(checkpoints.load(self.db, self.spec.schema, self.key))
-        clock, saved_at = self.clock, time.monotonic()
+        saved_at = time.monotonic()
         for iteration in range(first, self.spec.num_iterations + 1):
             self.iteration, self.evaluating = iteration, False
             where = f"madlib_dl {self.spec.caller.label}: iteration {iteration}/{self.spec.num_iterations}"
@@ -251,7 +283,7 @@ class Driver:
             if self.spec.metrics_iteration(iteration):
                 self.evaluating = True
                 self._record(wait=True)
-                self._evaluate(iteration, clock)
+                self._evaluate(iteration, time.monotonic() - self.clock)
                 self.metrics_iters.append(iteration)
             self._report(iteration, time.monotonic() - begun, trained)
             if self.when.due(iteration, (time.monotonic() - saved_at) / 60, iteration == self.spec.num_iterations):
@@ -297,8 +329,6 @@ class Driver:
         offset = self.spec.iteration_offset
         scheduler = IterationScheduler(list(self.models), self.segments, iteration + offset, self.spec.seed)
         free = list(self.segments)
-        for progress in self.models.values():
-            progress.hop_losses = []
         while not scheduler.done:
             for hop in scheduler.assign(sorted(free)):
                 free.remove(hop.segment)
@@ -312,6 +342,8 @@ class Driver:
                 scheduler.finish(Hop(hop.mst_key, hop.segment, hop.iteration + offset))
                 free.append(hop.segment)
                 self._trained(completed)
+        for model in self.models.values():
+            model.end_iteration()
 
     def _fit_call(self, hop: TrainHop):
         model = self.models[hop.mst_key]
@@ -331,26 +363,37 @@ class Driver:
         return True
 
     def _trained(self, completed) -> None:
-        hop, row = completed.call.tag, completed.row
-        model = self.models[hop.mst_key]
-        model.weights, model.optimizer_state, model.last_segment = (
-            completed.weights, completed.optimizer_state, hop.segment)
-        model.owns_state = True
-        model.hop_losses.append((row["loss"], row["images"]))
-        self.hops.append(hop_record("train", hop, completed))
+        hop = completed.call.tag
+        self.models[hop.mst_key].trained(completed, hop.segment)
+        self.hops.append(hop_record("train", hop, completed, self.executor.threads))
         self.trained_hops += 1
         self.model_hops[hop.mst_key] += 1
         self._record()
 
     # -- metrics -------------------------------------------------------------------------------------
 
-    def _evaluate(self, iteration: int, clock: float) -> None:
-        kinds = [("train", self.spec.source)] + ([("validation", self.spec.validation)] if self.spec.validation else [])
+    def _evaluate(self, iteration: int, trained_at: float) -> None:
+        """The iteration's metrics: an evaluation of every model on the validation table, and on the
+        training table when the mode asks for it (else the hops' running means, as of ``trained_at``)."""
+        final = iteration == self.spec.num_iterations
+        evaluated = training_metrics.evaluates_training_table(self.metrics_mode, final)
+        kinds = ([("train", self.spec.source)] if evaluated else []) + \
+            ([("validation", self.spec.validation)] if self.spec.validation else [])
+        results, finished = self._evaluations(iteration, kinds) if kinds else ({}, {})
+        for model in self.models.values():
+            if not evaluated:
+                model.add_metrics("train", model.running, trained_at)
+            for kind, _ in kinds:
+                model.add_metrics(kind, segment_means.combine(results[(kind, model.config.mst_key)]), finished[kind])
+
+    def _evaluations(self, iteration: int, kinds: list) -> tuple[dict, dict]:
+        """Every model on every segment of each table: the per-segment results by (kind, mst_key), and
+        when each kind's last evaluation came back (seconds on the run's clock)."""
         calls = []
         for kind, table in kinds:
             for segment in sorted(table.segments):
                 worker = segment if segment in self.segments else self.segments[segment % len(self.segments)]
-                for mst_key, model in self.models.items():
+                for mst_key in self.models:
                     calls.append((worker, EvaluateHop(iteration, mst_key, segment, kind), table))
         last = {}
         for index, (worker, _, _) in enumerate(calls):
@@ -370,15 +413,9 @@ class Driver:
         for completed in completions:
             hop = completed.call.tag
             results.setdefault((hop.kind, hop.mst_key), []).append(segment_means.from_row(hop.segment, completed.row))
-            finished[hop.kind] = time.monotonic() - clock
-            self.hops.append(hop_record(f"evaluate {hop.kind}", hop, completed))
-        for (kind, mst_key), per_segment in results.items():
-            mean, metrics, prefix = segment_means.combine(per_segment), self.models[mst_key].metrics, SERIES[kind]
-            metrics[f"{prefix}_loss"].append(mean.loss)
-            metrics[f"{prefix}_metric"].append(mean.metric)
-        for kind, _ in kinds:
-            for model in self.models.values():
-                model.metrics[f"{SERIES[kind]}_elapsed"].append(finished[kind])
+            finished[hop.kind] = time.monotonic() - self.clock
+            self.hops.append(hop_record(f"evaluate {hop.kind}", hop, completed, self.executor.threads))
+        return results, finished
 
     # -- progress ------------------------------------------------------------------------------------
 
@@ -394,11 +431,8 @@ class Driver:
 
     def _model_progress(self, mst_key: int, model: ModelProgress) -> dict:
         m = model.metrics
-        images = sum(n for _, n in model.hop_losses)  # this iteration's hops so far, else the last evaluation
-        loss = (sum(l * n for l, n in model.hop_losses) / images if images else
-                m["training_loss"][-1] if m["training_loss"] else None)
         return {"mst_key": mst_key, "iterations_done": self.model_hops[mst_key] // len(self.segments),
-                "training_loss": loss, "validation_metric": m["validation_metric"][-1] if m["validation_metric"] else None,
+                "training_loss": model.current_loss(), "validation_metric": m["validation_metric"][-1] if m["validation_metric"] else None,
                 "status": "training"}
 
     def _report(self, iteration: int, seconds: float, trained: float) -> None:
@@ -409,8 +443,7 @@ class Driver:
                 losses[mst_key] = model.metrics["training_loss"][-1]
                 lines.append(f"  mst_key={mst_key}: {metrics_text(model)}")
             else:
-                images = sum(n for _, n in model.hop_losses)
-                losses[mst_key] = sum(l * n for l, n in model.hop_losses) / images if images else float("nan")
+                losses[mst_key] = model.running.loss if model.running is not None else float("nan")
         head = (f"{self.spec.caller.function}: iteration {iteration}/{self.spec.num_iterations} took {seconds:.2f} s "
                 f"(training {trained:.2f} s, {self.executor.name}); ")
         if self.spec.caller.one_model:
@@ -427,13 +460,15 @@ class Driver:
         self.db.notice("\n".join([head + best] + lines))
 
 
-def hop_record(kind: str, hop, completed) -> HopRecord:
-    """The log entry of a completed hop or evaluation (``hop``: a TrainHop or EvaluateHop)."""
+def hop_record(kind: str, hop, completed, threads: int | None = None) -> HopRecord:
+    """The log entry of a completed hop or evaluation (``hop``: a TrainHop or EvaluateHop; ``threads``:
+    the executor's threads per worker)."""
     row = completed.row
     wall = completed.received - completed.submitted
     return HopRecord(kind, hop.iteration, hop.mst_key, hop.segment, row.get("pid"), row["started"], row["ended"],
                      row["seconds"], max(0.0, wall - row["seconds"]), row["buffers_read"], row["images"], row["loss"],
-                     row.get("rss_bytes"), row.get("peak_rss_bytes"), row.get("shared_rss_bytes"))
+                     row.get("rss_bytes"), row.get("peak_rss_bytes"), row.get("shared_rss_bytes"), row.get("metric"),
+                     threads)
 
 
 def metrics_text(model: ModelProgress) -> str:

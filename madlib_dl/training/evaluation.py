@@ -45,7 +45,7 @@ def evaluate(db, spec: EvaluationSpec) -> Evaluation:
     set_name = driver.application_name_setter(db)
     try:
         with workers.executor_for(db, spec.run_id, spec.schema, {KIND: spec.source}, {_key(spec): spec.model},
-                                  devices, FUNCTION) as executor:
+                                  devices, FUNCTION, None, [spec.model.model_arch]) as executor:
             progress = f"{NAME}: {spec.model.text}"
             set_name(progress)
             executor.set_progress(progress)

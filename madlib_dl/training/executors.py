@@ -37,6 +37,8 @@ class InProcess:
     """The driver's own backend serves every segment, one call at a time (segment.server, as a worker
     would), with the session's PL/Python GD as the store."""
     name = "in_process"
+    threads = None  # this session's TensorFlow set-up, whatever it is
+    worker_count = 1
 
     def __init__(self, db, segments):
         self.db = db

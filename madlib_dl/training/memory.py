@@ -61,11 +61,12 @@ def state_bytes(weight_bytes: int, optimizer_slots: int = 2) -> int:
 
 
 def estimate(training_bytes: Mapping[int, int], validation_bytes: Mapping[int, int],
-             model_weight_bytes: Sequence[int], use_caching: bool) -> MemoryEstimate:
+             model_weight_bytes: Sequence[int], use_caching: bool, workers: int | None = None) -> MemoryEstimate:
     """Memory the run needs at its peak.
 
     ``training_bytes`` / ``validation_bytes``: per segment, bytes of the data as cached (features and
-    labels as float32; the caller computes them). One worker per training segment. ``model_weight_bytes``:
+    labels as float32; the caller computes them). ``workers``: how many hold the models (None: one per
+    training segment). ``model_weight_bytes``:
     the weights of each model configuration (Adam's slots assumed). See the module docstring for why
     use_caching FALSE counts the same data.
     """
@@ -84,7 +85,7 @@ def estimate(training_bytes: Mapping[int, int], validation_bytes: Mapping[int, i
         data_bytes=sum(training_bytes.values()) + sum(validation_bytes.values()),
         largest_segment_bytes=max(per_segment.values()),
         model_bytes_per_worker=sum(model_bytes(weights) for weights in model_weight_bytes) + 2 * largest_state,
-        workers=len(training_bytes),
+        workers=workers or len(training_bytes),
         use_caching=use_caching,
         driver_bytes=sum(state_bytes(weights) for weights in model_weight_bytes) + largest_state,
     )

@@ -93,7 +93,7 @@ def write_state(db, schema: str, model_table: TableName, key: int, model, where:
     _set(db, schema, model_table, "model_weights", as_value(state), where, where_args, where_types)
     state, model.optimizer_state = model.optimizer_state, None
     if state is None or len(state) > ONE_VALUE_BYTES:
-        write_large(db, model_table, key, state)
+        write_large(db, schema, model_table, key, state)
         return
     _set(db, schema, model_table, "optimizer_state", as_value(state), where, where_args, where_types)
 
@@ -105,8 +105,9 @@ def _set(db, schema: str, model_table: TableName, column: str, value, where, whe
                    f"{handoff.taking(schema, db.quote_ident)} {where}", [token, *where_args], ["text", *where_types])
 
 
-def write_large(db, model_table: TableName, key: int, state) -> None:
-    """A state too large for the column, in parts (the side table is made by the first one)."""
+def write_large(db, schema: str, model_table: TableName, key: int, state) -> None:
+    """A state too large for the column, in parts (the side table is made by the first one), each
+    handed over like the column values."""
     if state is None or len(state) <= ONE_VALUE_BYTES:
         return
     side = side_table(model_table)
@@ -114,8 +115,9 @@ def write_large(db, model_table: TableName, key: int, state) -> None:
                "PRIMARY KEY (mst_key, part))")
     catalog.store_uncompressed(db, side, ("data",))
     for part, start in enumerate(range(0, len(state), PART_BYTES)):
-        db.execute(f"INSERT INTO {side.sql(db)} VALUES ($1, $2, $3)", [key, part, as_value(state, start, PART_BYTES)],
-                   ["integer", "integer", "bytea"])
+        with handoff.handed_over(as_value(state, start, PART_BYTES)) as token:
+            db.execute(f"INSERT INTO {side.sql(db)} VALUES ($2, $3, {handoff.taking(schema, db.quote_ident)})",
+                       [token, key, part], ["text", "integer", "integer"])
 
 
 def read(db, model_table: TableName, key: int, column) -> bytes | None:

@@ -10,7 +10,7 @@ from madlib_dl import native, settings
 from madlib_dl.errors import InvalidArgument, MadlibDLError
 from madlib_dl.packed_tables import PackedTable
 from madlib_dl.segment import requests
-from madlib_dl.training import background, executors, segment_calls
+from madlib_dl.training import background, executors, parallelism, segment_calls
 from madlib_dl.training.background import BackgroundWorkers, WorkerConfig
 from madlib_dl.training.executors import InProcess
 
@@ -31,21 +31,26 @@ class ClientGone(MadlibDLError):
     sqlstate = "08006"
 
 
-def threads_per_worker(db, workers: int) -> int:
-    configured = settings.read(db, settings.WORKER_THREADS)
-    return configured or max(1, settings.cpu_count() // workers)
+def choose_parallelism(db, segments: int, devices, models_at_once: int | None,
+                       model_archs=()) -> parallelism.Parallelism:
+    """How many workers the run uses and how many threads each (training.parallelism)."""
+    return parallelism.choose(parallelism.RunShape(
+        settings.cpu_count(), segments, models_at_once or segments,
+        parallelism.largest_params(model_archs) if model_archs else None,
+        gpus=any(d.uses_gpu for d in devices), forced_workers=settings.read(db, settings.TRAINING_WORKERS),
+        forced_threads=settings.read(db, settings.WORKER_THREADS)))
 
 
 @contextlib.contextmanager
 def executor_for(db, run_id: str, schema: str, tables: dict[str, PackedTable], models: dict, devices, name: str,
-                 busy_workers: int | None = None):
+                 models_at_once: int | None = None, model_archs=()):
     """The executor of a run, with the run begun on every worker (``name``: the SQL function its NOTICEs
     begin with; ``tables``: the run's packed tables by the name its calls use, 'train' first;
     ``models``: mst_key -> its constants; ``devices``: one placement.WorkerDevice per segment;
-    ``busy_workers``: how many workers train at once, when fewer than the segments, e.g.
-    madlib_keras_fit's one: the CPUs are shared among those).
+    ``models_at_once``: how many models can train at once (madlib_keras_fit: one; None: one per segment)
+    and ``model_archs``, the run's architectures: what training.parallelism chooses the workers by).
     On success its workers are kept for the session's next call; on failure they are ended."""
-    executor = open_executor(db, schema, list(tables.values()), devices, name, busy_workers)
+    executor = open_executor(db, schema, list(tables.values()), devices, name, models_at_once, model_archs)
     try:
         run_on_each(executor, segment_calls.begin_calls(executor.segments, run_id, schema, tables, models))
         yield executor
@@ -55,13 +60,15 @@ def executor_for(db, run_id: str, schema: str, tables: dict[str, PackedTable], m
     _end(db, executor, run_id, succeeded=True)
 
 
-def open_executor(db, schema: str, tables: list[PackedTable], devices, name: str, busy_workers: int | None = None):
+def open_executor(db, schema: str, tables: list[PackedTable], devices, name: str, models_at_once: int | None = None,
+                  model_archs=()):
     mode = settings.read_choice(db, settings.EXECUTOR)
     segments = sorted(tables[0].segments)
     background.forget_unless(native.caller())  # idle workers of another identity of this session end
     if mode != "in_process":
         try:
-            return _background(db, schema, tables, devices, name, busy_workers or len(segments), mode)
+            chosen = choose_parallelism(db, len(segments), devices, models_at_once, model_archs)
+            return _background(db, schema, tables, devices, name, chosen, mode)
         except WorkersUnusable as error:
             if mode == "workers":
                 raise InvalidArgument(f"setting madlib_dl.executor is 'workers' but {error}; {error.hint}") from None
@@ -76,16 +83,16 @@ def open_executor(db, schema: str, tables: list[PackedTable], devices, name: str
     return executor
 
 
-def _background(db, schema, tables, devices, name, busy_workers: int, mode: str) -> BackgroundWorkers:
+def _background(db, schema, tables, devices, name, chosen: parallelism.Parallelism, mode: str) -> BackgroundWorkers:
     temporary = [t for t in tables if t.table.temporary]
     if temporary:
         raise WorkersUnusable(f"{temporary[0].text} is a temporary table, which no other session can read",
                               TEMPORARY_HINT)
     segments = sorted(tables[0].segments)
     identity = _identity(db)
-    threads = threads_per_worker(db, busy_workers)
-    configs = [WorkerConfig(identity, threads, devices[i].cuda_visible_devices, devices[i].memory_limit_mib)
-               for i in range(len(segments))]
+    configs = [WorkerConfig(identity, chosen.threads, devices[i].cuda_visible_devices, devices[i].memory_limit_mib)
+               for i in range(chosen.workers)]
+    db.notice(f"{name}: {chosen.text()} for {len(segments)} segment{'s' if len(segments) != 1 else ''}")
     idle = settings.read(db, settings.WORKER_IDLE_TIMEOUT)
     check = driver_check(db, schema)
     workers = background.acquire(db, schema, configs, idle, check, lambda text: db.notice(f"{name}: {text}"))
@@ -100,7 +107,7 @@ def _background(db, schema, tables, devices, name, busy_workers: int, mode: str)
                                   f"({why})", SLOTS_HINT)
         db.notice(f"{name}: {len(workers)} background workers serve {len(segments)} segments, because only "
                   f"{len(workers)} could start ({why}); {SLOTS_HINT}")
-    executor = BackgroundWorkers(workers, segments, check, idle)
+    executor = BackgroundWorkers(workers, segments, check, idle, chosen.threads)
     try:
         _check_same_data(executor, tables)
     except WorkersUnusable:

@@ -237,6 +237,72 @@ def test_same_weights_as_plain_keras_visiting_the_same_segments(cur, caching, ex
     assert _weights(cur, "out_eq")[1] != _weights(cur, "out_eq")[2]
 
 
+def _replay_metrics(cur, hops, lrs, iterations, evaluated):
+    """Plain Keras replaying the run's hops: per model and iteration, the training loss and accuracy
+    (fit's running means of the iteration's hops, weighted by their examples, or an evaluation on the
+    whole training table where ``evaluated(iteration)``) and the validation loss."""
+    train, validation = _segments(cur), _segments(cur, "iris_val_packed")
+    everything = {name: tuple(np.concatenate([part[i] for part in data.values()]) for i in (0, 1))
+                  for name, data in (("train", train), ("validation", validation))}
+    cur.execute("SELECT model_arch::text, model_weights FROM arch WHERE model_id = 1")
+    arch, weights = cur.fetchone()
+    models, series = {}, {k: {"loss": [], "accuracy": [], "validation": []} for k in lrs}
+    for key, lr in lrs.items():
+        models[key] = keras.models.model_from_json(arch)
+        models[key].set_weights(serialization.deserialize_weights(bytes(weights),
+                                                                  [w.shape for w in models[key].get_weights()]))
+        models[key].compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="categorical_crossentropy",
+                            metrics=["accuracy"])
+    for iteration in range(1, iterations + 1):
+        running = {k: [] for k in lrs}  # (loss, accuracy, examples) of each hop
+        for hop in (h for h in hops if h["iteration"] == iteration):
+            x, y = train[hop["segment"]]
+            history = models[hop["mst_key"]].fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history
+            running[hop["mst_key"]].append((history["loss"][-1], history["accuracy"][-1], len(x)))
+        for key, model in models.items():
+            if evaluated(iteration):
+                loss, accuracy = model.evaluate(*everything["train"], batch_size=256, verbose=0)
+            else:
+                n = sum(h[2] for h in running[key])
+                loss, accuracy = (sum(h[i] * h[2] for h in running[key]) / n for i in (0, 1))
+            series[key]["loss"].append(loss)
+            series[key]["accuracy"].append(accuracy)
+            series[key]["validation"].append(model.evaluate(*everything["validation"], batch_size=256, verbose=0)[0])
+    return series
+
+
+@pytest.mark.parametrize("mode", ["running", "evaluate", "running_only"])
+def test_training_metrics_modes_match_a_plain_keras_replay(cur, mode):
+    """madlib_dl.training_metrics: where each iteration's training metrics come from, checked value by
+    value against plain Keras replaying the same hops; the validation series is an evaluation in every mode."""
+    lrs, iterations = {}, 3
+    _mst(cur, "mst_tm", [(1, _adam(lr), "batch_size=8,epochs=1,shuffle=False") for lr in (0.01, 0.05)])
+    cur.execute("SELECT mst_key, compile_params FROM mst_tm ORDER BY 1")
+    for key, compile_params in cur.fetchall():
+        lrs[key] = float(compile_params.split("learning_rate=")[1].split(")")[0])
+    cur.execute("SET madlib_dl.training_metrics = %s", [mode])
+    _fit(cur, "out_tm", mst="mst_tm", iterations=iterations, validation="iris_val_packed", frequency=1, caching=True)
+    evaluations = {(h["iteration"], h["mst_key"]) for h in _hops(cur, "evaluate train")}
+    evaluated = {"running": lambda i: i == iterations, "evaluate": lambda i: True,
+                 "running_only": lambda i: False}[mode]
+    assert evaluations == {(i, k) for i in range(1, iterations + 1) if evaluated(i) for k in lrs}
+    expected = _replay_metrics(cur, _hops(cur), lrs, iterations, evaluated)
+    cur.execute("SELECT mst_key, training_loss, training_metrics, validation_loss, training_loss_final, "
+                "training_metrics_final, metrics_iters FROM out_tm_info ORDER BY 1")
+    for key, loss, accuracy, validation, loss_final, accuracy_final, iters in cur.fetchall():
+        assert iters == [1, 2, 3]
+        np.testing.assert_allclose(loss, expected[key]["loss"], rtol=0, atol=2e-5)
+        np.testing.assert_allclose(accuracy, expected[key]["accuracy"], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(validation, expected[key]["validation"], rtol=0, atol=2e-5)
+        assert (loss_final, accuracy_final) == (loss[-1], accuracy[-1])
+
+
+def test_a_bad_training_metrics_mode_is_refused_naming_the_setting(cur):
+    with pytest.raises(psycopg2.Error, match="training_metrics"):
+        cur.execute("SET madlib_dl.training_metrics = 'sometimes'")
+    cur.connection.rollback()
+
+
 def test_seeded_initial_weights_are_the_same_on_whichever_worker_made_them(cur):
     """Each architecture's seeded initial weights are made once, on one of the workers (spread over
     them); with a learning rate of 0 the trained weights are those initial weights."""
@@ -469,6 +535,7 @@ def test_too_few_worker_slots(db, server, plain_role, worker_slots):
         assert worker_slots.fill(cur) > 0
         worker_slots.free(2)
         cur.execute("SET madlib_dl.executor = 'auto'")
+        cur.execute("SET madlib_dl.training_workers = 3")  # one model alone would get one worker
         _fit(cur, "out_slots", mst="mst1", iterations=2)
         assert any("2 background workers serve 3 segments" in n and "max_worker_processes" in n
                    for n in conn.notices), conn.notices
@@ -491,6 +558,32 @@ def test_too_few_worker_slots(db, server, plain_role, worker_slots):
         assert any("runs in this session" in n and "only 0 of the 3" in n and "max_worker_processes" in n
                    for n in conn.notices), conn.notices
         assert {h["worker_pid"] for h in _hops(cur)} == {conn.get_backend_pid()}
+
+
+def test_the_run_chooses_its_workers_and_a_setting_forces_them(cur):
+    """Two small models on a 3-segment table: a worker per CPU (at most one per model that trains at
+    once), one thread each, said in a NOTICE and in the hop log; madlib_dl.training_workers = 1 puts
+    every hop (and the three segments' caches) on one worker with every CPU."""
+    cpus = len(os.sched_getaffinity(0))
+    _mst(cur, "mst_par", [(1, _adam(lr), "batch_size=8,epochs=1") for lr in (0.01, 0.05)])
+    cur.connection.notices.clear()
+    _fit(cur, "out_par", mst="mst_par", iterations=1, caching=True)
+    chosen = min(2, cpus)
+    said = [n for n in cur.connection.notices if "for 3 segments" in n]
+    assert len(said) == 1 and f"{chosen} worker" in said[0] and "one thread each" in said[0], cur.connection.notices
+    cur.execute("SELECT count(DISTINCT worker_pid), min(worker_threads), max(worker_threads) "
+                "FROM madlib_dl.last_fit_hops()")
+    assert cur.fetchone() == (chosen, cpus // chosen, cpus // chosen)
+    cur.execute("SET madlib_dl.training_workers = 1")
+    cur.connection.notices.clear()
+    _fit(cur, "out_par", mst="mst_par", iterations=2, caching=True)
+    assert any(f"1 worker x {cpus} thread" in n and "madlib_dl.training_workers" in n
+               for n in cur.connection.notices), cur.connection.notices
+    hops = _hops(cur)
+    assert len({h["worker_pid"] for h in hops}) == 1 and len(hops) == 2 * 2 * 3
+    assert sum(h["buffers_read"] > 0 for h in hops) == 3  # each segment read once, then cached in that worker
+    cur.execute("SELECT DISTINCT worker_threads FROM madlib_dl.last_fit_hops()")
+    assert cur.fetchall() == [(cpus,)]
 
 
 def test_a_lock_the_caller_holds_does_not_hang_the_workers(cur):
