@@ -395,15 +395,7 @@ class Driver:
                 worker = segment if segment in self.segments else self.segments[segment % len(self.segments)]
                 for mst_key in self.models:
                     calls.append((worker, EvaluateHop(iteration, mst_key, segment, kind), table))
-        last = {}
-        for index, (worker, _, _) in enumerate(calls):
-            last[worker] = index
-        final = iteration == self.spec.num_iterations
-        segment_call_list = [
-            segment_calls.evaluate_call(table, hop, worker, self.spec.run_id, self.models[hop.mst_key].weights,
-                                        self.plan.use_caching, self._reads((hop.kind, hop.segment)),
-                                        final and last[worker] == index)
-            for index, (worker, hop, table) in enumerate(calls)]
+        segment_call_list = self._evaluation_calls(calls, iteration == self.spec.num_iterations)
         if self.plan.one_segment_at_a_time:
             completions = [c for call in segment_call_list for c in workers.run_calls(self.executor, [call])]
         else:
@@ -416,6 +408,23 @@ class Driver:
             finished[hop.kind] = time.monotonic() - self.clock
             self.hops.append(hop_record(f"evaluate {hop.kind}", hop, completed, self.executor.threads))
         return results, finished
+
+    def _evaluation_calls(self, calls: list, final: bool) -> list:
+        """The calls of an evaluation: with caching, from the run's cache (the run's last call on a
+        worker drops it); without, each segment is read once for all models (the calls of one segment
+        follow each other on its worker: the first reads and keeps its examples, the last drops them),
+        so evaluating M models costs one pass over the table, not M."""
+        if self.plan.use_caching:
+            last = {worker: index for index, (worker, _, _) in enumerate(calls)}
+            return [segment_calls.evaluate_call(table, hop, worker, self.spec.run_id,
+                                                self.models[hop.mst_key].weights, True,
+                                                self._reads((hop.kind, hop.segment)), final and last[worker] == index)
+                    for index, (worker, hop, table) in enumerate(calls)]
+        group = [(hop.kind, hop.segment) for _, hop, _ in calls]
+        return [segment_calls.evaluate_call(table, hop, worker, self.spec.run_id, self.models[hop.mst_key].weights,
+                                            True, index == 0 or group[index - 1] != group[index],
+                                            index == len(calls) - 1 or group[index + 1] != group[index])
+                for index, (worker, hop, table) in enumerate(calls)]
 
     # -- progress ------------------------------------------------------------------------------------
 

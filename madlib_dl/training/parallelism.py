@@ -77,8 +77,8 @@ def choose(shape: RunShape) -> Parallelism:
                            "threads well, and models trained side by side would compete for memory bandwidth")
     workers = min(at_once, cpus)
     return Parallelism(workers, max(1, cpus // workers),
-                       f"{shape.models_at_once} models of at most {_params(shape.largest_params)} parameters: "
-                       "one thread each trains them fastest side by side")
+                       f"models of at most {_params(shape.largest_params)} parameters: one thread per worker, "
+                       "one worker per CPU runs them fastest side by side")
 
 
 def _params(count: int | None) -> str:

@@ -19,7 +19,7 @@ def _shape(**given) -> RunShape:
 def test_small_models_get_one_single_thread_worker_per_cpu():
     chosen = choose(_shape())
     assert (chosen.workers, chosen.threads) == (2, 1)
-    assert "one thread each" in chosen.reason
+    assert "one thread per worker" in chosen.reason
 
 
 def test_more_segments_than_cpus_share_the_workers():
