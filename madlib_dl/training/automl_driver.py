@@ -241,7 +241,7 @@ class AutomlDriver:
             model, kept = self._model(start), saved.models[key]
             model.weights, model.optimizer_state, model.last_segment = (kept.weights, kept.optimizer_state,
                                                                         kept.last_segment)
-            model.metrics = kept.metrics
+            model.metrics, model.hop_results = kept.metrics, list(kept.hop_results)
             models[key] = model
         metrics_iters = {key: list(iters) for key, iters in state["metrics_iters"]}
         return policy, random_state, models, trials, metrics_iters

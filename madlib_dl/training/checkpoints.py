@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from madlib_dl import settings
 from madlib_dl.segment import requests
+from madlib_dl.training import segment_means
 from madlib_dl.training.spec import RunSpec
 
 SCHEMA_VERSION = 1  # bump when what a checkpoint holds changes: older ones then have another key
@@ -62,6 +63,22 @@ class SavedModel:
     optimizer_state: bytes | None
     last_segment: int | None
     metrics: dict
+    hop_results: tuple = ()  # segment_means.SegmentResults of the iteration it is in (automl saves mid-iteration)
+
+
+HOPS_KEY = "hop_results"  # kept in the metrics JSON: the running means of an unfinished iteration's hops
+
+
+def _metrics_json(model) -> str:
+    hops = [[h.segment, h.loss, h.metric, h.images] for h in model.hop_results]
+    return json.dumps({**model.metrics, HOPS_KEY: hops} if hops else model.metrics)
+
+
+def _saved_model(row) -> SavedModel:
+    metrics = json.loads(row["metrics"])
+    hops = tuple(segment_means.SegmentResult(*hop) for hop in metrics.pop(HOPS_KEY, []))
+    return SavedModel(bytes(row["weights"]), None if row["optimizer_state"] is None else bytes(row["optimizer_state"]),
+                      row["last_segment"], metrics, hops)
 
 
 @dataclass(frozen=True)
@@ -111,7 +128,7 @@ def run_key(db, spec: RunSpec, extra=None) -> RunKey:
                m.fit_params, digest(m.weights), digest(m.optimizer_state)) for m in spec.models]
     described = [SCHEMA_VERSION, role, spec.caller.function, str(spec.output_table), tables, spec.num_iterations,
                  spec.metrics_compute_frequency, spec.use_caching, spec.use_gpus, spec.seed, spec.iteration_offset,
-                 models, extra]
+                 models, extra, settings.read_choice(db, settings.TRAINING_METRICS)]  # the mode decides the metrics
     return RunKey(role, hashlib.sha256(json.dumps(described, default=str).encode()).hexdigest())
 
 
@@ -129,9 +146,7 @@ def load(db, schema: str, key: RunKey) -> Saved | None:
                       f"{q}.internal_own_checkpoint_models WHERE role OPERATOR(pg_catalog.=) $1 "
                       "AND run_key OPERATOR(pg_catalog.=) $2 AND iteration OPERATOR(pg_catalog.=) $3",
                       [key.role, key.digest, iteration], ["oid", "text", "integer"])
-    models = {r["mst_key"]: SavedModel(bytes(r["weights"]), None if r["optimizer_state"] is None else
-                                       bytes(r["optimizer_state"]), r["last_segment"], json.loads(r["metrics"]))
-              for r in rows}
+    models = {r["mst_key"]: _saved_model(r) for r in rows}
     state = head[0]["state"]
     return Saved(iteration, list(head[0]["metrics_iters"] or []), models, None if state is None else json.loads(state))
 
@@ -148,7 +163,7 @@ def requests_for(spec: RunSpec, key: RunKey, iteration: int, models: dict, metri
     model (``models``: mst_key -> driver.ModelProgress), then the one that makes it stand, with
     ``state`` (JSON values) and the models ``kept`` from the last checkpoint."""
     out = [requests.CheckpointModel(spec.schema, key.role, key.digest, iteration, mst_key, model.last_segment,
-                                    json.dumps(model.metrics), model.weights, model.optimizer_state)
+                                    _metrics_json(model), model.weights, model.optimizer_state)
            for mst_key, model in sorted(models.items())]
     out.append(requests.CheckpointDone(spec.schema, key.role, key.digest, iteration, spec.caller.function,
                                        None if spec.output_table is None else str(spec.output_table),

@@ -355,7 +355,9 @@ def test_validation_and_metrics_compute_frequency(cur):
     assert (s["validation_loss_final"], s["validation_metrics_final"]) == (s["validation_loss"][1],
                                                                            s["validation_metrics"][1])
     assert 0 < s["validation_loss_final"] < 3 and 0.3 < s["validation_metrics_final"] <= 1
-    assert [h["iteration"] for h in _hops(cur, "evaluate train")] == [2, 2, 3, 3]
+    # training_metrics 'running': iteration 2's training metrics are its hops' running means; the last
+    # iteration's an evaluation of the final model on the training table (2 segments)
+    assert [h["iteration"] for h in _hops(cur, "evaluate train")] == [3, 3]
     assert sum(h["images"] for h in _hops(cur, "evaluate validation")) == 2 * 100
     notices = [n for n in cur.connection.notices if "madlib_keras_fit: iteration" in n]
     assert len(notices) == 3
@@ -413,6 +415,7 @@ def test_reads_every_hop_one_segment_at_a_time_when_caching_does_not_fit(server,
     idle and new workers)."""
     with server.connect("fit", user=plain_role) as conn, conn.cursor() as cur:
         cur.execute(f"SET {S}memory_budget_mb = 1")
+        cur.execute(f"SET {S}training_workers = 4")  # fit would use one worker: its model counts once
         cur.execute("SET statement_timeout = '60s'")  # it takes seconds; a hang fails here, not the suite
         cur.execute("SELECT __dist_key__, count(*) FROM wide4 GROUP BY 1")
         buffers = dict(cur.fetchall())
@@ -452,6 +455,7 @@ def test_background_workers_train_the_same_model_and_stay_idle_for_the_next_call
     in_process_order = [(h["iteration"], h["segment"]) for h in _hops(cur)]
     assert {h["worker_pid"] for h in _hops(cur)} == {cur.connection.get_backend_pid()}
     cur.execute(f"RESET {S}executor")  # 'workers'
+    cur.execute(f"SET {S}training_workers = 2")  # one per segment (fit would choose one worker)
     seen, done = [], threading.Event()
 
     def watch():  # as the role itself: a data scientist sees her own workers
@@ -500,7 +504,9 @@ def test_background_workers_train_the_same_model_and_stay_idle_for_the_next_call
 
 def test_a_call_needing_more_workers_than_the_session_has_idle(cur):
     """The session's 2 idle workers serve 2 segments of a 4-segment run and 2 more start; all 4 train.
-    (statement_timeout bounds the call: a driver waiting on the wrong worker would hang.)"""
+    (statement_timeout bounds the call: a driver waiting on the wrong worker would hang.) The workers
+    are forced: fit would choose one worker with every CPU."""
+    cur.execute(f"SET {S}training_workers = 2")
     _fit(cur, model="m_two_workers", num_iterations=1)
     idle = {h["worker_pid"] for h in _hops(cur)}
     assert len(idle) == 2 and idle <= set(_workers(cur))
@@ -508,6 +514,7 @@ def test_a_call_needing_more_workers_than_the_session_has_idle(cur):
     cur.execute(f"SELECT {S}training_preprocessor_dl('digits_train', 'digits4', 'label', 'pixels', 50, 16.0, NULL, "
                 "'4')")
     cur.execute("SET statement_timeout = '60s'")
+    cur.execute(f"SET {S}training_workers = 4")
     del cur.connection.notices[:]
     _fit(cur, model="m_four", source_table="digits4", num_iterations=2)
     hops = _hops(cur)
@@ -538,7 +545,7 @@ def test_a_run_failing_in_keras_leaves_nothing(cur, executor):
         assert worker_activity.none_left_within(cur) == {}
     cur.execute(f"RESET {S}executor")
     _fit(cur, model="m_after_fail", num_iterations=1)
-    assert len({h["worker_pid"] for h in _hops(cur)} - {cur.connection.get_backend_pid()}) == 2
+    assert len({h["worker_pid"] for h in _hops(cur)} - {cur.connection.get_backend_pid()}) == 1  # fit: one worker
 
 
 # ---------------------------------------------------------------------------------------------------

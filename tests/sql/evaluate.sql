@@ -1,8 +1,11 @@
 -- madlib_keras_evaluate from psql on iris (3 segments): a fit_multiple model evaluated on the training
 -- table gives the run's own final training metrics, and on the validation table its final validation
 -- metrics; a single-model table (madlib_keras_fit's layout, made here by hand) gives the same numbers.
--- Values depend on the machine's float rounding, so only comparisons are shown.
+-- Values depend on the machine's float rounding, so only comparisons are shown; the workers are set so
+-- that the NOTICEs do not depend on the machine's CPUs.
 CREATE EXTENSION madlib_dl;
+SET madlib_dl.training_workers = 3;
+SET madlib_dl.worker_threads = 1;
 CREATE TABLE iris (id INTEGER, attributes DOUBLE PRECISION[], class_text VARCHAR);
 \copy iris FROM 'data/iris.csv' WITH (FORMAT csv)
 CREATE TABLE iris_train AS SELECT * FROM iris WHERE id % 5 <> 0;

@@ -28,9 +28,12 @@ SELECT madlib_dl.load_model_selection_table('arch', 'mst4', ARRAY[1],
     ARRAY[$$loss='categorical_crossentropy', optimizer='Adam(lr=0.01)', metrics=['accuracy']$$,
           $$loss='categorical_crossentropy', optimizer='SGD(lr=0.1)', metrics=['accuracy']$$],
     ARRAY['batch_size=16, epochs=1', 'batch_size=32, epochs=1']);
+-- one worker per segment whatever the machine's CPUs (a run chooses as many as it has CPUs, at most 3 here)
+SET madlib_dl.training_workers = 3;
 SET client_min_messages = warning;
 SELECT madlib_dl.madlib_keras_fit_multiple_model('iris_packed', 'out4', 'mst4', 2, FALSE);
 RESET client_min_messages;
+RESET madlib_dl.training_workers;
 SELECT (SELECT count(*) FROM out4) AS models, (SELECT count(*) FROM out4_info) AS info_rows,
        (SELECT count(*) FROM out4_summary) AS summary_rows;
 SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) AS type
