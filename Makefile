@@ -7,7 +7,7 @@ PG_CONFIG  ?= pg_config
 CLI        := $(PYTHON) -m madlib_dl.tools.cli
 export MADLIB_DL_SCHEMA PG_CONFIG
 
-.PHONY: help setup install dev-install uninstall start stop status psql demo test test-unit bench constraints clean
+.PHONY: help setup install dev-install uninstall start stop status psql demo test test-unit bench bench-peers constraints clean
 
 help:
 	@echo "make demo     set up, start the embedded cluster, train a model inside the database"
@@ -17,7 +17,7 @@ help:
 	@echo "              MADLIB_DL_SCHEMA=madlib for MADlib scripts)"
 	@echo "make dev-install   the same, but the server runs this checkout's code as it is edited (editable)"
 	@echo "make uninstall     remove what make install wrote"
-	@echo "make bench    fit_multiple vs plain Keras, side by side (BENCH_ARGS='--scale 2 --workloads small')"
+	@echo "make bench    fit_multiple vs plain Keras, KerasTuner, Ray Tune, side by side (BENCH_ARGS='--scale 2 --workloads small')"
 	@echo "make start | stop | status | psql   the embedded cluster"
 
 setup:
@@ -58,8 +58,13 @@ test: install
 test-unit: setup
 	@$(PYTHON) -m pytest -p no:cacheprovider tests/unit
 
-bench: install
+bench: install bench-peers
 	@$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+# KerasTuner and Ray Tune, the peers of the bench's search and big workloads, into $(VENV)/bench-peers
+# (not the venv: `make test` never sees them); a no-op while bench/requirements-peers.txt is unchanged.
+bench-peers: setup
+	@bash bench/install_peers.sh $(VENV)
 
 # After changing a pin in requirements*.txt and installing it: record every other package's version.
 constraints: setup

@@ -132,25 +132,59 @@ def targets(results: dict) -> list[Target]:
         found.append(Target("small, caching on, S=2: wall / (keras / 2)", _ratio(_wall(small, 2, True), limit),
                             1.5, "max"))
         found.extend(_versus_two_processes("small", small))
-        for workers in (1, 2):
+        for workers in (1, 2):  # information only: see CACHING_SAVES
             found.append(Target(f"small, S={workers}: caching off / caching on",
-                                _ratio(_wall(small, workers, False), _wall(small, workers, True)), 1.5, "min"))
+                                _ratio(_wall(small, workers, False), _wall(small, workers, True)), None, "info",
+                                "a segment of digits is 230 KB: nothing for caching to save"))
         overheads = [run["hop_overhead_ms"] for run in small["runs"].values() if run.get("hop_overhead_ms") is not None]
         found.append(Target("small: per-hop overhead, ms (worst run)", max(overheads) if overheads else None,
                             20.0, "max"))
         found.extend(_progress_cost(small.get("progress")))
     for name, workload in results.items():
         found.extend(_never_slower(name, workload))
+        found.extend(_cached_hops(name, workload))
         found.extend(_memory(name, workload))
     return found
+
+
+# Caching's targets hold only where reading a segment costs something. A segment of `small` (digits) is
+# 230 KB, read and decoded in about 1 ms of a ~40 ms hop (FINDINGS.md): caching has nothing to save
+# there, so its caching-on-vs-off ratios measured the machine's noise and were NOT MET as often as met
+# (issue 26). They stay as information; on `compute` (60-120 MB a segment, 230-570 ms to read without
+# caching) the wall ratio is a target, and so is what caching removes from each hop: the read, which
+# shows in a later hop's overhead (the hop's wall outside Keras) without caching and not with it.
+CACHING_SAVES = ("compute",)
+CACHED_HOP_OVERHEAD = 0.5  # a later hop's overhead with caching on <= this x with caching off
 
 
 def _never_slower(name: str, workload: dict) -> list[Target]:
     out = []
     for workers in (1, 2):
         ratio = _ratio(_wall(workload, workers, True), _wall(workload, workers, False))
-        if ratio is not None:
+        if ratio is None:
+            continue
+        if name in CACHING_SAVES:
             out.append(Target(f"{name}, S={workers}: caching on / caching off", ratio, 1.0, "max"))
+        else:
+            out.append(Target(f"{name}, S={workers}: caching on / caching off", ratio, None, "info",
+                              "nothing for caching to save: the machine's noise"))
+    return out
+
+
+def _cached_hops(name: str, workload: dict) -> list[Target]:
+    """Per-hop overhead after the first iteration (the first hop of each segment reads it either way),
+    caching on against off, where reading a segment costs something."""
+    if name not in CACHING_SAVES:
+        return []
+    out = []
+    for workers in (1, 2):
+        on, off = _run(workload, workers, True), _run(workload, workers, False)
+        if not on or not off:
+            continue
+        cached, read = on.get("hop_overhead_later_ms"), off.get("hop_overhead_later_ms")
+        out.append(Target(f"{name}, S={workers}: per-hop overhead after the first iteration, caching on / off",
+                          _ratio(cached, read), CACHED_HOP_OVERHEAD, "max",
+                          f"{_fmt(cached, '.1f')} ms vs {_fmt(read, '.1f')} ms"))
     return out
 
 

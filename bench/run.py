@@ -9,7 +9,8 @@ and the targets of issue 5 (bench/report.py), and writes every measurement to a 
 in the schema madlib_dl_bench and are kept between runs (data are re-made only when the workload or
 scale changes). The state, calls, data and automl workloads (bench/state.py, calls.py, data.py, automl.py) measure
 moving model state, a session's second call, packing and scoring a CIFAR-shaped table, and AutoML
-against grid search.
+against grid search; the search and big workloads (bench/peers.py) run a model selection side by side
+with plain Keras, KerasTuner and Ray Tune, which `make bench` installs (bench/requirements-peers.txt).
 
     .venv/bin/python bench/run.py [--scale 1] [--workloads small,compute] [--threads N] [--json PATH]
 """
@@ -33,6 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 import automl  # noqa: E402
 import calls  # noqa: E402
 import data  # noqa: E402
+import peers  # noqa: E402
 import report  # noqa: E402
 import state  # noqa: E402
 import workloads  # noqa: E402
@@ -40,6 +42,7 @@ import workloads  # noqa: E402
 SCHEMA = "madlib_dl_bench"
 DATA_VERSION = 2  # bump when the way data are made changes: prepared tables are re-made
 SEGMENT_COUNTS = (1, 2)
+OTHER_WORKLOADS = ("state", "calls", "data", "automl", "search", "big")  # each a module of its own
 
 
 def say(text: str) -> None:
@@ -295,16 +298,16 @@ def progress_cost(cluster, lib: str, workload: workloads.Workload, threads: int,
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the examples of every workload")
-    parser.add_argument("--workloads", default="small,compute,state,calls,data,automl",
-                        help="comma-separated: small, compute, state, calls, data, automl")
+    parser.add_argument("--workloads", default=",".join([*workloads.WORKLOADS, *OTHER_WORKLOADS]),
+                        help=f"comma-separated: {', '.join([*workloads.WORKLOADS, *OTHER_WORKLOADS])}")
     parser.add_argument("--threads", type=int, default=0,
                         help="TF threads of every process (default: CPUs / 2, at least 1: one per worker at S=2)")
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"), help="where the results go")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
-    unknown = [n for n in names if n not in workloads.WORKLOADS and n not in ("state", "calls", "data", "automl")]
+    unknown = [n for n in names if n not in workloads.WORKLOADS and n not in OTHER_WORKLOADS]
     if unknown or not names or args.scale <= 0:
-        parser.error(f"--workloads: expected names from {sorted(workloads.WORKLOADS)}, got {args.workloads!r}"
+        parser.error(f"--workloads: expected names from {[*workloads.WORKLOADS, *OTHER_WORKLOADS]}, got {args.workloads!r}"
                      if unknown or not names else f"--scale: expected a positive number, got {args.scale}")
     from madlib_dl import settings
     from madlib_dl.tools.cluster import EXTENSION_QUERY, Cluster
@@ -323,9 +326,12 @@ def main(argv=None) -> None:
     calls_result = calls.bench(cluster, lib, say) if "calls" in names else None
     data_result = data.bench(cluster, lib, args.scale, threads, say) if "data" in names else None
     automl_result = automl.bench(cluster, lib, say) if "automl" in names else None
+    search_result = peers.bench_search(cluster, lib, say) if "search" in names else None
+    big_result = peers.bench_big(cluster, lib, say) if "big" in names else None
     found = report.targets(results) + (state.targets(state_result) if state_result else []) + \
         (calls.targets(calls_result) if calls_result else []) + (data.targets(data_result) if data_result else []) + \
-        (automl.targets(automl_result) if automl_result else [])
+        (automl.targets(automl_result) if automl_result else []) + \
+        (peers.search_targets(search_result) if search_result else []) + (peers.big_targets(big_result) if big_result else [])
     say("")
     for name, workload in results.items():
         say(report.table(name, workload) + "\n")
@@ -340,6 +346,12 @@ def main(argv=None) -> None:
     if automl_result:
         say(automl.table(automl_result) + "\n")
         results["automl"] = automl_result
+    if search_result:
+        say(peers.search_table(search_result) + "\n")
+        results["search"] = search_result
+    if big_result:
+        say(peers.big_table(big_result) + "\n")
+        results["big"] = big_result
     say(report.verdicts(found))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
