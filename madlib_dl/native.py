@@ -2,9 +2,10 @@
 
 They are not SQL functions: no SQL caller can reach them, and only code running in madlib_dl's own
 Python (plpython3u is untrusted: no plain role writes Python) can. That is what makes them safe as
-credentials: arming a launch (the launcher starts a worker only for the token armed last) and a
-worker's token (internal_worker_serve serves only inside a madlib_dl background worker, and only the
-token its launcher put in bgw_extra). None of them can raise a PostgreSQL error (which would unwind
+credentials: arming a launch (the launcher starts a worker only for the token armed last), a worker's
+token (internal_worker_serve serves only inside a madlib_dl background worker, and only the token its
+launcher put in bgw_extra), and a value handed over as a memory file's range (internal_take_file reads
+only what was armed, under its token, once). None of them can raise a PostgreSQL error (which would unwind
 through Python's frames); each reads or writes a few bytes of the library's memory.
 
 PostgreSQL loads an extension's library with RTLD_GLOBAL, so its symbols are found in the process's
@@ -88,3 +89,40 @@ def worker_token() -> str | None:
 def take_give_way_request() -> bool:
     """Whether another session's launch asked this worker to give its slot up since the last look."""
     return bool(_library().madlib_dl_take_give_way_request())
+
+
+_file_entries = None
+
+
+def _file_handoff():
+    """The entry points of a value handed over as a range of a memory file (internal_take_file); None
+    while the library loaded in this process has none (not loaded yet, or an older build: the caller
+    then hands the bytes over)."""
+    global _file_entries
+    if _file_entries is None:
+        library = ctypes.CDLL(None)
+        try:
+            arm, forget = library.madlib_dl_hand_over_file, library.madlib_dl_forget_file
+        except AttributeError:
+            return None
+        arm.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        arm.restype = ctypes.c_int
+        forget.argtypes = []
+        forget.restype = None
+        _file_entries = arm, forget
+    return _file_entries
+
+
+def file_handoff_available() -> bool:
+    return _file_handoff() is not None
+
+
+def hand_over_file(token: str, fd: int, start: int, size: int) -> None:
+    """Let the next internal_take_file(token) of this backend read ``size`` bytes of the memory file ``fd``
+    from ``start`` (once); what was armed before is forgotten."""
+    if _file_handoff()[0](token.encode(), fd, start, size) != 0:
+        raise MadlibDLError(f"internal: a value of {size} bytes at {start} of file {fd} cannot be handed over")
+
+
+def forget_file() -> None:
+    _file_handoff()[1]()

@@ -1,6 +1,7 @@
 /*
  * madlib_dl.c: the extension's only C code. It lets the Python driver start PostgreSQL dynamic
- * background workers and notice a dead client; everything else stays in Python.
+ * background workers, notice a dead client and write model states without copying them through Python;
+ * everything else stays in Python.
  *
  *   madlib_dl_launch_worker(token text) -> int4   start one worker, return its pid (NULL: no free slot)
  *   madlib_dl_worker_main(Datum)                  the worker: calls <schema>.internal_worker_serve(token)
@@ -13,6 +14,9 @@
  *                                                 the DBA's caps (CAPS, madlib_dl.max_*) are
  *                                                 superuser-only, decided here
  *   madlib_dl_reserve_settings()                  after the last one: madlib_dl.<typo> is an error
+ *   madlib_dl_take_file(token text) -> bytea      a value this backend's Python handed over as a range of
+ *                                                 a memory file (a model state from a worker), read
+ *                                                 straight into the datum; NULL for any other token
  *   an emit_log_hook                              drops PL/Python's traceback from madlib_dl's own errors
  *                                                 ("madlib_dl: ..."): PL/Python has no way to omit it
  *
@@ -22,6 +26,10 @@
  * (madlib_dl_arm_launch, through ctypes), never by SQL alone; see "Who a worker is" below.
  */
 #include "postgres.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -66,6 +74,7 @@ PG_FUNCTION_INFO_V1(madlib_dl_launch_worker);
 PG_FUNCTION_INFO_V1(madlib_dl_client_connected);
 PG_FUNCTION_INFO_V1(madlib_dl_define_setting);
 PG_FUNCTION_INFO_V1(madlib_dl_reserve_settings);
+PG_FUNCTION_INFO_V1(madlib_dl_take_file);
 PGDLLEXPORT void madlib_dl_worker_main(Datum main_arg);
 void		_PG_init(void);
 
@@ -575,6 +584,90 @@ madlib_dl_worker_main(Datum main_arg)
 		pgstat_report_activity(STATE_IDLE, NULL);
 	}
 	proc_exit(0);
+}
+
+/*
+ * A large value handed over as a range of a memory file (madlib_dl/handoff.py): a model state that a
+ * worker's reply brought as a memfd, written into an output table by the statement running meanwhile,
+ * which reads it with internal_take_file(token). PL/Python would need the bytes as a Python object first
+ * and copy them again into the datum; here they are read once, from the file into the datum. Armed by
+ * madlib_dl's Python through ctypes (madlib_dl_hand_over_file: no SQL function reaches it), for one
+ * statement, under a random token, and taken once. Only a memory file is read: never a relation's file
+ * or any other file the backend has open.
+ */
+#define HANDOFF_TOKEN_BYTES 64
+#define HANDOFF_READ_BYTES ((Size) 64 << 20)	/* a cancel is noticed between reads of this size */
+
+static char handoff_token[HANDOFF_TOKEN_BYTES + 1];
+static int	handoff_fd = -1;
+static int64 handoff_start = 0;
+static int64 handoff_size = 0;
+
+PGDLLEXPORT int madlib_dl_hand_over_file(const char *token, int fd, int64 start, int64 size);
+PGDLLEXPORT void madlib_dl_forget_file(void);
+
+/* Arm (fd, start, size) under token for the next internal_take_file; -1 (and nothing armed) when refused. */
+int
+madlib_dl_hand_over_file(const char *token, int fd, int64 start, int64 size)
+{
+	madlib_dl_forget_file();
+	if (token == NULL || token[0] == '\0' || strlen(token) > HANDOFF_TOKEN_BYTES || fd < 0 || start < 0 ||
+		size < 0 || size > (int64) (MaxAllocSize - VARHDRSZ))
+		return -1;
+	strlcpy(handoff_token, token, sizeof(handoff_token));
+	handoff_fd = fd;
+	handoff_start = start;
+	handoff_size = size;
+	return 0;
+}
+
+void
+madlib_dl_forget_file(void)
+{
+	handoff_token[0] = '\0';
+	handoff_fd = -1;
+	handoff_start = handoff_size = 0;
+}
+
+Datum
+madlib_dl_take_file(PG_FUNCTION_ARGS)
+{
+	text	   *token = PG_GETARG_TEXT_PP(0);
+	int			fd = handoff_fd;
+	int64		start = handoff_start;
+	int64		size = handoff_size;
+	struct stat st;
+	bytea	   *result;
+	int64		done = 0;
+
+	if (fd < 0 || VARSIZE_ANY_EXHDR(token) != strlen(handoff_token) ||
+		memcmp(VARDATA_ANY(token), handoff_token, VARSIZE_ANY_EXHDR(token)) != 0)
+		PG_RETURN_NULL();
+	madlib_dl_forget_file();	/* taken once */
+	/* F_GET_SEALS answers for memory files (memfd, shmem) only: not for a file on disk */
+	if (fcntl(fd, F_GET_SEALS) < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < start + size)
+		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
+						errmsg("madlib_dl: a value handed over is not in a memory file of its size")));
+	result = (bytea *) palloc(size + VARHDRSZ);
+	while (done < size)
+	{
+		ssize_t		count = pread(fd, VARDATA(result) + done, Min((Size) (size - done), HANDOFF_READ_BYTES),
+								  start + done);
+
+		if (count < 0 && errno == EINTR)
+			continue;
+		if (count < 0)
+			ereport(ERROR, (errcode_for_file_access(),
+							errmsg("madlib_dl: could not read a value handed over: %m")));
+		if (count == 0)
+			ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
+							errmsg("madlib_dl: a value handed over ended after %lld of %lld bytes",
+								   (long long) done, (long long) size)));
+		done += count;
+		CHECK_FOR_INTERRUPTS();
+	}
+	SET_VARSIZE(result, size + VARHDRSZ);
+	PG_RETURN_BYTEA_P(result);
 }
 
 Datum

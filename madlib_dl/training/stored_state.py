@@ -6,14 +6,20 @@ optimizer state (Adam: twice the weights, and more) goes in ``optimizer_state`` 
 ``ONE_VALUE_BYTES``; a larger one goes, in parts of ``PART_BYTES``, to a side table
 ``<model table>_optimizer_state (mst_key, part, data)`` and the column is NULL. Warm start reads either.
 
-Writing a value from PL/Python holds it about four times at once (the Python bytes, the datum, the
-tuple, and the shared pages read to make the bytes), so a model's row is written one large value per
-statement (:func:`write_model`), and large optimizer states in parts: the driver's peak stays near one
-model's state plus four times its largest part.
+Each value is handed over (madlib_dl.handoff), not bound as a parameter: a state in a memory file (as
+a worker's reply brings it) is read by the C library straight into the datum, which the executor
+copies into the row it toasts; any other state goes through GD as Python bytes, which PL/Python drops
+as it makes the datum. Either way a value is held at most twice at once (bound, a 64 MiB part raised
+the peak by about five times its size). So a model's row is written one large value per statement
+(:func:`write_state`), and large optimizer states in parts: the driver's own peak grows by about twice
+the model's largest value (its weights, or its optimizer state when that fits the column), within one
+model's state plus a few times its largest part. What each step costs: bench/state_write.py and
+bench/FINDINGS.md, "Writing output states".
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from madlib_dl import catalog, channel, handoff
@@ -88,36 +94,54 @@ def write_state(db, schema: str, model_table: TableName, key: int, model, where:
     model_weights, then optimizer_state or its parts, one large value per statement. ``model``: a
     driver.ModelProgress (its state is taken from it).
 
-    Each value is handed over (madlib_dl.handoff), not bound: one copy fewer at the peak."""
+    Each value is handed over (madlib_dl.handoff), not bound: from its memory file straight into the
+    datum when the state is in one, else as bytes in GD."""
+    files = handoff.files_available(db, schema)
     state, model.weights = model.weights, None
-    _set(db, schema, model_table, "model_weights", as_value(state), where, where_args, where_types)
+    _set(db, schema, model_table, "model_weights", state, files, where, where_args, where_types)
     state, model.optimizer_state = model.optimizer_state, None
     if state is None or len(state) > ONE_VALUE_BYTES:
-        write_large(db, schema, model_table, key, state)
+        write_large(db, schema, model_table, key, state, files)
         return
-    _set(db, schema, model_table, "optimizer_state", as_value(state), where, where_args, where_types)
+    _set(db, schema, model_table, "optimizer_state", state, files, where, where_args, where_types)
 
 
-def _set(db, schema: str, model_table: TableName, column: str, value, where, where_args, where_types) -> None:
-    with handoff.handed_over(value) as token:
-        del value
-        db.execute(f"UPDATE {model_table.sql(db)} SET {db.quote_ident(column)} = "
-                   f"{handoff.taking(schema, db.quote_ident)} {where}", [token, *where_args], ["text", *where_types])
+@contextlib.contextmanager
+def _handed_over(db, schema: str, state, files: bool, start: int = 0, size: int | None = None):
+    """(the SQL expression that reads the value, its token: the expression's $1) for ``size`` bytes of
+    ``state`` from ``start``, for the statement run inside the block: a shared blob's range read by the C
+    library from its memory file when ``files`` (handoff.files_available), else the bytes in GD."""
+    if files and isinstance(state, channel.SharedBlob):
+        size = len(state) - start if size is None else min(size, len(state) - start)
+        with handoff.file_handed_over(state.fd, start, size) as token:
+            yield handoff.taking_file(schema, db.quote_ident), token
+        return
+    with handoff.handed_over(as_value(state, start, size)) as token:
+        yield handoff.taking(schema, db.quote_ident), token
 
 
-def write_large(db, schema: str, model_table: TableName, key: int, state) -> None:
+def _set(db, schema: str, model_table: TableName, column: str, state, files: bool, where, where_args,
+         where_types) -> None:
+    with _handed_over(db, schema, state, files) as (taking, token):
+        db.execute(f"UPDATE {model_table.sql(db)} SET {db.quote_ident(column)} = {taking} {where}",
+                   [token, *where_args], ["text", *where_types])
+
+
+def write_large(db, schema: str, model_table: TableName, key: int, state, files: bool | None = None) -> None:
     """A state too large for the column, in parts (the side table is made by the first one), each
-    handed over like the column values."""
+    handed over like the column values (``files``: handoff.files_available, found when None)."""
     if state is None or len(state) <= ONE_VALUE_BYTES:
         return
+    if files is None:
+        files = handoff.files_available(db, schema)
     side = side_table(model_table)
     db.execute(f"CREATE TABLE IF NOT EXISTS {side.sql(db)} (mst_key INTEGER, part INTEGER, data BYTEA, "
                "PRIMARY KEY (mst_key, part))")
     catalog.store_uncompressed(db, side, ("data",))
     for part, start in enumerate(range(0, len(state), PART_BYTES)):
-        with handoff.handed_over(as_value(state, start, PART_BYTES)) as token:
-            db.execute(f"INSERT INTO {side.sql(db)} VALUES ($2, $3, {handoff.taking(schema, db.quote_ident)})",
-                       [token, key, part], ["text", "integer", "integer"])
+        with _handed_over(db, schema, state, files, start, PART_BYTES) as (taking, token):
+            db.execute(f"INSERT INTO {side.sql(db)} VALUES ($2, $3, {taking})", [token, key, part],
+                       ["text", "integer", "integer"])
 
 
 def read(db, model_table: TableName, key: int, column) -> bytes | None:

@@ -76,6 +76,7 @@ def test_the_c_library_is_loaded_from_libdir_and_the_schema_is_usable_by_everyon
         ("internal_define_setting", "$libdir/madlib_dl", "madlib_dl_define_setting", "v", True),
         ("internal_launch_worker", "$libdir/madlib_dl", "madlib_dl_launch_worker", "v", True),
         ("internal_reserve_settings", "$libdir/madlib_dl", "madlib_dl_reserve_settings", "v", False),
+        ("internal_take_file", "$libdir/madlib_dl", "madlib_dl_take_file", "v", True),
     ]
     cur.execute("SELECT madlib_dl.internal_client_connected()")
     assert cur.fetchone()[0] is True
