@@ -39,6 +39,7 @@ class MemoryEstimate:
     workers: int
     use_caching: bool = True
     driver_bytes: int = 0  # the model states the driver holds
+    segments: int = 0      # the data's segments (0: as many as workers)
 
     @property
     def total_bytes(self) -> int:
@@ -88,6 +89,7 @@ def estimate(training_bytes: Mapping[int, int], validation_bytes: Mapping[int, i
         workers=workers or len(training_bytes),
         use_caching=use_caching,
         driver_bytes=sum(state_bytes(weights) for weights in model_weight_bytes) + largest_state,
+        segments=len(per_segment),
     )
 
 
@@ -105,7 +107,8 @@ def check(estimate: MemoryEstimate, budget_bytes: int, setting: str = "madlib_dl
     if total <= budget_bytes:
         return
     data = "cached data" if estimate.use_caching else "data"
-    segments = "segment" if estimate.workers == 1 else "segments"
+    count = estimate.segments or estimate.workers
+    segments = "segment" if count == 1 else "segments"
     workers = "worker" if estimate.workers == 1 else "workers"
     budget_mib = budget_bytes // MIB
     suggestion = f"Raise it (SET {setting} = {suggested_budget_mib(total)})"
@@ -115,7 +118,7 @@ def check(estimate: MemoryEstimate, budget_bytes: int, setting: str = "madlib_dl
         hint = f"{suggestion} or use fewer segments."
     raise InvalidArgument(
         f"{'use_caching' if estimate.use_caching else 'memory'}: the run needs about {format_bytes(total)} "
-        f"({data} {format_bytes(estimate.data_bytes)} over {estimate.workers} {segments}, "
+        f"({data} {format_bytes(estimate.data_bytes)} over {count} {segments}, "
         f"largest {format_bytes(estimate.largest_segment_bytes)}; "
         f"models {format_bytes(estimate.model_bytes_per_worker)} per worker x {estimate.workers} {workers}"
         + (f"; model states in the driver {format_bytes(estimate.driver_bytes)}" if estimate.driver_bytes else "")

@@ -61,11 +61,12 @@ def test_a_tiny_bench_runs_every_variant_and_reports_them(server, monkeypatch):
         cache = sum(w["cache_bytes"] for w in result["runs"][report.variant(2, True)]["workers"])
         assert cache == TINY.size(0.1) * (8 * 8 * 1 + 10) * 4  # features and one-hot labels as float32
         found = report.targets({"small": result})
-        # small-workload targets, the cost of live progress, never slower per S, memory per worker, and two
-        # informational lines against two-process Keras (the ceiling, our S=2 wall over it)
+        # small-workload targets (its wall, its per-hop overhead, caching off / on per S as information), the
+        # cost of live progress, caching on / off per S (information on small: nothing to save), memory per
+        # worker, and two informational lines against two-process Keras (the ceiling, our S=2 wall over it)
         assert len(result["progress"]["on"]) == len(result["progress"]["off"]) == 1
         assert len(found) == 4 + 1 + 2 + 2 * (1 + 2) + 2
-        assert len([t for t in found if t.kind == "info"]) == 2
+        assert len([t for t in found if t.kind == "info"]) == 2 + 2 + 2
         assert all(t.measured is not None for t in found)
         text = report.table("small", result) + report.verdicts(found)
         assert "S=2 caching on" in text and "keras, 2 procs" in text and "targets:" in text

@@ -401,14 +401,15 @@ def test_metrics_compute_frequency(cur, frequency):
 def test_memory_budget_refuses_the_run_then_a_bad_setting_is_named(cur):
     make_mst(cur, "mst_wide", [(1, WIDE, COMPILE, FITS[0])])
     cur.execute(f"SET {S}memory_budget_mb = 1")
-    message = fails(cur, "22023", "use_caching", "the run needs about 110 MiB", "over 3 segments",
-                    "models 31 MiB per worker x 3 workers",
+    # one model: one worker (training.parallelism), which holds it once
+    message = fails(cur, "22023", "use_caching", "the run needs about 49 MiB", "over 3 segments",
+                    "models 31 MiB per worker x 1 worker",
                     "model states in the driver 18 MiB", "the memory budget madlib_dl.memory_budget_mb is 1 MiB",
                     "SET madlib_dl.memory_budget_mb = 1024", "use_caching => FALSE",
                     model_selection_table="mst_wide", model_output_table="out_memory", use_caching=True)
     assert "cached data" in message
     # without caching the same bound applies, and the advice does not mention caching
-    message = fails(cur, "22023", "memory", "the run needs about 110 MiB",
+    message = fails(cur, "22023", "memory", "the run needs about 49 MiB",
                     "the memory budget madlib_dl.memory_budget_mb is 1 MiB",
                     model_selection_table="mst_wide", model_output_table="out_memory", use_caching=False)
     assert "use_caching" not in message
@@ -430,7 +431,7 @@ def test_a_run_refused_after_its_workers_started_leaves_no_worker(cur):
     make_mst(cur, "mst_wide", [(1, WIDE, COMPILE, FITS[0])])
     cur.execute(f"RESET {S}executor")  # 'workers', the role's default in this database
     cur.execute(f"SET {S}memory_budget_mb = 1")
-    fails(cur, "22023", "use_caching", "the run needs about 110 MiB", model_selection_table="mst_wide",
+    fails(cur, "22023", "use_caching", "the run needs about 49 MiB", model_selection_table="mst_wide",
           model_output_table="out_memory", use_caching=True)
     assert worker_activity.none_left_within(cur) == {}
 

@@ -22,8 +22,11 @@ def test_estimate_arithmetic():
     # per worker: compiled models 40 + 80, plus the largest state (60) arriving and leaving during a hop;
     # the driver: both states (30 + 60) and the largest again, arriving
     assert e == MemoryEstimate(data_bytes=910, largest_segment_bytes=450, model_bytes_per_worker=120 + 2 * 60,
-                               workers=3, use_caching=True, driver_bytes=30 + 60 + 60)
+                               workers=3, use_caching=True, driver_bytes=30 + 60 + 60, segments=3)
     assert e.total_bytes == 910 + 3 * 240 + 150
+    # the run chose one worker for the three segments: it holds the models once
+    one = estimate({0: 100, 1: 300, 2: 200}, {0: 50, 1: 10, 2: 250}, [10, 20], use_caching=True, workers=1)
+    assert (one.workers, one.segments, one.total_bytes) == (1, 3, 910 + 240 + 150)
 
 
 def test_estimate_without_validation_or_models():
