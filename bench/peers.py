@@ -405,14 +405,19 @@ PEER_RUNS = {  # label -> (tool, TF threads per process)
 }
 
 
-def bench_search(cluster, lib: str, say) -> dict:
+def _prepare(cluster, lib: str, workload: str, say) -> None:
+    """The peers are installed, the tables made (once) and the workload's configurations loaded."""
     check_installed()
     with cluster.connect() as conn:
         conn.autocommit = True
         with conn.cursor() as cur:
             prepare_tables(cur, say)
-            prepare_configs(cur, lib, "search")
+            prepare_configs(cur, lib, workload)
     conn.close()
+
+
+def bench_search(cluster, lib: str, say) -> dict:
+    _prepare(cluster, lib, "search", say)
     say(f"search: {len(configurations('search'))} configurations (CNNs of 0.37M and 0.07M parameters x Adam "
         f"{', '.join(f'{lr:g}' for lr in SEARCH_RATES)}), {TRAIN_ROWS} training and {VALIDATION_ROWS} validation rows "
         f"of REAL{list(SHAPE)}, batch {BATCH}, {SEARCH_EPOCHS} epochs, validation after each")
@@ -427,13 +432,7 @@ def bench_search(cluster, lib: str, say) -> dict:
 
 
 def bench_big(cluster, lib: str, say) -> dict:
-    check_installed()
-    with cluster.connect() as conn:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            prepare_tables(cur, say)
-            prepare_configs(cur, lib, "big")
-    conn.close()
+    _prepare(cluster, lib, "big", say)
     say(f"big: a 29.4M-parameter dense model x Adam {', '.join(f'{lr:g}' for lr in BIG_RATES)}, {BIG_ROWS} rows, "
         f"{BIG_EPOCHS} iterations of 1 epoch, batch {BATCH}")
     runs = {"madlib_dl": run_madlib(cluster, lib, "big", None)}

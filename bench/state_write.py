@@ -47,7 +47,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+
+from state import driver_peak as own_peak  # noqa: E402  (a backend's own peak: process_memory's rule)
 
 SCHEMA = "madlib_dl_bench"
 MB = 1e6
@@ -160,16 +163,6 @@ PROBE_ARGS = "lib TEXT, weights BIGINT, optimizer BIGINT, models INTEGER, out_ta
 
 def say(text: str) -> None:
     print(text, flush=True)
-
-
-def own_peak(pid: int) -> int | None:
-    """A backend's own peak: VmHWM less the shared memory it has touched (process_memory's rule)."""
-    try:
-        status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status") if ":" in line)
-    except OSError:
-        return None
-    kib = {k: int(v.split()[0]) for k, v in status.items() if k in ("VmHWM", "RssShmem")}
-    return 1024 * (kib.get("VmHWM", 0) - kib.get("RssShmem", 0))
 
 
 def prepare(cur, lib: str) -> None:
