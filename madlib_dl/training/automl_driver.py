@@ -351,7 +351,7 @@ class AutomlDriver:
     def _evaluated(self, event: Evaluated) -> None:
         key, model = event.model, self.models[event.model]
         elapsed = time.monotonic() - self.clock
-        for kind, per_segment in sorted(self.pending.pop(key).items(), key=lambda item: item[0] != "train"):
+        for kind, per_segment in self.pending.pop(key).items():
             model.add_metrics(kind, segment_means.combine(per_segment), elapsed)
         self.metrics_iters[key].append(event.iteration)
         trial = self.trials[key]
