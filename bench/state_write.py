@@ -5,7 +5,7 @@ madlib_dl in a fresh session, makes each model's state as the driver holds it af
 and optimizer state in memory files, filled through the file 1 MiB at a time, so that none of their
 pages is mapped in the backend, as in a driver that only passes states on, and no large temporary
 leaves glibc's allocator otherwise than a driver's), and writes fit_multiple's model table with
-``outputs._write_models`` (madlib_keras_fit writes its one model through the same
+``model_table.ModelTable`` (madlib_keras_fit writes its one model through the same
 ``stored_state.write_state``). Each statement is timed, and the COMMIT (the WAL flush) apart, with the
 backend's CPU time (steadier than the wall on a shared machine). The backend's own peak (VmHWM less its
 shared pages) is read from /proc afterwards. ``--baseline REF`` also times stored_state.py as of a git
@@ -68,7 +68,7 @@ import json, os, time
 plpy.execute("SELECT " + plpy.quote_ident(lib) + ".internal_take_value('')")  # boots madlib_dl here
 from madlib_dl import channel, db as database
 from madlib_dl.identifiers import TableName
-from madlib_dl.training import outputs
+from madlib_dl.training import model_table
 
 
 class Timed:
@@ -137,7 +137,7 @@ if alt_source:  # another version of stored_state (--baseline REF), for before/a
     import types
     alt = types.ModuleType("madlib_dl.training.stored_state_baseline")
     exec(compile(alt_source, "stored_state (baseline)", "exec"), alt.__dict__)
-    outputs.stored_state = alt
+    model_table.stored_state = alt
 try:
     result = Result()
     result.models = {key: Model(key) for key in range(1, models + 1)}
@@ -147,12 +147,14 @@ try:
     before = own()
     cpu = sum(os.times()[:2])
     started = time.perf_counter()
-    outputs._write_models(db, outputs.OutputTables(TableName(schema, name), None, None, out_table), lib, result)
+    table = model_table.ModelTable(TableName(schema, name), lib, keyed=True)
+    table.create(db)
+    table.write_rest(db, result.models)
     seconds = time.perf_counter() - started
     cpu = sum(os.times()[:2]) - cpu
 finally:
     from madlib_dl.training import stored_state
-    outputs.stored_state = stored_state
+    model_table.stored_state = stored_state
 return json.dumps({"seconds": seconds, "cpu_seconds": cpu, "steps": db.steps, "wal_bytes": lsn() - wal,
                    "own_before": before[0], "peak_before": before[1]})
 """
@@ -333,10 +335,10 @@ def prepare_call(cur, lib: str) -> None:
 SWAP = """
 plpy.execute("SELECT " + plpy.quote_ident(%(lib)s) + ".internal_take_value('')")  # boots madlib_dl here
 import types
-from madlib_dl.training import outputs
+from madlib_dl.training import model_table
 alt = types.ModuleType("madlib_dl.training.stored_state_baseline")
 exec(compile(%(source)s, "stored_state (baseline)", "exec"), alt.__dict__)
-outputs.stored_state = alt
+model_table.stored_state = alt
 """
 
 

@@ -26,6 +26,9 @@ class Database(Protocol):
     def notice(self, message: str) -> None:
         """Tell the caller something (a NOTICE inside the server)."""
 
+    def debug(self, message: str) -> None:
+        """A detail for those who ask for it (DEBUG2: client_min_messages or log_min_messages debug2)."""
+
     def quote_ident(self, name: str) -> str:
         """Quote one identifier for SQL text."""
 
@@ -66,6 +69,9 @@ class PlpyDatabase:
 
     def notice(self, message):
         self._plpy.notice(message)
+
+    def debug(self, message):
+        self._plpy.debug(message)
 
     def quote_ident(self, name):
         return self._plpy.quote_ident(name)
@@ -119,6 +125,9 @@ class PsycopgDatabase:
 
     def notice(self, message):
         self.notices.append(message)
+
+    def debug(self, message):
+        pass
 
     def quote_ident(self, name):
         from psycopg2.extensions import quote_ident

@@ -26,6 +26,7 @@ from madlib_dl.keras_runtime import params
 from madlib_dl.packed_tables import PackedTable
 from madlib_dl.training import driver, fit_outputs, outputs, stored_state
 from madlib_dl.training.fit_outputs import FitOutputTables, FitRequest
+from madlib_dl.training.model_table import ModelTable
 from madlib_dl.training.spec import FIT, ModelConfig, RunSpec
 
 MST_KEY = 1  # the one model's key in the run: seeds and schedule match fit_multiple's for a one-row mst table
@@ -50,18 +51,21 @@ def fit(source_table, model, model_arch_table, model_id, compile_params, fit_par
     offset = 0
     if warm_start:
         config, offset = _warm_start(conn, out, config)
-    reserved = [] if warm_start else outputs.reserve(conn, (out.model, out.summary,
-                                                             stored_state.side_table(out.model)))
-    spec = RunSpec(uuid.uuid4().hex, catalog.extension_schema(conn), source, validation, (config,), iterations,
+    schema = catalog.extension_schema(conn)
+    table = ModelTable(out.model, schema, keyed=False)
+    reserved = [] if warm_start else table.create_reserved(conn, outputs.reserve(
+        conn, (out.model, out.summary, stored_state.side_table(out.model))))
+    spec = RunSpec(uuid.uuid4().hex, schema, source, validation, (config,), iterations,
                    frequency, None, bool(use_gpus), settings.read(conn, settings.FIT_SEED), caller=FIT,
                    iteration_offset=offset, output_table=out.model)
-    result = driver.train(conn, spec)
+    result = driver.train(conn, spec, None if warm_start else table.writer(conn))
     if warm_start:
         fit_outputs.drop(conn, out)
+        table.create(conn)
     request = FitRequest(source_table, model, model_arch_table, model_id, validation_table if validation else None,
                          name, description)
     outputs.release(conn, reserved)
-    fit_outputs.write(conn, out, spec, result, request)
+    fit_outputs.write(conn, out, spec, result, request, models=table)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from madlib_dl.identifiers import TableName
 from madlib_dl.keras_runtime import arch_info, builder, params
 from madlib_dl.packed_tables import PackedTable
 from madlib_dl.training import driver, outputs, stored_state
+from madlib_dl.training.model_table import ModelTable
 from madlib_dl.training.spec import ModelConfig, OutputTables, RunSpec
 
 MST_COLUMNS = ("mst_key", "model_id", "compile_params", "fit_params")
@@ -42,19 +43,22 @@ def fit_multiple_model(source_table, model_output_table, model_selection_table, 
     models = _models(conn, mst, arch_table, source)
     if warm_start:
         models = _warm_start(conn, out, models)
-    reserved = [] if warm_start else outputs.reserve(conn, (out.model, out.summary, out.info,
-                                                             stored_state.side_table(out.model)))
-    spec = RunSpec(uuid.uuid4().hex, catalog.extension_schema(conn), source, validation, tuple(models), iterations, frequency,
+    schema = catalog.extension_schema(conn)
+    table = ModelTable(out.model, schema, keyed=True)
+    reserved = [] if warm_start else table.create_reserved(conn, outputs.reserve(
+        conn, (out.model, out.summary, out.info, stored_state.side_table(out.model))))
+    spec = RunSpec(uuid.uuid4().hex, schema, source, validation, tuple(models), iterations, frequency,
                    bool(use_caching), bool(use_gpus), settings.read(conn, settings.FIT_SEED), output_table=out.model)
-    result = driver.train(conn, spec)
+    result = driver.train(conn, spec, None if warm_start else table.writer(conn))
     if warm_start:
         outputs.drop(conn, out)
+        table.create(conn)
     request = {"source_table": source_table, "validation_table": validation_table if validation else None,
                "model_output_table": model_output_table, "model_arch_table": arch_table.typed_sql(conn),
                "model_selection_table": model_selection_table, "warm_start": warm_start, "name": name,
                "description": description}
     outputs.release(conn, reserved)
-    outputs.write(conn, out, spec, result, request)
+    outputs.write(conn, out, spec, result, request, models=table)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import datetime
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from madlib_dl import settings
 from madlib_dl.errors import Cancelled, InvalidArgument
@@ -117,9 +118,11 @@ def devices_for(spec: RunSpec) -> list[placement.WorkerDevice]:
     return placement.place(len(spec.source.segments), found, spec.use_gpus)
 
 
-def train(db, spec: RunSpec) -> RunResult:
+def train(db, spec: RunSpec, on_final: Callable | None = None) -> RunResult:
     """Run every iteration; the run's data and models are gone from its backends when this returns or
-    raises (and its workers too, when it raises)."""
+    raises (and its workers too, when it raises). ``on_final(mst_key, model)``: called once a model's
+    state is final (its last training hop came back), while workers go on with the run's other hops
+    (model_table.ModelTable.writer: its row is written then)."""
     LAST_HOPS.clear()
     devices = devices_for(spec)
     tables = {"train": spec.source, **({"validation": spec.validation} if spec.validation else {})}
@@ -134,7 +137,7 @@ def train(db, spec: RunSpec) -> RunResult:
             plan = plan_memory(db, spec, initial, executor.worker_count)
             when = checkpoints.when(db)
             with recording(db, spec, not when.never) as recorder:  # once the run is sure to start
-                driver = Driver(db, spec, executor, set_name, initial, plan, recorder, when)
+                driver = Driver(db, spec, executor, set_name, initial, plan, recorder, when, on_final)
                 result = driver.run()
             # after the recorder is done (no checkpoint write of this run is still under way)
             checkpoints.remove(db, spec.schema, driver.key)
@@ -242,9 +245,10 @@ def application_name_setter(db):
 
 class Driver:
     def __init__(self, db, spec: RunSpec, executor, set_name, initial_weights: dict[int, bytes], plan: MemoryPlan,
-                 recorder: progress.Recorder, when: checkpoints.When):
+                 recorder: progress.Recorder, when: checkpoints.When, on_final: Callable | None = None):
         self.db, self.spec, self.executor, self.set_name, self.plan = db, spec, executor, set_name, plan
-        self.recorder, self.when = recorder, when
+        self.recorder, self.when, self.on_final = recorder, when, on_final
+        self.finals: list[int] = []  # models whose state became final, for on_final
         self.metrics_mode = training_metrics.mode(db)
         self.key = checkpoints.run_key(db, spec)  # the current user's: never another role's checkpoint
         self.trained_hops = 0  # of the whole run
@@ -289,6 +293,7 @@ class Driver:
             if self.when.due(iteration, (time.monotonic() - saved_at) / 60, iteration == self.spec.num_iterations):
                 self._save(iteration)
                 saved_at = time.monotonic()
+        self._finished()
         return RunResult(self.models, self.metrics_iters, started, datetime.datetime.now(), self.executor.name,
                          list(self.hops))
 
@@ -337,6 +342,7 @@ class Driver:
                 # both halves the driver's memory for large models.
                 model = self.models[hop.model]
                 model.weights = model.optimizer_state = None
+            self._finished()  # while the workers train
             for completed in self.executor.wait():
                 hop = completed.call.tag
                 scheduler.finish(Hop(hop.mst_key, hop.segment, hop.iteration + offset))
@@ -364,11 +370,27 @@ class Driver:
 
     def _trained(self, completed) -> None:
         hop = completed.call.tag
-        self.models[hop.mst_key].trained(completed, hop.segment)
+        model = self.models[hop.mst_key]
+        model.trained(completed, hop.segment)
+        if hop.iteration == self.spec.num_iterations and len(model.hop_results) == len(self.segments):
+            self.finals.append(hop.mst_key)
         self.hops.append(hop_record("train", hop, completed, self.executor.threads))
         self.trained_hops += 1
         self.model_hops[hop.mst_key] += 1
         self._record()
+
+    def _finished(self) -> None:
+        """Hand the models whose state became final to on_final (a model's row written while the
+        workers train others or evaluate; the driver would only wait for them meanwhile)."""
+        finals, self.finals = self.finals, []
+        for mst_key in finals:
+            if self.on_final is not None:
+                begun, model = time.monotonic(), self.models[mst_key]
+                size = sum(len(s) for s in (model.weights, model.optimizer_state) if s is not None)
+                self.on_final(mst_key, model)
+                whose = "the model's" if self.spec.caller.one_model else f"mst_key {mst_key}'s"
+                self.db.debug(f"{self.spec.caller.function}: {whose} final state written "
+                              f"({memory.format_bytes(size)} in {time.monotonic() - begun:.2f} s)")
 
     # -- metrics -------------------------------------------------------------------------------------
 
@@ -397,9 +419,10 @@ class Driver:
                     calls.append((worker, EvaluateHop(iteration, mst_key, segment, kind), table))
         segment_call_list = self._evaluation_calls(calls, iteration == self.spec.num_iterations)
         if self.plan.one_segment_at_a_time:
-            completions = [c for call in segment_call_list for c in workers.run_calls(self.executor, [call])]
+            completions = [c for call in segment_call_list
+                           for c in workers.run_calls(self.executor, [call], self._finished)]
         else:
-            completions = workers.run_calls(self.executor, segment_call_list)
+            completions = workers.run_calls(self.executor, segment_call_list, self._finished)
         results: dict = {}
         finished: dict = {}
         for completed in completions:

@@ -21,6 +21,7 @@ from madlib_dl import __version__, catalog
 from madlib_dl.identifiers import TableName
 from madlib_dl.training import outputs, stored_state
 from madlib_dl.training.driver import RunResult
+from madlib_dl.training.model_table import ModelTable
 from madlib_dl.training.spec import RunSpec
 
 
@@ -57,14 +58,14 @@ def drop(db, out: FitOutputTables) -> None:
     stored_state.drop(db, out.model)
 
 
-def write(db, out: FitOutputTables, spec: RunSpec, result: RunResult, request: FitRequest) -> None:
-    (model,) = result.models.values()
+def write(db, out: FitOutputTables, spec: RunSpec, result: RunResult, request: FitRequest,
+          models: ModelTable | None = None) -> None:
+    """``models``: the model table when it was made before training (its row may be in it already)."""
     _write_summary(db, out.summary, spec.source.summary, _summary_columns(db, spec, result, request))
-    table = out.model.sql(db)
-    db.execute(f"CREATE TABLE {table} (model_weights BYTEA, model_arch JSON, optimizer_state BYTEA)")
-    catalog.store_uncompressed(db, out.model, ("model_weights", "optimizer_state"))
-    db.execute(f"INSERT INTO {table} VALUES (NULL, $1::json, NULL)", [model.config.model_arch], ["text"])
-    stored_state.write_state(db, spec.schema, out.model, stored_state.SINGLE_KEY, model)
+    if models is None:
+        models = ModelTable(out.model, spec.schema, keyed=False)
+        models.create(db)
+    models.write_rest(db, result.models)
 
 
 def _summary_columns(db, spec: RunSpec, result: RunResult, request: FitRequest) -> list[Column]:

@@ -16,6 +16,7 @@ from madlib_dl import __version__, catalog, identifiers
 from madlib_dl.errors import ObjectExists
 from madlib_dl.keras_runtime import params as keras_params
 from madlib_dl.training import stored_state
+from madlib_dl.training.model_table import ModelTable
 from madlib_dl.training.driver import RunResult
 from madlib_dl.training.spec import OutputTables, RunSpec
 
@@ -58,22 +59,16 @@ class Extra:
     metrics_iters: dict | None = None
 
 
-def write(db, out: OutputTables, spec: RunSpec, result: RunResult, request: dict, extra: Extra = Extra()) -> None:
-    """``request``: the caller's arguments as given (table names as text, name, description...)."""
+def write(db, out: OutputTables, spec: RunSpec, result: RunResult, request: dict, extra: Extra = Extra(),
+          models: ModelTable | None = None) -> None:
+    """``request``: the caller's arguments as given (table names as text, name, description...);
+    ``models``: the model table when it was made before training (some rows may be in it already)."""
     _write_info(db, out, result, extra)
     _write_summary(db, out, spec, result, request, extra)
-    _write_models(db, out, spec.schema, result)  # last: it lets go of each model's state once written
-
-
-def _write_models(db, out: OutputTables, schema: str, result: RunResult) -> None:
-    table = out.model.sql(db)
-    db.execute(f"CREATE TABLE {table} (mst_key INTEGER PRIMARY KEY, model_weights BYTEA, model_arch JSON, "
-               "__dist_key__ INTEGER, optimizer_state BYTEA)")
-    catalog.store_uncompressed(db, out.model, ("model_weights", "optimizer_state"))
-    for mst_key, model in sorted(result.models.items()):
-        db.execute(f"INSERT INTO {table} VALUES ($1, NULL, $2::json, $3, NULL)",
-                   [mst_key, model.config.model_arch, model.last_segment], ["integer", "text", "integer"])
-        stored_state.write_state(db, schema, out.model, mst_key, model, "WHERE mst_key = $2", [mst_key], ["integer"])
+    if models is None:
+        models = ModelTable(out.model, spec.schema, keyed=True)
+        models.create(db)
+    models.write_rest(db, result.models)  # last: it lets go of each model's state once written
 
 
 # A model's training history as MADlib's metric columns (fit_multiple's _info, fit's _summary), plus

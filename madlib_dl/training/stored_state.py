@@ -89,15 +89,17 @@ def _read_file(fd: int, start: int, size: int) -> bytes:
 
 
 def write_state(db, schema: str, model_table: TableName, key: int, model, where: str = "", where_args=(),
-                where_types=()) -> None:
+                where_types=(), keep_weights: bool = False) -> None:
     """Set the state of a model's row, inserted without it (``where``: which row, its parameters from $2):
     model_weights, then optimizer_state or its parts, one large value per statement. ``model``: a
-    driver.ModelProgress (its state is taken from it).
+    driver.ModelProgress (its state is taken from it; its weights stay with ``keep_weights``).
 
     Each value is handed over (madlib_dl.handoff), not bound: from its memory file straight into the
     datum when the state is in one, else as bytes in GD."""
     files = handoff.files_available(db, schema)
-    state, model.weights = model.weights, None
+    state = model.weights
+    if not keep_weights:
+        model.weights = None
     _set(db, schema, model_table, "model_weights", state, files, where, where_args, where_types)
     state, model.optimizer_state = model.optimizer_state, None
     if state is None or len(state) > ONE_VALUE_BYTES:

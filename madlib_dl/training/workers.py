@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
+from typing import Callable
 
 from madlib_dl import native, settings
 from madlib_dl.errors import InvalidArgument, MadlibDLError
@@ -169,8 +170,9 @@ def _check_same_data(executor: BackgroundWorkers, tables: list[PackedTable]) -> 
                                   "changes are not yet committed", UNCOMMITTED_HINT)
 
 
-def run_calls(executor, calls) -> list[executors.Completed]:
-    """Run calls (at most one per worker at a time, in order per worker) and return all completions."""
+def run_calls(executor, calls, idle: Callable[[], None] | None = None) -> list[executors.Completed]:
+    """Run calls (at most one per worker at a time, in order per worker) and return all completions;
+    ``idle``: work of the driver's own, done before each wait for the workers."""
     queues: dict[int, list] = {}
     for call in calls:
         queues.setdefault(call.segment, []).append(call)
@@ -178,6 +180,8 @@ def run_calls(executor, calls) -> list[executors.Completed]:
     for segment, queue in queues.items():
         executor.submit(queue.pop(0))
     while executor.busy():
+        if idle is not None:
+            idle()
         for completed in executor.wait():
             done.append(completed)
             queue = queues[completed.call.segment]

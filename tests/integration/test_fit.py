@@ -365,6 +365,20 @@ def test_validation_and_metrics_compute_frequency(cur):
     assert not any("mst_key" in n or "fit_multiple" in n for n in cur.connection.notices)
 
 
+def test_the_models_row_is_written_before_its_final_evaluation(cur):
+    """fit's one model: its row goes into the output table as soon as its last training hop is back, so
+    the write overlaps the final evaluations (before the final iteration's NOTICE)."""
+    cur.execute("SET client_min_messages = debug2")
+    cur.connection.notices.clear()
+    _fit(cur, model="m_early", num_iterations=2, validation_table="digits_val_packed")
+    ours = [n for n in cur.connection.notices if "madlib_keras_fit:" in n]
+    written = [i for i, n in enumerate(ours) if "the model's final state written" in n]
+    last = next(i for i, n in enumerate(ours) if "iteration 2/2 took" in n)
+    assert len(written) == 1 and written[0] < last, ours
+    weights, optimizer = _state(cur, "m_early")
+    assert len(weights) > 0 and optimizer is not None
+
+
 def test_one_hot_labels_keep_null_class_values(cur):
     cur.execute("DROP TABLE IF EXISTS onehot_src, onehot_packed, onehot_packed_summary")
     cur.execute("CREATE TABLE onehot_src AS SELECT id, pixels, "

@@ -589,6 +589,35 @@ def test_the_run_chooses_its_workers_and_a_setting_forces_them(cur):
     assert cur.fetchall() == [(cpus,)]
 
 
+def _written(notices):
+    """The positions of the driver's 'final state written' messages and of the final iteration's NOTICE."""
+    ours = [n for n in notices if "madlib_keras_fit_multiple_model:" in n]
+    return [i for i, n in enumerate(ours) if "final state written" in n], \
+        next(i for i, n in enumerate(ours) if "iteration 2/2 took" in n)
+
+
+def test_each_models_row_is_written_while_the_run_goes_on(cur):
+    """A model's row goes into the output table as soon as its last training hop is back, while the
+    other model trains and the run evaluates (before the final iteration's NOTICE, which follows its
+    evaluation), and holds the final state; a warm start, whose table stays readable until training
+    ends, writes its rows at the end."""
+    _mst(cur, "mst_w", [(1, _adam(lr), "batch_size=8,epochs=1") for lr in (0.01, 0.05)])
+    cur.execute("SET madlib_dl.training_workers = 1")
+    cur.execute("SET client_min_messages = debug2")
+    cur.connection.notices.clear()
+    _fit(cur, "out_w", mst="mst_w", iterations=2, validation="iris_val_packed", caching=True)
+    written, last = _written(cur.connection.notices)
+    assert len(written) == 2 and max(written) < last, cur.connection.notices
+    cur.execute("SELECT count(*), count(model_weights), count(optimizer_state), count(__dist_key__) FROM out_w")
+    assert cur.fetchone() == (2, 2, 2, 2)
+    before = _weights(cur, "out_w")
+    cur.connection.notices.clear()
+    _fit(cur, "out_w", mst="mst_w", iterations=1, warm=True, caching=True)
+    assert not any("final state written" in n for n in cur.connection.notices), cur.connection.notices
+    after = _weights(cur, "out_w")
+    assert set(after) == {1, 2} and all(after[k] != before[k] for k in after)
+
+
 def test_a_lock_the_caller_holds_does_not_hang_the_workers(cur):
     """Workers would wait forever for a lock the caller's transaction holds; the check before the first
     hop gives up after lock_timeout and the run trains in this session instead."""
