@@ -7,7 +7,7 @@ PG_CONFIG  ?= pg_config
 CLI        := $(PYTHON) -m madlib_dl.tools.cli
 export MADLIB_DL_SCHEMA PG_CONFIG
 
-.PHONY: help setup install dev-install uninstall start stop status psql demo test test-unit bench bench-peers constraints clean
+.PHONY: help setup install dev-install uninstall start stop status psql demo citus test test-unit bench bench-peers constraints clean
 
 help:
 	@echo "make demo     set up, start the embedded cluster, train a model inside the database"
@@ -51,7 +51,12 @@ $(PYTHON):
 demo: install
 	@$(CLI) demo
 
-test: install
+# Citus for the distributed suite (tests/citus): the server's, else built once per machine from
+# ../shared/vendor/citus (a few minutes); where it cannot be, the suite skips and says why.
+citus: setup
+	@$(CLI) citus
+
+test: install citus
 	@echo "make test: every suite, about 18 minutes on 2 cores (make test-unit: the pure-Python tests, seconds)"
 	@$(PYTHON) -m pytest -p no:cacheprovider tests
 

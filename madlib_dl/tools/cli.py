@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from madlib_dl.tools import demo, install
+from madlib_dl.tools import citus, demo, install
 from madlib_dl.tools.cluster import Cluster
 
 
@@ -20,6 +20,8 @@ def main(argv=None) -> None:
     commands.add_parser("status", help="state and connection parameters of the embedded cluster")
     commands.add_parser("psql", help="psql on the embedded cluster")
     commands.add_parser("demo", help="train a small model inside the embedded cluster")
+    commands.add_parser("citus", help="build and install Citus from ../shared/vendor/citus unless the server has it "
+                        "(for the distributed test suite)")
     _add_plot(commands)
     args, rest = parser.parse_known_args(argv)
     cluster = Cluster.from_environment()
@@ -43,6 +45,8 @@ def main(argv=None) -> None:
         print(f"the embedded cluster keeps running: `make psql`, or connect with\n  {cluster.connection_help()}")
     elif args.command == "plot":
         print(plot(args, cluster))
+    elif args.command == "citus":
+        print(citus.ensure())
 
 
 def _add_plot(commands) -> None:
