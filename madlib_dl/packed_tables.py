@@ -4,12 +4,13 @@ fixed order, and writing the buffers. Used by the preprocessors; the layout is d
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from madlib_dl import binary_arrays, catalog, handoff, identifiers
 from madlib_dl.catalog import Column
+from madlib_dl.citus import placement
 from madlib_dl.errors import InvalidArgument, NotSupported, ObjectMissing
 from madlib_dl.identifiers import TableName
 from madlib_dl.preprocess import distribution, packing
@@ -74,6 +75,8 @@ class Packing:
     shuffle_seed: int | None  # None: keep the source order (validation)
     class_values: tuple[TableName, str] | None  # (summary, column) giving the label order; None: one-hot
     class_values_type: str  # SQL type of the summary's class values column
+    # On Citus worker nodes (citus.placement): True, or the training table a validation table goes beside
+    citus_nodes: bool | TableName = False
 
 
 def _create_tables(conn, p: Packing) -> None:
@@ -239,6 +242,9 @@ class _BufferWriter:
 def pack(conn, p: Packing, normalizing_const: float, class_values_sql: str) -> None:
     """Create the packed table and its summary (recording ``normalizing_const`` as given) and fill them."""
     _create_tables(conn, p)
+    if p.citus_nodes:
+        beside = p.citus_nodes if isinstance(p.citus_nodes, TableName) else None
+        p = replace(p, plan=replace(p.plan, keys=placement.distribute(conn, p.output.table, p.plan.segments, beside)))
     _write_summary(conn, p, normalizing_const, class_values_sql)
     writer = _BufferWriter(conn, p, catalog.extension_schema(conn))
     for x, y in _rows(conn, p):
@@ -275,6 +281,7 @@ class PackedTable:
     feature_shape: tuple[int, ...]
     num_segments: int
     segments: dict[int, SegmentStats] = field(default_factory=dict)  # __dist_key__ -> stats
+    distributed: bool = False    # a Citus distributed table (citus.placement)
 
     @property
     def images(self) -> int:
@@ -302,7 +309,7 @@ def describe(conn, text: str | None, argument: str) -> PackedTable:
         class_values_column=class_column, class_values=tuple(class_values) if class_values is not None else None,
         num_classes=int(row["num_classes"][0]), normalizing_const=float(row["normalizing_const"]),
         feature_shape=_feature_shape(conn, table, independent, text, argument),
-        num_segments=int(row["num_segments"]), segments=segments)
+        num_segments=int(row["num_segments"]), segments=segments, distributed=placement.is_distributed(conn, table))
 
 
 def _summary_row(conn, summary: TableName, argument: str, text: str) -> dict:

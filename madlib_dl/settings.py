@@ -143,7 +143,13 @@ TRAINING_METRICS = Choice("madlib_dl.training_metrics", ("running", "evaluate", 
                           "an evaluation on the training table at every metrics iteration), 'running_only' (running "
                           "means only: no pass over the training table besides training)")
 
-CHOICES = (EXECUTOR, PROGRESS, TRAINING_METRICS)
+PACKED_TABLE_PLACEMENT = Choice(
+    "madlib_dl.packed_table_placement", ("local", "citus_nodes"),
+    "where the preprocessors put a packed table: 'local' (a table of this server), 'citus_nodes' (a Citus "
+    "distributed table, one shard per segment over the worker nodes, a validation table's segments on its "
+    "training table's nodes)")
+
+CHOICES = (EXECUTOR, PROGRESS, TRAINING_METRICS, PACKED_TABLE_PLACEMENT)
 
 
 def cpu_count() -> int:

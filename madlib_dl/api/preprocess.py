@@ -18,6 +18,7 @@ from madlib_dl.errors import InvalidArgument, ObjectMissing
 from madlib_dl.identifiers import TableName
 from madlib_dl.keras_runtime import gpus
 from madlib_dl.packed_tables import Features, Labels, Output, Packing, Source
+from madlib_dl.citus import placement
 from madlib_dl.preprocess import distribution, packing
 from madlib_dl.training import memory
 
@@ -90,6 +91,15 @@ def _num_classes(value) -> int | None:
     if value[0] < 1:
         raise InvalidArgument(f"num_classes: expected a positive class count, got {value[0]}")
     return value[0]
+
+
+def _on_citus_nodes(conn) -> bool:
+    """Whether the packed table goes on the Citus worker nodes (madlib_dl.packed_table_placement); a
+    validation table always goes where its training table is."""
+    if settings.read_choice(conn, settings.PACKED_TABLE_PLACEMENT) == "local":
+        return False
+    placement.check_available(conn, settings.PACKED_TABLE_PLACEMENT.name)
+    return True
 
 
 def _distribution(conn, distribution_rules) -> distribution.Distribution:
@@ -179,6 +189,7 @@ def training_preprocessor_dl(source_table, output_table, dependent_varname, inde
     const = _normalizing_const(normalizing_const)
     wanted = _num_classes(num_classes)
     dist = _distribution(conn, distribution_rules)
+    citus_nodes = _on_citus_nodes(conn)
     features = _features(conn, source)
     labels = _training_labels(conn, source, wanted)
     plan = packing.plan_buffers(features.rows, dist.segments, features.size, buffer_size)
@@ -186,7 +197,7 @@ def training_preprocessor_dl(source_table, output_table, dependent_varname, inde
     one_hot = source.one_hot
     p = Packing(source, output, labels, features, const, dist, plan, settings.read(conn, settings.SHUFFLE_SEED),
                 None if one_hot else (output.summary, output.class_values),
-                source.dependent.type if one_hot else f"{source.dependent.type}[]")
+                source.dependent.type if one_hot else f"{source.dependent.type}[]", citus_nodes)
     packed_tables.pack(conn, p, normalizing_const if normalizing_const is not None else 1.0,
           packed_tables.training_class_values_sql(conn, p))
     conn.notice(f"training_preprocessor_dl: packed {packing.describe(plan, buffer_size)} into {output.table} and "
@@ -307,7 +318,8 @@ def validation_preprocessor_dl(source_table, output_table, dependent_varname, in
     _check_memory(conn, plan, features, labels)
     p = Packing(source, output, labels, features, _normalizing_const(training.normalizing_const), dist, plan, None,
                 None if labels.one_hot else (training.summary, training.class_values),
-                source.dependent.type if labels.one_hot else training.class_type.type)
+                source.dependent.type if labels.one_hot else training.class_type.type,
+                training.table if placement.is_distributed(conn, training.table) else False)
     class_values = "NULL" if labels.one_hot else \
         f"SELECT {conn.quote_ident(training.class_values)} FROM {training.summary.sql(conn)}"
     packed_tables.pack(conn, p, training.normalizing_const, class_values)

@@ -26,16 +26,19 @@ MAX_BUFFER_BYTES = 512 << 20
 
 @dataclass(frozen=True)
 class BufferPlan:
-    """``sizes[i]`` rows go to buffer i, which lives on segment ``i % segments``."""
+    """``sizes[i]`` rows go to buffer i, which lives on segment ``i % segments``, whose ``__dist_key__`` is
+    that number, or ``keys[segment]`` where a segment's key was chosen for it (a Citus shard: citus.placement)."""
     sizes: tuple[int, ...]
     segments: int
+    keys: tuple[int, ...] | None = None
 
     @property
     def buffer_size(self) -> int:
         return max(self.sizes)
 
     def dist_key(self, buffer_id: int) -> int:
-        return buffer_id % self.segments
+        segment = buffer_id % self.segments
+        return segment if self.keys is None else self.keys[segment]
 
     def bounds(self):
         """(buffer_id, first row, end row) of every buffer, in order."""

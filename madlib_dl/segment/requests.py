@@ -36,6 +36,7 @@ class TableRef:
     dependent: str
     independent: str
     oid: int
+    distributed: bool = False  # a Citus distributed table: its rows come through this server (server._pulled)
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,8 @@ def _aggregate(db, gd, aggregate: str, call) -> dict:
     if table is None:
         raise InvalidArgument(f"table {call.table!r}: not a table of run {call.run_id}")
     call_id = runtime.stage(gd, call)
+    if call.read_table and table.distributed:
+        return _pulled(db, gd, aggregate, table, call, call_id)
     q = db.quote_ident
     fn = f"{q(store.schema)}.{q(aggregate)}"
     if call.read_table:
@@ -111,6 +113,30 @@ def _aggregate(db, gd, aggregate: str, call) -> dict:
     if not rows or rows[0].get("images") is None:
         raise InvalidArgument(f"segment {call.segment}: {table.name} has no buffers there")
     return rows[0]
+
+
+# The aggregates' steps, for a segment whose rows are pulled (see _pulled)
+_STEPS = {"fit_step_multiple_model": (runtime.fit_transition, runtime.fit_final),
+          "internal_keras_evaluate": (runtime.evaluate_transition, runtime.evaluate_final)}
+
+
+def _pulled(db, gd, aggregate: str, table: TableRef, call, call_id: int) -> dict:
+    """The aggregate over a Citus distributed table's segment, its steps run here on rows read through
+    this server: Citus would send the aggregate itself to the worker node holding the shard, whose
+    backends have none of this run's state. (The segment's data crosses to this server on every read.)"""
+    transition, final = _STEPS[aggregate]
+    q = db.quote_ident
+    columns = (f"{q(table.dependent)} AS y, {q(table.independent)} AS x, {q(table.dependent + '_shape')} AS ys, "
+               f"{q(table.independent + '_shape')} AS xs")
+    state = None
+    for rows in db.batches(f"SELECT {columns} FROM {_table_sql(db, table)} WHERE __dist_key__ = $1 ORDER BY buffer_id",
+                           [call.segment], ["integer"], size=1):
+        for r in rows:
+            state = transition(gd, state, r["y"], r["x"], r["ys"], r["xs"], call.run_id, call_id)
+    row = final(gd, state) if state is not None else None
+    if row is None or row.get("images") is None:
+        raise InvalidArgument(f"segment {call.segment}: {table.name} has no buffers there")
+    return row
 
 
 def _table_sql(db, table: TableRef) -> str:

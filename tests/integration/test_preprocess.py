@@ -361,6 +361,18 @@ def test_a_bad_setting_is_refused_by_set(cur, error_tables):
     assert int(cur.fetchone()[0]) >= 1
 
 
+def test_a_placement_on_citus_nodes_without_citus_is_refused_naming_the_setting(cur, error_tables):
+    """Without Citus (this server), 'citus_nodes' cannot be: the error says what is missing, and nothing
+    is created (the Citus suite, tests/citus, packs onto worker nodes); SET refuses an unknown value."""
+    cur.execute("SET madlib_dl.packed_table_placement = 'citus_nodes'")
+    error = _error(cur, TRAIN, _train_args())
+    assert re.search(r"madlib_dl: setting madlib_dl.packed_table_placement is 'citus_nodes' but this database has "
+                     r"no Citus worker nodes", error.pgerror), error.pgerror
+    assert not _exists(cur, "bad_out") and not _exists(cur, "bad_out_summary")
+    error = _error(cur, "SET madlib_dl.packed_table_placement = 'everywhere'")
+    assert 'invalid value for parameter "madlib_dl.packed_table_placement": "everywhere"' in error.pgerror
+
+
 def test_a_list_of_scalar_feature_columns_gets_a_hint_to_make_an_array(cur, error_tables):
     cur.execute("CREATE TEMP TABLE iris_scalars AS SELECT id, attributes[1] AS sl, attributes[2] AS sw, class_text "
                 "FROM iris")

@@ -19,10 +19,10 @@ def test_two_worker_nodes_with_madlib_dl_of_the_coordinators_version(citus_clust
 
 def test_a_plain_role_queries_a_distributed_table_through_the_coordinator(citus_cluster, citus_role):
     with citus_cluster.coordinator.connect(DATABASE, user=citus_role) as conn, conn.cursor() as cur:
-        cur.execute("CREATE TABLE points (id INTEGER, x REAL[])")
-        cur.execute("SELECT create_distributed_table('points', 'id', shard_count => 4)")
-        cur.execute("INSERT INTO points SELECT i, ARRAY[i, i * 2]::REAL[] FROM generate_series(1, 100) i")
-        cur.execute("SELECT count(*), sum(x[2]) FROM points")
+        cur.execute("CREATE TABLE some_points (id INTEGER, x REAL[])")
+        cur.execute("SELECT create_distributed_table('some_points', 'id', shard_count => 4)")
+        cur.execute("INSERT INTO some_points SELECT i, ARRAY[i, i * 2]::REAL[] FROM generate_series(1, 100) i")
+        cur.execute("SELECT count(*), sum(x[2]) FROM some_points")
         assert cur.fetchone() == (100, 10100.0)
-        cur.execute("SELECT count(DISTINCT nodeport) FROM citus_shards WHERE table_name = 'points'::regclass")
+        cur.execute("SELECT count(DISTINCT nodeport) FROM citus_shards WHERE table_name = 'some_points'::regclass")
         assert cur.fetchone() == (2,)

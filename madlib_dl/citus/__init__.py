@@ -1,0 +1,1 @@
+"""Citus: packed tables whose segments live on Citus worker nodes."""

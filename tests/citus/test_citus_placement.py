@@ -1,0 +1,135 @@
+"""Packed tables on the Citus worker nodes (madlib_dl.packed_table_placement = 'citus_nodes'), as a plain
+role: one shard per segment spread over both nodes, the validation table's segments on its training
+table's nodes, and training and evaluation on them giving what plain Keras gives on the same hops."""
+
+from __future__ import annotations
+
+import numpy as np
+import psycopg2
+import pytest
+from psycopg2.extras import execute_values
+
+from madlib_dl.keras_runtime import serialization, tf_setup
+from madlib_dl.preprocess import packing
+from tests.citus.conftest import DATABASE
+
+SEGMENTS = 4
+ROWS, VALIDATION_ROWS, FEATURES, CLASSES = 120, 40, 4, 3
+
+
+@pytest.fixture(scope="module")
+def conn(citus_cluster, citus_role):
+    """alice's session on the coordinator, with a source table (itself distributed, as a user's big
+    table would be), its packed table over 4 segments and a validation table."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(ROWS + VALIDATION_ROWS, FEATURES))
+    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5).astype(int)
+    with citus_cluster.coordinator.connect(DATABASE, user=citus_role) as c:
+        with c.cursor() as cur:
+            cur.execute("CREATE TABLE points (id INTEGER, x DOUBLE PRECISION[], label INTEGER)")
+            cur.execute("SELECT create_distributed_table('points', 'id')")
+            execute_values(cur, "INSERT INTO points VALUES %s",
+                           [(i, list(map(float, x[i])), int(y[i])) for i in range(len(x))])
+            cur.execute("CREATE TABLE points_train AS SELECT * FROM points WHERE id < %s", [ROWS])
+            cur.execute("CREATE TABLE points_val AS SELECT * FROM points WHERE id >= %s", [ROWS])
+            cur.execute("SET madlib_dl.packed_table_placement = 'citus_nodes'")
+            cur.execute("SELECT madlib_dl.training_preprocessor_dl('points_train', 'packed', 'label', 'x', NULL, "
+                        "1.0, NULL, %s)", [str(SEGMENTS)])
+            cur.execute("SELECT madlib_dl.validation_preprocessor_dl('points_val', 'packed_val', 'label', 'x', "
+                        "'packed')")
+        yield c
+
+
+def _placement(cur, table):
+    """__dist_key__ -> the node port holding its shard."""
+    cur.execute(f"SELECT DISTINCT __dist_key__ FROM {table}")
+    keys = [k for (k,) in cur.fetchall()]
+    placed = {}
+    for key in keys:
+        cur.execute("SELECT nodeport FROM citus_shards WHERE shardid = "
+                    "get_shard_id_for_distribution_column(%s, %s)", [table, key])
+        (placed[key],) = cur.fetchone()
+    return placed
+
+
+def test_one_shard_per_segment_over_both_nodes_and_validation_beside_training(conn, citus_cluster):
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(DISTINCT nodeport) FROM citus_shards WHERE table_name = 'packed'::regclass")
+        assert cur.fetchone() == (SEGMENTS, 2)
+        training, validation = _placement(cur, "packed"), _placement(cur, "packed_val")
+        assert len(training) == SEGMENTS and sorted(training.values()).count(citus_cluster.workers[0].port) == 2
+        assert validation == training  # the same keys, each on its training segment's node
+        cur.execute("SELECT count(DISTINCT get_shard_id_for_distribution_column('packed', __dist_key__)) FROM packed")
+        assert cur.fetchone() == (SEGMENTS,)  # no two segments share a shard
+        cur.execute("SELECT num_segments, sum(1) FROM packed_summary GROUP BY 1")
+        assert cur.fetchone()[0] == SEGMENTS
+
+
+def _adam(lr):
+    return f"loss='categorical_crossentropy', optimizer='Adam(learning_rate={lr})', metrics=['accuracy']"
+
+
+def _segments(cur):
+    cur.execute("SELECT __dist_key__, x, x_shape, label, label_shape FROM packed ORDER BY __dist_key__, buffer_id")
+    data = {}
+    for key, x, xs, y, ys in cur.fetchall():
+        data.setdefault(key, []).append((packing.decode(bytes(x), xs, packing.FEATURE_DTYPE),
+                                         packing.decode(bytes(y), ys, packing.LABEL_DTYPE).astype(np.float32)))
+    return {k: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for k, v in data.items()}
+
+
+def test_fit_multiple_and_evaluate_on_the_nodes_equal_plain_keras_on_the_same_hops(conn):
+    keras = tf_setup.keras()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(CLASSES, activation="softmax")])
+    rates = {1: 0.01, 2: 0.05}
+    with conn.cursor() as cur:
+        cur.execute("SELECT madlib_dl.load_keras_model('arch', %s::json, %s)",
+                    [model.to_json(), serialization.serialize_weights(model.get_weights())])
+        for lr in rates.values():
+            cur.execute("SELECT madlib_dl.load_model_selection_table('arch', 'mst', ARRAY[1], %s, "
+                        "ARRAY['batch_size=8,epochs=1,shuffle=False'])", [[_adam(lr)]])
+        cur.execute("SET madlib_dl.executor = 'workers'")
+        cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('packed', 'out', 'mst', 2, FALSE, "
+                    "'packed_val', NULL, FALSE, NULL, NULL, TRUE)")
+        cur.execute("SELECT mst_key, segment, buffers_read FROM madlib_dl.last_fit_hops() WHERE kind = 'train' "
+                    "ORDER BY started")
+        hops = cur.fetchall()
+        assert len(hops) == 2 * 2 * SEGMENTS
+        assert sum(read > 0 for _, _, read in hops) == SEGMENTS  # caching: each segment read once
+        segments = _segments(cur)
+        replay = {}
+        for key, lr in rates.items():
+            replay[key] = keras.models.model_from_json(model.to_json())
+            replay[key].set_weights(model.get_weights())
+            replay[key].compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="categorical_crossentropy")
+        for key, segment, _ in hops:
+            x, y = segments[segment]
+            replay[key].fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        cur.execute("SELECT mst_key, model_weights FROM out ORDER BY mst_key")
+        for key, blob in cur.fetchall():
+            expected = replay[key].get_weights()
+            got = serialization.deserialize_weights(bytes(blob), [w.shape for w in expected])
+            for g, e in zip(got, expected):
+                np.testing.assert_allclose(g, e, rtol=0, atol=1e-6)
+        cur.execute("SELECT validation_loss_final FROM out_info ORDER BY mst_key")
+        losses = [r[0] for r in cur.fetchall()]
+        assert all(0 < loss < 5 for loss in losses)
+        cur.execute("SELECT madlib_dl.madlib_keras_evaluate('out', 'packed_val', 'evaluated', NULL, 1)")
+        cur.execute("SELECT loss FROM evaluated")
+        assert cur.fetchone()[0] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_citus_nodes_refused_naming_the_setting_where_there_are_no_worker_nodes(citus_cluster):
+    """A worker node's own database has Citus but no worker nodes of its own."""
+    with citus_cluster.workers[0].connect(DATABASE) as c, c.cursor() as cur:
+        cur.execute("CREATE TABLE lonely (id INTEGER, x DOUBLE PRECISION[], label INTEGER)")
+        cur.execute("INSERT INTO lonely VALUES (1, ARRAY[1, 2], 0)")
+        cur.execute("SET madlib_dl.packed_table_placement = 'citus_nodes'")
+        with pytest.raises(psycopg2.Error) as error:
+            cur.execute("SELECT madlib_dl.training_preprocessor_dl('lonely', 'lonely_packed', 'label', 'x')")
+        assert "madlib_dl.packed_table_placement is 'citus_nodes'" in str(error.value)
+        assert "no Citus worker nodes" in str(error.value)
+        cur.execute("SELECT to_regclass('lonely_packed'), to_regclass('lonely_packed_summary')")
+        assert cur.fetchone() == (None, None)
