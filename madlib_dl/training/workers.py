@@ -13,6 +13,7 @@ from madlib_dl.packed_tables import PackedTable
 from madlib_dl.segment import requests
 from madlib_dl.training import background, executors, parallelism, segment_calls
 from madlib_dl.training.background import BackgroundWorkers, WorkerConfig
+from madlib_dl.training.citus_nodes import CitusNodes
 from madlib_dl.training.executors import InProcess
 
 UNCOMMITTED_HINT = "commit the transaction that created or changed it to train with background workers in parallel"
@@ -51,7 +52,11 @@ def executor_for(db, run_id: str, schema: str, tables: dict[str, PackedTable], m
     ``models_at_once``: how many models can train at once (madlib_keras_fit: one; None: one per segment)
     and ``model_archs``, the run's architectures: what training.parallelism chooses the workers by).
     On success its workers are kept for the session's next call; on failure they are ended."""
-    executor = open_executor(db, schema, list(tables.values()), devices, name, models_at_once, model_archs)
+    first = next(iter(tables.values()))
+    if first.distributed and settings.read_choice(db, settings.EXECUTOR) != "in_process":
+        executor = _on_citus_nodes(db, schema, tables, name)
+    else:
+        executor = open_executor(db, schema, list(tables.values()), devices, name, models_at_once, model_archs)
     try:
         run_on_each(executor, segment_calls.begin_calls(executor.segments, run_id, schema, tables, models))
         yield executor
@@ -81,6 +86,25 @@ def open_executor(db, schema: str, tables: list[PackedTable], devices, name: str
     start = segment_calls.SegmentCall(segments[0], requests.Start(None, device.cuda_visible_devices,
                                                                   device.memory_limit_mib, worker_session=False))
     executor.pids = run_on_each(executor, [start])
+    return executor
+
+
+def _on_citus_nodes(db, schema: str, tables: dict[str, PackedTable], name: str) -> CitusNodes:
+    """A distributed packed table's run: a session per segment on the worker node holding it."""
+    first = next(iter(tables.values()))
+    refusal = native.launch_refusal()  # the node sessions act as the caller, as workers would
+    if refusal is not None:
+        raise InvalidArgument(f"{name}: {first.text} is on Citus worker nodes, whose sessions would act as the "
+                              f"caller, which is not possible here: {refusal}")
+    executor = CitusNodes(db, schema, tables, driver_check(db, schema))
+    nodes = ", ".join(f"{host}:{port}" for host, port in executor.nodes)
+    db.notice(f"{name}: {len(executor.segments)} segments on the Citus worker nodes {nodes}, a session each")
+    try:
+        run_on_each(executor, [segment_calls.SegmentCall(s, requests.Start(None, None, None, worker_session=True))
+                               for s in executor.segments])
+    except BaseException:
+        executor.close()
+        raise
     return executor
 
 
@@ -198,7 +222,7 @@ def run_on_each(executor, calls) -> dict[int, object]:
 def _end(db, executor, run_id: str, succeeded: bool) -> None:
     """Workers: kept for the next call after a success, ended after a failure. In process: the run's
     data and models leave this session either way."""
-    if isinstance(executor, BackgroundWorkers):
+    if isinstance(executor, (BackgroundWorkers, CitusNodes)):
         executor.finish(run_id) if succeeded else executor.close()
         return
     executor.close()

@@ -1,6 +1,7 @@
 """Packed tables on the Citus worker nodes (madlib_dl.packed_table_placement = 'citus_nodes'), as a plain
 role: one shard per segment spread over both nodes, the validation table's segments on its training
-table's nodes, and training and evaluation on them giving what plain Keras gives on the same hops."""
+table's nodes, and training and evaluation on the nodes (a session per segment, both nodes at once)
+giving what plain Keras gives on the same hops, and what the same run in the driver's session gives."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def _segments(cur):
     return {k: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for k, v in data.items()}
 
 
-def test_fit_multiple_and_evaluate_on_the_nodes_equal_plain_keras_on_the_same_hops(conn):
+def test_fit_multiple_and_evaluate_on_the_nodes_equal_plain_keras_on_the_same_hops(conn, citus_cluster):
     keras = tf_setup.keras()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(8, activation="relu"),
@@ -90,35 +91,63 @@ def test_fit_multiple_and_evaluate_on_the_nodes_equal_plain_keras_on_the_same_ho
         for lr in rates.values():
             cur.execute("SELECT madlib_dl.load_model_selection_table('arch', 'mst', ARRAY[1], %s, "
                         "ARRAY['batch_size=8,epochs=1,shuffle=False'])", [[_adam(lr)]])
-        cur.execute("SET madlib_dl.executor = 'workers'")
+        conn.notices.clear()
         cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('packed', 'out', 'mst', 2, FALSE, "
                     "'packed_val', NULL, FALSE, NULL, NULL, TRUE)")
-        cur.execute("SELECT mst_key, segment, buffers_read FROM madlib_dl.last_fit_hops() WHERE kind = 'train' "
-                    "ORDER BY started")
+        nodes = ", ".join(f"127.0.0.1:{w.port}" for w in sorted(citus_cluster.workers, key=lambda w: w.port))
+        assert any(f"{SEGMENTS} segments on the Citus worker nodes {nodes}" in n for n in conn.notices), conn.notices
+        cur.execute("SELECT mst_key, segment, buffers_read, worker_pid, extract(epoch FROM started), "
+                    "extract(epoch FROM ended) FROM madlib_dl.last_fit_hops() WHERE kind = 'train' ORDER BY started")
         hops = cur.fetchall()
         assert len(hops) == 2 * 2 * SEGMENTS
-        assert sum(read > 0 for _, _, read in hops) == SEGMENTS  # caching: each segment read once
-        segments = _segments(cur)
-        replay = {}
-        for key, lr in rates.items():
-            replay[key] = keras.models.model_from_json(model.to_json())
-            replay[key].set_weights(model.get_weights())
-            replay[key].compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="categorical_crossentropy")
-        for key, segment, _ in hops:
-            x, y = segments[segment]
-            replay[key].fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-        cur.execute("SELECT mst_key, model_weights FROM out ORDER BY mst_key")
-        for key, blob in cur.fetchall():
-            expected = replay[key].get_weights()
-            got = serialization.deserialize_weights(bytes(blob), [w.shape for w in expected])
-            for g, e in zip(got, expected):
-                np.testing.assert_allclose(g, e, rtol=0, atol=1e-6)
+        assert sum(read > 0 for _, _, read, *_ in hops) == SEGMENTS  # caching: each segment read once, on its node
+        sessions = {segment: pid for _, segment, _, pid, _, _ in hops}
+        assert len(set(sessions.values())) == SEGMENTS  # one node session per segment, for the whole run
+        assert all(pid != conn.get_backend_pid() for pid in sessions.values())
+        spans = [(start, end) for *_, start, end in hops]
+        assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:])  # at once
+        _check_against_replay(cur, model, rates, [(k, seg) for k, seg, *_ in hops])
         cur.execute("SELECT validation_loss_final FROM out_info ORDER BY mst_key")
         losses = [r[0] for r in cur.fetchall()]
         assert all(0 < loss < 5 for loss in losses)
         cur.execute("SELECT madlib_dl.madlib_keras_evaluate('out', 'packed_val', 'evaluated', NULL, 1)")
         cur.execute("SELECT loss FROM evaluated")
         assert cur.fetchone()[0] == pytest.approx(losses[0], rel=1e-5)
+        # in the driver's own session, each segment read through the coordinator: plain Keras on its hops too
+        cur.execute("SET madlib_dl.executor = 'in_process'")
+        cur.execute("DROP TABLE out, out_summary, out_info")
+        cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('packed', 'out', 'mst', 2, FALSE, "
+                    "'packed_val', NULL, FALSE, NULL, NULL, TRUE)")
+        cur.execute("SELECT mst_key, segment, worker_pid FROM madlib_dl.last_fit_hops() WHERE kind = 'train' "
+                    "ORDER BY started")
+        in_process = cur.fetchall()
+        assert {pid for *_, pid in in_process} == {conn.get_backend_pid()}
+        _check_against_replay(cur, model, rates, [(k, seg) for k, seg, _ in in_process])
+        cur.execute("RESET madlib_dl.executor")
+
+
+def _check_against_replay(cur, model, rates, hops):
+    """The output table's weights are plain Keras's, trained from the same weights on the same hops."""
+    keras = tf_setup.keras()
+    segments = _segments(cur)
+    replay = {}
+    for key, lr in rates.items():
+        replay[key] = keras.models.model_from_json(model.to_json())
+        replay[key].set_weights(model.get_weights())
+        replay[key].compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="categorical_crossentropy")
+    for key, segment in hops:
+        x, y = segments[segment]
+        replay[key].fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for key, blob in _weights(cur, "out").items():
+        expected = replay[key].get_weights()
+        got = serialization.deserialize_weights(blob, [w.shape for w in expected])
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e, rtol=0, atol=1e-6)
+
+
+def _weights(cur, table):
+    cur.execute(f"SELECT mst_key, model_weights FROM {table} ORDER BY mst_key")
+    return {k: bytes(w) for k, w in cur.fetchall()}
 
 
 def test_citus_nodes_refused_naming_the_setting_where_there_are_no_worker_nodes(citus_cluster):
@@ -133,3 +162,32 @@ def test_citus_nodes_refused_naming_the_setting_where_there_are_no_worker_nodes(
         assert "no Citus worker nodes" in str(error.value)
         cur.execute("SELECT to_regclass('lonely_packed'), to_regclass('lonely_packed_summary')")
         assert cur.fetchone() == (None, None)
+
+
+def test_the_node_entry_reads_only_as_its_caller(conn, citus_cluster):
+    """Attack: bob, another plain role, calls the node entry himself in a session of his own on the node
+    holding one of alice's segments, asking it to count her shard's rows: the request runs as bob, whose
+    SELECT on her table (and shards) is refused, so nothing of hers comes back; alice gets her counts."""
+    import json
+
+    from madlib_dl.segment import requests
+
+    bob = citus_cluster.create_role("bob")
+    with conn.cursor() as cur:
+        cur.execute("SELECT nodeport, shard_name FROM citus_shards WHERE table_name = 'packed'::regclass "
+                    "ORDER BY shardid LIMIT 1")
+        port, shard = cur.fetchone()
+    node = next(w for w in citus_cluster.workers if w.port == port)
+    with node.connect(DATABASE) as admin, admin.cursor() as cur:
+        cur.execute("SELECT %s::regclass::oid", [f"public.{shard}"])
+        (oid,) = cur.fetchone()
+    header, _ = requests.encode(requests.CountRows(requests.TableRef("public", shard, "label", "x", oid)))
+    call = "SELECT header FROM madlib_dl.internal_node_call(%s, NULL, NULL)"
+    with node.connect(DATABASE, user=bob) as c, c.cursor() as cur:
+        with pytest.raises(psycopg2.Error) as error:
+            cur.execute(call, [json.dumps(header)])
+        assert "permission denied" in str(error.value)
+    with node.connect(DATABASE, user=citus_cluster.roles["alice"]) as c, c.cursor() as cur:
+        cur.execute(call, [json.dumps(header)])
+        reply = json.loads(cur.fetchone()[0])
+        assert reply["fields"]["row"]["counts"]  # her own session sees her segment

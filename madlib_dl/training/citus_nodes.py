@@ -1,0 +1,224 @@
+"""The executor of a run on Citus worker nodes: the driver (on the coordinator) opens one connection per
+segment, as the calling role, to the node holding that segment's shard, and sends each of the segment's
+requests as one call of ``internal_node_call`` (segment.node) with the model state as binary parameters;
+the node's session runs it (training reads the shard there, and caches it in that session's GD for the
+run). All connections are driven from one loop (non-blocking libpq through psycopg), with the driver's
+cancel and client-gone check between polls, as background workers are.
+
+The connections authenticate as Citus's own connections between nodes do (the server's password file,
+``citus.node_conninfo``): the DBA configures nothing for madlib_dl."""
+
+from __future__ import annotations
+
+import json
+import select
+import time
+from dataclasses import dataclass, replace
+
+from madlib_dl.errors import InvalidArgument
+from madlib_dl.segment import requests
+from madlib_dl.training.executors import Completed, SegmentFailed
+
+POLL_SECONDS = 0.1
+TEXT, BYTEA = 25, 17
+BINARY = 1
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Where a segment of a packed table lives: its node, and the shard's name there."""
+    host: str
+    port: int
+    schema: str
+    name: str
+
+
+def shards(db, table, keys) -> dict[int, Shard]:
+    """segment key -> its shard of ``table`` (a PackedTable's TableName)."""
+    found = {}
+    for key in keys:
+        rows = db.execute("SELECT s.nodename AS host, s.nodeport AS port, s.shard_name AS name FROM pg_catalog.citus_shards s "
+                          "WHERE s.shardid = pg_catalog.get_shard_id_for_distribution_column($1::regclass, $2)",
+                          [table.sql(db), key], ["text", "integer"])
+        if not rows:
+            raise InvalidArgument(f"{table}: segment {key} has no shard placement")
+        found[key] = Shard(rows[0]["host"], int(rows[0]["port"]), table.schema, rows[0]["name"])
+    return found
+
+
+class _Node:
+    """One segment's connection and what it is doing."""
+
+    def __init__(self, segment: int, shard: Shard, conninfo: str):
+        import psycopg
+
+        self.segment, self.shard = segment, shard
+        try:
+            self.conn = psycopg.connect(conninfo, autocommit=True)
+        except psycopg.OperationalError as error:
+            raise SegmentFailed(f"segment {segment}: cannot connect to its Citus worker node {shard.host}:{shard.port}: "
+                                f"{str(error).strip()}", "08006") from None
+        self.pid = self.conn.pgconn.backend_pid
+        self.busy: tuple | None = None  # (call, submitted)
+
+
+class CitusNodes:
+    name = "citus"
+
+    def __init__(self, db, schema: str, tables: dict, check, threads: int | None = None):
+        """``tables``: the run's packed tables by the kind its calls name them ('train' first), all
+        distributed and colocated."""
+        self.db, self.schema, self._check = db, schema, check
+        first = next(iter(tables.values()))
+        self.segments = sorted(first.segments)
+        self.threads, self.worker_count = threads, len(self.segments)
+        placed = {kind: shards(db, t.table, self.segments) for kind, t in tables.items()}
+        conninfo = _conninfo(db)
+        self._nodes: dict[int, _Node] = {}
+        try:
+            for segment, shard in placed[next(iter(tables))].items():
+                self._nodes[segment] = _Node(segment, shard, f"{conninfo} host={shard.host} port={shard.port}")
+            self._local_tables = {(kind, segment): _local_ref(self._nodes[segment], t, placed[kind][segment])
+                                  for kind, t in tables.items() for segment in self.segments}
+        except BaseException:
+            self.close()
+            raise
+        self.pids = {s: n.pid for s, n in self._nodes.items()}
+        self.nodes = sorted({(n.shard.host, n.shard.port) for n in self._nodes.values()})
+        self._queues: dict[int, list] = {s: [] for s in self.segments}
+        self._sql = (f"SELECT header, blob1, blob2 FROM {db.quote_ident(schema)}.internal_node_call($1, $2, $3)").encode()
+
+    # -- the executor protocol (training.workers) ------------------------------------------------------
+
+    def submit(self, call) -> None:
+        node = self._nodes.get(call.segment)
+        if node is None:
+            raise InvalidArgument(f"internal: segment {call.segment} is not one of this run's")
+        if node.busy is not None:
+            self._queues[call.segment].append(call)
+        else:
+            self._send(node, call)
+
+    def busy(self) -> bool:
+        return any(n.busy is not None for n in self._nodes.values())
+
+    def wait(self) -> list[Completed]:
+        while True:
+            done = self._collect()
+            if done:
+                return done
+            waiting = [n.conn.pgconn.socket for n in self._nodes.values() if n.busy is not None]
+            select.select(waiting, [], [], POLL_SECONDS)
+            self._check()
+
+    def set_progress(self, text: str) -> None:
+        pass  # the node sessions show their call (internal_node_call) in pg_stat_activity
+
+    def finish(self, run_id: str) -> None:
+        """After a successful run: drop the run from every node session and close the connections."""
+        for segment in self.segments:
+            self.submit(_release(segment, run_id))
+        while self.busy():
+            self.wait()
+        self.close()
+
+    def close(self) -> None:
+        for node in self._nodes.values():
+            if node.busy is not None:
+                node.conn.cancel_safe() if hasattr(node.conn, "cancel_safe") else node.conn.cancel()
+            node.conn.close()
+        self._nodes = {}
+
+    # -- sending and receiving -------------------------------------------------------------------------
+
+    def _send(self, node: _Node, call) -> None:
+        request = self._for_node(call.segment, call.request)
+        header, blobs = requests.encode(request)
+        values = [bytes(memoryview(b).cast("B")) if b is not None else None for b in blobs] + [None, None]
+        node.conn.pgconn.send_query_params(self._sql, [json.dumps(header).encode(), values[0], values[1]],
+                                           param_types=[TEXT, BYTEA, BYTEA], param_formats=[BINARY] * 3,
+                                           result_format=BINARY)
+        node.busy = (call, time.time())
+
+    def _for_node(self, segment: int, request):
+        """The request as this segment's node serves it: the run's tables as the node's shards, and a
+        fit's state never written over (it arrives as bytes)."""
+        if isinstance(request, requests.BeginRun):
+            tables = {kind: self._local_tables[(kind, segment)] for kind in request.tables}
+            return replace(request, tables=tables)
+        if isinstance(request, requests.Fit):
+            return replace(request, overwrite_state=False)
+        if isinstance(request, requests.Start):
+            return replace(request, worker_session=True)
+        return request
+
+    def _collect(self) -> list[Completed]:
+        import psycopg
+
+        done = []
+        for segment, node in self._nodes.items():
+            if node.busy is None:
+                continue
+            pgconn = node.conn.pgconn
+            pgconn.consume_input()
+            if pgconn.is_busy():
+                continue
+            call, submitted = node.busy
+            node.busy = None
+            results = []
+            while (result := pgconn.get_result()) is not None:
+                results.append(result)
+            reply = _reply(results, segment, node, psycopg)
+            done.append(Completed(call, reply.row, submitted, time.time(), reply.weights, reply.optimizer_state))
+            if self._queues[segment]:
+                self._send(node, self._queues[segment].pop(0))
+        return done
+
+
+def _reply(results, segment: int, node: _Node, psycopg) -> requests.Reply:
+    from psycopg import pq
+
+    error = next((r for r in results if r.status == pq.ExecStatus.FATAL_ERROR), None)
+    if error is not None:
+        message = (error.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"").decode(errors="replace")
+        sqlstate = (error.error_field(pq.DiagnosticField.SQLSTATE) or b"XX000").decode()
+        raise SegmentFailed(f"segment {segment} on {node.shard.host}:{node.shard.port}: {message}", sqlstate)
+    result = results[-1]
+    header = json.loads(bytes(result.get_value(0, 0)).decode())
+    blobs = [bytes(result.get_value(0, i)) for i in (1, 2) if result.get_value(0, i) is not None]
+    return requests.decode(header, blobs[:len(header.get("blobs", []))])
+
+
+def _local_ref(node: _Node, table, shard: Shard) -> requests.TableRef:
+    """The segment's shard as the node's session reads it (its OID there)."""
+    name = f"{_ident(shard.schema)}.{_ident(shard.name)}"
+    row = node.conn.execute("SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid", [name]).fetchone()
+    if row is None or row[0] is None:
+        raise SegmentFailed(f"segment {node.segment}: its shard {name} is not on {shard.host}:{shard.port} for this "
+                            "role", "42P01")
+    return requests.TableRef(shard.schema, shard.name, table.dependent, table.independent, int(row[0]), False)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _release(segment: int, run_id: str):
+    from madlib_dl.training.segment_calls import SegmentCall
+
+    return SegmentCall(segment, requests.Release(run_id))
+
+
+def _conninfo(db) -> str:
+    """How to connect to a node: as the current role, to this database, with Citus's node_conninfo where
+    the role may read it (it is a superuser's setting; without it libpq's defaults apply: SSL when the
+    node offers it, the server's password file)."""
+    row = db.execute("SELECT current_user AS role, current_database() AS database, (SELECT s.setting FROM "
+                     "pg_catalog.pg_settings s WHERE s.name = 'citus.node_conninfo') AS extra")[0]
+    parts = [f"user={_quoted(row['role'])}", f"dbname={_quoted(row['database'])}", "application_name=madlib_dl_node",
+             "options='-c jit=off'"]
+    return " ".join(parts + ([row["extra"]] if row["extra"] else []))
+
+
+def _quoted(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
