@@ -80,6 +80,15 @@ def caller() -> tuple[int, int, int]:
     return session.value, current.value, context.value
 
 
+def cancel_pending() -> bool:
+    """Whether a cancel, statement timeout or terminate waits for this backend's next interrupt check,
+    read without running one. On a Citus coordinator whose transaction has used the worker nodes, the
+    error an SPI call raises for it can be raised again by Citus's abort of PL/Python's subtransaction,
+    past every Python handler: code that holds other processes or connections lets them go first."""
+    process = ctypes.CDLL(None)
+    return any(ctypes.c_int.in_dll(process, flag).value for flag in ("QueryCancelPending", "ProcDiePending"))
+
+
 def worker_token() -> str | None:
     """The token this background worker was started with; None outside a madlib_dl background worker."""
     token = _library().madlib_dl_worker_token()

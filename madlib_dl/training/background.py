@@ -383,6 +383,8 @@ class BackgroundWorkers:
             if done:
                 return done
             select.select([self._by_pid[pid].conn for pid in self._busy], [], [], POLL_SECONDS)
+            if native.cancel_pending():
+                self.close()  # the check below may raise past every Python handler (native.cancel_pending)
             self._check()
 
     def _collect(self) -> list[Completed]:

@@ -15,6 +15,7 @@ import select
 import time
 from dataclasses import dataclass, replace
 
+from madlib_dl import native
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.segment import requests
 from madlib_dl.training.executors import Completed, SegmentFailed
@@ -109,6 +110,8 @@ class CitusNodes:
                 return done
             waiting = [n.conn.pgconn.socket for n in self._nodes.values() if n.busy is not None]
             select.select(waiting, [], [], POLL_SECONDS)
+            if native.cancel_pending():
+                self.close()  # the check below may raise past every Python handler (native.cancel_pending)
             self._check()
 
     def set_progress(self, text: str) -> None:
@@ -125,7 +128,7 @@ class CitusNodes:
     def close(self) -> None:
         for node in self._nodes.values():
             if node.busy is not None:
-                node.conn.cancel_safe() if hasattr(node.conn, "cancel_safe") else node.conn.cancel()
+                node.conn.cancel_safe()  # stops the node session's hop at its next interrupt check
             node.conn.close()
         self._nodes = {}
 
@@ -153,8 +156,6 @@ class CitusNodes:
         return request
 
     def _collect(self) -> list[Completed]:
-        import psycopg
-
         done = []
         for segment, node in self._nodes.items():
             if node.busy is None:
@@ -168,14 +169,14 @@ class CitusNodes:
             results = []
             while (result := pgconn.get_result()) is not None:
                 results.append(result)
-            reply = _reply(results, segment, node, psycopg)
+            reply = _reply(results, segment, node)
             done.append(Completed(call, reply.row, submitted, time.time(), reply.weights, reply.optimizer_state))
             if self._queues[segment]:
                 self._send(node, self._queues[segment].pop(0))
         return done
 
 
-def _reply(results, segment: int, node: _Node, psycopg) -> requests.Reply:
+def _reply(results, segment: int, node: _Node) -> requests.Reply:
     from psycopg import pq
 
     error = next((r for r in results if r.status == pq.ExecStatus.FATAL_ERROR), None)

@@ -191,3 +191,61 @@ def test_the_node_entry_reads_only_as_its_caller(conn, citus_cluster):
         cur.execute(call, [json.dumps(header)])
         reply = json.loads(cur.fetchone()[0])
         assert reply["fields"]["row"]["counts"]  # her own session sees her segment
+
+
+def _node_sessions(citus_cluster) -> int:
+    """madlib_dl's sessions on the worker nodes now."""
+    count = 0
+    for worker in citus_cluster.workers:
+        with worker.connect(DATABASE) as c, c.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'madlib_dl_node'")
+            count += cur.fetchone()[0]
+    return count
+
+
+def test_a_cancel_on_the_coordinator_ends_the_work_on_every_node(conn, citus_cluster):
+    """A run on the nodes (long hops) cancelled on the coordinator stops with the cancel's error, and its
+    node sessions are gone soon after (the bench measures how soon; the bound here holds on a busy machine)."""
+    import threading
+    import time
+
+    keras = tf_setup.keras()
+    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(CLASSES, activation="softmax")])
+    with conn.cursor() as cur:
+        cur.execute("SELECT madlib_dl.load_keras_model('arch_slow', %s::json)", [model.to_json()])
+        cur.execute("SELECT madlib_dl.load_model_selection_table('arch_slow', 'mst_slow', ARRAY[1], %s, "
+                    "ARRAY['batch_size=1,epochs=4000'])", [[_adam(0.01)]])
+    alice = citus_cluster.roles["alice"]
+    outcome = {}
+    with citus_cluster.coordinator.connect(DATABASE, user=alice) as driver:
+        pid = driver.get_backend_pid()
+
+        def run():
+            try:
+                with driver.cursor() as cur:
+                    cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('packed', 'out_slow', 'mst_slow', 2, "
+                                "FALSE, NULL, NULL, FALSE, NULL, NULL, TRUE)")
+            except psycopg2.Error as error:
+                outcome["error"] = error
+            outcome["ended"] = time.monotonic()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 120
+        while _node_sessions(citus_cluster) < SEGMENTS and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _node_sessions(citus_cluster) == SEGMENTS
+        time.sleep(20)  # into the first hops
+        with citus_cluster.coordinator.connect(DATABASE) as admin, admin.cursor() as cur:
+            cancelled = time.monotonic()
+            cur.execute("SELECT pg_cancel_backend(%s)", [pid])
+        thread.join(60)
+        assert not thread.is_alive()
+        assert outcome["error"].pgcode == "57014" and outcome["ended"] - cancelled < 15
+        deadline = time.monotonic() + 15
+        while _node_sessions(citus_cluster) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _node_sessions(citus_cluster) == 0
+        with driver.cursor() as cur:
+            cur.execute("SELECT to_regclass('out_slow')")
+            assert cur.fetchone() == (None,)
