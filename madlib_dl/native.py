@@ -83,8 +83,9 @@ def caller() -> tuple[int, int, int]:
 def cancel_pending() -> bool:
     """Whether a cancel, statement timeout or terminate waits for this backend's next interrupt check,
     read without running one. On a Citus coordinator whose transaction has used the worker nodes, the
-    error an SPI call raises for it can be raised again by Citus's abort of PL/Python's subtransaction,
-    past every Python handler: code that holds other processes or connections lets them go first."""
+    error an SPI call raises for it was seen to escape past every Python handler (most likely Citus's
+    abort of PL/Python's subtransaction raises it again): code that holds other processes or connections
+    lets them go first."""
     process = ctypes.CDLL(None)
     return any(ctypes.c_int.in_dll(process, flag).value for flag in ("QueryCancelPending", "ProcDiePending"))
 
