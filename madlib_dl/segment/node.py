@@ -26,7 +26,7 @@ def call(header: str, blob1, blob2) -> dict:
     except (TypeError, ValueError):
         raise InvalidArgument("internal_node_call: header: expected a madlib_dl request as JSON") from None
     names = message.get("blobs", []) if isinstance(message, dict) else []
-    blobs = [b for b in (blob1, blob2)][:len(names)]
+    blobs = [blob1, blob2][:len(names)]
     request = requests.decode(message, blobs)
     reply = server.handle(database.current(), database.session_dict(), request)
     reply_header, reply_blobs = requests.encode(reply)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from madlib_dl import native
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.segment import requests
+from madlib_dl.training import segment_calls, stored_state
 from madlib_dl.training.executors import Completed, SegmentFailed
 
 POLL_SECONDS = 0.1
@@ -120,7 +121,7 @@ class CitusNodes:
     def finish(self, run_id: str) -> None:
         """After a successful run: drop the run from every node session and close the connections."""
         for segment in self.segments:
-            self.submit(_release(segment, run_id))
+            self.submit(segment_calls.release_call(segment, run_id))
         while self.busy():
             self.wait()
         self.close()
@@ -137,7 +138,7 @@ class CitusNodes:
     def _send(self, node: _Node, call) -> None:
         request = self._for_node(call.segment, call.request)
         header, blobs = requests.encode(request)
-        values = [bytes(memoryview(b).cast("B")) if b is not None else None for b in blobs] + [None, None]
+        values = [stored_state.as_value(b) for b in blobs] + [None, None]  # a memory file read, not mapped
         node.conn.pgconn.send_query_params(self._sql, [json.dumps(header).encode(), values[0], values[1]],
                                            param_types=[TEXT, BYTEA, BYTEA], param_formats=[BINARY] * 3,
                                            result_format=BINARY)
@@ -202,12 +203,6 @@ def _local_ref(node: _Node, table, shard: Shard) -> requests.TableRef:
 
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _release(segment: int, run_id: str):
-    from madlib_dl.training.segment_calls import SegmentCall
-
-    return SegmentCall(segment, requests.Release(run_id))
 
 
 def _conninfo(db) -> str:
