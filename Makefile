@@ -57,7 +57,7 @@ citus: setup
 	@$(CLI) citus
 
 test: install citus
-	@echo "make test: every suite, about 18 minutes on 2 cores (make test-unit: the pure-Python tests, seconds)"
+	@echo "make test: every suite, about 16 minutes on 2 cores (make test-unit: the pure-Python tests, seconds)"
 	@$(PYTHON) -m pytest -p no:cacheprovider tests
 
 test-unit: setup
