@@ -263,7 +263,7 @@ def last_fit_hops() -> list[dict]:
              "overhead_seconds": h.overhead_seconds, "buffers_read": h.buffers_read, "images": h.images,
              "loss": h.loss, "worker_rss_bytes": h.rss_bytes, "worker_peak_rss_bytes": h.peak_rss_bytes,
              "worker_shared_rss_bytes": h.shared_rss_bytes, "metric": h.metric,
-             "worker_threads": h.worker_threads} for h in driver.LAST_HOPS]
+             "worker_threads": h.worker_threads, "node": h.node} for h in driver.LAST_HOPS]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -52,30 +52,72 @@ class _Node:
     """One segment's connection and what it is doing."""
 
     def __init__(self, segment: int, shard: Shard, conninfo: str):
-        import psycopg
-
-        self.segment, self.shard = segment, shard
-        try:
-            self.conn = psycopg.connect(conninfo, autocommit=True)
-        except psycopg.OperationalError as error:
-            raise SegmentFailed(f"segment {segment}: cannot connect to its Citus worker node {shard.host}:{shard.port}: "
-                                f"{str(error).strip()}", "08006") from None
+        self.segment, self.shard, self.conninfo = segment, shard, conninfo
+        self.conn = _pooled(conninfo) or _connect(segment, shard, conninfo)
         self.pid = self.conn.pgconn.backend_pid
         self.busy: tuple | None = None  # (call, submitted)
+
+    @property
+    def where(self) -> str:
+        return f"{self.shard.host}:{self.shard.port}"
+
+    def broken(self, error) -> SegmentFailed:
+        """The error of a connection that broke: the node stopped, restarted or cannot be reached."""
+        detail = " ".join(str(error).split()) or "no reason given"
+        return SegmentFailed(f"segment {self.segment}: lost its connection to the Citus worker node {self.where} "
+                             f"({detail})", "08006")
+
+
+# A session's node connections, kept after a successful run for its next call (as background workers
+# are): (identity, conninfo) -> idle connections. Their node sessions end themselves after
+# madlib_dl.worker_idle_timeout (idle_session_timeout), and a connection found closed is replaced.
+_POOL: dict[tuple, list] = {}
+
+
+def _pooled(conninfo: str):
+    key = (native.caller(), conninfo)
+    while _POOL.get(key):
+        conn = _POOL[key].pop()
+        try:
+            conn.execute("SELECT 1")  # a node session that ended (idle timeout, restart) fails here
+            return conn
+        except Exception:
+            conn.close()
+    return None
+
+
+def forget_unless(identity: tuple) -> None:
+    """A session whose identity changed (SET ROLE) closes its idle node connections: they act as the
+    identity they were opened for."""
+    for key in [k for k in _POOL if k[0] != identity]:
+        for conn in _POOL.pop(key):
+            conn.close()
+
+
+def _connect(segment: int, shard: Shard, conninfo: str):
+    import psycopg
+
+    try:
+        return psycopg.connect(conninfo, autocommit=True)
+    except psycopg.OperationalError as error:
+        raise SegmentFailed(f"segment {segment}: cannot connect to its Citus worker node {shard.host}:{shard.port}: "
+                            f"{str(error).strip()}", "08006") from None
 
 
 class CitusNodes:
     name = "citus"
 
-    def __init__(self, db, schema: str, tables: dict, check, threads: int | None = None):
+    def __init__(self, db, schema: str, tables: dict, check, idle_timeout: float, threads: int | None = None):
         """``tables``: the run's packed tables by the kind its calls name them ('train' first), all
-        distributed and colocated."""
+        distributed and colocated; ``idle_timeout``: seconds the node sessions wait for the session's
+        next call after the run."""
         self.db, self.schema, self._check = db, schema, check
         first = next(iter(tables.values()))
         self.segments = sorted(first.segments)
         self.threads, self.worker_count = threads, len(self.segments)
         placed = {kind: shards(db, t.table, self.segments) for kind, t in tables.items()}
-        conninfo = _conninfo(db)
+        conninfo = _conninfo(db, idle_timeout)
+        self._keep = idle_timeout > 0
         self._nodes: dict[int, _Node] = {}
         try:
             for segment, shard in placed[next(iter(tables))].items():
@@ -89,6 +131,11 @@ class CitusNodes:
         self.nodes = sorted({(n.shard.host, n.shard.port) for n in self._nodes.values()})
         self._queues: dict[int, list] = {s: [] for s in self.segments}
         self._sql = (f"SELECT header, blob1, blob2 FROM {db.quote_ident(schema)}.internal_node_call($1, $2, $3)").encode()
+
+    def count_calls(self, kind: str) -> list:
+        """One call per segment counting its shard's buffers and examples of table ``kind``, as the
+        node's session sees them (its committed data)."""
+        return [segment_calls.SegmentCall(s, requests.CountRows(self._local_tables[(kind, s)])) for s in self.segments]
 
     # -- the executor protocol (training.workers) ------------------------------------------------------
 
@@ -118,18 +165,30 @@ class CitusNodes:
     def set_progress(self, text: str) -> None:
         pass  # the node sessions show their call (internal_node_call) in pg_stat_activity
 
-    def finish(self, run_id: str) -> None:
-        """After a successful run: drop the run from every node session and close the connections."""
-        for segment in self.segments:
-            self.submit(segment_calls.release_call(segment, run_id))
-        while self.busy():
-            self.wait()
-        self.close()
+    def finish(self, run_id: str | None) -> None:
+        """After a successful run: drop the run from every node session, and keep the connections for
+        the session's next call (their sessions keep TensorFlow loaded)."""
+        if run_id is not None:
+            for segment in self.segments:
+                self.submit(segment_calls.release_call(segment, run_id))
+            while self.busy():
+                self.wait()
+        if not self._keep:
+            self.close()
+            return
+        identity = native.caller()
+        forget_unless(identity)
+        for node in self._nodes.values():
+            _POOL.setdefault((identity, node.conninfo), []).append(node.conn)
+        self._nodes = {}
 
     def close(self) -> None:
         for node in self._nodes.values():
             if node.busy is not None:
-                node.conn.cancel_safe()  # stops the node session's hop at its next interrupt check
+                try:
+                    node.conn.cancel_safe()  # stops the node session's hop at its next interrupt check
+                except Exception:  # noqa: BLE001 - a node that is gone has nothing left to cancel
+                    pass
             node.conn.close()
         self._nodes = {}
 
@@ -139,9 +198,12 @@ class CitusNodes:
         request = self._for_node(call.segment, call.request)
         header, blobs = requests.encode(request)
         values = [stored_state.as_value(b) for b in blobs] + [None, None]  # a memory file read, not mapped
-        node.conn.pgconn.send_query_params(self._sql, [json.dumps(header).encode(), values[0], values[1]],
-                                           param_types=[TEXT, BYTEA, BYTEA], param_formats=[BINARY] * 3,
-                                           result_format=BINARY)
+        try:
+            node.conn.pgconn.send_query_params(self._sql, [json.dumps(header).encode(), values[0], values[1]],
+                                               param_types=[TEXT, BYTEA, BYTEA], param_formats=[BINARY] * 3,
+                                               result_format=BINARY)
+        except Exception as error:  # psycopg.OperationalError: the connection is gone
+            raise node.broken(error) from None
         node.busy = (call, time.time())
 
     def _for_node(self, segment: int, request):
@@ -162,16 +224,20 @@ class CitusNodes:
             if node.busy is None:
                 continue
             pgconn = node.conn.pgconn
-            pgconn.consume_input()
-            if pgconn.is_busy():
-                continue
+            try:
+                pgconn.consume_input()
+                if pgconn.is_busy():
+                    continue
+                results = []
+                while (result := pgconn.get_result()) is not None:
+                    results.append(result)
+            except Exception as error:  # psycopg.OperationalError: the node or the network went away
+                raise node.broken(error) from None
             call, submitted = node.busy
             node.busy = None
-            results = []
-            while (result := pgconn.get_result()) is not None:
-                results.append(result)
             reply = _reply(results, segment, node)
-            done.append(Completed(call, reply.row, submitted, time.time(), reply.weights, reply.optimizer_state))
+            row = {**reply.row, "node": node.where}
+            done.append(Completed(call, row, submitted, time.time(), reply.weights, reply.optimizer_state))
             if self._queues[segment]:
                 self._send(node, self._queues[segment].pop(0))
         return done
@@ -183,8 +249,12 @@ def _reply(results, segment: int, node: _Node) -> requests.Reply:
     error = next((r for r in results if r.status == pq.ExecStatus.FATAL_ERROR), None)
     if error is not None:
         message = (error.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"").decode(errors="replace")
-        sqlstate = (error.error_field(pq.DiagnosticField.SQLSTATE) or b"XX000").decode()
-        raise SegmentFailed(f"segment {segment} on {node.shard.host}:{node.shard.port}: {message}", sqlstate)
+        sqlstate = error.error_field(pq.DiagnosticField.SQLSTATE)
+        if sqlstate is None or node.conn.pgconn.status != pq.ConnStatus.OK:  # libpq's own: the connection broke
+            raise node.broken(message or (error.error_message or b"").decode(errors="replace"))
+        raise SegmentFailed(f"segment {segment} on {node.where}: {message}", sqlstate.decode())
+    if not results:
+        raise node.broken("no result")
     result = results[-1]
     header = json.loads(bytes(result.get_value(0, 0)).decode())
     blobs = [bytes(result.get_value(0, i)) for i in (1, 2) if result.get_value(0, i) is not None]
@@ -205,14 +275,22 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _conninfo(db) -> str:
+# A node that stops answering (its host down, the network cut) fails the call within about 10 s:
+# TCP keepalives while a hop runs (5 s idle, then 2 probes 2 s apart) and a limit on unacknowledged
+# sends. A node that stops (pg_ctl stop, a crash) closes the connection at once.
+KEEPALIVES = "keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=2 tcp_user_timeout=10000"
+CONNECT_TIMEOUT = 10
+
+
+def _conninfo(db, idle_timeout: float) -> str:
     """How to connect to a node: as the current role, to this database, with Citus's node_conninfo where
     the role may read it (it is a superuser's setting; without it libpq's defaults apply: SSL when the
-    node offers it, the server's password file)."""
+    node offers it, the server's password file). A kept node session ends after ``idle_timeout`` s."""
     row = db.execute("SELECT current_user AS role, current_database() AS database, (SELECT s.setting FROM "
                      "pg_catalog.pg_settings s WHERE s.name = 'citus.node_conninfo') AS extra")[0]
+    idle = f" -c idle_session_timeout={int(idle_timeout * 1000)}" if idle_timeout > 0 else ""
     parts = [f"user={_quoted(row['role'])}", f"dbname={_quoted(row['database'])}", "application_name=madlib_dl_node",
-             "options='-c jit=off'"]
+             f"options='-c jit=off{idle}'", KEEPALIVES, f"connect_timeout={CONNECT_TIMEOUT}"]
     return " ".join(parts + ([row["extra"]] if row["extra"] else []))
 
 

@@ -90,6 +90,7 @@ class HopRecord:
     shared_rss_bytes: int | None = None
     metric: float | None = None          # a training hop's running metric, an evaluation's metric
     worker_threads: int | None = None    # TensorFlow threads of the worker (None: this session's own set-up)
+    node: str | None = None              # the Citus worker node (host:port) that ran it; None: this server
 
 
 @dataclass
@@ -500,7 +501,7 @@ def hop_record(kind: str, hop, completed, threads: int | None = None) -> HopReco
     return HopRecord(kind, hop.iteration, hop.mst_key, hop.segment, row.get("pid"), row["started"], row["ended"],
                      row["seconds"], max(0.0, wall - row["seconds"]), row["buffers_read"], row["images"], row["loss"],
                      row.get("rss_bytes"), row.get("peak_rss_bytes"), row.get("shared_rss_bytes"), row.get("metric"),
-                     threads)
+                     threads, row.get("node"))
 
 
 def metrics_text(model: ModelProgress) -> str:

@@ -14,9 +14,11 @@ from madlib_dl.segment import requests
 from madlib_dl.training import background, executors, parallelism, segment_calls
 from madlib_dl.training.background import BackgroundWorkers, WorkerConfig
 from madlib_dl.training.citus_nodes import CitusNodes
+from madlib_dl.training.citus_nodes import forget_unless as forget_nodes
 from madlib_dl.training.executors import InProcess
 
 UNCOMMITTED_HINT = "commit the transaction that created or changed it to train with background workers in parallel"
+NODES_UNCOMMITTED_HINT = "commit the transaction that created or changed it to train on the Citus worker nodes"
 TEMPORARY_HINT = "pack into a permanent table to train with background workers in parallel"
 SLOTS_HINT = ("background workers share the server's max_worker_processes slots with parallel queries and other "
               "extensions (a DBA can raise it: server restart), and one role has at most "
@@ -52,11 +54,11 @@ def executor_for(db, run_id: str, schema: str, tables: dict[str, PackedTable], m
     ``models_at_once``: how many models can train at once (madlib_keras_fit: one; None: one per segment)
     and ``model_archs``, the run's architectures: what training.parallelism chooses the workers by).
     On success its workers are kept for the session's next call; on failure they are ended."""
-    first = next(iter(tables.values()))
-    if first.distributed and settings.read_choice(db, settings.EXECUTOR) != "in_process":
-        executor = _on_citus_nodes(db, schema, tables, name)
+    mode = settings.read_choice(db, settings.EXECUTOR)
+    if next(iter(tables.values())).distributed and mode != "in_process":
+        executor = _on_citus_nodes(db, schema, tables, devices, name, mode)
     else:
-        executor = open_executor(db, schema, list(tables.values()), devices, name, models_at_once, model_archs)
+        executor = open_executor(db, schema, list(tables.values()), devices, name, models_at_once, model_archs, mode)
     try:
         run_on_each(executor, segment_calls.begin_calls(executor.segments, run_id, schema, tables, models))
         yield executor
@@ -66,9 +68,9 @@ def executor_for(db, run_id: str, schema: str, tables: dict[str, PackedTable], m
     _end(db, executor, run_id, succeeded=True)
 
 
-def open_executor(db, schema: str, tables: list[PackedTable], devices, name: str, models_at_once: int | None = None,
-                  model_archs=()):
-    mode = settings.read_choice(db, settings.EXECUTOR)
+def open_executor(db, schema: str, tables: list[PackedTable], devices, name: str, models_at_once: int | None,
+                  model_archs, mode: str):
+    """A run's executor on this server (``mode``: madlib_dl.executor)."""
     segments = sorted(tables[0].segments)
     background.forget_unless(native.caller())  # idle workers of another identity of this session end
     if mode != "in_process":
@@ -76,10 +78,19 @@ def open_executor(db, schema: str, tables: list[PackedTable], devices, name: str
             chosen = choose_parallelism(db, len(segments), devices, models_at_once, model_archs)
             return _background(db, schema, tables, devices, name, chosen, mode)
         except WorkersUnusable as error:
-            if mode == "workers":
-                raise InvalidArgument(f"setting madlib_dl.executor is 'workers' but {error}; {error.hint}") from None
-            db.notice(f"{name}: runs in this session, one segment at a time, because {error}; {error.hint} "
-                      "(SET madlib_dl.executor = 'in_process' skips this attempt)")
+            _fall_back(db, name, mode, error)
+    return _in_process(db, segments, devices)
+
+
+def _fall_back(db, name: str, mode: str, error: WorkersUnusable) -> None:
+    """Parallel execution is not possible: an error under madlib_dl.executor = 'workers', else a NOTICE."""
+    if mode == "workers":
+        raise InvalidArgument(f"setting madlib_dl.executor is 'workers' but {error}; {error.hint}") from None
+    db.notice(f"{name}: runs in this session, one segment at a time, because {error}; {error.hint} "
+              "(SET madlib_dl.executor = 'in_process' skips this attempt)")
+
+
+def _in_process(db, segments: list[int], devices) -> InProcess:
     executor = InProcess(db, segments)
     # This session keeps the TensorFlow set-up it has (threads, devices): only the GPU choice is made.
     device = devices[0] if devices[0].uses_gpu else replace(devices[0], cuda_visible_devices=None)
@@ -89,19 +100,53 @@ def open_executor(db, schema: str, tables: list[PackedTable], devices, name: str
     return executor
 
 
-def _on_citus_nodes(db, schema: str, tables: dict[str, PackedTable], name: str) -> CitusNodes:
-    """A distributed packed table's run: a session per segment on the worker node holding it."""
+def _on_citus_nodes(db, schema: str, tables: dict[str, PackedTable], devices, name: str, mode: str):
+    """A distributed packed table's run: a session per segment on the worker node holding it; in this
+    session (reading the shards through Citus) when the nodes cannot see what this transaction sees."""
     first = next(iter(tables.values()))
     refusal = native.launch_refusal()  # the node sessions act as the caller, as workers would
     if refusal is not None:
         raise InvalidArgument(f"{name}: {first.text} is on Citus worker nodes, whose sessions would act as the "
                               f"caller, which is not possible here: {refusal}")
-    executor = CitusNodes(db, schema, tables, driver_check(db, schema))
+    forget_nodes(native.caller())
+    try:
+        executor = _open_nodes(db, schema, tables)
+    except WorkersUnusable as error:
+        _fall_back(db, name, mode, error)
+        return _in_process(db, sorted(first.segments), devices)
     nodes = ", ".join(f"{host}:{port}" for host, port in executor.nodes)
     db.notice(f"{name}: {len(executor.segments)} segments on the Citus worker nodes {nodes}, a session each")
     try:
         run_on_each(executor, [segment_calls.SegmentCall(s, requests.Start(None, None, None, worker_session=True))
                                for s in executor.segments])
+    except BaseException:
+        executor.close()
+        raise
+    return executor
+
+
+def _open_nodes(db, schema: str, tables: dict[str, PackedTable]) -> CitusNodes:
+    """The node connections, once each segment's node sees the data this transaction sees (the nodes'
+    sessions see only committed data)."""
+    idle = settings.read(db, settings.WORKER_IDLE_TIMEOUT)
+    try:
+        executor = CitusNodes(db, schema, tables, driver_check(db, schema), idle)
+    except executors.SegmentFailed as error:
+        if error.sqlstate == "42P01":  # a shard this transaction created
+            table = next(iter(tables.values()))
+            raise WorkersUnusable(f"the Citus worker nodes cannot see {table.text}: it is not yet committed",
+                                  NODES_UNCOMMITTED_HINT) from None
+        raise
+    try:
+        for kind, table in tables.items():
+            seen = {c.call.segment: c.row.get("counts") for c in run_calls(executor, executor.count_calls(kind))}
+            for key, counts in sorted(table.segments.items()):
+                if seen.get(key) != f"{key}:{counts.buffers}:{counts.images}":
+                    raise WorkersUnusable(f"the Citus worker nodes see other data in {table.text} than this "
+                                          "transaction: its changes are not yet committed", NODES_UNCOMMITTED_HINT)
+    except WorkersUnusable:
+        executor.finish(None)  # healthy sessions: kept for the session's next call
+        raise
     except BaseException:
         executor.close()
         raise

@@ -106,7 +106,12 @@ def test_fit_multiple_and_evaluate_on_the_nodes_equal_plain_keras_on_the_same_ho
         assert all(pid != conn.get_backend_pid() for pid in sessions.values())
         spans = [(start, end) for *_, start, end in hops]
         assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:])  # at once
+        placed = _placement(cur, "packed")
+        cur.execute("SELECT segment, node FROM madlib_dl.last_fit_hops()")
+        assert {(segment, node) for segment, node in cur.fetchall()} == \
+            {(key, f"127.0.0.1:{port}") for key, port in placed.items()}  # each hop names its segment's node
         _check_against_replay(cur, model, rates, [(k, seg) for k, seg, *_ in hops])
+        on_nodes = _weights(cur, "out")
         cur.execute("SELECT validation_loss_final FROM out_info ORDER BY mst_key")
         losses = [r[0] for r in cur.fetchall()]
         assert all(0 < loss < 5 for loss in losses)
@@ -123,7 +128,14 @@ def test_fit_multiple_and_evaluate_on_the_nodes_equal_plain_keras_on_the_same_ho
         in_process = cur.fetchall()
         assert {pid for *_, pid in in_process} == {conn.get_backend_pid()}
         _check_against_replay(cur, model, rates, [(k, seg) for k, seg, _ in in_process])
+        if [(k, seg) for k, seg, _ in in_process] == [(k, seg) for k, seg, *_ in hops]:
+            assert _weights(cur, "out") == on_nodes  # the same visit order: bitwise the same models
         cur.execute("RESET madlib_dl.executor")
+        # the session's next call on the nodes finds its node sessions kept (TensorFlow loaded there)
+        cur.execute("DROP TABLE out, out_summary, out_info")
+        cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('packed', 'out', 'mst', 1, FALSE)")
+        cur.execute("SELECT DISTINCT segment, worker_pid FROM madlib_dl.last_fit_hops()")
+        assert dict(cur.fetchall()) == sessions
 
 
 def _check_against_replay(cur, model, rates, hops):
@@ -142,7 +154,7 @@ def _check_against_replay(cur, model, rates, hops):
         expected = replay[key].get_weights()
         got = serialization.deserialize_weights(blob, [w.shape for w in expected])
         for g, e in zip(got, expected):
-            np.testing.assert_allclose(g, e, rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(g, e)  # bitwise: the same hops give the same floats
 
 
 def _weights(cur, table):
@@ -193,14 +205,14 @@ def test_the_node_entry_reads_only_as_its_caller(conn, citus_cluster):
         assert reply["fields"]["row"]["counts"]  # her own session sees her segment
 
 
-def _node_sessions(citus_cluster) -> int:
-    """madlib_dl's sessions on the worker nodes now."""
-    count = 0
+def _node_sessions(citus_cluster) -> set[tuple[int, int]]:
+    """madlib_dl's sessions on the worker nodes now: (port, pid)."""
+    found = set()
     for worker in citus_cluster.workers:
         with worker.connect(DATABASE) as c, c.cursor() as cur:
-            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'madlib_dl_node'")
-            count += cur.fetchone()[0]
-    return count
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'madlib_dl_node'")
+            found |= {(worker.port, pid) for (pid,) in cur.fetchall()}
+    return found
 
 
 def test_a_cancel_on_the_coordinator_ends_the_work_on_every_node(conn, citus_cluster):
@@ -217,6 +229,11 @@ def test_a_cancel_on_the_coordinator_ends_the_work_on_every_node(conn, citus_clu
                     "ARRAY['batch_size=1,epochs=4000'])", [[_adam(0.01)]])
     alice = citus_cluster.roles["alice"]
     outcome = {}
+    before = _node_sessions(citus_cluster)  # other sessions' (kept for their next call)
+
+    def _run_sessions() -> int:
+        return len(_node_sessions(citus_cluster) - before)
+
     with citus_cluster.coordinator.connect(DATABASE, user=alice) as driver:
         pid = driver.get_backend_pid()
 
@@ -232,9 +249,9 @@ def test_a_cancel_on_the_coordinator_ends_the_work_on_every_node(conn, citus_clu
         thread = threading.Thread(target=run)
         thread.start()
         deadline = time.monotonic() + 120
-        while _node_sessions(citus_cluster) < SEGMENTS and time.monotonic() < deadline:
+        while _run_sessions() < SEGMENTS and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _node_sessions(citus_cluster) == SEGMENTS
+        assert _run_sessions() == SEGMENTS
         time.sleep(20)  # into the first hops
         with citus_cluster.coordinator.connect(DATABASE) as admin, admin.cursor() as cur:
             cancelled = time.monotonic()
@@ -243,9 +260,9 @@ def test_a_cancel_on_the_coordinator_ends_the_work_on_every_node(conn, citus_clu
         assert not thread.is_alive()
         assert outcome["error"].pgcode == "57014" and outcome["ended"] - cancelled < 15
         deadline = time.monotonic() + 15
-        while _node_sessions(citus_cluster) and time.monotonic() < deadline:
+        while _run_sessions() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _node_sessions(citus_cluster) == 0
+        assert _run_sessions() == 0
         with driver.cursor() as cur:
             cur.execute("SELECT to_regclass('out_slow')")
             assert cur.fetchone() == (None,)
