@@ -37,6 +37,11 @@ class Cancelled(MadlibDLError):
     sqlstate = "57014"  # query_canceled
 
 
+class ConnectionLost(MadlibDLError):
+    """A run's connection to one of its Citus worker nodes broke, reported with how far the run got."""
+    sqlstate = "08006"  # connection_failure
+
+
 class WrongVersion(MadlibDLError):
     """This session's madlib_dl is not the version of the database's extension."""
     sqlstate = "55000"  # object_not_in_prerequisite_state

@@ -411,9 +411,10 @@ def train(db, automl: AutomlRun) -> AutomlResult:
             checkpoints.remove(db, spec.schema, key)  # after the recorder is done, as fit's
             return result
     except Exception as error:
-        if not driver.is_cancel(error):
-            raise
         where = runner.position() if runner is not None else "while starting"
-        raise driver.cancel_error(error, spec, where, runner.saved_text if runner else None) from None
+        stopped = driver.interruption(error, spec, where, runner.saved_text if runner else None)
+        if stopped is None:
+            raise
+        raise stopped from None
     finally:
         set_name(None)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from madlib_dl import settings
-from madlib_dl.errors import Cancelled, InvalidArgument
+from madlib_dl.errors import Cancelled, ConnectionLost, InvalidArgument
 from madlib_dl.keras_runtime import gpus
-from madlib_dl.training import (checkpoints, memory, placement, progress, segment_calls, segment_means, stored_state,
-                                training_metrics, workers)
+from madlib_dl.training import (checkpoints, executors, memory, placement, progress, segment_calls, segment_means,
+                                stored_state, training_metrics, workers)
 from madlib_dl.training.schedule import Hop, IterationScheduler
 from madlib_dl.training.segment_calls import EvaluateHop, TrainHop
 from madlib_dl.training.spec import ModelConfig, RunSpec, derive_seed
@@ -144,10 +144,11 @@ def train(db, spec: RunSpec, on_final: Callable | None = None) -> RunResult:
             checkpoints.remove(db, spec.schema, driver.key)
             return result
     except Exception as error:
-        if not is_cancel(error):
-            raise
         where = driver.position() if driver is not None else f"while starting, before iteration 1 of {spec.num_iterations}"
-        raise cancel_error(error, spec, where, driver.saved_text if driver is not None else None) from None
+        stopped = interruption(error, spec, where, driver.saved_text if driver is not None else None)
+        if stopped is None:
+            raise
+        raise stopped from None
     finally:
         set_name(None)
 
@@ -169,12 +170,21 @@ def is_cancel(error: BaseException) -> bool:
     return getattr(error, "sqlstate", None) == Cancelled.sqlstate
 
 
-def cancel_error(error: BaseException, spec: RunSpec, where: str, checkpoint: str | None = None) -> Cancelled:
-    """``checkpoint``: how far the run's last checkpoint got, if it saved one."""
+def interruption(error: BaseException, spec: RunSpec, where: str, checkpoint: str | None = None):
+    """The error of a run stopped from outside (a cancel, a Citus worker node's connection lost), saying
+    where it got and (``checkpoint``: how far its last checkpoint got, if it saved one) how to resume;
+    None for any other error."""
     reason = re.sub(r"^spiexceptions\.\w+: ", "", str(error).strip())  # as Keras passes it on
-    hint = None if checkpoint is None else (f"Its checkpoint {checkpoint} stays: call {spec.caller.function} again "
-                                            "with the same arguments to resume from it.")
-    return Cancelled(f"{spec.caller.function}: cancelled {where}: {reason}; nothing was written", hint=hint)
+    again = f"call {spec.caller.function} again with the same arguments to resume from it"
+    if is_cancel(error):
+        hint = None if checkpoint is None else f"Its checkpoint {checkpoint} stays: {again}."
+        return Cancelled(f"{spec.caller.function}: cancelled {where}: {reason}; nothing was written", hint=hint)
+    if isinstance(error, executors.SegmentFailed) and error.sqlstate.startswith("08"):  # connection_exception
+        hint = (f"Its checkpoint {checkpoint} stays: once the node is back, {again}." if checkpoint is not None else
+                f"No checkpoint was saved (madlib_dl.checkpoint_every, checkpoint_minutes): once the node is back, "
+                f"{spec.caller.function} starts over.")
+        return ConnectionLost(f"{spec.caller.function}: stopped {where}: {reason}; nothing was written", hint=hint)
+    return None
 
 
 def initial_weights(executor, spec: RunSpec) -> dict[int, bytes]:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +38,27 @@ class CitusCluster:
     workers: list[Server]
     passfile: Path
     roles: dict = field(default_factory=dict)  # name -> Role, known to every node
+    postmasters: dict = field(default_factory=dict)  # port -> its testing.postgresql.Postgresql
+
+    def stop_node(self, node: Server) -> None:
+        """Stops a node as a crash would (pg_ctl stop -m immediate: SIGQUIT to the postmaster)."""
+        self.postmasters[node.port].terminate(signal.SIGQUIT)
+
+    def start_node(self, node: Server, timeout: float = 60) -> None:
+        """Starts a stopped node again (crash recovery), on its port, as before."""
+        pg = self.postmasters[node.port]
+        with open(Path(pg.base_dir) / "restart.log", "ab") as log:
+            pg.child_process = subprocess.Popen(pg.get_server_commandline(), stdout=log, stderr=log,
+                                                env={**os.environ, "HOME": str(Path(pg.base_dir).parent)})
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with node.connect(DATABASE):
+                    return
+            except Exception:
+                if time.monotonic() > deadline or pg.child_process.poll() is not None:
+                    raise
+                time.sleep(0.2)
 
     @property
     def nodes(self) -> list[Server]:
@@ -109,7 +133,8 @@ def citus_cluster():
                 cur.execute("SET password_encryption = 'scram-sha-256'")
                 cur.execute("ALTER ROLE postgres PASSWORD %s", [servers[0].password])
             servers[i] = Server(server.host, server.port, password=servers[0].password)
-        cluster = CitusCluster(servers[0], servers[1:], passfile)
+        cluster = CitusCluster(servers[0], servers[1:], passfile,
+                               postmasters={server.port: pg for server, pg in zip(servers, postmasters)})
         cluster._write_passfile()
         for server in servers:
             with server.connect("template1") as conn, conn.cursor() as cur:
