@@ -266,3 +266,37 @@ def test_a_cancel_on_the_coordinator_ends_the_work_on_every_node(conn, citus_clu
         with driver.cursor() as cur:
             cur.execute("SELECT to_regclass('out_slow')")
             assert cur.fetchone() == (None,)
+
+
+def test_predict_and_automl_on_distributed_tables(conn, citus_cluster):
+    """Prediction reads a distributed source table (through Citus, in the caller's session) and gives what
+    plain Keras gives with the stored weights; AutoML trains on the nodes' segments."""
+    keras = tf_setup.keras()
+    with conn.cursor() as cur:
+        cur.execute("SELECT madlib_dl.madlib_keras_predict('out', 'points', 'id', 'x', 'predicted', 'prob', "
+                    "FALSE, 1)")
+        cur.execute("SELECT a.model_arch::text FROM arch a WHERE a.model_id = 1")
+        model = keras.models.model_from_json(cur.fetchone()[0])
+        blob = _weights(cur, "out")[1]
+        model.set_weights(serialization.deserialize_weights(blob, [w.shape for w in model.get_weights()]))
+        cur.execute("SELECT id, x FROM points ORDER BY id")
+        ids, x = zip(*cur.fetchall())
+        expected = model.predict(np.array(x, dtype=np.float32), verbose=0)
+        cur.execute("SELECT id, class_value::int, prob FROM predicted")
+        got = np.full(expected.shape, np.nan)
+        for row_id, label, prob in cur.fetchall():
+            got[ids.index(row_id), label] = prob
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)  # every id and class, as Keras predicts
+        conn.notices.clear()
+        cur.execute("SELECT madlib_dl.madlib_keras_automl('packed', 'automl_out', 'arch', 'automl_mst', ARRAY[1], "
+                    "$${'loss': ['categorical_crossentropy'], 'metrics': ['accuracy'], "
+                    "'optimizer_params_list': [{'optimizer': ['Adam'], 'lr': [0.001, 0.1, 'log']}]}$$, "
+                    "$${'batch_size': [8], 'epochs': [1]}$$, 'hyperband', 'R=2, eta=2, skip_last=0', 7, "
+                    "validation_table => 'packed_val', use_caching => TRUE)")
+        assert any(f"{SEGMENTS} segments on the Citus worker nodes" in n for n in conn.notices), conn.notices
+        cur.execute("SELECT count(DISTINCT node), count(*) FILTER (WHERE buffers_read > 0) "
+                    "FROM madlib_dl.last_fit_hops() WHERE kind = 'train'")
+        assert cur.fetchone() == (2, SEGMENTS)  # both nodes; each segment read once
+        cur.execute("SELECT count(*), count(*) FILTER (WHERE validation_loss_final > 0) FROM automl_out_info")
+        trained, with_loss = cur.fetchone()
+        assert trained >= 2 and with_loss == trained
