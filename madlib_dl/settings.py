@@ -144,10 +144,10 @@ TRAINING_METRICS = Choice("madlib_dl.training_metrics", ("running", "evaluate", 
                           "means only: no pass over the training table besides training)")
 
 PACKED_TABLE_PLACEMENT = Choice(
-    "madlib_dl.packed_table_placement", ("local", "citus_nodes"),
-    "where the preprocessors put a packed table: 'local' (a table of this server), 'citus_nodes' (a Citus "
-    "distributed table, one shard per segment over the worker nodes, a validation table's segments on its "
-    "training table's nodes)")
+    "madlib_dl.packed_table_placement", ("auto", "local", "citus_nodes"),
+    "where the preprocessors put a packed table: 'auto' ('citus_nodes' on a Citus coordinator with worker "
+    "nodes, else 'local'), 'local' (a table of this server), 'citus_nodes' (a Citus distributed table, one "
+    "shard per segment over the worker nodes, a validation table's segments on its training table's nodes)")
 
 CHOICES = (EXECUTOR, PROGRESS, TRAINING_METRICS, PACKED_TABLE_PLACEMENT)
 

@@ -93,18 +93,25 @@ def _num_classes(value) -> int | None:
     return value[0]
 
 
-def _on_citus_nodes(conn) -> bool:
-    """Whether the packed table goes on the Citus worker nodes (madlib_dl.packed_table_placement); a
-    validation table always goes where its training table is."""
-    if settings.read_choice(conn, settings.PACKED_TABLE_PLACEMENT) == "local":
-        return False
-    placement.check_available(conn, settings.PACKED_TABLE_PLACEMENT.name)
-    return True
+def _citus_nodes(conn) -> int:
+    """The Citus worker nodes the packed table goes on (madlib_dl.packed_table_placement), 0: this
+    server; a validation table always goes where its training table is."""
+    chosen = settings.read_choice(conn, settings.PACKED_TABLE_PLACEMENT)
+    if chosen == "local":
+        return 0
+    if chosen == "auto":
+        return placement.worker_nodes(conn)
+    return placement.check_available(conn, settings.PACKED_TABLE_PLACEMENT.name)
 
 
-def _distribution(conn, distribution_rules) -> distribution.Distribution:
-    return distribution.resolve(distribution_rules, lambda: settings.read(conn, settings.NUM_SEGMENTS),
-                                lambda: len(gpus.nvidia_gpus()))
+def _distribution(conn, distribution_rules, nodes: int = 0) -> distribution.Distribution:
+    """``nodes``: the Citus worker nodes the table goes on; 'all_segments' then means a multiple of them
+    (as many segments on each node), madlib_dl.num_segments rounded up."""
+    def all_segments() -> int:
+        count = settings.read(conn, settings.NUM_SEGMENTS)
+        return -(-count // nodes) * nodes if nodes else count
+
+    return distribution.resolve(distribution_rules, all_segments, lambda: len(gpus.nvidia_gpus()))
 
 
 # ---------------------------------------------------------------- what the data holds
@@ -188,8 +195,9 @@ def training_preprocessor_dl(source_table, output_table, dependent_varname, inde
     buffer_size = _buffer_size(buffer_size)
     const = _normalizing_const(normalizing_const)
     wanted = _num_classes(num_classes)
-    dist = _distribution(conn, distribution_rules)
-    citus_nodes = _on_citus_nodes(conn)
+    nodes = _citus_nodes(conn)
+    dist = _distribution(conn, distribution_rules, nodes)
+    citus_nodes = nodes > 0
     features = _features(conn, source)
     labels = _training_labels(conn, source, wanted)
     plan = packing.plan_buffers(features.rows, dist.segments, features.size, buffer_size)

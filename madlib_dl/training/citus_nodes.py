@@ -56,6 +56,15 @@ class _Node:
         self.conn = _pooled(conninfo) or _connect(segment, shard, conninfo)
         self.pid = self.conn.pgconn.backend_pid
         self.busy: tuple | None = None  # (call, submitted)
+        self.sending = False  # the request is not all in the socket yet
+
+    def flush(self) -> None:
+        """Hand libpq's queued request to the socket, as much as it takes now (the connection is
+        non-blocking: a state of hundreds of MB goes out over several polls)."""
+        try:
+            self.sending = self.conn.pgconn.flush() == 1
+        except Exception as error:  # psycopg.OperationalError
+            raise self.broken(error) from None
 
     @property
     def where(self) -> str:
@@ -157,7 +166,10 @@ class CitusNodes:
             if done:
                 return done
             waiting = [n.conn.pgconn.socket for n in self._nodes.values() if n.busy is not None]
-            select.select(waiting, [], [], POLL_SECONDS)
+            sending = [n for n in self._nodes.values() if n.sending]
+            select.select(waiting, [n.conn.pgconn.socket for n in sending], [], POLL_SECONDS)
+            for node in sending:
+                node.flush()
             if native.cancel_pending():
                 self.close()  # the check below may raise past every Python handler (native.cancel_pending)
             self._check()
@@ -205,6 +217,7 @@ class CitusNodes:
         except Exception as error:  # psycopg.OperationalError: the connection is gone
             raise node.broken(error) from None
         node.busy = (call, time.time())
+        node.flush()
 
     def _for_node(self, segment: int, request):
         """The request as this segment's node serves it: the run's tables as the node's shards, and a

@@ -25,7 +25,8 @@ ITERATIONS = 4
 
 @pytest.fixture(scope="module")
 def conn(citus_cluster, citus_role):
-    """alice's session on the coordinator with a packed table over 4 segments on the worker nodes."""
+    """alice's session on the coordinator with a packed table over 4 segments on the worker nodes (where
+    madlib_dl.packed_table_placement's default puts it on a Citus coordinator)."""
     rng = np.random.default_rng(11)
     x = rng.normal(size=(ROWS, FEATURES))
     y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5).astype(int)
@@ -34,7 +35,6 @@ def conn(citus_cluster, citus_role):
             cur.execute("CREATE TABLE fault_points (id INTEGER, x DOUBLE PRECISION[], label INTEGER)")
             execute_values(cur, "INSERT INTO fault_points VALUES %s",
                            [(i, list(map(float, x[i])), int(y[i])) for i in range(ROWS)])
-            cur.execute("SET madlib_dl.packed_table_placement = 'citus_nodes'")
             cur.execute("SELECT madlib_dl.training_preprocessor_dl('fault_points', 'fault_packed', 'label', 'x', "
                         "NULL, 1.0, NULL, %s)", [str(SEGMENTS)])
         yield c

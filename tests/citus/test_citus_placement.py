@@ -41,6 +41,24 @@ def conn(citus_cluster, citus_role):
         yield c
 
 
+def test_by_default_on_the_nodes_with_a_multiple_of_their_number_of_segments(conn):
+    with conn.cursor() as cur:
+        cur.execute("RESET madlib_dl.packed_table_placement")
+        cur.execute("SET madlib_dl.num_segments = 3")
+        cur.execute("SELECT madlib_dl.training_preprocessor_dl('points_train', 'by_default', 'label', 'x')")
+        cur.execute("SELECT count(*), count(DISTINCT nodeport) FROM citus_shards "
+                    "WHERE table_name = 'by_default'::regclass")
+        assert cur.fetchone() == (4, 2)  # 3 rounded up to 2 segments on each node
+        cur.execute("SET madlib_dl.packed_table_placement = 'local'")
+        cur.execute("SELECT madlib_dl.training_preprocessor_dl('points_train', 'kept_here', 'label', 'x')")
+        cur.execute("SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'kept_here'::regclass")
+        assert cur.fetchone() == (0,)
+        cur.execute("SELECT num_segments FROM kept_here_summary")
+        assert cur.fetchone() == (3,)
+        cur.execute("RESET madlib_dl.num_segments")
+        cur.execute("SET madlib_dl.packed_table_placement = 'citus_nodes'")
+
+
 def _placement(cur, table):
     """__dist_key__ -> the node port holding its shard."""
     cur.execute(f"SELECT DISTINCT __dist_key__ FROM {table}")
