@@ -7,7 +7,7 @@ PG_CONFIG  ?= pg_config
 CLI        := $(PYTHON) -m madlib_dl.tools.cli
 export MADLIB_DL_SCHEMA PG_CONFIG
 
-.PHONY: help setup install dev-install uninstall start stop status psql demo citus test test-unit bench bench-peers constraints clean
+.PHONY: help setup install dev-install uninstall start stop status psql demo citus start-citus stop-citus test test-unit bench bench-peers constraints clean
 
 help:
 	@echo "make demo     set up, start the embedded cluster, train a model inside the database"
@@ -56,6 +56,14 @@ demo: install
 citus: setup
 	@$(CLI) citus
 
+# The embedded cluster as a Citus cluster (a coordinator and 2 worker nodes, ports 54330-54332), for
+# distributed runs and the bench's citus workload; `make demo` stays on the one-node cluster.
+start-citus: install citus
+	@$(CLI) citus-start
+
+stop-citus:
+	@if [ -x $(PYTHON) ]; then $(CLI) citus-stop; fi
+
 test: install citus
 	@echo "make test: every suite, about 16 minutes on 2 cores (make test-unit: the pure-Python tests, seconds)"
 	@$(PYTHON) -m pytest -p no:cacheprovider tests
@@ -63,7 +71,7 @@ test: install citus
 test-unit: setup
 	@$(PYTHON) -m pytest -p no:cacheprovider tests/unit
 
-bench: install bench-peers
+bench: install bench-peers citus
 	@$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 # KerasTuner and Ray Tune, the peers of the bench's search and big workloads, into $(VENV)/bench-peers

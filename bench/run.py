@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import automl  # noqa: E402
 import calls  # noqa: E402
+import citus_bench  # noqa: E402
 import data  # noqa: E402
 import peers  # noqa: E402
 import report  # noqa: E402
@@ -42,7 +43,7 @@ import workloads  # noqa: E402
 SCHEMA = "madlib_dl_bench"
 DATA_VERSION = 2  # bump when the way data are made changes: prepared tables are re-made
 SEGMENT_COUNTS = (1, 2)
-OTHER_WORKLOADS = ("state", "calls", "data", "automl", "search", "big")  # each a module of its own
+OTHER_WORKLOADS = ("state", "calls", "data", "automl", "search", "big", "citus")  # each a module of its own
 
 
 def say(text: str) -> None:
@@ -295,6 +296,20 @@ def progress_cost(cluster, lib: str, workload: workloads.Workload, threads: int,
     return walls
 
 
+def _bench_citus(lib: str, say) -> dict | None:
+    """The citus workload on the embedded Citus cluster, started here (None, said, where Citus is missing)."""
+    from madlib_dl.tools import citus
+    from madlib_dl.tools.citus_cluster import CitusEmbedded
+
+    missing = citus.missing()
+    if missing is not None:
+        say(f"citus: skipped: {missing}")
+        return None
+    embedded = CitusEmbedded.default()
+    embedded.start()
+    return citus_bench.bench(embedded, lib, say)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the examples of every workload")
@@ -328,10 +343,12 @@ def main(argv=None) -> None:
     automl_result = automl.bench(cluster, lib, say) if "automl" in names else None
     search_result = peers.bench_search(cluster, lib, say) if "search" in names else None
     big_result = peers.bench_big(cluster, lib, say) if "big" in names else None
+    citus_result = _bench_citus(lib, say) if "citus" in names else None
     found = report.targets(results) + (state.targets(state_result) if state_result else []) + \
         (calls.targets(calls_result) if calls_result else []) + (data.targets(data_result) if data_result else []) + \
         (automl.targets(automl_result) if automl_result else []) + \
-        (peers.search_targets(search_result) if search_result else []) + (peers.big_targets(big_result) if big_result else [])
+        (peers.search_targets(search_result) if search_result else []) + (peers.big_targets(big_result) if big_result else []) + \
+        (citus_bench.targets(citus_result) if citus_result else [])
     say("")
     for name, workload in results.items():
         say(report.table(name, workload) + "\n")
@@ -352,6 +369,9 @@ def main(argv=None) -> None:
     if big_result:
         say(peers.big_table(big_result) + "\n")
         results["big"] = big_result
+    if citus_result:
+        say(citus_bench.table(citus_result) + "\n")
+        results["citus"] = citus_result
     say(report.verdicts(found))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

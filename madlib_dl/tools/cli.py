@@ -7,6 +7,7 @@ import os
 import sys
 
 from madlib_dl.tools import citus, demo, install
+from madlib_dl.tools.citus_cluster import CitusEmbedded
 from madlib_dl.tools.cluster import Cluster
 
 
@@ -22,6 +23,10 @@ def main(argv=None) -> None:
     commands.add_parser("demo", help="train a small model inside the embedded cluster")
     commands.add_parser("citus", help="build and install Citus from ../shared/vendor/citus unless the server has it "
                         "(for the distributed test suite)")
+    commands.add_parser("citus-start", help="create/start the embedded Citus cluster (a coordinator and 2 worker "
+                        "nodes) with the extension")
+    commands.add_parser("citus-stop", help="stop the embedded Citus cluster")
+    commands.add_parser("citus-status", help="state and ports of the embedded Citus cluster")
     _add_plot(commands)
     args, rest = parser.parse_known_args(argv)
     cluster = Cluster.from_environment()
@@ -47,6 +52,15 @@ def main(argv=None) -> None:
         print(plot(args, cluster))
     elif args.command == "citus":
         print(citus.ensure())
+    elif args.command.startswith("citus-"):
+        embedded = CitusEmbedded.default()
+        if args.command == "citus-start":
+            embedded.start()
+            print(embedded.status())
+        elif args.command == "citus-stop":
+            print("embedded Citus cluster: stopped" if embedded.stop() else "embedded Citus cluster: was not running")
+        else:
+            print(embedded.status())
 
 
 def _add_plot(commands) -> None:

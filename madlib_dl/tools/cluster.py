@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -93,6 +94,7 @@ class Cluster:
     port: int = DEFAULT_PORT
     dbname: str = "madlib_dl"
     user: str = SERVER_USER
+    preload: str = ""  # shared_preload_libraries ('citus' for a node of the embedded Citus cluster)
 
     @classmethod
     def from_environment(cls) -> "Cluster":
@@ -152,8 +154,9 @@ class Cluster:
     def _write_listen_conf(self) -> None:
         """Port and socket are rewritten at every start, so a changed MADLIB_DL_PORT takes effect."""
         path = self.data / LISTEN_CONF
+        preload = f"shared_preload_libraries = '{self.preload}'\n" if self.preload else ""
         path.write_text(f"port = {self.port}\nunix_socket_directories = '{self.socket_dir}'\n"
-                        "listen_addresses = '127.0.0.1'\n")
+                        f"listen_addresses = '127.0.0.1'\n{preload}")
         if os.geteuid() == 0:
             shutil.chown(path, SERVER_USER, SERVER_USER)
 
@@ -161,19 +164,22 @@ class Cluster:
         return self.initialized() and self._run(paths.pg_program("pg_ctl"), "status", "-D", str(self.data),
                                                 check=False).returncode == 0
 
-    def start(self) -> None:
+    def start(self, extension: bool = True) -> None:
+        """Start the server, and create the database (and madlib_dl in it unless ``extension`` is false)."""
         self.init()
         if not self.running():
             self._write_listen_conf()
             # lets users' own plpython3u code import TensorFlow and Keras: the directories madlib_dl runs from
             directories = install.installed_directories(paths.pg_config("--sharedir")) or []
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(directories))
+            if os.geteuid() == 0:  # the server's HOME is its OS user's (libpq looks there, e.g. Citus's connections)
+                env["HOME"] = pwd.getpwnam(SERVER_USER).pw_dir
             result = self._run(paths.pg_program("pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data),
                                "-l", str(self.log), check=False, env=env)
             if result.returncode != 0:
                 raise SystemExit(f"cluster: the server did not start on port {self.port} (another server there? "
                                  f"set MADLIB_DL_PORT); see {self.log}")
-        self.create_database()
+        self.create_database(extension)
 
     def stop(self) -> bool:
         if not self.running():
@@ -186,13 +192,21 @@ class Cluster:
     def connect(self, dbname: str | None = None):
         return autocommit_connection(**dict(self.dsn(), dbname=dbname or self.dbname))
 
-    def create_database(self) -> None:
-        """plpython3u goes into template1 so that every new database can CREATE EXTENSION madlib_dl."""
+    def create_database(self, extension: bool = True) -> None:
+        """plpython3u goes into template1 so that every new database can CREATE EXTENSION madlib_dl
+        (and Citus into the database, where it is preloaded, before madlib_dl)."""
         with self.connect("template1") as conn, conn.cursor() as cur:
             cur.execute("CREATE EXTENSION IF NOT EXISTS plpython3u")
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [self.dbname])
             if cur.fetchone() is None:
                 cur.execute(f"CREATE DATABASE {self.dbname}")
+        if self.preload:
+            with self.connect() as conn, conn.cursor() as cur:
+                cur.execute(f"CREATE EXTENSION IF NOT EXISTS {self.preload}")
+        if extension:
+            self.create_extension()
+
+    def create_extension(self) -> None:
         with self.connect() as conn, conn.cursor() as cur:
             cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'madlib_dl'")
             row = cur.fetchone()

@@ -28,10 +28,10 @@ BINARY = 1
 
 @dataclass(frozen=True)
 class Shard:
-    """Where a segment of a packed table lives: its node, and the shard's name there."""
+    """Where a segment of a packed table lives: its node, and the shard's name there, schema-qualified
+    and quoted (Citus's shard_name())."""
     host: str
     port: int
-    schema: str
     name: str
 
 
@@ -39,12 +39,13 @@ def shards(db, table, keys) -> dict[int, Shard]:
     """segment key -> its shard of ``table`` (a PackedTable's TableName)."""
     found = {}
     for key in keys:
-        rows = db.execute("SELECT s.nodename AS host, s.nodeport AS port, s.shard_name AS name FROM pg_catalog.citus_shards s "
-                          "WHERE s.shardid = pg_catalog.get_shard_id_for_distribution_column($1::regclass, $2)",
+        rows = db.execute("SELECT p.nodename AS host, p.nodeport AS port, pg_catalog.shard_name($1::regclass, "
+                          "p.shardid, false) AS name FROM pg_catalog.pg_dist_shard_placement p WHERE p.shardid = "
+                          "pg_catalog.get_shard_id_for_distribution_column($1::regclass, $2)",
                           [table.sql(db), key], ["text", "integer"])
         if not rows:
             raise InvalidArgument(f"{table}: segment {key} has no shard placement")
-        found[key] = Shard(rows[0]["host"], int(rows[0]["port"]), table.schema, rows[0]["name"])
+        found[key] = Shard(rows[0]["host"], int(rows[0]["port"]), rows[0]["name"])
     return found
 
 
@@ -275,17 +276,17 @@ def _reply(results, segment: int, node: _Node) -> requests.Reply:
 
 
 def _local_ref(node: _Node, table, shard: Shard) -> requests.TableRef:
-    """The segment's shard as the node's session reads it (its OID there)."""
-    name = f"{_ident(shard.schema)}.{_ident(shard.name)}"
-    row = node.conn.execute("SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid", [name]).fetchone()
-    if row is None or row[0] is None:
-        raise SegmentFailed(f"segment {node.segment}: its shard {name} is not on {shard.host}:{shard.port} for this "
-                            "role", "42P01")
-    return requests.TableRef(shard.schema, shard.name, table.dependent, table.independent, int(row[0]), False)
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    """The segment's shard as the node's session reads it (its schema, name and OID there)."""
+    # Not from pg_class: Citus hides shards there from sessions of other applications than its own.
+    row = node.conn.execute("SELECT a.object_names[1], a.object_names[2], r.oid FROM (SELECT "
+                            "pg_catalog.to_regclass(%s)::pg_catalog.oid AS oid) r, LATERAL "
+                            "pg_catalog.pg_identify_object_as_address('pg_catalog.pg_class'::pg_catalog.regclass, "
+                            "r.oid, 0) a WHERE r.oid IS NOT NULL", [shard.name]).fetchone()
+    if row is None:
+        raise SegmentFailed(f"segment {node.segment}: its shard {shard.name} is not on {shard.host}:{shard.port} for "
+                            "this role", "42P01")
+    schema, name, oid = row
+    return requests.TableRef(schema, name, table.dependent, table.independent, int(oid), False)
 
 
 # A node that stops answering (its host down, the network cut) fails the call within about 10 s:

@@ -26,12 +26,15 @@ ITERATIONS = 4
 @pytest.fixture(scope="module")
 def conn(citus_cluster, citus_role):
     """alice's session on the coordinator with a packed table over 4 segments on the worker nodes (where
-    madlib_dl.packed_table_placement's default puts it on a Citus coordinator)."""
+    madlib_dl.packed_table_placement's default puts it on a Citus coordinator), in her schema lab."""
     rng = np.random.default_rng(11)
     x = rng.normal(size=(ROWS, FEATURES))
     y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5).astype(int)
+    with citus_cluster.coordinator.connect(DATABASE) as admin, admin.cursor() as cur:
+        cur.execute(f'CREATE SCHEMA lab AUTHORIZATION "{citus_role.name}"')  # shards outside public too
     with citus_cluster.coordinator.connect(DATABASE, user=citus_role) as c:
         with c.cursor() as cur:
+            cur.execute("SET search_path = lab, public")
             cur.execute("CREATE TABLE fault_points (id INTEGER, x DOUBLE PRECISION[], label INTEGER)")
             execute_values(cur, "INSERT INTO fault_points VALUES %s",
                            [(i, list(map(float, x[i])), int(y[i])) for i in range(ROWS)])
@@ -115,6 +118,7 @@ def test_a_node_stopped_mid_run_fails_the_call_naming_it_and_the_call_resumes_on
         def run():
             try:
                 with driver.cursor() as cur:
+                    cur.execute("SET search_path = lab, public")
                     cur.execute("SET madlib_dl.checkpoint_every = 1")
                     cur.execute(call)
             except psycopg2.Error as error:
@@ -151,7 +155,7 @@ def test_a_node_stopped_mid_run_fails_the_call_naming_it_and_the_call_resumes_on
             cur.execute("SELECT mst_key, segment FROM madlib_dl.last_fit_hops() WHERE kind = 'train' "
                         "AND iteration <= %s ORDER BY ended", [checkpoint])
             before = cur.fetchall()
-            cur.execute("SELECT to_regclass('fault_out')")
+            cur.execute("SELECT to_regclass('lab.fault_out')")
             assert cur.fetchone() == (None,)
     citus_cluster.start_node(victim)
     with conn.cursor() as cur:
