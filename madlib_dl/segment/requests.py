@@ -47,6 +47,7 @@ class Start:
     cuda_visible_devices: str | None
     memory_limit_mib: int | None
     worker_session: bool = True      # a backend the driver started (JIT off): see tf_setup.keras
+    host_share: int | None = None    # threads None: this host's CPUs divided among this many of the run's sessions
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ with the hop's request staged in GD so that the aggregate takes data and keys on
 
 from __future__ import annotations
 
+from madlib_dl import settings
 from madlib_dl.errors import InvalidArgument, ObjectMissing
 from madlib_dl.segment import recording, requests, runtime
 from madlib_dl.segment.requests import Reply, TableRef
@@ -25,7 +26,10 @@ def _start(db, gd, request: requests.Start) -> Reply:
         # A worker runs only the driver's statements, none of which gains from JIT: with JIT off its
         # TensorFlow need not share the process with PostgreSQL's LLVM (tf_setup), ~50 MiB less.
         db.execute("SELECT set_config('jit', 'off', false)")
-    pid = runtime.worker_init(gd, request.threads, request.cuda_visible_devices, request.memory_limit_mib,
+    threads = request.threads
+    if threads is None and request.host_share:  # a Citus node's session: the node's CPUs, shared
+        threads = max(1, settings.cpu_count() // request.host_share)
+    pid = runtime.worker_init(gd, threads, request.cuda_visible_devices, request.memory_limit_mib,
                               request.worker_session)
     return Reply({"pid": pid})
 

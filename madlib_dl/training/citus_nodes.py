@@ -228,8 +228,10 @@ class CitusNodes:
             return replace(request, tables=tables)
         if isinstance(request, requests.Fit):
             return replace(request, overwrite_state=False)
-        if isinstance(request, requests.Start):
-            return replace(request, worker_session=True)
+        if isinstance(request, requests.Start):  # the node's CPUs shared by the run's sessions on its host
+            host = self._nodes[segment].shard.host
+            share = sum(1 for n in self._nodes.values() if n.shard.host == host)
+            return replace(request, worker_session=True, host_share=share)
         return request
 
     def _collect(self) -> list[Completed]:

@@ -117,7 +117,8 @@ def _on_citus_nodes(db, schema: str, tables: dict[str, PackedTable], devices, na
     nodes = ", ".join(f"{host}:{port}" for host, port in executor.nodes)
     db.notice(f"{name}: {len(executor.segments)} segments on the Citus worker nodes {nodes}, a session each")
     try:
-        run_on_each(executor, [segment_calls.SegmentCall(s, requests.Start(None, None, None, worker_session=True))
+        threads = settings.read(db, settings.WORKER_THREADS) or None  # None: each node's CPUs, shared
+        run_on_each(executor, [segment_calls.SegmentCall(s, requests.Start(threads, None, None, worker_session=True))
                                for s in executor.segments])
     except BaseException:
         executor.close()
