@@ -19,6 +19,7 @@ help:
 	@echo "make uninstall     remove what make install wrote"
 	@echo "make bench    fit_multiple vs plain Keras, KerasTuner, Ray Tune, side by side (BENCH_ARGS='--scale 2 --workloads small')"
 	@echo "make start | stop | status | psql   the embedded cluster"
+	@echo "make start-citus | stop-citus       the embedded Citus cluster (a coordinator and 2 worker nodes)"
 
 setup:
 	@bash src/setup.sh $(VENV)
@@ -83,5 +84,5 @@ bench-peers: setup
 constraints: setup
 	@$(PYTHON) -m madlib_dl.tools.constraints
 
-clean: stop
+clean: stop stop-citus
 	rm -rf "$$(readlink -f .cluster)" .cluster build *.egg-info src/*.o src/*.so src/*.bc
