@@ -10,12 +10,15 @@ The connections authenticate as Citus's own connections between nodes do (the se
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import select
+import socket
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 
-from madlib_dl import native
+from madlib_dl import native, settings
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.segment import requests
 from madlib_dl.training import segment_calls, stored_state
@@ -50,11 +53,13 @@ def shards(db, table, keys) -> dict[int, Shard]:
 
 
 class _Node:
-    """One segment's connection and what it is doing."""
+    """A session on a worker node, serving some of the segments whose shards are there (one each,
+    unless the host has fewer CPUs than segments), and what it is doing."""
 
-    def __init__(self, segment: int, shard: Shard, conninfo: str):
-        self.segment, self.shard, self.conninfo = segment, shard, conninfo
-        self.conn = _pooled(conninfo) or _connect(segment, shard, conninfo)
+    def __init__(self, segments: list[int], shard: Shard, conninfo: str):
+        self.segments, self.shard, self.conninfo = segments, shard, conninfo
+        self.segment = segments[0]  # the one errors name until a call names its own
+        self.conn = _pooled(conninfo) or _connect(self.segment, shard, conninfo)
         self.pid = self.conn.pgconn.backend_pid
         self.busy: tuple | None = None  # (call, submitted)
         self.sending = False  # the request is not all in the socket yet
@@ -124,22 +129,26 @@ class CitusNodes:
         self.db, self.schema, self._check = db, schema, check
         first = next(iter(tables.values()))
         self.segments = sorted(first.segments)
-        self.threads, self.worker_count = threads, len(self.segments)
+        self.threads = threads
         placed = {kind: shards(db, t.table, self.segments) for kind, t in tables.items()}
         conninfo = _conninfo(db, idle_timeout)
         self._keep = idle_timeout > 0
-        self._nodes: dict[int, _Node] = {}
+        self._sessions: list[_Node] = []
+        self._of: dict[int, _Node] = {}  # segment -> the session serving it
         try:
-            for segment, shard in placed[next(iter(tables))].items():
-                self._nodes[segment] = _Node(segment, shard, f"{conninfo} host={shard.host} port={shard.port}")
-            self._local_tables = {(kind, segment): _local_ref(self._nodes[segment], t, placed[kind][segment])
+            for shard, segments in sessions(placed[next(iter(tables))], _local_cpus):
+                node = _Node(segments, shard, f"{conninfo} host={shard.host} port={shard.port}")
+                self._sessions.append(node)
+                self._of.update({segment: node for segment in segments})
+            self._local_tables = {(kind, segment): _local_ref(self._of[segment], t, placed[kind][segment])
                                   for kind, t in tables.items() for segment in self.segments}
         except BaseException:
             self.close()
             raise
-        self.pids = {s: n.pid for s, n in self._nodes.items()}
-        self.nodes = sorted({(n.shard.host, n.shard.port) for n in self._nodes.values()})
-        self._queues: dict[int, list] = {s: [] for s in self.segments}
+        self.worker_count = len(self._sessions)
+        self.pids = {s: n.pid for s, n in self._of.items()}
+        self.nodes = sorted({(n.shard.host, n.shard.port) for n in self._sessions})
+        self._queues: dict[int, list] = {id(n): [] for n in self._sessions}
         self._sql = (f"SELECT header, blob1, blob2 FROM {db.quote_ident(schema)}.internal_node_call($1, $2, $3)").encode()
 
     def count_calls(self, kind: str) -> list:
@@ -150,24 +159,24 @@ class CitusNodes:
     # -- the executor protocol (training.workers) ------------------------------------------------------
 
     def submit(self, call) -> None:
-        node = self._nodes.get(call.segment)
+        node = self._of.get(call.segment)
         if node is None:
             raise InvalidArgument(f"internal: segment {call.segment} is not one of this run's")
         if node.busy is not None:
-            self._queues[call.segment].append(call)
+            self._queues[id(node)].append(call)
         else:
             self._send(node, call)
 
     def busy(self) -> bool:
-        return any(n.busy is not None for n in self._nodes.values())
+        return any(n.busy is not None for n in self._sessions)
 
     def wait(self) -> list[Completed]:
         while True:
             done = self._collect()
             if done:
                 return done
-            waiting = [n.conn.pgconn.socket for n in self._nodes.values() if n.busy is not None]
-            sending = [n for n in self._nodes.values() if n.sending]
+            waiting = [n.conn.pgconn.socket for n in self._sessions if n.busy is not None]
+            sending = [n for n in self._sessions if n.sending]
             select.select(waiting, [n.conn.pgconn.socket for n in sending], [], POLL_SECONDS)
             for node in sending:
                 node.flush()
@@ -191,19 +200,19 @@ class CitusNodes:
             return
         identity = native.caller()
         forget_unless(identity)
-        for node in self._nodes.values():
+        for node in self._sessions:
             _POOL.setdefault((identity, node.conninfo), []).append(node.conn)
-        self._nodes = {}
+        self._sessions, self._of = [], {}
 
     def close(self) -> None:
-        for node in self._nodes.values():
+        for node in self._sessions:
             if node.busy is not None:
                 try:
                     node.conn.cancel_safe()  # stops the node session's hop at its next interrupt check
                 except Exception:  # noqa: BLE001 - a node that is gone has nothing left to cancel
                     pass
             node.conn.close()
-        self._nodes = {}
+        self._sessions, self._of = [], {}
 
     # -- sending and receiving -------------------------------------------------------------------------
 
@@ -218,25 +227,30 @@ class CitusNodes:
         except Exception as error:  # psycopg.OperationalError: the connection is gone
             raise node.broken(error) from None
         node.busy = (call, time.time())
+        node.segment = call.segment
         node.flush()
 
     def _for_node(self, segment: int, request):
-        """The request as this segment's node serves it: the run's tables as the node's shards, and a
-        fit's state never written over (it arrives as bytes)."""
+        """The request as this segment's node session serves it: the run's tables as the node's shards
+        (a table per kind and segment, the session's segments having shards of their own), and a fit's
+        state never written over (it arrives as bytes)."""
         if isinstance(request, requests.BeginRun):
-            tables = {kind: self._local_tables[(kind, segment)] for kind in request.tables}
+            tables = {_local_kind(kind, s): self._local_tables[(kind, s)]
+                      for kind in request.tables for s in self._of[segment].segments}
             return replace(request, tables=tables)
         if isinstance(request, requests.Fit):
-            return replace(request, overwrite_state=False)
+            return replace(request, table=_local_kind(request.table, segment), overwrite_state=False)
+        if isinstance(request, requests.Evaluate):
+            return replace(request, table=_local_kind(request.table, segment))
         if isinstance(request, requests.Start):  # the node's CPUs shared by the run's sessions on its host
-            host = self._nodes[segment].shard.host
-            share = sum(1 for n in self._nodes.values() if n.shard.host == host)
+            host = self._of[segment].shard.host
+            share = sum(1 for n in self._sessions if n.shard.host == host)
             return replace(request, worker_session=True, host_share=share)
         return request
 
     def _collect(self) -> list[Completed]:
         done = []
-        for segment, node in self._nodes.items():
+        for node in self._sessions:
             if node.busy is None:
                 continue
             pgconn = node.conn.pgconn
@@ -251,12 +265,52 @@ class CitusNodes:
                 raise node.broken(error) from None
             call, submitted = node.busy
             node.busy = None
-            reply = _reply(results, segment, node)
+            reply = _reply(results, call.segment, node)
             row = {**reply.row, "node": node.where}
             done.append(Completed(call, row, submitted, time.time(), reply.weights, reply.optimizer_state))
-            if self._queues[segment]:
-                self._send(node, self._queues[segment].pop(0))
+            if self._queues[id(node)]:
+                self._send(node, self._queues[id(node)].pop(0))
         return done
+
+
+def _local_kind(kind: str, segment: int) -> str:
+    return f"{kind}@{segment}"
+
+
+def sessions(placed: dict[int, Shard], cpus: Callable[[str], int | None]) -> list[tuple[Shard, list[int]]]:
+    """The node sessions of a run: (the node, the segments it serves). One per segment, except on a host
+    whose CPUs (``cpus(host)``, None: unknown) are fewer than the run's segments there (several nodes on
+    one machine): then as many sessions as CPUs, shared among its nodes by their segments, at least one
+    each (as background workers on one server serve more segments than CPUs)."""
+    by_node: dict[tuple, list[int]] = {}
+    shards_of: dict[tuple, Shard] = {}
+    for segment, shard in sorted(placed.items()):
+        by_node.setdefault((shard.host, shard.port), []).append(segment)
+        shards_of.setdefault((shard.host, shard.port), shard)
+    chosen = []
+    for host in sorted({host for host, _ in by_node}):
+        nodes = sorted(n for n in by_node if n[0] == host)
+        total = sum(len(by_node[n]) for n in nodes)
+        limit = max(len(nodes), min(total, cpus(host) or total))
+        share = {n: limit * len(by_node[n]) / total for n in nodes}
+        count = {n: max(1, int(share[n])) for n in nodes}
+        for n in sorted(nodes, key=lambda n: share[n] - int(share[n]), reverse=True):  # the largest remainders
+            if sum(count.values()) < limit and count[n] < len(by_node[n]):
+                count[n] += 1
+        for n in nodes:
+            chosen += [(shards_of[n], by_node[n][i::count[n]]) for i in range(count[n])]
+    return chosen
+
+
+def _local_cpus(host: str) -> int | None:
+    """This machine's CPUs when ``host`` is this machine (a loopback address), else None (unknown)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return None
+    if addresses and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        return settings.cpu_count()
+    return None
 
 
 def _reply(results, segment: int, node: _Node) -> requests.Reply:

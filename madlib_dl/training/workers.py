@@ -115,7 +115,9 @@ def _on_citus_nodes(db, schema: str, tables: dict[str, PackedTable], devices, na
         _fall_back(db, name, mode, error)
         return _in_process(db, sorted(first.segments), devices)
     nodes = ", ".join(f"{host}:{port}" for host, port in executor.nodes)
-    db.notice(f"{name}: {len(executor.segments)} segments on the Citus worker nodes {nodes}, a session each")
+    count = executor.worker_count
+    db.notice(f"{name}: {len(executor.segments)} segments on the Citus worker nodes {nodes}, "
+              f"{'a session each' if count == len(executor.segments) else f'in {count} node sessions'}")
     try:
         threads = settings.read(db, settings.WORKER_THREADS) or None  # None: each node's CPUs, shared
         run_on_each(executor, [segment_calls.SegmentCall(s, requests.Start(threads, None, None, worker_session=True))
