@@ -107,6 +107,11 @@ MAX_WORKERS_PER_ROLE = Setting("madlib_dl.max_workers_per_role", lambda: 6, 1, 1
                                "once, across all its sessions; a launch beyond it asks an idle worker of the role "
                                "to give way, else gets none", superuser_only=True)
 
+# A BYTEA value and a libpq message hold at most 1 GiB: a larger model state travels in pieces.
+NODE_CALL_MB = Setting("madlib_dl.node_call_mb", lambda: 512, 1, 768,
+                       "MiB of model state one call to a Citus worker node carries; a larger state (weights and "
+                       "optimizer state) travels to and from the node in pieces of this size")
+
 CHECKPOINT_EVERY = Setting("madlib_dl.checkpoint_every", lambda: 0, 0, 1_000_000,
                            "a training run saves a checkpoint every this many iterations (automl: model iterations; "
                            "0: by time only)")
@@ -114,7 +119,7 @@ CHECKPOINT_MINUTES = Setting("madlib_dl.checkpoint_minutes", lambda: 10, 0, 1008
                              "a training run saves a checkpoint at the end of an iteration this many minutes after "
                              "it began or last saved (0: by count only)")
 
-ALL = (NUM_SEGMENTS, SHUFFLE_SEED, FIT_SEED, WORKER_THREADS, TRAINING_WORKERS, MEMORY_BUDGET_MB, WORKER_IDLE_TIMEOUT, CHECKPOINT_EVERY,
+ALL = (NUM_SEGMENTS, SHUFFLE_SEED, FIT_SEED, WORKER_THREADS, TRAINING_WORKERS, MEMORY_BUDGET_MB, WORKER_IDLE_TIMEOUT, NODE_CALL_MB, CHECKPOINT_EVERY,
        CHECKPOINT_MINUTES, MAX_MODEL_MEMORY_MB, MAX_WORKERS_PER_ROLE, MAX_MEMORY_BUDGET_MB, MAX_WORKER_IDLE_TIMEOUT,
        MAX_RECORDER_IDLE_TIMEOUT)
 CAPS = tuple(setting for setting in ALL if setting.superuser_only)  # each in src/madlib_dl.c's CAPS too

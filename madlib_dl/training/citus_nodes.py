@@ -63,6 +63,8 @@ class _Node:
         self.pid = self.conn.pgconn.backend_pid
         self.busy: tuple | None = None  # (call, submitted)
         self.sending = False  # the request is not all in the socket yet
+        self.steps: list = []  # the busy call's calls still to send: (header, blobs)
+        self.reply = None      # a reply read in pieces: (header, its blobs as they fill, the piece asked for)
 
     def flush(self) -> None:
         """Hand libpq's queued request to the socket, as much as it takes now (the connection is
@@ -130,6 +132,7 @@ class CitusNodes:
         first = next(iter(tables.values()))
         self.segments = sorted(first.segments)
         self.threads = threads
+        self._call_bytes = settings.read(db, settings.NODE_CALL_MB) << 20
         placed = {kind: shards(db, t.table, self.segments) for kind, t in tables.items()}
         conninfo = _conninfo(db, idle_timeout)
         self._keep = idle_timeout > 0
@@ -217,17 +220,33 @@ class CitusNodes:
     # -- sending and receiving -------------------------------------------------------------------------
 
     def _send(self, node: _Node, call) -> None:
+        """Start a call: its request in one call of internal_node_call, or, when its state is larger than
+        one call carries, the state's pieces first (node.steps) and then the request."""
         request = self._for_node(call.segment, call.request)
         header, blobs = requests.encode(request)
-        values = [stored_state.as_value(b) for b in blobs] + [None, None]  # a memory file read, not mapped
+        values = [stored_state.as_value(b) for b in blobs]  # a memory file read, not mapped
+        header["reply_limit"] = self._call_bytes
+        if sum(len(v) for v in values) <= self._call_bytes:
+            node.steps = [(header, values)]
+        else:
+            node.steps = [({"piece": i}, [value[offset:offset + self._call_bytes]])
+                          for i, value in enumerate(values) for offset in range(0, len(value), self._call_bytes)]
+            node.steps.append(({**header, "pieces": True}, []))
+        node.busy = (call, time.time())
+        node.segment = call.segment
+        node.reply = None
+        self._step(node)
+
+    def _step(self, node: _Node) -> None:
+        """Send the call's next step."""
+        header, values = node.steps.pop(0)
+        values = list(values) + [None] * (2 - len(values))
         try:
             node.conn.pgconn.send_query_params(self._sql, [json.dumps(header).encode(), values[0], values[1]],
                                                param_types=[TEXT, BYTEA, BYTEA], param_formats=[BINARY] * 3,
                                                result_format=BINARY)
         except Exception as error:  # psycopg.OperationalError: the connection is gone
             raise node.broken(error) from None
-        node.busy = (call, time.time())
-        node.segment = call.segment
         node.flush()
 
     def _for_node(self, segment: int, request):
@@ -264,13 +283,36 @@ class CitusNodes:
             except Exception as error:  # psycopg.OperationalError: the node or the network went away
                 raise node.broken(error) from None
             call, submitted = node.busy
+            header, blobs = _result(results, call.segment, node)
+            if self._more(node, header, blobs):
+                continue
             node.busy = None
-            reply = _reply(results, call.segment, node)
+            if node.reply is not None:  # the reply's blobs, read in pieces
+                header, blobs = node.reply[0], [bytes(b) for b in node.reply[1] if b is not None]
+            reply = requests.decode(header, blobs[:len(header.get("blobs", []))])
             row = {**reply.row, "node": node.where}
             done.append(Completed(call, row, submitted, time.time(), reply.weights, reply.optimizer_state))
             if self._queues[id(node)]:
                 self._send(node, self._queues[id(node)].pop(0))
         return done
+
+    def _more(self, node: _Node, header: dict, blobs: list) -> bool:
+        """Whether the call goes on: a piece sent (the next step follows), the request's reply larger than
+        one call (its pieces are asked for), or one of those pieces (copied into place)."""
+        if node.reply is not None and "get" in node.reply[2]:  # a piece of the reply came
+            index, offset, _ = node.reply[2].pop("get")
+            node.reply[1][index][offset:offset + len(blobs[0])] = blobs[0]
+        elif "pieces" in header:  # the reply waits on the node: read it in pieces
+            sizes = header.pop("pieces")
+            node.reply = (header, [None if size is None else bytearray(size) for size in sizes], {})
+            node.steps = [({"get": [i, offset, self._call_bytes]}, []) for i, size in enumerate(sizes)
+                          if size is not None for offset in range(0, size, self._call_bytes)]
+        if not node.steps:
+            return False
+        if node.reply is not None and "get" in node.steps[0][0]:
+            node.reply[2]["get"] = node.steps[0][0]["get"]
+        self._step(node)
+        return True
 
 
 def _local_kind(kind: str, segment: int) -> str:
@@ -313,7 +355,8 @@ def _local_cpus(host: str) -> int | None:
     return None
 
 
-def _reply(results, segment: int, node: _Node) -> requests.Reply:
+def _result(results, segment: int, node: _Node) -> tuple[dict, list]:
+    """The header and blobs of a call's result row, or the error it got."""
     from psycopg import pq
 
     error = next((r for r in results if r.status == pq.ExecStatus.FATAL_ERROR), None)
@@ -327,8 +370,7 @@ def _reply(results, segment: int, node: _Node) -> requests.Reply:
         raise node.broken("no result")
     result = results[-1]
     header = json.loads(bytes(result.get_value(0, 0)).decode())
-    blobs = [bytes(result.get_value(0, i)) for i in (1, 2) if result.get_value(0, i) is not None]
-    return requests.decode(header, blobs[:len(header.get("blobs", []))])
+    return header, [bytes(result.get_value(0, i)) for i in (1, 2) if result.get_value(0, i) is not None]
 
 
 def _local_ref(node: _Node, table, shard: Shard) -> requests.TableRef:

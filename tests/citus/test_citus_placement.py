@@ -162,7 +162,7 @@ def test_fit_multiple_and_evaluate_on_the_nodes_equal_plain_keras_on_the_same_ho
         assert dict(cur.fetchall()) == sessions
 
 
-def _check_against_replay(cur, model, rates, hops):
+def _check_against_replay(cur, model, rates, hops, table="out"):
     """The output table's weights are plain Keras's, trained from the same weights on the same hops."""
     keras = tf_setup.keras()
     segments = _segments(cur)
@@ -174,7 +174,7 @@ def _check_against_replay(cur, model, rates, hops):
     for key, segment in hops:
         x, y = segments[segment]
         replay[key].fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-    for key, blob in _weights(cur, "out").items():
+    for key, blob in _weights(cur, table).items():
         expected = replay[key].get_weights()
         got = serialization.deserialize_weights(blob, [w.shape for w in expected])
         for g, e in zip(got, expected):
@@ -184,6 +184,31 @@ def _check_against_replay(cur, model, rates, hops):
 def _weights(cur, table):
     cur.execute(f"SELECT mst_key, model_weights FROM {table} ORDER BY mst_key")
     return {k: bytes(w) for k, w in cur.fetchall()}
+
+
+def test_a_state_larger_than_one_call_travels_in_pieces(conn):
+    """madlib_dl.node_call_mb = 1 and a 3 MB state (weights and Adam's moments): every hop sends the state
+    in pieces and reads the new one back in pieces; the models are plain Keras's on the same hops."""
+    keras = tf_setup.keras()
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(512, activation="relu"),
+                              keras.layers.Dense(512, activation="relu"), keras.layers.Dense(CLASSES, activation="softmax")])
+    assert 3 * 4 * model.count_params() > 3 << 20
+    with conn.cursor() as cur:
+        cur.execute("SELECT madlib_dl.load_keras_model('wide_arch', %s::json, %s)",
+                    [model.to_json(), serialization.serialize_weights(model.get_weights())])
+        cur.execute("SELECT madlib_dl.load_model_selection_table('wide_arch', 'wide_mst', ARRAY[1], %s, "
+                    "ARRAY['batch_size=8,epochs=1,shuffle=False'])", [[_adam(0.01)]])
+        cur.execute("SET madlib_dl.node_call_mb = 1")
+        cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('packed', 'wide_out', 'wide_mst', 2, FALSE, "
+                    "NULL, NULL, FALSE, NULL, NULL, TRUE)")
+        cur.execute("RESET madlib_dl.node_call_mb")
+        cur.execute("SELECT mst_key, segment, node FROM madlib_dl.last_fit_hops() WHERE kind = 'train' ORDER BY started")
+        hops = cur.fetchall()
+        assert len(hops) == 2 * SEGMENTS and all(node for *_, node in hops)
+        _check_against_replay(cur, model, {1: 0.01}, [(k, seg) for k, seg, _ in hops], table="wide_out")
+        cur.execute("SELECT octet_length(optimizer_state) > 2 << 20 FROM wide_out")
+        assert cur.fetchone() == (True,)
 
 
 def test_citus_nodes_refused_naming_the_setting_where_there_are_no_worker_nodes(citus_cluster):
