@@ -302,6 +302,9 @@ def test_a_cancel_on_the_coordinator_ends_the_work_on_every_node(conn, citus_clu
             time.sleep(0.5)
         assert _run_sessions() == SESSIONS
         time.sleep(20)  # into the first hops
+        with citus_cluster.coordinator.connect(DATABASE, user=alice) as watcher, watcher.cursor() as cur:
+            cur.execute("SELECT phase, iterations, hops_total FROM madlib_dl.fit_progress WHERE pid = %s", [pid])
+            assert cur.fetchall() == [("training", 2, SEGMENTS)]  # the run's progress, as on one server
         with citus_cluster.coordinator.connect(DATABASE) as admin, admin.cursor() as cur:
             cancelled = time.monotonic()
             cur.execute("SELECT pg_cancel_backend(%s)", [pid])
@@ -315,6 +318,29 @@ def test_a_cancel_on_the_coordinator_ends_the_work_on_every_node(conn, citus_clu
         with driver.cursor() as cur:
             cur.execute("SELECT to_regclass('out_slow')")
             assert cur.fetchone() == (None,)
+
+
+def test_fit_of_one_model_on_the_nodes(conn):
+    """madlib_keras_fit on a distributed table trains on the nodes, its hops those of plain Keras."""
+    keras = tf_setup.keras()
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(CLASSES, activation="softmax")])
+    with conn.cursor() as cur:
+        cur.execute("SELECT madlib_dl.load_keras_model('one_arch', %s::json, %s)",
+                    [model.to_json(), serialization.serialize_weights(model.get_weights())])
+        cur.execute("SELECT model_id FROM one_arch")
+        (model_id,) = cur.fetchone()
+        cur.execute("SELECT madlib_dl.madlib_keras_fit('packed', 'one_out', 'one_arch', %s, %s, "
+                    "'batch_size=8,epochs=1,shuffle=False', 2, FALSE, 'packed_val')", [model_id, _adam(0.02)])
+        cur.execute("SELECT mst_key, segment, node FROM madlib_dl.last_fit_hops() WHERE kind = 'train' "
+                    "ORDER BY started")
+        hops = cur.fetchall()
+        assert len(hops) == 2 * SEGMENTS and len({node for *_, node in hops}) == 2
+        cur.execute("CREATE TEMP VIEW one_weights AS SELECT 1 AS mst_key, model_weights FROM one_out")
+        _check_against_replay(cur, model, {1: 0.02}, [(1, seg) for _, seg, _ in hops], table="one_weights")
+        cur.execute("SELECT validation_loss[array_upper(validation_loss, 1)] > 0 FROM one_out_summary")
+        assert cur.fetchone() == (True,)
 
 
 def test_predict_and_automl_on_distributed_tables(conn, citus_cluster):
