@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import select
 import socket
 import time
@@ -117,8 +118,15 @@ def _connect(segment: int, shard: Shard, conninfo: str):
     try:
         return psycopg.connect(conninfo, autocommit=True)
     except psycopg.OperationalError as error:
+        reason = " ".join(str(error).split())
+        if AUTHENTICATION.search(reason):  # not a node that is down: what is missing is said, and no resume offered
+            raise SegmentFailed(f"segment {segment}: cannot connect to its Citus worker node {shard.host}:{shard.port} "
+                                f"as this role: {reason}. madlib_dl connects as Citus's own connections between nodes "
+                                "do (libpq as the server's OS user: its password file, certificates and "
+                                "citus.node_conninfo); a password kept only in pg_dist_authinfo is not used",
+                                "28000") from None
         raise SegmentFailed(f"segment {segment}: cannot connect to its Citus worker node {shard.host}:{shard.port}: "
-                            f"{str(error).strip()}", "08006") from None
+                            f"{reason}", "08006") from None
 
 
 class CitusNodes:
@@ -134,7 +142,7 @@ class CitusNodes:
         self.threads = threads
         self._call_bytes = settings.read(db, settings.NODE_CALL_MB) << 20
         placed = {kind: shards(db, t.table, self.segments) for kind, t in tables.items()}
-        conninfo = _conninfo(db, idle_timeout)
+        conninfo = _conninfo(db, schema, idle_timeout)
         self._keep = idle_timeout > 0
         self._sessions: list[_Node] = []
         self._of: dict[int, _Node] = {}  # segment -> the session serving it
@@ -392,14 +400,15 @@ def _local_ref(node: _Node, table, shard: Shard) -> requests.TableRef:
 # sends. A node that stops (pg_ctl stop, a crash) closes the connection at once.
 KEEPALIVES = "keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=2 tcp_user_timeout=10000"
 CONNECT_TIMEOUT = 10
+AUTHENTICATION = re.compile(r"password|authentication|no pg_hba\.conf entry|certificate|role .* does not exist", re.I)
 
 
-def _conninfo(db, idle_timeout: float) -> str:
-    """How to connect to a node: as the current role, to this database, with Citus's node_conninfo where
-    the role may read it (it is a superuser's setting; without it libpq's defaults apply: SSL when the
-    node offers it, the server's password file). A kept node session ends after ``idle_timeout`` s."""
-    row = db.execute("SELECT current_user AS role, current_database() AS database, (SELECT s.setting FROM "
-                     "pg_catalog.pg_settings s WHERE s.name = 'citus.node_conninfo') AS extra")[0]
+def _conninfo(db, schema: str, idle_timeout: float) -> str:
+    """How to connect to a node: as the current role, to this database, with Citus's node_conninfo (a
+    superuser's setting, read through internal_node_conninfo) and libpq's defaults besides (the server
+    OS user's password file and certificates). A kept node session ends after ``idle_timeout`` s."""
+    row = db.execute(f"SELECT current_user AS role, current_database() AS database, "
+                     f"{db.quote_ident(schema)}.internal_node_conninfo() AS extra")[0]
     idle = f" -c idle_session_timeout={int(idle_timeout * 1000)}" if idle_timeout > 0 else ""
     parts = [f"user={_quoted(row['role'])}", f"dbname={_quoted(row['database'])}", "application_name=madlib_dl_node",
              f"options='-c jit=off{idle}'", KEEPALIVES, f"connect_timeout={CONNECT_TIMEOUT}"]

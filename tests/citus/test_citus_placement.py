@@ -211,6 +211,32 @@ def test_a_state_larger_than_one_call_travels_in_pieces(conn):
         assert cur.fetchone() == (True,)
 
 
+def test_a_role_whose_password_only_citus_knows_gets_what_is_missing(conn, citus_cluster):
+    """carol's password is in pg_dist_authinfo (Citus's own connections use it), not in the server's
+    password file: Citus distributes her table, but madlib_dl's connections, which authenticate as
+    libpq does, cannot log in; the call says so (not a lost node, no resume offered) and writes nothing."""
+    from tests.integration.conftest import Role
+
+    carol = Role("carol", "carol-" + "x" * 12)
+    with citus_cluster.coordinator.connect(DATABASE) as admin, admin.cursor() as cur:
+        cur.execute("SET password_encryption = 'scram-sha-256'")
+        cur.execute("CREATE ROLE carol LOGIN PASSWORD %s", [carol.password])
+        cur.execute("INSERT INTO pg_dist_authinfo (nodeid, rolename, authinfo) VALUES (0, 'carol', %s)",
+                    [f"password={carol.password}"])
+        cur.execute("GRANT SELECT ON points_train, arch, mst, mst_summary TO carol")
+    citus_cluster.coordinator.grant_plain_role(DATABASE, carol)
+    with citus_cluster.coordinator.connect(DATABASE, user=carol) as c, c.cursor() as cur:
+        cur.execute("SELECT madlib_dl.training_preprocessor_dl('points_train', 'carols', 'label', 'x', NULL, 1.0, "
+                    "NULL, '2')")
+        with pytest.raises(psycopg2.Error) as error:
+            cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('carols', 'carols_out', 'mst', 1, FALSE)")
+        assert error.value.pgcode == "28000", error.value.pgerror
+        assert "cannot connect to its Citus worker node" in error.value.pgerror
+        assert "pg_dist_authinfo is not used" in error.value.pgerror
+        cur.execute("SELECT to_regclass('carols_out')")
+        assert cur.fetchone() == (None,)
+
+
 def test_citus_nodes_refused_naming_the_setting_where_there_are_no_worker_nodes(citus_cluster):
     """A worker node's own database has Citus but no worker nodes of its own."""
     with citus_cluster.workers[0].connect(DATABASE) as c, c.cursor() as cur:
