@@ -140,15 +140,24 @@ def _open_nodes(db, schema: str, tables: dict[str, PackedTable]) -> CitusNodes:
             raise WorkersUnusable(f"the Citus worker nodes cannot see {table.text}: it is not yet committed",
                                   NODES_UNCOMMITTED_HINT) from None
         raise
-    try:
+    def same_data() -> None:
         for kind, table in tables.items():
             seen = {c.call.segment: c.row.get("counts") for c in run_calls(executor, executor.count_calls(kind))}
             for key, counts in sorted(table.segments.items()):
                 if seen.get(key) != f"{key}:{counts.buffers}:{counts.images}":
                     raise WorkersUnusable(f"the Citus worker nodes see other data in {table.text} than this "
                                           "transaction: its changes are not yet committed", NODES_UNCOMMITTED_HINT)
+
+    return _checked(executor, same_data)
+
+
+def _checked(executor, check: Callable[[], None]):
+    """The executor once ``check`` passes; when it finds the executor unusable for this run, its healthy
+    workers or sessions are kept for the session's next call, and on any other error they end."""
+    try:
+        check()
     except WorkersUnusable:
-        executor.finish(None)  # healthy sessions: kept for the session's next call
+        executor.finish(None)
         raise
     except BaseException:
         executor.close()
@@ -181,15 +190,7 @@ def _background(db, schema, tables, devices, name, chosen: parallelism.Paralleli
         db.notice(f"{name}: {len(workers)} background workers serve {len(segments)} segments, because only "
                   f"{len(workers)} could start ({why}); {SLOTS_HINT}")
     executor = BackgroundWorkers(workers, segments, check, idle, chosen.threads)
-    try:
-        _check_same_data(executor, tables)
-    except WorkersUnusable:
-        executor.finish(None)  # healthy workers: kept for the session's next call
-        raise
-    except BaseException:
-        executor.close()
-        raise
-    return executor
+    return _checked(executor, lambda: _check_same_data(executor, tables))
 
 
 def _identity(db) -> tuple:

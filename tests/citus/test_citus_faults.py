@@ -15,7 +15,7 @@ import pytest
 from psycopg2.extras import execute_values
 
 from madlib_dl.keras_runtime import serialization, tf_setup
-from madlib_dl.preprocess import packing
+from tests.citus import replay
 from tests.citus.conftest import DATABASE
 
 SEGMENTS = 4
@@ -172,30 +172,5 @@ def test_a_node_stopped_mid_run_fails_the_call_naming_it_and_the_call_resumes_on
         assert cur.fetchone() == (0,)  # the finished run's checkpoint is gone
 
 
-def _segments(cur, table):
-    cur.execute(f"SELECT __dist_key__, x, x_shape, label, label_shape FROM {table} ORDER BY __dist_key__, buffer_id")
-    data = {}
-    for key, x, xs, y, ys in cur.fetchall():
-        data.setdefault(key, []).append((packing.decode(bytes(x), xs, packing.FEATURE_DTYPE),
-                                         packing.decode(bytes(y), ys, packing.LABEL_DTYPE).astype(np.float32)))
-    return {k: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for k, v in data.items()}
-
-
-def _check_against_replay(cur, model, rates, hops, epochs=1):
-    """The output's weights are plain Keras's, trained from the same weights on the same hops in order."""
-    keras = tf_setup.keras()
-    segments = _segments(cur, "fault_packed")
-    replay = {}
-    for key, lr in rates.items():
-        replay[key] = keras.models.model_from_json(model.to_json())
-        replay[key].set_weights(model.get_weights())
-        replay[key].compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="categorical_crossentropy")
-    for key, segment in hops:
-        x, y = segments[segment]
-        replay[key].fit(x, y, batch_size=1, epochs=epochs, shuffle=False, verbose=0)
-    cur.execute("SELECT mst_key, model_weights FROM fault_out ORDER BY mst_key")
-    for key, blob in cur.fetchall():
-        expected = replay[key].get_weights()
-        got = serialization.deserialize_weights(bytes(blob), [w.shape for w in expected])
-        for g, e in zip(got, expected):
-            np.testing.assert_array_equal(g, e)
+def _check_against_replay(cur, model, rates, hops):
+    replay.check(cur, model, rates, hops, "fault_packed", "fault_out", batch_size=1)

@@ -12,7 +12,7 @@ from psycopg2.extras import execute_values
 
 from madlib_dl import settings
 from madlib_dl.keras_runtime import serialization, tf_setup
-from madlib_dl.preprocess import packing
+from tests.citus import replay
 from tests.citus.conftest import DATABASE
 
 SEGMENTS = 4
@@ -91,15 +91,6 @@ def _adam(lr):
     return f"loss='categorical_crossentropy', optimizer='Adam(learning_rate={lr})', metrics=['accuracy']"
 
 
-def _segments(cur):
-    cur.execute("SELECT __dist_key__, x, x_shape, label, label_shape FROM packed ORDER BY __dist_key__, buffer_id")
-    data = {}
-    for key, x, xs, y, ys in cur.fetchall():
-        data.setdefault(key, []).append((packing.decode(bytes(x), xs, packing.FEATURE_DTYPE),
-                                         packing.decode(bytes(y), ys, packing.LABEL_DTYPE).astype(np.float32)))
-    return {k: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for k, v in data.items()}
-
-
 def test_fit_multiple_and_evaluate_on_the_nodes_equal_plain_keras_on_the_same_hops(conn, citus_cluster):
     keras = tf_setup.keras()
     keras.utils.set_random_seed(0)
@@ -163,22 +154,7 @@ def test_fit_multiple_and_evaluate_on_the_nodes_equal_plain_keras_on_the_same_ho
 
 
 def _check_against_replay(cur, model, rates, hops, table="out"):
-    """The output table's weights are plain Keras's, trained from the same weights on the same hops."""
-    keras = tf_setup.keras()
-    segments = _segments(cur)
-    replay = {}
-    for key, lr in rates.items():
-        replay[key] = keras.models.model_from_json(model.to_json())
-        replay[key].set_weights(model.get_weights())
-        replay[key].compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="categorical_crossentropy")
-    for key, segment in hops:
-        x, y = segments[segment]
-        replay[key].fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-    for key, blob in _weights(cur, table).items():
-        expected = replay[key].get_weights()
-        got = serialization.deserialize_weights(blob, [w.shape for w in expected])
-        for g, e in zip(got, expected):
-            np.testing.assert_array_equal(g, e)  # bitwise: the same hops give the same floats
+    replay.check(cur, model, rates, hops, "packed", table, batch_size=8)
 
 
 def _weights(cur, table):
