@@ -11,7 +11,8 @@
   (the state, each way) per second of that overhead. Target: at least TRANSFER_LIMIT MB/s. The background
   workers' overhead on the same hops is printed beside it.
 
-Each run is a fresh session, so each starts its node sessions or workers within its timing.
+Each run is a fresh session, so each starts its node sessions or workers within its timing. The
+report ends with docs/scale-out.md's projection at the rate and per-hop latency measured here.
 """
 
 from __future__ import annotations
@@ -108,9 +109,20 @@ def bench(embedded, lib: str, say) -> dict:
         run["median_overhead"] = statistics.median(run["later_overheads"])
         say(f"citus: transfer on {placement}: a later hop's overhead {run['median_overhead']:.2f} s "
             f"for a {state / 1e6:.0f} MB state")
+    rate = 2 * state / 1e6 / transfer["nodes"]["median_overhead"]
+    latency = statistics.median(selection["nodes"]["later_overheads"])
     return {"segments": SEGMENTS, "configs": CONFIGS, "iterations": ITERATIONS, "selection": selection,
-            "transfer": transfer, "state_bytes": state,
-            "transfer_mb_per_s": 2 * state / 1e6 / transfer["nodes"]["median_overhead"]}
+            "transfer": transfer, "state_bytes": state, "transfer_mb_per_s": rate,
+            "projection": _projection(rate * 1e6, latency)}
+
+
+def _projection(link_bytes_per_second: float, hop_latency: float) -> dict:
+    """docs/scale-out.md's example with this run's rate and per-hop latency: 16 configurations of a
+    ResNet-50-sized model (307 MB of state), 10 epochs of an hour, one segment per node, W = 8."""
+    from madlib_dl.citus.scale_model import Shape, run_seconds
+
+    shape = Shape(8, 1, 16, 3600.0, int(25.6e6 * 4 * 3), link_bytes_per_second, hop_latency)
+    return {"nodes": 8, "hours": run_seconds(shape, 10) / 3600, "training_alone_hours": 16 * 10 * 3600 / 8 / 3600}
 
 
 def targets(result: dict) -> list:
@@ -138,4 +150,7 @@ def table(result: dict) -> str:
                          f"{overhead:>21.3f}")
     lines.append(f"  state transfer: {result['transfer_mb_per_s']:.0f} MB/s for a "
                  f"{result['state_bytes'] / 1e6:.0f} MB state (each way)")
+    projected = result["projection"]
+    lines.append(f"  scale-out model at this rate (docs/scale-out.md's example, W={projected['nodes']}): "
+                 f"{projected['hours']:.1f} h against {projected['training_alone_hours']:.1f} h of training alone")
     return "\n".join(lines)

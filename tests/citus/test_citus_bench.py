@@ -40,3 +40,4 @@ def test_the_citus_workload_runs_on_both_placements_and_reports_its_targets(citu
     names = [t.name for t in citus_bench.targets(result)]
     assert len(names) == 2 and all(name.startswith("citus: ") for name in names)
     assert "state transfer" in citus_bench.table(result)
+    assert result["projection"]["hours"] >= result["projection"]["training_alone_hours"] == 20.0
