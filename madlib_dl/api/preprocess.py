@@ -109,7 +109,10 @@ def _distribution(conn, distribution_rules, nodes: int = 0) -> distribution.Dist
     (as many segments on each node), madlib_dl.num_segments rounded up."""
     def all_segments() -> int:
         count = settings.read(conn, settings.NUM_SEGMENTS)
-        return -(-count // nodes) * nodes if nodes else count
+        if not nodes:
+            return count
+        rounded = -(-count // nodes) * nodes
+        return rounded if rounded <= distribution.MAX_SEGMENTS else count  # past the limit: as set
 
     return distribution.resolve(distribution_rules, all_segments, lambda: len(gpus.nvidia_gpus()))
 
@@ -300,7 +303,8 @@ def _check_subset(conn, source: Source, training: Training) -> None:
 def _validation_distribution(conn, distribution_rules, training: Training) -> distribution.Distribution:
     if distribution_rules is None:
         return training.distribution
-    dist = _distribution(conn, distribution_rules)
+    nodes = placement.worker_nodes(conn) if placement.is_distributed(conn, training.table) else 0
+    dist = _distribution(conn, distribution_rules, nodes)
     if dist.segments != training.distribution.segments:
         raise InvalidArgument(f"distribution_rules: {distribution_rules!r} means {dist.segments} segments, but "
                               f"{training.table} uses {training.distribution.segments}",

@@ -33,15 +33,16 @@ def call(header: str, blob1, blob2) -> dict:
         raise InvalidArgument("internal_node_call: header: expected a madlib_dl request as JSON")
     gd = database.session_dict()
     if "piece" in message:
-        gd.setdefault(PIECES, {}).setdefault(_index(message["piece"]), []).append(blob1 or b"")
+        _add_piece(gd, message["piece"], blob1 or b"")
         return _row({}, [])
     if "get" in message:
         return _row({}, [_reply_piece(gd, message["get"])])
+    gd.pop(REPLY, None)  # a new request: the last reply was read
     limit = message.pop("reply_limit", None)
     names = message.get("blobs", [])
     if message.pop("pieces", False):
         uploaded = gd.pop(PIECES, {})
-        blobs = [b"".join(uploaded.get(i, [])) for i in range(len(names) if isinstance(names, list) else 0)]
+        blobs = [b"".join(uploaded.get(i, ([], 0))[0]) for i in range(len(names) if isinstance(names, list) else 0)]
     else:
         blobs = [blob1, blob2][:len(names) if isinstance(names, list) else 0]
     request = requests.decode(message, blobs)
@@ -54,6 +55,17 @@ def call(header: str, blob1, blob2) -> dict:
         gd[REPLY] = values  # read back in pieces
         return _row({**reply_header, "pieces": [None if v is None else len(v) for v in values]}, [])
     return _row(reply_header, values)
+
+
+def _add_piece(gd: dict, where, data: bytes) -> None:
+    """The next piece of a blob of the coming request, which must start where the blob's pieces end."""
+    if not (isinstance(where, list) and len(where) == 2 and all(isinstance(v, int) and v >= 0 for v in where)):
+        raise InvalidArgument(f"internal_node_call: piece: expected [blob, offset], got {where!r}")
+    pieces, length = gd.setdefault(PIECES, {}).get(_index(where[0]), ([], 0))
+    if where[1] != length:
+        gd.pop(PIECES, None)
+        raise InvalidArgument(f"internal_node_call: piece: blob {where[0]} has {length} bytes, not {where[1]}")
+    gd[PIECES][where[0]] = (pieces + [data], length + len(data))
 
 
 def _index(value) -> int:

@@ -60,7 +60,9 @@ class _Node:
     def __init__(self, segments: list[int], shard: Shard, conninfo: str):
         self.segments, self.shard, self.conninfo = segments, shard, conninfo
         self.segment = segments[0]  # the one errors name until a call names its own
-        self.conn = _pooled(conninfo) or _connect(self.segment, shard, conninfo)
+        pooled = _pooled(conninfo)
+        self.reused = pooled is not None  # TensorFlow may run there already, with its threads
+        self.conn = pooled or _connect(self.segment, shard, conninfo)
         self.pid = self.conn.pgconn.backend_pid
         self.busy: tuple | None = None  # (call, submitted)
         self.sending = False  # the request is not all in the socket yet
@@ -87,8 +89,9 @@ class _Node:
 
 
 # A session's node connections, kept after a successful run for its next call (as background workers
-# are): (identity, conninfo) -> idle connections. Their node sessions end themselves after
-# madlib_dl.worker_idle_timeout (idle_session_timeout), and a connection found closed is replaced.
+# are): (identity, conninfo) -> idle connections. While kept, their node sessions end themselves after
+# madlib_dl.worker_idle_timeout (idle_session_timeout, set only then: a segment may wait longer than that
+# between its hops), and a connection found closed is replaced. A kept session keeps its TensorFlow threads.
 _POOL: dict[tuple, list] = {}
 
 
@@ -96,8 +99,8 @@ def _pooled(conninfo: str):
     key = (native.caller(), conninfo)
     while _POOL.get(key):
         conn = _POOL[key].pop()
-        try:
-            conn.execute("SELECT 1")  # a node session that ended (idle timeout, restart) fails here
+        try:  # a node session that ended (idle timeout, restart) fails here; a live one waits again
+            conn.execute("SELECT pg_catalog.set_config('idle_session_timeout', '0', false)")
             return conn
         except Exception:
             conn.close()
@@ -142,8 +145,8 @@ class CitusNodes:
         self.threads = threads
         self._call_bytes = settings.read(db, settings.NODE_CALL_MB) << 20
         placed = {kind: shards(db, t.table, self.segments) for kind, t in tables.items()}
-        conninfo = _conninfo(db, schema, idle_timeout)
-        self._keep = idle_timeout > 0
+        conninfo = _conninfo(db, schema)
+        self._idle_ms = int(idle_timeout * 1000)
         self._sessions: list[_Node] = []
         self._of: dict[int, _Node] = {}  # segment -> the session serving it
         try:
@@ -193,6 +196,8 @@ class CitusNodes:
                 node.flush()
             if native.cancel_pending():
                 self.close()  # the check below may raise past every Python handler (native.cancel_pending)
+                self._check()
+                raise SegmentFailed("canceling statement: a cancel is pending", "57014")  # if the check did not
             self._check()
 
     def set_progress(self, text: str) -> None:
@@ -200,26 +205,46 @@ class CitusNodes:
 
     def finish(self, run_id: str | None) -> None:
         """After a successful run: drop the run from every node session, and keep the connections for
-        the session's next call (their sessions keep TensorFlow loaded)."""
+        the session's next call (their sessions keep TensorFlow loaded). A session lost now is closed;
+        the run stands."""
         if run_id is not None:
             for segment in self.segments:
                 self.submit(segment_calls.release_call(segment, run_id))
-            while self.busy():
-                self.wait()
-        if not self._keep:
-            self.close()
-            return
+        kept = []
+        for node in list(self._sessions):
+            try:
+                while node.busy is not None:
+                    self._finish_one(node)
+                if self._idle_ms > 0:
+                    node.conn.execute("SELECT pg_catalog.set_config('idle_session_timeout', %s, false)",
+                                      [str(self._idle_ms)])
+                    kept.append(node)
+                    continue
+            except Exception:  # noqa: BLE001 - a session gone after the run's work: not kept, the run stands
+                pass
+            node.conn.close()
         identity = native.caller()
         forget_unless(identity)
-        for node in self._sessions:
+        for node in kept:
             _POOL.setdefault((identity, node.conninfo), []).append(node.conn)
         self._sessions, self._of = [], {}
 
+    def _finish_one(self, node: _Node) -> None:
+        """Wait for this session's calls (its release) to end."""
+        while node.busy is not None:
+            select.select([node.conn.pgconn.socket], [node.conn.pgconn.socket] if node.sending else [], [],
+                          POLL_SECONDS)
+            if node.sending:
+                node.flush()
+            self._collect_one(node)
+
     def close(self) -> None:
+        from psycopg import pq
+
         for node in self._sessions:
-            if node.busy is not None:
-                try:
-                    node.conn.cancel_safe()  # stops the node session's hop at its next interrupt check
+            if node.busy is not None and node.conn.pgconn.status == pq.ConnStatus.OK:
+                try:  # stops the node session's hop at its next interrupt check
+                    node.conn.cancel_safe(timeout=CANCEL_TIMEOUT)
                 except Exception:  # noqa: BLE001 - a node that is gone has nothing left to cancel
                     pass
             node.conn.close()
@@ -237,7 +262,7 @@ class CitusNodes:
         if sum(len(v) for v in values) <= self._call_bytes:
             node.steps = [(header, values)]
         else:
-            node.steps = [({"piece": i}, [value[offset:offset + self._call_bytes]])
+            node.steps = [({"piece": [i, offset]}, [value[offset:offset + self._call_bytes]])
                           for i, value in enumerate(values) for offset in range(0, len(value), self._call_bytes)]
             node.steps.append(({**header, "pieces": True}, []))
         node.busy = (call, time.time())
@@ -270,39 +295,46 @@ class CitusNodes:
         if isinstance(request, requests.Evaluate):
             return replace(request, table=_local_kind(request.table, segment))
         if isinstance(request, requests.Start):  # the node's CPUs shared by the run's sessions on its host
-            host = self._of[segment].shard.host
-            share = sum(1 for n in self._sessions if n.shard.host == host)
+            node = self._of[segment]
+            if node.reused:  # its TensorFlow keeps the threads it started with
+                return replace(request, threads=None, worker_session=True, host_share=None)
+            share = sum(1 for n in self._sessions if n.shard.host == node.shard.host)
             return replace(request, worker_session=True, host_share=share)
         return request
 
     def _collect(self) -> list[Completed]:
         done = []
         for node in self._sessions:
-            if node.busy is None:
-                continue
-            pgconn = node.conn.pgconn
-            try:
-                pgconn.consume_input()
-                if pgconn.is_busy():
-                    continue
-                results = []
-                while (result := pgconn.get_result()) is not None:
-                    results.append(result)
-            except Exception as error:  # psycopg.OperationalError: the node or the network went away
-                raise node.broken(error) from None
-            call, submitted = node.busy
-            header, blobs = _result(results, call.segment, node)
-            if self._more(node, header, blobs):
-                continue
-            node.busy = None
-            if node.reply is not None:  # the reply's blobs, read in pieces
-                header, blobs = node.reply[0], [bytes(b) for b in node.reply[1] if b is not None]
-            reply = requests.decode(header, blobs[:len(header.get("blobs", []))])
-            row = {**reply.row, "node": node.where}
-            done.append(Completed(call, row, submitted, time.time(), reply.weights, reply.optimizer_state))
-            if self._queues[id(node)]:
-                self._send(node, self._queues[id(node)].pop(0))
+            if node.busy is not None:
+                done += self._collect_one(node)
         return done
+
+    def _collect_one(self, node: _Node) -> list[Completed]:
+        """The session's call, if its result is in (a step of a call in pieces sends the next step)."""
+        pgconn = node.conn.pgconn
+        try:
+            pgconn.consume_input()
+            if pgconn.is_busy():
+                return []
+            results = []
+            while (result := pgconn.get_result()) is not None:
+                results.append(result)
+        except Exception as error:  # psycopg.OperationalError: the node or the network went away
+            raise node.broken(error) from None
+        call, submitted = node.busy
+        header, blobs = _result(results, call.segment, node)
+        if self._more(node, header, blobs):
+            return []
+        node.busy = None
+        if node.reply is not None:  # the reply's blobs, read in pieces
+            header, blobs = node.reply[0], [bytes(b) for b in node.reply[1] if b is not None]
+            node.reply = None
+        reply = requests.decode(header, blobs[:len(header.get("blobs", []))])
+        row = {**reply.row, "node": node.where}
+        completed = Completed(call, row, submitted, time.time(), reply.weights, reply.optimizer_state)
+        if self._queues[id(node)]:
+            self._send(node, self._queues[id(node)].pop(0))
+        return [completed]
 
     def _more(self, node: _Node, header: dict, blobs: list) -> bool:
         """Whether the call goes on: a piece sent (the next step follows), the request's reply larger than
@@ -400,18 +432,18 @@ def _local_ref(node: _Node, table, shard: Shard) -> requests.TableRef:
 # sends. A node that stops (pg_ctl stop, a crash) closes the connection at once.
 KEEPALIVES = "keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=2 tcp_user_timeout=10000"
 CONNECT_TIMEOUT = 10
+CANCEL_TIMEOUT = 5  # seconds a cancel of a node's call may take before the connection is just closed
 AUTHENTICATION = re.compile(r"password|authentication|no pg_hba\.conf entry|certificate|role .* does not exist", re.I)
 
 
-def _conninfo(db, schema: str, idle_timeout: float) -> str:
+def _conninfo(db, schema: str) -> str:
     """How to connect to a node: as the current role, to this database, with Citus's node_conninfo (a
     superuser's setting, read through internal_node_conninfo) and libpq's defaults besides (the server
-    OS user's password file and certificates). A kept node session ends after ``idle_timeout`` s."""
+    OS user's password file and certificates)."""
     row = db.execute(f"SELECT current_user AS role, current_database() AS database, "
                      f"{db.quote_ident(schema)}.internal_node_conninfo() AS extra")[0]
-    idle = f" -c idle_session_timeout={int(idle_timeout * 1000)}" if idle_timeout > 0 else ""
     parts = [f"user={_quoted(row['role'])}", f"dbname={_quoted(row['database'])}", "application_name=madlib_dl_node",
-             f"options='-c jit=off{idle}'", KEEPALIVES, f"connect_timeout={CONNECT_TIMEOUT}"]
+             "options='-c jit=off'", KEEPALIVES, f"connect_timeout={CONNECT_TIMEOUT}"]
     return " ".join(parts + ([row["extra"]] if row["extra"] else []))
 
 

@@ -181,8 +181,8 @@ def interruption(error: BaseException, spec: RunSpec, where: str, checkpoint: st
         return Cancelled(f"{spec.caller.function}: cancelled {where}: {reason}; nothing was written", hint=hint)
     if isinstance(error, executors.SegmentFailed) and error.sqlstate.startswith("08"):  # connection_exception
         hint = (f"Its checkpoint {checkpoint} stays: once the node is back, {again}." if checkpoint is not None else
-                f"No checkpoint was saved (madlib_dl.checkpoint_every, checkpoint_minutes): once the node is back, "
-                f"{spec.caller.function} starts over.")
+                f"Once the node is back, call {spec.caller.function} again with the same arguments: it resumes "
+                "from this run's last checkpoint if one was saved (madlib_dl.checkpoint_every, checkpoint_minutes).")
         return ConnectionLost(f"{spec.caller.function}: stopped {where}: {reason}; nothing was written", hint=hint)
     return None
 

@@ -103,6 +103,53 @@ def test_data_only_the_callers_transaction_sees_trains_in_its_session(conn):
         conn.autocommit = True
 
 
+def _own_node_sessions(citus_cluster, pids) -> int:
+    found = 0
+    for worker in citus_cluster.workers:
+        with worker.connect(DATABASE) as c, c.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s) AND "
+                        "application_name = 'madlib_dl_node'", [list(pids)])
+            found += cur.fetchone()[0]
+    return found
+
+
+def test_node_sessions_wait_past_the_idle_timeout_within_a_run_and_end_after_it(conn, citus_cluster):
+    """One model visits the 4 segments in turn (hops of a second or more), so each node session waits
+    longer than madlib_dl.worker_idle_timeout = 1 between its hops: it must not end then. Kept after the
+    call, the sessions end after that timeout."""
+    with conn.cursor() as cur:
+        _mst(cur, "idle_arch", "idle_mst", epochs=20, rates=(0.01,))
+        cur.execute("SET madlib_dl.worker_idle_timeout = 1")
+        cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('fault_packed', 'idle_out', 'idle_mst', 2, FALSE)")
+        cur.execute("SELECT DISTINCT worker_pid FROM madlib_dl.last_fit_hops()")
+        pids = [pid for (pid,) in cur.fetchall()]
+        cur.execute("SELECT max(extract(epoch FROM started) - previous) FROM (SELECT started, extract(epoch FROM "
+                    "lag(ended) OVER (PARTITION BY worker_pid ORDER BY started)) AS previous "
+                    "FROM madlib_dl.last_fit_hops() WHERE kind = 'train') t")
+        assert cur.fetchone()[0] > 1.0  # a session idle past the timeout within the run
+        cur.execute("RESET madlib_dl.worker_idle_timeout")
+    assert pids and _own_node_sessions(citus_cluster, pids) == len(pids)  # kept for the next call
+    deadline = time.monotonic() + 15
+    while _own_node_sessions(citus_cluster, pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _own_node_sessions(citus_cluster, pids) == 0
+
+
+def test_a_kept_node_session_serves_a_call_that_asks_for_other_threads(conn):
+    """TensorFlow's threads are set once per session: a kept session keeps its own."""
+    with conn.cursor() as cur:
+        _mst(cur, "threads_arch", "threads_mst", epochs=1, rates=(0.01,))
+        pids = []
+        for threads, output in ((1, "threads_one"), (2, "threads_two")):
+            cur.execute("SELECT set_config('madlib_dl.worker_threads', %s, false)", [str(threads)])
+            cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('fault_packed', %s, 'threads_mst', 1, "
+                        "FALSE)", [output])
+            cur.execute("SELECT array_agg(DISTINCT worker_pid ORDER BY worker_pid) FROM madlib_dl.last_fit_hops()")
+            pids.append(cur.fetchone()[0])
+        cur.execute("RESET madlib_dl.worker_threads")
+    assert pids[0] == pids[1]  # the same node sessions
+
+
 def test_a_node_stopped_mid_run_fails_the_call_naming_it_and_the_call_resumes_once_it_is_back(conn, citus_cluster):
     alice = citus_cluster.roles["alice"]
     with conn.cursor() as cur:
