@@ -90,4 +90,4 @@ def _reply_piece(gd: dict, where) -> bytes:
 
 def _row(header: dict, values: list) -> dict:
     values = list(values) + [None] * (MAX_BLOBS - len(values))
-    return {"header": json.dumps(header), "blob1": values[0], "blob2": values[1]}
+    return {"reply_header": json.dumps(header), "reply_blob1": values[0], "reply_blob2": values[1]}

@@ -163,7 +163,7 @@ class CitusNodes:
         self.pids = {s: n.pid for s, n in self._of.items()}
         self.nodes = sorted({(n.shard.host, n.shard.port) for n in self._sessions})
         self._queues: dict[int, list] = {id(n): [] for n in self._sessions}
-        self._sql = (f"SELECT header, blob1, blob2 FROM {db.quote_ident(schema)}.internal_node_call($1, $2, $3)").encode()
+        self._sql = f"SELECT {db.quote_ident(schema)}.internal_node_call($1, $2, $3)".encode()  # one record
 
     def count_calls(self, kind: str) -> list:
         """One call per segment counting its shard's buffers and examples of table ``kind``, as the
@@ -408,9 +408,22 @@ def _result(results, segment: int, node: _Node) -> tuple[dict, list]:
         raise SegmentFailed(f"segment {segment} on {node.where}: {message}", sqlstate.decode())
     if not results:
         raise node.broken("no result")
-    result = results[-1]
-    header = json.loads(bytes(result.get_value(0, 0)).decode())
-    return header, [bytes(result.get_value(0, i)) for i in (1, 2) if result.get_value(0, i) is not None]
+    header, *blobs = _record(results[-1].get_value(0, 0))
+    return json.loads(bytes(header).decode()), [bytes(b) for b in blobs if b is not None]
+
+
+def _record(value) -> list:
+    """The fields of a record in PostgreSQL's binary format (a count, then each field's type OID, length
+    (-1: NULL) and bytes), as memoryviews of ``value``."""
+    data = memoryview(value)
+    count = int.from_bytes(data[0:4], "big")
+    fields, at = [], 4
+    for _ in range(count):
+        length = int.from_bytes(data[at + 4:at + 8], "big", signed=True)
+        at += 8
+        fields.append(None if length < 0 else data[at:at + length])
+        at += max(length, 0)
+    return fields
 
 
 def _local_ref(node: _Node, table, shard: Shard) -> requests.TableRef:

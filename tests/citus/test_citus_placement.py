@@ -245,7 +245,7 @@ def test_the_node_entry_reads_only_as_its_caller(conn, citus_cluster):
         cur.execute("SELECT %s::regclass::oid", [f"public.{shard}"])
         (oid,) = cur.fetchone()
     header, _ = requests.encode(requests.CountRows(requests.TableRef("public", shard, "label", "x", oid)))
-    call = "SELECT header FROM madlib_dl.internal_node_call(%s, NULL, NULL)"
+    call = "SELECT (madlib_dl.internal_node_call(%s, NULL, NULL)).reply_header"
     with node.connect(DATABASE, user=bob) as c, c.cursor() as cur:
         with pytest.raises(psycopg2.Error) as error:
             cur.execute(call, [json.dumps(header)])
