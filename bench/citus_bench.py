@@ -11,6 +11,9 @@
   (the state, each way) per second of that overhead. Target: at least TRANSFER_LIMIT MB/s. The background
   workers' overhead on the same hops is printed beside it.
 
+* cancel: a long selection on the nodes cancelled once its first hops are done. Target: every node
+  session gone within CANCEL_LIMIT seconds of the cancel.
+
 Each run is a fresh session, so each starts its node sessions or workers within its timing. The
 report ends with docs/scale-out.md's projection at the rate and per-hop latency measured here.
 """
@@ -24,7 +27,7 @@ import report
 
 SCHEMA = "madlib_dl_bench"
 SEGMENTS, CONFIGS, ITERATIONS = 4, 4, 4
-RATIO_LIMIT, TRANSFER_LIMIT_MB = 1.25, 100.0
+RATIO_LIMIT, TRANSFER_LIMIT_MB, CANCEL_LIMIT = 1.25, 100.0, 5.0
 TRANSFER_HIDDEN = 2880  # 64 -> 2880 -> 2880 -> 10 dense: 8.5M parameters, 102 MB with Adam's two moments
 TRANSFER_ROWS, TRANSFER_ITERATIONS = 16, 3
 
@@ -94,6 +97,64 @@ def _run(coordinator, lib: str, packed: str, mst: str, iterations: int) -> dict:
             "later_overheads": [o for i, o, _ in hops if i > 1], "weights_bytes": weights}
 
 
+def _cancel(embedded, lib: str) -> dict:
+    """A long run on the nodes cancelled once its hops run: seconds until the call returns, and until its
+    node sessions are gone (the issue's bound: 5 s; the tests' is looser, for a busy machine)."""
+    import threading
+
+    import psycopg2
+
+    coordinator = embedded.coordinator
+    out = _t("out_cancelled")
+    ended = {}
+    before = _node_sessions(embedded)  # other sessions' (kept for their next call)
+    with coordinator.connect() as conn, conn.cursor() as cur:
+        for suffix in ("", "_summary", "_info", "_optimizer_state"):
+            cur.execute(f"DROP TABLE IF EXISTS {out}{suffix}")
+    with coordinator.connect() as driver:
+        pid = driver.get_backend_pid()
+
+        def run() -> None:
+            try:
+                with driver.cursor() as cur:
+                    cur.execute("SET client_min_messages = warning")
+                    cur.execute(f"SELECT {lib}.madlib_keras_fit_multiple_model(%s, %s, %s, 50, FALSE)",
+                                [_t("packed_nodes"), out, _t("mst")])
+            except psycopg2.Error as error:
+                ended["sqlstate"] = error.pgcode
+            ended["at"] = time.perf_counter()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        with coordinator.connect() as admin, admin.cursor() as cur:
+            deadline = time.perf_counter() + 120
+            while time.perf_counter() < deadline:
+                cur.execute(f"SELECT count(*) FROM {lib}.fit_progress WHERE pid = %s AND hops_done > 0", [pid])
+                if cur.fetchone()[0]:
+                    break
+                time.sleep(0.2)
+            cancelled = time.perf_counter()
+            cur.execute("SELECT pg_cancel_backend(%s)", [pid])
+            thread.join(120)
+            gone = None
+            while gone is None and time.perf_counter() < cancelled + 60:
+                if not _node_sessions(embedded) - before:
+                    gone = time.perf_counter()
+                time.sleep(0.05)
+    return {"sqlstate": ended.get("sqlstate"), "call_seconds": ended.get("at", float("nan")) - cancelled,
+            "sessions_gone_seconds": (gone or float("nan")) - cancelled}
+
+
+def _node_sessions(embedded) -> set:
+    """madlib_dl's sessions on the worker nodes now: (node, pid)."""
+    found = set()
+    for index, node in enumerate(embedded.workers):
+        with node.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'madlib_dl_node'")
+            found |= {(index, pid) for (pid,) in cur.fetchall()}
+    return found
+
+
 def bench(embedded, lib: str, say) -> dict:
     coordinator = embedded.coordinator
     with coordinator.connect() as conn, conn.cursor() as cur:
@@ -109,11 +170,14 @@ def bench(embedded, lib: str, say) -> dict:
         run["median_overhead"] = statistics.median(run["later_overheads"])
         say(f"citus: transfer on {placement}: a later hop's overhead {run['median_overhead']:.2f} s "
             f"for a {state / 1e6:.0f} MB state")
+    cancel = _cancel(embedded, lib)
+    say(f"citus: a cancel ended the call in {cancel['call_seconds']:.2f} s, the node sessions in "
+        f"{cancel['sessions_gone_seconds']:.2f} s")
     rate = 2 * state / 1e6 / transfer["nodes"]["median_overhead"]
     latency = statistics.median(selection["nodes"]["later_overheads"])
     return {"segments": SEGMENTS, "configs": CONFIGS, "iterations": ITERATIONS, "selection": selection,
             "transfer": transfer, "state_bytes": state, "transfer_mb_per_s": rate,
-            "projection": _projection(rate * 1e6, latency)}
+            "projection": _projection(rate * 1e6, latency), "cancel": cancel}
 
 
 def _projection(link_bytes_per_second: float, hop_latency: float) -> dict:
@@ -132,6 +196,10 @@ def targets(result: dict) -> list:
         report.Target("citus: selection on 2 worker nodes / background workers on one node",
                       nodes["wall_seconds"] / local["wall_seconds"], RATIO_LIMIT, "max",
                       f"{nodes['wall_seconds']:.1f} s vs {local['wall_seconds']:.1f} s, S={result['segments']}"),
+        report.Target("citus: a cancel on the coordinator, seconds until every node session is gone",
+                      result["cancel"]["sessions_gone_seconds"], CANCEL_LIMIT, "max",
+                      f"the call returned {result['cancel']['call_seconds']:.2f} s after the cancel "
+                      f"(SQLSTATE {result['cancel']['sqlstate']})"),
         report.Target("citus: state transfer to a node and back, MB/s", result["transfer_mb_per_s"], TRANSFER_LIMIT_MB,
                       "min", f"{result['state_bytes'] / 1e6:.0f} MB state; later hops' median overhead "
                       f"{moved['nodes']['median_overhead']:.2f} s on the nodes vs "

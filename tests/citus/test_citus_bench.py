@@ -14,14 +14,20 @@ from tests.citus.conftest import DATABASE  # noqa: E402
 
 
 class _Embedded:
-    """What the workload needs of the embedded Citus cluster, pointed at the test cluster."""
+    """What the workload needs of the embedded Citus cluster (its nodes' connections), pointed at the
+    test cluster."""
 
     def __init__(self, cluster):
-        self.coordinator = self
-        self._cluster = cluster
+        self.coordinator = _Node(cluster.coordinator)
+        self.workers = [_Node(worker) for worker in cluster.workers]
+
+
+class _Node:
+    def __init__(self, server):
+        self._server = server
 
     def connect(self):
-        return self._cluster.coordinator.connect(DATABASE)
+        return self._server.connect(DATABASE)
 
 
 def test_the_citus_workload_runs_on_both_placements_and_reports_its_targets(citus_cluster, monkeypatch):
@@ -38,6 +44,7 @@ def test_the_citus_workload_runs_on_both_placements_and_reports_its_targets(citu
     assert result["selection"]["nodes"]["hops"] == citus_bench.CONFIGS * citus_bench.SEGMENTS * 2
     assert result["transfer_mb_per_s"] > 0 and result["state_bytes"] > 0
     names = [t.name for t in citus_bench.targets(result)]
-    assert len(names) == 2 and all(name.startswith("citus: ") for name in names)
+    assert len(names) == 3 and all(name.startswith("citus: ") for name in names)
+    assert result["cancel"]["sqlstate"] == "57014" and 0 < result["cancel"]["sessions_gone_seconds"] < 60
     assert "state transfer" in citus_bench.table(result)
     assert result["projection"]["hours"] >= result["projection"]["training_alone_hours"] == 20.0
