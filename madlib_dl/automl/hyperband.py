@@ -50,15 +50,15 @@ def s_max(R: int, eta: int) -> int:
 
 def check(R: int, eta: int, skip_last: int) -> int:
     """The arguments' errors, in MADlib's order; returns s_max. Since R >= eta, s_max >= 1, so
-    skip_last = 0 is always accepted."""
+    skip_last = 0 is always accepted; skip_last = s_max (as MADlib allows) leaves the first round only."""
     R, eta, skip_last = _integer("R", R), _integer("eta", eta), _integer("skip_last", skip_last)
     if eta <= 1:
         raise InvalidArgument(f"{ARGUMENT}: eta must be greater than 1, got {eta}")
     if R < eta:
         raise InvalidArgument(f"{ARGUMENT}: R should not be less than eta, got R={R}, eta={eta}")
     top = s_max(R, eta)
-    if not 0 <= skip_last < top:
-        raise InvalidArgument(f"{ARGUMENT}: skip_last must be non-negative and less than s_max = {top}, "
+    if not 0 <= skip_last <= top:
+        raise InvalidArgument(f"{ARGUMENT}: skip_last must be non-negative and at most s_max = {top}, "
                               f"got {skip_last}")
     return top
 

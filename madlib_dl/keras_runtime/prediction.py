@@ -42,10 +42,13 @@ class PredType:
 
 def parse_pred_type(value) -> PredType:
     """``value`` as the SQL overloads pass it: text (which may spell a number, as MADlib reads it),
-    an integer (top k) or a float (probability threshold, even when it is integral: 1.0 is refused)."""
+    an integer (top k) or a float (probability threshold, even when it is integral: 1.0 is refused);
+    NULL is 'prob', as in MADlib."""
+    if value is None:  # MADlib's default, which it also takes NULL for
+        return PredType(PROB)
     if isinstance(value, str):
         return _from_text(value)
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, bool):
         raise _invalid(value)
     if isinstance(value, (int, np.integer)):
         return _top_k(int(value), value)

@@ -445,7 +445,18 @@ def test_bad_feature_arrays(cur, bad_tables, table, fragments):
            "22023", "independent_varname", *fragments)
 
 
-@pytest.mark.parametrize("pred_type", [0, -1, 1.0, 1.5, -0.5, "foo", "0", "1.0", "", None], ids=repr)
+def test_a_null_pred_type_is_prob_as_in_madlib(cur):
+    _byom(cur, "prob")
+    expected = _rows(cur)
+    cur.execute("DROP TABLE out")
+    _byom(cur, None)
+    assert _rows(cur) == expected and expected[1]
+    cur.execute("DROP TABLE out")
+    _predict(cur, "multi", None, False, 1)
+    assert _rows(cur)[1]
+
+
+@pytest.mark.parametrize("pred_type", [0, -1, 1.0, 1.5, -0.5, "foo", "0", "1.0", ""], ids=repr)
 def test_invalid_pred_type(cur, pred_type):
     _fails(cur, lambda: _byom(cur, pred_type), "22023", "pred_type", "expected 'prob'", "'response'",
            "integer k >= 1", "[0.0, 1.0)")

@@ -43,12 +43,14 @@ SELECT id, class_value, round(prob::numeric, 4) AS prob, rank FROM pred_above OR
 SELECT madlib_dl.madlib_keras_predict_byom('arch', 1, 'points', 'id', 'x', 'pred_text_k', '2');
 SELECT madlib_dl.madlib_keras_predict_byom('arch', 1, 'points', 'id', 'x', 'pred_text_p', '0.3');
 SELECT (SELECT count(*) FROM pred_text_k) AS top2_rows, (SELECT count(*) FROM pred_text_p) AS above_rows;
+-- NULL is 'prob', as in MADlib
+SELECT madlib_dl.madlib_keras_predict_byom('arch', 1, 'points', 'id', 'x', 'pred_null', NULL);
+SELECT count(*) AS null_rows FROM pred_null;
 
 -- errors: each names its argument, and no output table is left
 SELECT madlib_dl.madlib_keras_predict_byom('arch', 1, 'points', 'id', 'x', 'bad', 0);
 SELECT madlib_dl.madlib_keras_predict_byom('arch', 1, 'points', 'id', 'x', 'bad', 1.0);
 SELECT madlib_dl.madlib_keras_predict_byom('arch', 1, 'points', 'id', 'x', 'bad', 'foo');
-SELECT madlib_dl.madlib_keras_predict_byom('arch', 1, 'points', 'id', 'x', 'bad', NULL);
 SELECT madlib_dl.madlib_keras_predict_byom('arch', 2, 'points', 'id', 'x', 'bad');
 SELECT madlib_dl.madlib_keras_predict_byom('arch', 7, 'points', 'id', 'x', 'bad');
 SELECT madlib_dl.madlib_keras_predict_byom('arch', 1, 'points', 'id', 'x', 'bad', 'prob', FALSE, ARRAY['a', 'b']);

@@ -191,9 +191,9 @@ def test_skip_last_drops_the_last_diagonals():
     ((6, 1), "automl_params: eta must be greater than 1, got 1"),
     ((6, 0), "automl_params: eta must be greater than 1, got 0"),
     ((2, 3), "automl_params: R should not be less than eta, got R=2, eta=3"),
-    ((81, 3, -1), "automl_params: skip_last must be non-negative and less than s_max = 4, got -1"),
-    ((81, 3, 4), "automl_params: skip_last must be non-negative and less than s_max = 4, got 4"),
-    ((6, 3, 1), "automl_params: skip_last must be non-negative and less than s_max = 1, got 1"),
+    ((81, 3, -1), "automl_params: skip_last must be non-negative and at most s_max = 4, got -1"),
+    ((81, 3, 5), "automl_params: skip_last must be non-negative and at most s_max = 4, got 5"),
+    ((6, 3, 2), "automl_params: skip_last must be non-negative and at most s_max = 1, got 2"),
     ((6.0, 3), "automl_params: R must be an integer, got 6.0"),
     ((6, True), "automl_params: eta must be an integer, got True"),
     ((6, 3, "0"), "automl_params: skip_last must be an integer, got '0'"),
@@ -202,6 +202,12 @@ def test_schedule_errors(args, message):
     with pytest.raises(InvalidArgument) as e:
         hyperband.schedule(*args)
     assert str(e.value) == message
+
+
+def test_skip_last_up_to_s_max_is_accepted_as_madlib_does():
+    # skip_last = s_max leaves diagonal 0 only: the first round of the largest bracket
+    assert table(hyperband.schedule(81, 3, skip_last=4)) == {4: ([81], [1])}
+    assert table(hyperband.schedule(6, 3, skip_last=1)) == {1: ([3], [2])}
 
 
 def test_s_max_is_never_0_so_skip_last_0_is_always_accepted():
@@ -229,7 +235,8 @@ def test_hyperband_starts_every_bracket_at_once_with_keys_bracket_by_bracket():
     assert policy.more(3) == []
 
 
-@pytest.mark.parametrize("R, eta, skip_last, workers", [(27, 3, 0, 4), (81, 3, 1, 7), (6, 3, 0, 2), (16, 2, 2, 3)])
+@pytest.mark.parametrize("R, eta, skip_last, workers", [(27, 3, 0, 4), (81, 3, 1, 7), (6, 3, 0, 2), (16, 2, 2, 3),
+                                                        (27, 3, 3, 2)])
 def test_hyperband_keeps_the_lowest_losses_and_never_exceeds_R(R, eta, skip_last, workers):
     policy, run = hyperband_run(R, eta, skip_last, workers)
     rounds = {(r.s, r.i): r for r in hyperband.schedule(R, eta, skip_last)}
@@ -544,7 +551,7 @@ def test_parse_params_and_describe(method, text, canonical):
     ("hyperband", "R=six", "automl_params: R must be an integer, got 'six'"),
     ("hyperband", "R=2", "automl_params: R should not be less than eta, got R=2, eta=3"),
     ("hyperband", "eta=1", "automl_params: eta must be greater than 1, got 1"),
-    ("hyperband", "skip_last=1", "automl_params: skip_last must be non-negative and less than s_max = 1, got 1"),
+    ("hyperband", "skip_last=2", "automl_params: skip_last must be non-negative and at most s_max = 1, got 2"),
     ("hyperband", "R=1000000", "automl_params: R=1000000, eta=3, skip_last=0 makes 834008 configurations; "
                                "at most 100000 are made per call"),
     ("hyperopt", "num_configs=0", "automl_params: num_configs must be an integer >= 1, got 0"),

@@ -21,6 +21,7 @@ from madlib_dl.keras_runtime.prediction import PROB, RESPONSE, THRESHOLD, TOP_K,
     (0.0, PredType(THRESHOLD, 0.0)), (0.2, PredType(THRESHOLD, 0.2)), (0.999, PredType(THRESHOLD, 0.999)),
     ("0.2", PredType(THRESHOLD, 0.2)), (".5", PredType(THRESHOLD, 0.5)), ("0.0", PredType(THRESHOLD, 0.0)),
     ("2e-1", PredType(THRESHOLD, 0.2)), ("0.", PredType(THRESHOLD, 0.0)),
+    (None, PredType(PROB)),  # MADlib's default, for NULL too
 ])
 def test_pred_type_accepted(given, expected):
     parsed = prediction.parse_pred_type(given)
@@ -31,7 +32,7 @@ def test_pred_type_accepted(given, expected):
     (0, "got 0"), (-1, "got -1"), ("0", "got '0'"), ("-3", "got '-3'"),
     (1.0, "got 1.0"), (-0.1, "got -0.1"), (2.5, "got 2.5"), (float("nan"), "got nan"), (float("inf"), "got inf"),
     ("1.0", "got '1.0'"), ("1.5", "got '1.5'"), ("nan", "got 'nan'"), ("inf", "got 'inf'"), ("1_000", "got '1_000'"),
-    ("foo", "got 'foo'"), ("", "got ''"), ("probability", "got 'probability'"), (None, "got NULL"), (True, "got True"),
+    ("foo", "got 'foo'"), ("", "got ''"), ("probability", "got 'probability'"), (True, "got True"),
 ])
 def test_pred_type_refused_saying_what_is_accepted(given, shown):
     with pytest.raises(InvalidArgument) as error:
