@@ -67,7 +67,8 @@ class _Node:
         self.busy: tuple | None = None  # (call, submitted)
         self.sending = False  # the request is not all in the socket yet
         self.steps: list = []  # the busy call's calls still to send: (header, blobs)
-        self.reply = None      # a reply read in pieces: (header, its blobs as they fill, the piece asked for)
+        self.sent: dict = {}   # the header of the step last sent
+        self.reply = None      # a reply read in pieces: (header, its blobs as they fill)
 
     def flush(self) -> None:
         """Hand libpq's queued request to the socket, as much as it takes now (the connection is
@@ -189,11 +190,7 @@ class CitusNodes:
             done = self._collect()
             if done:
                 return done
-            waiting = [n.conn.pgconn.socket for n in self._sessions if n.busy is not None]
-            sending = [n for n in self._sessions if n.sending]
-            select.select(waiting, [n.conn.pgconn.socket for n in sending], [], POLL_SECONDS)
-            for node in sending:
-                node.flush()
+            _poll([n for n in self._sessions if n.busy is not None])
             if native.cancel_pending():
                 self.close()  # the check below may raise past every Python handler (native.cancel_pending)
                 self._check()
@@ -232,10 +229,7 @@ class CitusNodes:
     def _finish_one(self, node: _Node) -> None:
         """Wait for this session's calls (its release) to end."""
         while node.busy is not None:
-            select.select([node.conn.pgconn.socket], [node.conn.pgconn.socket] if node.sending else [], [],
-                          POLL_SECONDS)
-            if node.sending:
-                node.flush()
+            _poll([node])
             self._collect_one(node)
 
     def close(self) -> None:
@@ -273,6 +267,7 @@ class CitusNodes:
     def _step(self, node: _Node) -> None:
         """Send the call's next step."""
         header, values = node.steps.pop(0)
+        node.sent = header
         values = list(values) + [None] * (2 - len(values))
         try:
             node.conn.pgconn.send_query_params(self._sql, [json.dumps(header).encode(), values[0], values[1]],
@@ -339,20 +334,27 @@ class CitusNodes:
     def _more(self, node: _Node, header: dict, blobs: list) -> bool:
         """Whether the call goes on: a piece sent (the next step follows), the request's reply larger than
         one call (its pieces are asked for), or one of those pieces (copied into place)."""
-        if node.reply is not None and "get" in node.reply[2]:  # a piece of the reply came
-            index, offset, _ = node.reply[2].pop("get")
+        if "get" in node.sent:  # a piece of the reply came
+            index, offset, _ = node.sent["get"]
             node.reply[1][index][offset:offset + len(blobs[0])] = blobs[0]
         elif "pieces" in header:  # the reply waits on the node: read it in pieces
             sizes = header.pop("pieces")
-            node.reply = (header, [None if size is None else bytearray(size) for size in sizes], {})
+            node.reply = (header, [None if size is None else bytearray(size) for size in sizes])
             node.steps = [({"get": [i, offset, self._call_bytes]}, []) for i, size in enumerate(sizes)
                           if size is not None for offset in range(0, size, self._call_bytes)]
         if not node.steps:
             return False
-        if node.reply is not None and "get" in node.steps[0][0]:
-            node.reply[2]["get"] = node.steps[0][0]["get"]
         self._step(node)
         return True
+
+
+def _poll(busy: list[_Node]) -> None:
+    """Wait up to POLL_SECONDS for a reply on these sessions' connections, handing on what their
+    sockets take of requests still being sent."""
+    sending = [n for n in busy if n.sending]
+    select.select([n.conn.pgconn.socket for n in busy], [n.conn.pgconn.socket for n in sending], [], POLL_SECONDS)
+    for node in sending:
+        node.flush()
 
 
 def _local_kind(kind: str, segment: int) -> str:
