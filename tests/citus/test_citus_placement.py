@@ -305,8 +305,12 @@ def test_a_cancel_on_the_coordinator_ends_the_work_on_every_node(conn, citus_clu
         assert _run_sessions() == SESSIONS
         time.sleep(20)  # into the first hops
         with citus_cluster.coordinator.connect(DATABASE, user=alice) as watcher, watcher.cursor() as cur:
-            cur.execute("SELECT phase, iterations, hops_total FROM madlib_dl.fit_progress WHERE pid = %s", [pid])
-            assert cur.fetchall() == [("training", 2, SEGMENTS)]  # the run's progress, as on one server
+            progress, deadline = [], time.monotonic() + 60  # the recorder writes soon, later on a busy machine
+            while not progress and time.monotonic() < deadline:
+                cur.execute("SELECT phase, iterations, hops_total FROM madlib_dl.fit_progress WHERE pid = %s", [pid])
+                progress = cur.fetchall()
+                time.sleep(0.5)
+            assert progress == [("training", 2, SEGMENTS)]  # the run's progress, as on one server
         with citus_cluster.coordinator.connect(DATABASE) as admin, admin.cursor() as cur:
             cancelled = time.monotonic()
             cur.execute("SELECT pg_cancel_backend(%s)", [pid])
