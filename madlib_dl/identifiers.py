@@ -112,6 +112,13 @@ def parse_table_name(text: str | None, argument: str) -> TableName:
     return TableName(parts[0], parts[1]) if len(parts) == 2 else TableName(None, parts[0])
 
 
+def typed_with_suffix(text: str, suffix: str) -> str:
+    """``<name><suffix>`` as the caller typed the name (``My.T`` -> ``My.T_info``, ``"T"`` -> ``"T_info"``):
+    how MADlib records companion tables in summaries, neither case-folded nor resolved to a schema."""
+    text = text.strip()
+    return text[:-1] + suffix + '"' if text.endswith('"') else text + suffix
+
+
 def table_exists(db, table: TableName) -> bool:
     rows = db.execute("SELECT pg_catalog.to_regclass($1) IS NOT NULL AS found", [table.sql(db)], ["text"])
     return bool(rows[0]["found"])

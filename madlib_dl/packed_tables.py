@@ -77,6 +77,9 @@ class Packing:
     class_values_type: str  # SQL type of the summary's class values column
     # On Citus worker nodes (citus.placement): True, or the training table a validation table goes beside
     citus_nodes: bool | TableName = False
+    # False: the summary's num_classes is {}, as MADlib writes it for one-hot array labels packed without a
+    # num_classes argument (readers take the count from the labels' _shape, see describe)
+    record_num_classes: bool = True
 
 
 def _create_tables(conn, p: Packing) -> None:
@@ -96,7 +99,8 @@ def _create_tables(conn, p: Packing) -> None:
 
 def _summary_values(p: Packing, normalizing_const: float) -> tuple[list, list[str]]:
     values = [p.source.text, p.output.text, [p.output.dependent], [p.output.independent], [p.source.dependent.type],
-              p.plan.buffer_size, normalizing_const, [p.labels.num_classes], p.distribution.rule,
+              p.plan.buffer_size, normalizing_const, [p.labels.num_classes] if p.record_num_classes else [],
+              p.distribution.rule,
               p.distribution.segments]
     types = ["text", "text", "text[]", "text[]", "text[]", "integer", "real", "integer[]", "text", "integer"]
     return values, types
@@ -255,8 +259,12 @@ def pack(conn, p: Packing, normalizing_const: float, class_values_sql: str) -> N
 # ---------------------------------------------------------------------------------------------------
 # Reading what a packed table holds (training functions)
 
-SUMMARY_COLUMNS = ("dependent_varname", "independent_varname", "normalizing_const", "num_classes", "num_segments")
+# num_classes and num_segments are not required: MADlib's own preprocessor writes no num_segments (and older
+# versions no num_classes); both can be derived from the packed table itself.
+SUMMARY_COLUMNS = ("dependent_varname", "independent_varname", "normalizing_const")
 PREPROCESS_HINT = "pack it with training_preprocessor_dl() (or validation_preprocessor_dl() for validation data)"
+DIST_KEY = "__dist_key__"
+INTEGER_TYPES = ("smallint", "integer", "bigint")  # buffer_id: MADlib's older preprocessor wrote smallint
 
 
 @dataclass(frozen=True)
@@ -282,10 +290,18 @@ class PackedTable:
     num_segments: int
     segments: dict[int, SegmentStats] = field(default_factory=dict)  # __dist_key__ -> stats
     distributed: bool = False    # a Citus distributed table (citus.placement)
+    # False: no __dist_key__ column (MADlib's preprocessor on PostgreSQL writes none): the whole table is
+    # segment 0, as MADlib treats it on PostgreSQL
+    keyed: bool = True
 
     @property
     def images(self) -> int:
         return sum(s.images for s in self.segments.values())
+
+
+def segment_key_sql(keyed: bool) -> str:
+    """The SQL expression giving a row's segment in a packed table."""
+    return DIST_KEY if keyed else "0"
 
 
 def describe(conn, text: str | None, argument: str) -> PackedTable:
@@ -298,18 +314,36 @@ def describe(conn, text: str | None, argument: str) -> PackedTable:
     catalog.require_select(conn, summary, argument, text, companion=True)
     row = _summary_row(conn, summary, argument, text)
     dependent, independent = row["dependent_varname"][0], row["independent_varname"][0]
-    _check_packed_columns(conn, table, text, argument, dependent, independent)
-    segments = _segment_stats(conn, table, dependent, independent)
+    keyed = _check_packed_columns(conn, table, text, argument, dependent, independent)
+    segments = _segment_stats(conn, table, dependent, independent, keyed)
     if not segments:
         raise InvalidArgument(f"{argument}: packed table {text!r} is empty")
     class_column = f"{dependent}_class_values"
     class_values = row.get(class_column)
+    num_segments = row.get("num_segments")
     return PackedTable(
         table=table, summary=summary, text=text, dependent=dependent, independent=independent,
         class_values_column=class_column, class_values=tuple(class_values) if class_values is not None else None,
-        num_classes=int(row["num_classes"][0]), normalizing_const=float(row["normalizing_const"]),
+        num_classes=num_classes(conn, table, row, dependent, text, argument),
+        normalizing_const=float(row["normalizing_const"]),
         feature_shape=_feature_shape(conn, table, independent, text, argument),
-        num_segments=int(row["num_segments"]), segments=segments, distributed=placement.is_distributed(conn, table))
+        num_segments=int(num_segments) if num_segments is not None else len(segments), segments=segments,
+        distributed=placement.is_distributed(conn, table), keyed=keyed)
+
+
+def num_classes(conn, table: TableName, row: dict, dependent: str, text: str, argument: str) -> int:
+    """The summary's num_classes, or, where it records none (MADlib writes {} for one-hot array labels
+    packed without a num_classes argument), the width of the packed one-hot labels."""
+    recorded = row.get("num_classes")
+    if recorded and recorded[0] is not None:
+        return int(recorded[0])
+    column = conn.quote_ident(dependent + "_shape")
+    rows = conn.execute(f"SELECT DISTINCT {column}[2] AS width FROM {table.sql(conn)}")
+    widths = sorted(r["width"] for r in rows if r["width"] is not None)
+    if len(widths) != 1:
+        raise InvalidArgument(f"{argument}: the summary of {text!r} gives no num_classes and its label buffers "
+                              f"have {'no' if not widths else 'different'} class counts {widths}; {PREPROCESS_HINT}")
+    return int(widths[0])
 
 
 def _summary_row(conn, summary: TableName, argument: str, text: str) -> dict:
@@ -323,28 +357,34 @@ def _summary_row(conn, summary: TableName, argument: str, text: str) -> dict:
         raise InvalidArgument(f"{argument}: summary {summary} of {text!r} must have exactly one row, has {len(rows)}")
     row = rows[0]
     for name in ("dependent_varname", "independent_varname", "num_classes"):
+        if name == "num_classes" and not row.get(name):  # absent or {}: derived (num_classes())
+            continue
         if not row[name] or len(row[name]) != 1:
             raise NotSupported(f"{argument}: {text!r} was packed with {row[name]!r} as {name}; one column is "
                                "supported (models with several inputs or outputs are not supported yet)")
     return row
 
 
-def _check_packed_columns(conn, table: TableName, text: str, argument: str, dependent: str, independent: str):
+def _check_packed_columns(conn, table: TableName, text: str, argument: str, dependent: str, independent: str) -> bool:
+    """Whether the table has a __dist_key__ column (its segments); the other columns must be there."""
     present = catalog.columns(conn, table)
-    wanted = {"__dist_key__": "integer", "buffer_id": "integer", dependent: "bytea", independent: "bytea",
-              f"{dependent}_shape": "integer[]", f"{independent}_shape": "integer[]"}
-    for name, sql_type in wanted.items():
+    wanted = {DIST_KEY: ("integer",), "buffer_id": INTEGER_TYPES, dependent: ("bytea",), independent: ("bytea",),
+              f"{dependent}_shape": ("integer[]",), f"{independent}_shape": ("integer[]",)}
+    for name, sql_types in wanted.items():
         column = present.get(name)
-        if column is None or column.type != sql_type:
+        if column is None and name == DIST_KEY:
+            continue
+        if column is None or column.type not in sql_types:
             found = "is missing" if column is None else f"is {column.type}"
-            raise InvalidArgument(f"{argument}: column {name!r} of {text!r} {found}, expected {sql_type}; "
+            raise InvalidArgument(f"{argument}: column {name!r} of {text!r} {found}, expected {sql_types[0]}; "
                                   f"{PREPROCESS_HINT}")
+    return DIST_KEY in present
 
 
-def _segment_stats(conn, table: TableName, dependent: str, independent: str) -> dict:
+def _segment_stats(conn, table: TableName, dependent: str, independent: str, keyed: bool = True) -> dict:
     q = conn.quote_ident
     rows = conn.execute(
-        f"SELECT __dist_key__ AS segment, count(*) AS buffers, sum({q(independent + '_shape')}[1]) AS images, "
+        f"SELECT {segment_key_sql(keyed)} AS segment, count(*) AS buffers, sum({q(independent + '_shape')}[1]) AS images, "
         f"sum(octet_length({q(independent)}))::bigint AS x_bytes, sum(octet_length({q(dependent)}))::bigint AS y_bytes "
         f"FROM {table.sql(conn)} GROUP BY 1 ORDER BY 1")
     # labels are int16 in the table and float32 once decoded for Keras

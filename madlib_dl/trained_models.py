@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from madlib_dl import catalog, identifiers
 from madlib_dl.errors import InvalidArgument, ObjectMissing
 from madlib_dl.identifiers import TableName
+from madlib_dl.segment.requests import ObjectTable
 
 SUMMARY_COLUMNS = ("dependent_varname", "independent_varname", "normalizing_const")
 
@@ -37,6 +38,8 @@ class TrainedModel:
     class_values_column: str     # <dependent_varname>_class_values
     class_values: tuple | None   # None when the labels were packed as one-hot arrays
     normalizing_const: float
+    object_table_text: str | None = None  # the summary's object_table: where its custom functions are
+    object_table: ObjectTable | None = None  # that table, resolved and checked (only for evaluating)
 
     @property
     def described(self) -> str:
@@ -74,7 +77,8 @@ def load(db, model_table: str | None, mst_key: int | None, argument: str = "mode
         loss_type=config.get("loss_type"), dependent_varname=dependent,
         independent_varname=_first(summary["independent_varname"]), class_values_column=class_column,
         class_values=tuple(class_values) if class_values is not None else None,
-        normalizing_const=float(summary["normalizing_const"] if summary["normalizing_const"] is not None else 1.0))
+        normalizing_const=float(summary["normalizing_const"] if summary["normalizing_const"] is not None else 1.0),
+        object_table_text=summary.get("object_table"))
 
 
 def _companion(db, table: TableName, suffix: str, text: str, argument: str) -> TableName:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import uuid
 
-from madlib_dl import catalog, db, identifiers, packed_tables, settings
+from madlib_dl import catalog, custom_functions, db, identifiers, packed_tables, settings
 from madlib_dl.api import fit_multiple, model_selection
 from madlib_dl.api import help as help_topics
 from madlib_dl.automl import hyperband, methods
@@ -34,41 +34,43 @@ def automl(source_table, model_output_table, model_arch_table, model_selection_t
     conn = db.current()
     method = methods.method_name(automl_method)
     values = methods.parse_params(method, automl_params)
-    model_selection.no_object_table(object_table)
+    objects = custom_functions.named(conn, object_table)
     source = packed_tables.describe(conn, source_table, "source_table")
     validation = fit_multiple.validation_argument(conn, validation_table, source)
     arch = model_selection.arch_table_argument(conn, model_arch_table)
     ids = configs.model_ids(model_id_list)
     space = grid.SearchSpace(ids, grid.parse_compile_grid(compile_params_grid), grid.parse_fit_grid(fit_params_grid))
-    model_selection.check_model_ids(conn, arch, ids)
-    model_selection.check_optimizer_arguments(grid.check_space(space))
-    archs = {i: fit_multiple.architecture(conn, arch.name, i, "model_id_list", source) for i in ids}
-    out = fit_multiple.output_tables(conn, model_output_table)
-    mst = _new_selection_table(conn, model_selection_table, arch)
-    reserved = outputs.reserve(conn, (out.model, out.summary, out.info, stored_state.side_table(out.model),
-                                      mst.table, mst.summary))
-    max_iterations, max_models = budget(method, values)
-    frequency = _frequency(metrics_compute_frequency, max_iterations)
-    segments = len(source.segments)
+    with custom_functions.in_scope(conn, objects):  # the search space may name the object table's functions
+        model_selection.check_model_ids(conn, arch, ids)
+        model_selection.check_optimizer_arguments(grid.check_space(space))
+        archs = {i: fit_multiple.architecture(conn, arch.name, i, "model_id_list", source) for i in ids}
+        out = fit_multiple.output_tables(conn, model_output_table)
+        mst = _new_selection_table(conn, model_selection_table, arch)
+        reserved = outputs.reserve(conn, (out.model, out.summary, out.info, stored_state.side_table(out.model),
+                                          mst.table, mst.summary))
+        max_iterations, max_models = budget(method, values)
+        frequency = _frequency(metrics_compute_frequency, max_iterations)
+        segments = len(source.segments)
 
-    def make_policy(seed: int):  # its arguments are checked above (methods.parse_params)
-        return methods.make_policy(method, values, space, segments, seed)
+        def make_policy(seed: int):  # its arguments are checked above (methods.parse_params)
+            return methods.make_policy(method, values, space, segments, seed)
 
-    identity = {"method": method, "automl_params": methods.describe(values), "model_id_list": list(ids),
-                "compile_params_grid": compile_params_grid, "fit_params_grid": fit_params_grid,
-                "random_state": random_state}
-    stand_ins = tuple(ModelConfig(0, i, model_arch, "", "", weights) for i, (model_arch, weights) in archs.items())
-    spec = RunSpec(uuid.uuid4().hex, catalog.extension_schema(conn), source, validation, stand_ins, max_iterations,
-                   frequency, bool(use_caching), bool(use_gpus), settings.read(conn, settings.FIT_SEED),
-                   caller=AUTOML, output_table=out.model)
-    result = automl_driver.train(conn, automl_driver.AutomlRun(spec, archs, method, make_policy, random_state,
-                                                               max_models, identity))
-    outputs.release(conn, reserved)
-    _write(conn, out, mst, arch, spec, result, method, values, random_state, use_gpus, {
-        "source_table": source_table, "validation_table": validation_table if validation else None,
-        "model_output_table": model_output_table, "model_arch_table": arch.name.typed_sql(conn),
-        "model_selection_table": model_selection_table, "warm_start": False, "name": name,
-        "description": description})
+        identity = {"method": method, "automl_params": methods.describe(values), "model_id_list": list(ids),
+                    "compile_params_grid": compile_params_grid, "fit_params_grid": fit_params_grid,
+                    "random_state": random_state}
+        stand_ins = tuple(ModelConfig(0, i, model_arch, "", "", weights, object_table=objects)
+                          for i, (model_arch, weights) in archs.items())
+        spec = RunSpec(uuid.uuid4().hex, catalog.extension_schema(conn), source, validation, stand_ins, max_iterations,
+                       frequency, bool(use_caching), bool(use_gpus), settings.read(conn, settings.FIT_SEED),
+                       caller=AUTOML, output_table=out.model)
+        result = automl_driver.train(conn, automl_driver.AutomlRun(spec, archs, method, make_policy, random_state,
+                                                                   max_models, identity))
+        outputs.release(conn, reserved)
+        _write(conn, out, mst, arch, spec, result, method, values, random_state, use_gpus, {
+            "source_table": source_table, "validation_table": validation_table if validation else None,
+            "model_output_table": model_output_table, "model_arch_table": arch.name.typed_sql(conn),
+            "model_selection_table": model_selection_table, "warm_start": False, "name": name,
+            "description": description, "object_table": custom_functions.table_text(conn, objects)})
 
 
 def budget(method: str, values) -> tuple[int, int]:
@@ -123,13 +125,25 @@ def _write(conn, out, mst, arch, spec: RunSpec, result: automl_driver.AutomlResu
     best = best_model(run.models, spec.validation is not None)
     outputs.write(conn, out, final, run, request,
                   outputs.Extra(columns, info_values, summary, result.metrics_iters))
-    model_selection.create_selection_table(conn, mst, arch)
+    model_selection.create_selection_table(conn, mst, arch, request["object_table"])
     config = run.models[best].config
     chosen = Config(config.model_id, configs.compile_param(config.compile_params, "compile_params"),
                     configs.fit_param(config.fit_params, "fit_params"))
-    model_selection.insert_configs(conn, mst.table, [chosen])
-    conn.notice(f"madlib_keras_automl: {method} trained {len(trials)} configurations; the best is mst_key {best} "
-                f"({config.compile_params}; {config.fit_params}), written to {mst.given}")
+    _insert_best(conn, mst.table, best, chosen)
+    notes = model_selection.translations(m.config.compile_params for _, m in sorted(run.models.items()))
+    conn.notice("; ".join([f"madlib_keras_automl: {method} trained {len(trials)} configurations; the best is mst_key "
+                           f"{best} ({config.compile_params}; {config.fit_params}), written to {mst.given}", *notes]))
+
+
+def _insert_best(conn, table, mst_key: int, chosen: Config) -> None:
+    """The best configuration under its own mst_key, as MADlib keeps it: the key names the same model in
+    the output table, _info and the selection table (a renumbered row would join another model's row)."""
+    conn.execute(f"INSERT INTO {table.sql(conn)} (mst_key, model_id, compile_params, fit_params) "
+                 "VALUES ($1, $2, $3, $4)", [mst_key, chosen.model_id, chosen.compile_params.text,
+                                             chosen.fit_params.text], ["integer", "integer", "varchar", "varchar"])
+    # rows appended later (generate_model_configs) take keys after it
+    conn.execute("SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence($1, 'mst_key'), $2)",
+                 [table.sql(conn), mst_key], ["text", "bigint"])
 
 
 def best_model(models: dict, by_validation: bool) -> int:

@@ -10,10 +10,11 @@ normalizing_const), the output name. The evaluation runs on the test table's seg
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import numpy as np
 
-from madlib_dl import catalog, db, identifiers, packed_tables, trained_models
+from madlib_dl import catalog, custom_functions, db, identifiers, packed_tables, trained_models
 from madlib_dl.api import help as help_topics
 from madlib_dl.api.fit_multiple import show_value
 from madlib_dl.errors import InvalidArgument
@@ -33,7 +34,9 @@ PACK_HINT = ("pack the test data with validation_preprocessor_dl(..., training_p
 def evaluate(model_table, test_table, output_table, use_gpus, mst_key) -> None:
     conn = db.current()
     model = trained_models.load(conn, model_table, mst_key)
-    compiled = params.parse_compile_params(model.compile_params, f"model_table: compile_params of {model.described}")
+    where = f"model_table: compile_params of {model.described}"
+    model = replace(model, object_table=custom_functions.from_stored(conn, model.object_table_text, where))
+    compiled = params.parse_compile_params(model.compile_params, where, custom_functions.available(conn, model.object_table))
     test = packed_tables.describe(conn, test_table, "test_table")
     check_fits(model, test)
     builder.check_size(conn, model.model_arch, f"model_table: the architecture of {model.described}")

@@ -16,11 +16,12 @@ hop, one segment at a time, with a NOTICE (driver.plan_memory).
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
-from madlib_dl import catalog, db, identifiers, packed_tables, settings
+from madlib_dl import catalog, custom_functions, db, identifiers, packed_tables, settings
 from madlib_dl.api import fit_multiple
 from madlib_dl.api import help as help_topics
-from madlib_dl.errors import InvalidArgument, NotSupported
+from madlib_dl.errors import InvalidArgument
 from madlib_dl.identifiers import TableName
 from madlib_dl.keras_runtime import params
 from madlib_dl.packed_tables import PackedTable
@@ -36,36 +37,35 @@ MST_KEY = 1  # the one model's key in the run: seeds and schedule match fit_mult
 def fit(source_table, model, model_arch_table, model_id, compile_params, fit_params, num_iterations, use_gpus,
         validation_table, metrics_compute_frequency, warm_start, name, description, object_table) -> None:
     conn = db.current()
-    if object_table is not None:
-        raise NotSupported(f"object_table: custom functions are not supported yet, got {object_table!r}",
-                           hint="Pass NULL and use Keras' built-in losses and metrics.")
-    params.parse_compile_params(compile_params, "compile_params")
-    params.parse_fit_params(fit_params, "fit_params")
-    iterations = fit_multiple.num_iterations_argument(num_iterations)
-    frequency = fit_multiple.frequency_argument(metrics_compute_frequency, iterations)
-    warm_start = bool(warm_start)
-    source = packed_tables.describe(conn, source_table, "source_table")
-    validation = fit_multiple.validation_argument(conn, validation_table, source)
-    config = _model(conn, model_arch_table, model_id, compile_params, fit_params, source)
-    out = _outputs(conn, model, warm_start)
-    offset = 0
-    if warm_start:
-        config, offset = _warm_start(conn, out, config)
-    schema = catalog.extension_schema(conn)
-    table = ModelTable(out.model, schema, keyed=False)
-    reserved = [] if warm_start else table.create_reserved(conn, outputs.reserve(
-        conn, (out.model, out.summary, stored_state.side_table(out.model))))
-    spec = RunSpec(uuid.uuid4().hex, schema, source, validation, (config,), iterations,
-                   frequency, None, bool(use_gpus), settings.read(conn, settings.FIT_SEED), caller=FIT,
-                   iteration_offset=offset, output_table=out.model)
-    result = driver.train(conn, spec, None if warm_start else table.writer(conn))
-    if warm_start:
-        fit_outputs.drop(conn, out)
-        table.create(conn)
-    request = FitRequest(source_table, model, model_arch_table, model_id, validation_table if validation else None,
-                         name, description)
-    outputs.release(conn, reserved)
-    fit_outputs.write(conn, out, spec, result, request, models=table)
+    objects = custom_functions.named(conn, object_table)
+    with custom_functions.in_scope(conn, objects):  # compile_params may name its functions
+        params.parse_compile_params(compile_params, "compile_params")
+        params.parse_fit_params(fit_params, "fit_params")
+        iterations = fit_multiple.num_iterations_argument(num_iterations)
+        frequency = fit_multiple.frequency_argument(metrics_compute_frequency, iterations)
+        warm_start = bool(warm_start)
+        source = packed_tables.describe(conn, source_table, "source_table")
+        validation = fit_multiple.validation_argument(conn, validation_table, source)
+        config = replace(_model(conn, model_arch_table, model_id, compile_params, fit_params, source), object_table=objects)
+        out = _outputs(conn, model, warm_start)
+        offset = 0
+        if warm_start:
+            config, offset = _warm_start(conn, out, config)
+        schema = catalog.extension_schema(conn)
+        table = ModelTable(out.model, schema, keyed=False)
+        reserved = [] if warm_start else table.create_reserved(conn, outputs.reserve(
+            conn, (out.model, out.summary, stored_state.side_table(out.model))))
+        spec = RunSpec(uuid.uuid4().hex, schema, source, validation, (config,), iterations,
+                       frequency, None, bool(use_gpus), settings.read(conn, settings.FIT_SEED), caller=FIT,
+                       iteration_offset=offset, output_table=out.model)
+        result = driver.train(conn, spec, None if warm_start else table.writer(conn))
+        if warm_start:
+            fit_outputs.drop(conn, out)
+            table.create(conn)
+        request = FitRequest(source_table, model, model_arch_table, model_id, validation_table if validation else None,
+                             name, description, custom_functions.table_text(conn, objects))
+        outputs.release(conn, reserved)
+        fit_outputs.write(conn, out, spec, result, request, models=table)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -110,8 +110,7 @@ def _warm_start(conn, out: FitOutputTables, config: ModelConfig) -> tuple[ModelC
     row = rows[0]
     same = row["model_arch"] == config.model_arch and earlier.get("compile_params") == config.compile_params
     optimizer = stored_state.read(conn, out.model, stored_state.SINGLE_KEY, row["optimizer_state"]) if same else None
-    continued = ModelConfig(config.mst_key, config.model_id, config.model_arch, config.compile_params,
-                            config.fit_params, bytes(row["model_weights"]), optimizer)
+    continued = replace(config, weights=bytes(row["model_weights"]), optimizer_state=optimizer)
     return continued, int(earlier.get("total_iterations") or 0)
 
 
@@ -145,7 +144,7 @@ USAGE = """madlib_keras_fit(
     warm_start                BOOLEAN DEFAULT NULL,   -- TRUE continues from the existing <model> and its state
     name                      VARCHAR DEFAULT NULL,   -- free text for the summary
     description               VARCHAR DEFAULT NULL,
-    object_table              VARCHAR DEFAULT NULL    -- custom functions: not supported yet, must be NULL
+    object_table              VARCHAR DEFAULT NULL    -- table of custom losses/metrics (load_custom_function)
 ) RETURNS VOID
 
 How it trains: one hop per segment per iteration, in an order drawn for each iteration from

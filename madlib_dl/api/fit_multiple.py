@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from dataclasses import replace
 
-from madlib_dl import catalog, db, identifiers, packed_tables, settings
+from madlib_dl import catalog, custom_functions, db, identifiers, packed_tables, settings
 from madlib_dl.api import help as help_topics
-from madlib_dl.errors import InvalidArgument, NotSupported, ObjectExists, ObjectMissing
+from madlib_dl.errors import InvalidArgument, ObjectExists, ObjectMissing
 from madlib_dl.identifiers import TableName
+from madlib_dl.segment.requests import ObjectTable
 from madlib_dl.keras_runtime import arch_info, builder, params
 from madlib_dl.packed_tables import PackedTable
 from madlib_dl.training import driver, outputs, stored_state
@@ -38,27 +40,28 @@ def fit_multiple_model(source_table, model_output_table, model_selection_table, 
     warm_start = bool(warm_start)
     source = packed_tables.describe(conn, source_table, "source_table")
     validation = validation_argument(conn, validation_table, source)
-    mst, arch_table = _mst_tables(conn, model_selection_table)
+    mst, arch_table, objects = _mst_tables(conn, model_selection_table)
     out = output_tables(conn, model_output_table, warm_start)
-    models = _models(conn, mst, arch_table, source)
-    if warm_start:
-        models = _warm_start(conn, out, models)
-    schema = catalog.extension_schema(conn)
-    table = ModelTable(out.model, schema, keyed=True)
-    reserved = [] if warm_start else table.create_reserved(conn, outputs.reserve(
-        conn, (out.model, out.summary, out.info, stored_state.side_table(out.model))))
-    spec = RunSpec(uuid.uuid4().hex, schema, source, validation, tuple(models), iterations, frequency,
-                   bool(use_caching), bool(use_gpus), settings.read(conn, settings.FIT_SEED), output_table=out.model)
-    result = driver.train(conn, spec, None if warm_start else table.writer(conn))
-    if warm_start:
-        outputs.drop(conn, out)
-        table.create(conn)
-    request = {"source_table": source_table, "validation_table": validation_table if validation else None,
-               "model_output_table": model_output_table, "model_arch_table": arch_table.typed_sql(conn),
-               "model_selection_table": model_selection_table, "warm_start": warm_start, "name": name,
-               "description": description}
-    outputs.release(conn, reserved)
-    outputs.write(conn, out, spec, result, request, models=table)
+    with custom_functions.in_scope(conn, objects):  # the mst table's compile_params may name its functions
+        models = [replace(m, object_table=objects) for m in _models(conn, mst, arch_table, source)]
+        if warm_start:
+            models = _warm_start(conn, out, models)
+        schema = catalog.extension_schema(conn)
+        table = ModelTable(out.model, schema, keyed=True)
+        reserved = [] if warm_start else table.create_reserved(conn, outputs.reserve(
+            conn, (out.model, out.summary, out.info, stored_state.side_table(out.model))))
+        spec = RunSpec(uuid.uuid4().hex, schema, source, validation, tuple(models), iterations, frequency,
+                       bool(use_caching), bool(use_gpus), settings.read(conn, settings.FIT_SEED), output_table=out.model)
+        result = driver.train(conn, spec, None if warm_start else table.writer(conn))
+        if warm_start:
+            outputs.drop(conn, out)
+            table.create(conn)
+        request = {"source_table": source_table, "validation_table": validation_table if validation else None,
+                   "model_output_table": model_output_table, "model_arch_table": arch_table.typed_sql(conn),
+                   "model_selection_table": model_selection_table, "warm_start": warm_start, "name": name,
+                   "description": description, "object_table": custom_functions.table_text(conn, objects)}
+        outputs.release(conn, reserved)
+        outputs.write(conn, out, spec, result, request, models=table)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -105,7 +108,7 @@ def show_value(value) -> str:
     return "NULL" if value is None else str(list(value) if isinstance(value, tuple) else value)
 
 
-def _mst_tables(conn, text) -> tuple[TableName, TableName]:
+def _mst_tables(conn, text) -> tuple[TableName, TableName, ObjectTable | None]:
     argument = "model_selection_table"
     mst = catalog.input_table(conn, text, argument)
     present = catalog.columns(conn, mst)
@@ -120,9 +123,7 @@ def _mst_tables(conn, text) -> tuple[TableName, TableName]:
     rows = conn.execute(f"SELECT * FROM {summary.sql(conn)}")
     if len(rows) != 1 or "model_arch_table" not in rows[0]:
         raise InvalidArgument(f"{argument}: summary {summary} must have one row with model_arch_table; {CONFIG_HINT}")
-    if rows[0].get("object_table") is not None:
-        raise NotSupported(f"{argument}: {summary} names object_table {rows[0]['object_table']!r}; custom functions "
-                           "are not supported yet")
+    objects = custom_functions.from_stored(conn, rows[0].get("object_table"), f"{argument} (object_table in {summary})")
     arch_text = rows[0]["model_arch_table"]
     arch = identifiers.named_table(conn, arch_text, f"{argument} (model_arch_table in {summary})")
     if arch.oid is None:
@@ -131,7 +132,7 @@ def _mst_tables(conn, text) -> tuple[TableName, TableName]:
     if missing:
         raise InvalidArgument(f"{argument}: its summary names {arch_text!r} as model architecture table, but that "
                               f"table has no column {', '.join(missing)} (make one with load_keras_model())")
-    return mst, arch
+    return mst, arch, objects
 
 
 def missing_arch_columns(conn, arch: TableName) -> list[str]:

@@ -10,13 +10,14 @@ Every argument is checked before anything is written, so a refused call leaves n
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from madlib_dl import catalog, db, identifiers
 from madlib_dl.api.help import answer
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.identifiers import TableName
-from madlib_dl.keras_runtime import arch_info, builder, serialization
+from madlib_dl.keras_runtime import arch_info, builder, keras2, serialization
 
 TABLE_ARGUMENT = "keras_model_arch_table"
 
@@ -38,6 +39,12 @@ def load_keras_model(keras_model_arch_table: str | None, model_arch: str | None,
     conn = db.current()
     table = identifiers.named_table(conn, keras_model_arch_table, TABLE_ARGUMENT)
     _check_arch_readable(model_arch)  # pure JSON checks first: no TensorFlow import for a malformed JSON
+    # A Keras 2 JSON (tf.keras 2.x model.to_json(), as MADlib's users have them) is stored translated to
+    # Keras 3's form: the table then holds what is built and trained, and a Keras 3 client reads it back
+    # with model_from_json. Readers translate too (keras2), for rows copied in from a MADlib table.
+    translation = keras2.translate(model_arch)
+    if translation.translated:
+        model_arch = json.dumps(translation.model)
     existing_columns = _existing_columns(conn, table, keras_model_arch_table)
     builder.check_size(conn, model_arch, "model_arch")  # from the JSON, before Keras allocates anything
     _check_buildable(model_arch, None if model_weights is None else bytes(model_weights))
@@ -45,6 +52,9 @@ def load_keras_model(keras_model_arch_table: str | None, model_arch: str | None,
         conn.execute(CREATE_SQL.format(table=table.sql(conn)))
         existing_columns = set(REQUIRED_COLUMNS) | {INTERNAL_ID_COLUMN}
     model_id = _insert(conn, table, existing_columns, model_arch, model_weights, name, description)
+    if translation.translated:
+        conn.notice(f"load_keras_model: model_arch: {translation.summary()}; model id {model_id} holds the "
+                    "translation")
     conn.notice(f"load_keras_model: added model id {model_id} to table {table.typed_sql(conn)}")
 
 

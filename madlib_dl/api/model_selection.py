@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from madlib_dl import catalog, db, identifiers
+from madlib_dl import catalog, custom_functions, db, identifiers
 from madlib_dl.api import help as help_topics
-from madlib_dl.errors import InvalidArgument, NotSupported, ObjectExists, ObjectMissing
+from madlib_dl.errors import InvalidArgument, ObjectExists, ObjectMissing
 from madlib_dl.identifiers import TableName
 from madlib_dl.model_selection import configs, grid
 from madlib_dl.model_selection.configs import Config, OptimizerUse
+from madlib_dl.segment.requests import ObjectTable
 
 MST_COLUMNS = ("mst_key", "model_id", "compile_params", "fit_params")
 SUMMARY_COLUMNS = ("model_arch_table", "object_table")
@@ -48,17 +49,18 @@ def load_model_selection_table(model_arch_table, model_selection_table, model_id
                                fit_params_list, object_table) -> None:
     conn = db.current()
     arch = arch_table_argument(conn, model_arch_table)
-    target = selection_target(conn, model_selection_table, arch)
+    objects = custom_functions.named(conn, object_table)
+    target = selection_target(conn, model_selection_table, arch, objects)
     ids = configs.model_ids(model_id_list)
-    compiles = configs.param_list(compile_params_list, "compile_params_list", configs.compile_param)
-    fits = configs.param_list(fit_params_list, "fit_params_list", configs.fit_param)
-    no_object_table(object_table)
-    check_model_ids(conn, arch, ids)
-    check_optimizer_arguments(configs.optimizer_uses(compiles))
-    made = configs.product(ids, compiles, fits)
-    combinations = len(model_id_list) * len(compile_params_list) * len(fit_params_list)
-    notes = _merged_note(combinations, len(made), "the arguments")
-    _save(conn, "load_model_selection_table", target, arch, made, notes)
+    with custom_functions.in_scope(conn, objects):  # its compile strings may name the object table's functions
+        compiles = configs.param_list(compile_params_list, "compile_params_list", configs.compile_param)
+        fits = configs.param_list(fit_params_list, "fit_params_list", configs.fit_param)
+        check_model_ids(conn, arch, ids)
+        check_optimizer_arguments(configs.optimizer_uses(compiles))
+        made = configs.product(ids, compiles, fits)
+        combinations = len(model_id_list) * len(compile_params_list) * len(fit_params_list)
+        notes = _merged_note(combinations, len(made), "the arguments")
+        _save(conn, "load_model_selection_table", target, arch, made, notes, objects)
 
 
 @db.sql_function
@@ -66,22 +68,23 @@ def generate_model_configs(model_arch_table, model_selection_table, model_id_lis
                            fit_params_grid, search_type, num_configs, random_state, object_table) -> None:
     conn = db.current()
     arch = arch_table_argument(conn, model_arch_table)
-    target = selection_target(conn, model_selection_table, arch)
+    objects = custom_functions.named(conn, object_table)
+    target = selection_target(conn, model_selection_table, arch, objects)
     ids = configs.model_ids(model_id_list)
     space = grid.SearchSpace(ids, grid.parse_compile_grid(compile_params_grid), grid.parse_fit_grid(fit_params_grid))
     kind = grid.search_type(search_type)
     grid.check_search(space, kind, num_configs, random_state)
-    no_object_table(object_table)
     check_model_ids(conn, arch, ids)
-    check_optimizer_arguments(grid.check_space(space))
-    if kind == "grid":
-        made = grid.grid_configs(space)
-        notes = _merged_note(space.grid_size(), len(made), "the grid")
-    else:
-        made = grid.random_configs(space, num_configs, grid.generator(random_state))
-        notes = [] if len(made) == num_configs else [
-            f"the search space gave only {len(made)} distinct configurations of the {num_configs} asked for"]
-    _save(conn, "generate_model_configs", target, arch, made, notes)
+    with custom_functions.in_scope(conn, objects):  # the grid's losses and metrics may name its functions
+        check_optimizer_arguments(grid.check_space(space))
+        if kind == "grid":
+            made = grid.grid_configs(space)
+            notes = _merged_note(space.grid_size(), len(made), "the grid")
+        else:
+            made = grid.random_configs(space, num_configs, grid.generator(random_state))
+            notes = [] if len(made) == num_configs else [
+                f"the search space gave only {len(made)} distinct configurations of the {num_configs} asked for"]
+        _save(conn, "generate_model_configs", target, arch, made, notes, objects)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -102,7 +105,7 @@ def _oid(conn, table: TableName) -> int | None:
     return identifiers.resolve(conn, table).oid
 
 
-def selection_target(conn, text, arch: ArchTable) -> Target:
+def selection_target(conn, text, arch: ArchTable, objects: ObjectTable | None = None) -> Target:
     """Where the rows go. A new mst table needs a free summary name; an existing one must be an mst
     table whose summary names the same model arch table."""
     argument = "model_selection_table"
@@ -122,7 +125,7 @@ def selection_target(conn, text, arch: ArchTable) -> Target:
     if kind not in ("r", "p"):
         raise InvalidArgument(f"{argument}: {given} exists and is not a table")
     _require_columns(conn, target.table, MST_COLUMNS, f"{argument}: table {given} exists but is not a model selection table")
-    _check_summary(conn, target, arch)
+    _check_summary(conn, target, arch, objects)
     return target
 
 
@@ -133,14 +136,14 @@ def _require_columns(conn, table: TableName, names, problem: str) -> None:
         raise InvalidArgument(f"{problem} (it has no column {', '.join(missing)})")
 
 
-def _check_summary(conn, target: Target, arch: ArchTable) -> None:
+def _check_summary(conn, target: Target, arch: ArchTable, objects: ObjectTable | None) -> None:
     argument = "model_selection_table"
     if not identifiers.table_exists(conn, target.summary):
         raise ObjectMissing(f"{argument}: table {target.given} exists but its summary table {target.summary} does not; "
                             "rows can only be appended to a model selection table with its summary")
     _require_columns(conn, target.summary, SUMMARY_COLUMNS,
                      f"{argument}: {target.summary} is not the summary of a model selection table")
-    rows = conn.execute(f"SELECT model_arch_table FROM {target.summary.sql(conn)}")
+    rows = conn.execute(f"SELECT model_arch_table, object_table FROM {target.summary.sql(conn)}")
     if len(rows) != 1:
         raise InvalidArgument(f"{argument}: {target.summary} must hold exactly one row, it holds {len(rows)}")
     stored = rows[0]["model_arch_table"]
@@ -148,6 +151,12 @@ def _check_summary(conn, target: Target, arch: ArchTable) -> None:
         raise InvalidArgument(f"model_arch_table: {target.given} was made from model arch table {stored!r} "
                               f"(see {target.summary}), not {str(arch.name)!r}; append with that table, "
                               "or choose another model_selection_table")
+    stored_objects = rows[0]["object_table"]
+    if stored_objects != custom_functions.table_text(conn, objects):
+        raise InvalidArgument(f"object_table: {target.given} was made with object table "
+                              f"{'NULL' if stored_objects is None else repr(stored_objects)} (see {target.summary}), "
+                              f"not {'NULL' if objects is None else repr(str(objects))}; append with that one, or "
+                              "choose another model_selection_table")
 
 
 def _same_table(conn, stored: str | None, arch: ArchTable) -> bool:
@@ -159,12 +168,6 @@ def _same_table(conn, stored: str | None, arch: ArchTable) -> bool:
     except InvalidArgument:
         return False
     return table == arch.name or _oid(conn, table) == arch.oid
-
-
-def no_object_table(object_table) -> None:
-    if object_table is not None:
-        raise NotSupported(f"object_table: custom functions are not supported yet, got {object_table!r}",
-                           hint="Pass NULL and use Keras' built-in losses and metrics.")
 
 
 def check_model_ids(conn, arch: ArchTable, ids) -> None:
@@ -190,14 +193,16 @@ def check_optimizer_arguments(uses: list[OptimizerUse]) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Writing
 
-def _save(conn, function: str, target: Target, arch: ArchTable, made: list[Config], notes: list[str]) -> None:
+def _save(conn, function: str, target: Target, arch: ArchTable, made: list[Config], notes: list[str],
+          objects: ObjectTable | None) -> None:
     if target.exists:
         rows = conn.execute(f"SELECT model_id, compile_params, fit_params FROM {target.table.sql(conn)}")
         existing = {configs.stored_key(r["model_id"], r["compile_params"], r["fit_params"]) for r in rows}
     else:
-        create_selection_table(conn, target, arch)
+        create_selection_table(conn, target, arch, custom_functions.table_text(conn, objects))
         existing = set()
     new = [c for c in made if c.key not in existing]
+    notes = notes + translations(c.compile_params.text for c in new)
     added = insert_configs(conn, target.table, new)
     skipped = len(made) - added
     message = f"{function}: added {added} configuration{'s' if added != 1 else ''} to {target.given}"
@@ -206,19 +211,30 @@ def _save(conn, function: str, target: Target, arch: ArchTable, made: list[Confi
     conn.notice("; ".join([message, *notes]))
 
 
+def translations(compile_texts) -> list[str]:
+    """What the compile strings have of Keras 2 and what it becomes (params.compile_translations), once each."""
+    from madlib_dl.keras_runtime import params
+
+    found = dict.fromkeys(note for text in compile_texts for note in params.compile_translations(text))
+    return [f"compile_params: {note}" for note in found]
+
+
 def _merged_note(combinations: int, distinct: int, source: str) -> list[str]:
     repeated = combinations - distinct
     return [f"{repeated} of the {combinations} combinations of {source} repeated another and were merged"] if repeated else []
 
 
-def create_selection_table(conn, target: Target, arch: ArchTable) -> None:
+def create_selection_table(conn, target: Target, arch: ArchTable, object_table: str | None = None) -> None:
+    """``object_table``: as custom_functions.table_text writes it (None: none)."""
     conn.execute(f"CREATE TABLE {target.table.sql(conn)} (mst_key SERIAL PRIMARY KEY, model_id INTEGER, "
                  "compile_params VARCHAR, fit_params VARCHAR, UNIQUE (model_id, compile_params, fit_params))")
     conn.execute(f"CREATE TABLE {target.summary.sql(conn)} (model_arch_table VARCHAR, object_table VARCHAR)")
-    # The arch table's name as the caller gave it, quoted where SQL needs it, so it reads back as a name.
+    # The arch table's name as the caller gave it, quoted where SQL needs it, so it reads back as a name;
+    # the object table's schema-qualified (MADlib's too).
     conn.execute(f"INSERT INTO {target.summary.sql(conn)} (model_arch_table, object_table) "
-                 "VALUES (concat_ws('.', quote_ident($1), quote_ident($2)), NULL)",
-                 [arch.name.schema if arch.name.typed_schema else None, arch.name.name], ["text", "text"])
+                 "VALUES (concat_ws('.', quote_ident($1), quote_ident($2)), $3)",
+                 [arch.name.schema if arch.name.typed_schema else None, arch.name.name,
+                  object_table], ["text", "text", "text"])
 
 
 def insert_configs(conn, table: TableName, new: list[Config]) -> int:

@@ -188,11 +188,34 @@ def _given_class_values(values, outputs: int) -> tuple:
     if values is None:
         return tuple(prediction.default_class_values(outputs))
     if any(isinstance(v, list) for v in values):
-        raise InvalidArgument("class_values: expected a one-dimensional array, one value per model output")
+        values = _one_row(values, outputs)
+        if values is None:
+            return tuple(prediction.default_class_values(outputs))
     if len(values) != outputs:
         raise InvalidArgument(f"class_values: has {len(values)} values but the model has {outputs} outputs",
                               hint=f"Give one per output, in output order, or NULL for 0 to {outputs - 1}.")
     return tuple(values)
+
+
+def _one_row(values: list, outputs: int) -> list | None:
+    """MADlib documents class_values as a 2-D array, one row per dependent variable (dependent_count rows,
+    here 1), each padded with NULLs to the longest row as PostgreSQL arrays are rectangular: the one row,
+    without NULLs past the model's outputs; None for a row of NULLs only (MADlib: the default 0, 1, ...)."""
+    depth = 1
+    probe = values
+    while probe and isinstance(probe[0], list):
+        depth, probe = depth + 1, probe[0]
+    if depth != 2:
+        raise InvalidArgument(f"class_values: expected a one-dimensional array (one value per model output) or a "
+                              f"two-dimensional one with one row per dependent variable, got {depth} dimensions")
+    if len(values) != 1:
+        raise InvalidArgument(f"class_values: has {len(values)} rows, one per dependent variable, but "
+                              "dependent_count is 1; expected one row, e.g. ARRAY[ARRAY['a', 'b']]",
+                              hint="Models with several outputs are not supported yet.")
+    row = list(values[0])
+    while len(row) > outputs and row[-1] is None:  # padding
+        row.pop()
+    return None if all(v is None for v in row) else row
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -394,7 +417,8 @@ Usage:
         pred_type           VARCHAR DEFAULT 'prob',  -- as madlib_keras_predict: 'prob', 'response',
                                       -- an integer k >= 1, or a number in [0.0, 1.0)
         use_gpus            BOOLEAN DEFAULT NULL,   -- TRUE: predict on this session's GPU
-        class_values        TEXT[] DEFAULT NULL,    -- one per model output; NULL: '0', '1', ...
+        class_values        TEXT[] DEFAULT NULL,    -- one per model output, or MADlib's ARRAY[ARRAY[...]]
+                                                    -- (one row per dependent variable); NULL: '0', '1', ...
         normalizing_const   DOUBLE PRECISION DEFAULT NULL,  -- features are divided by it; NULL: 1.0
         dependent_count     INTEGER DEFAULT 1       -- only 1 (models with several outputs: not yet)
     ) RETURNS VOID

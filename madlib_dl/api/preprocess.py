@@ -208,7 +208,9 @@ def training_preprocessor_dl(source_table, output_table, dependent_varname, inde
     one_hot = source.one_hot
     p = Packing(source, output, labels, features, const, dist, plan, settings.read(conn, settings.SHUFFLE_SEED),
                 None if one_hot else (output.summary, output.class_values),
-                source.dependent.type if one_hot else f"{source.dependent.type}[]", citus_nodes)
+                source.dependent.type if one_hot else f"{source.dependent.type}[]", citus_nodes,
+                # MADlib records num_classes {} for one-hot array labels unless num_classes was given
+                record_num_classes=not (one_hot and wanted is None))
     packed_tables.pack(conn, p, normalizing_const if normalizing_const is not None else 1.0,
           packed_tables.training_class_values_sql(conn, p))
     conn.notice(f"training_preprocessor_dl: packed {packing.describe(plan, buffer_size)} into {output.table} and "
@@ -229,10 +231,12 @@ class Training:
     normalizing_const: float
     distribution: distribution.Distribution
     feature_shape: tuple[int, ...]
+    num_classes_recorded: bool = True  # False: its summary's num_classes is {} (the validation summary copies it)
 
 
-_TRAINING_COLUMNS = ("normalizing_const", "num_classes", "distribution_rules", "num_segments", "dependent_varname",
-                     "independent_varname")
+# num_classes, distribution_rules and num_segments may be missing (MADlib's own preprocessor writes no
+# num_segments): they are derived from the training table (packed_tables.describe).
+_TRAINING_COLUMNS = ("normalizing_const", "dependent_varname", "independent_varname")
 
 
 def _training(conn, text) -> Training:
@@ -254,13 +258,14 @@ def _training(conn, text) -> Training:
     if class_values not in columns:
         raise InvalidArgument(f"{hint}; its summary table {summary} lacks {class_values}")
     values = row[class_values]
-    levels = _strip_padding(values) if values is not None else row["num_classes"][0]
-    shape = conn.execute(f"SELECT {conn.quote_ident(row['independent_varname'][0] + '_shape')} AS s "
-                         f"FROM {table.sql(conn)} LIMIT 1")[0]["s"]
+    packed = packed_tables.describe(conn, text, "training_preprocessor_table")
+    levels = _strip_padding(values) if values is not None else packed.num_classes
+    recorded = row.get("num_classes")
+    rule = row.get("distribution_rules") or distribution.ALL_SEGMENTS
     return Training(table, summary, class_values if values is not None else None,
-                    columns[class_values] if values is not None else None, levels, row["num_classes"][0],
-                    row["normalizing_const"], distribution.Distribution(row["distribution_rules"], row["num_segments"]),
-                    tuple(shape[1:]))
+                    columns[class_values] if values is not None else None, levels, packed.num_classes,
+                    row["normalizing_const"], distribution.Distribution(str(rule), packed.num_segments),
+                    packed.feature_shape, recorded != [])
 
 
 def _strip_padding(values: list) -> int:
@@ -331,7 +336,8 @@ def validation_preprocessor_dl(source_table, output_table, dependent_varname, in
     p = Packing(source, output, labels, features, _normalizing_const(training.normalizing_const), dist, plan, None,
                 None if labels.one_hot else (training.summary, training.class_values),
                 source.dependent.type if labels.one_hot else training.class_type.type,
-                training.table if placement.is_distributed(conn, training.table) else False)
+                training.table if placement.is_distributed(conn, training.table) else False,
+                record_num_classes=training.num_classes_recorded)
     class_values = "NULL" if labels.one_hot else \
         f"SELECT {conn.quote_ident(training.class_values)} FROM {training.summary.sql(conn)}"
     packed_tables.pack(conn, p, training.normalizing_const, class_values)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from madlib_dl.errors import InvalidArgument
+from madlib_dl.keras_runtime import keras2
 
 ARGUMENT = "model_arch"
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
@@ -57,6 +58,7 @@ class ArchInfo:
 def read(model_arch: str | dict | None) -> ArchInfo:
     """Input shapes and class counts of a model JSON (text or already parsed)."""
     model = _parse(model_arch)
+    keras2.translate(model)  # a Keras 2 JSON with a layer it cannot translate is refused here, naming the layer
     try:
         return ArchInfo(input_shapes=tuple(input_shapes(model)), class_counts=tuple(num_classes(model)),
                         keras_version=_keras_version(model), class_names=frozenset(_class_names(model)))
@@ -72,11 +74,10 @@ def refusal(info: ArchInfo) -> str | None:
         # which a database user cannot and must not do.
         return ("a Lambda layer is refused: it carries Python code that would run inside the database server; "
                 "use built-in Keras layers")
-    if info.keras_version is not None and not info.keras_version.startswith("3"):
-        # Keras 3 cannot deserialize Keras 2 JSON with model_from_json (it fails on the missing module
-        # names with a long, confusing message), so say what to do instead.
-        return (f"this JSON was written by Keras {info.keras_version}; madlib_dl builds models with Keras 3: "
-                "recreate the model with Keras 3 and load its model.to_json()")
+    if info.keras_version is not None and not info.keras_version.startswith(("2", "3")):
+        # Keras 2 JSON is translated (keras2); older formats differ too much to translate.
+        return (f"this JSON was written by Keras {info.keras_version}; madlib_dl builds models with Keras 3 and "
+                "translates Keras 2 JSON: recreate the model with Keras 3 and load its model.to_json()")
     return None
 
 

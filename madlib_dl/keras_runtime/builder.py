@@ -7,16 +7,18 @@ import math
 
 from madlib_dl import settings
 from madlib_dl.errors import InvalidArgument
-from madlib_dl.keras_runtime import arch_size, tf_setup
-from madlib_dl.keras_runtime.params import CompileParams, OptimizerSpec
+from madlib_dl.keras_runtime import arch_size, keras2, tf_setup
+from madlib_dl.keras_runtime.params import KERAS2_OPTIMIZER_ARGUMENTS, CompileParams, InverseTimeDecay, OptimizerSpec
 
 
 def model_from_json(model_json: str, argument: str = "model_arch"):
     """Build (uncompiled) a model from ``model.to_json()`` text. Keras' safe mode stays on, so a JSON
-    that smuggles Python code (a serialized lambda) is refused rather than run."""
+    that smuggles Python code (a serialized lambda) is refused rather than run. A Keras 2 JSON is
+    translated first (keras2)."""
     keras = tf_setup.keras()
     if not isinstance(model_json, str) or not model_json.strip():
         raise InvalidArgument(f"{argument}: expected the JSON of a Keras model (model.to_json())")
+    model_json = keras2.keras3_json(model_json, argument)
     try:
         model = keras.models.model_from_json(model_json)
     except Exception as error:  # Keras raises many types for bad configs; all mean the same to the user
@@ -42,6 +44,8 @@ def check_size(db, model_json: str, argument: str = "model_arch", budget: bool =
 def size(model_json: str, argument: str = "model_arch") -> arch_size.ArchSize:
     """The memory building this model takes, before anything is built: the closed forms of
     :mod:`arch_size` (no TensorFlow), else Keras' own count without allocation (:func:`symbolic_size`)."""
+    if isinstance(model_json, str):
+        model_json = keras2.keras3_json(model_json, argument)  # refuses, naming it, a layer it cannot translate
     try:
         return arch_size.closed_form(model_json)
     except arch_size.NotClosedForm:
@@ -60,6 +64,7 @@ def symbolic_size(model_json: str, argument: str = "model_arch") -> arch_size.Ar
 
     if not isinstance(model_json, str) or not model_json.strip():
         raise InvalidArgument(f"{argument}: expected the JSON of a Keras model (model.to_json())")
+    model_json = keras2.keras3_json(model_json, argument)
     saved = list(global_state.get_global_attribute("uninitialized_variables") or [])
     global_state.set_global_attribute("uninitialized_variables", [])
     try:
@@ -88,7 +93,7 @@ def check_optimizer_arguments(name: str, arguments, argument: str) -> None:
     cls = getattr(tf_setup.keras().optimizers, name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters
                 if p not in ("self", "kwargs", "name")]
-    unknown = [a for a in arguments if a not in accepted]
+    unknown = [a for a in arguments if a not in accepted and a not in KERAS2_OPTIMIZER_ARGUMENTS]
     if unknown:
         raise InvalidArgument(f"{argument}: {name} has no argument {', '.join(sorted(unknown))}; "
                               f"expected some of {', '.join(accepted)} (lr is accepted for learning_rate)")
@@ -96,9 +101,18 @@ def check_optimizer_arguments(name: str, arguments, argument: str) -> None:
 
 def make_optimizer(spec: OptimizerSpec, argument: str = "compile_params: optimizer"):
     check_optimizer_arguments(spec.name, spec.kwargs, argument)
-    cls = getattr(tf_setup.keras().optimizers, spec.name)
+    keras = tf_setup.keras()
+    cls = getattr(keras.optimizers, spec.name)
+    kwargs = dict(spec.kwargs)
+    decay = kwargs.get("learning_rate")
+    if isinstance(decay, InverseTimeDecay):  # Keras 2's decay (params._keras2_arguments)
+        initial = decay.initial_learning_rate
+        if initial is None:
+            initial = inspect.signature(cls.__init__).parameters["learning_rate"].default
+        kwargs["learning_rate"] = keras.optimizers.schedules.InverseTimeDecay(
+            initial, decay_steps=1, decay_rate=decay.decay_rate)
     try:
-        return cls(**spec.kwargs)
+        return cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise InvalidArgument(f"{argument}: {spec.name}({_format_kwargs(spec.kwargs)}): {error}") from None
 
@@ -107,9 +121,30 @@ def _format_kwargs(kwargs: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
-def compile_model(model, params: CompileParams):
+def compile_model(model, params: CompileParams, custom: dict | None = None):
     """Compile ``model`` in place with a fresh optimizer and build the optimizer's state variables, so
-    that state can be loaded into it before the first training step."""
-    model.compile(optimizer=make_optimizer(params.optimizer), **params.keras_kwargs())
+    that state can be loaded into it before the first training step. ``custom``: name -> function,
+    the custom losses and metrics the parameters name."""
+    model.compile(optimizer=make_optimizer(params.optimizer), **with_custom(params.keras_kwargs(), custom or {}))
     model.optimizer.build(model.trainable_variables)
     return model
+
+
+def with_custom(kwargs: dict, custom: dict) -> dict:
+    """compile() arguments with custom functions in place of their names. A metric is wrapped so that
+    Keras names it as the object table does (a function's own __name__ may differ)."""
+    if not custom:
+        return kwargs
+    keras = tf_setup.keras()
+
+    def metric(name):
+        if name not in custom:
+            return name
+        return keras.metrics.MeanMetricWrapper(custom[name], name=name)
+
+    out = dict(kwargs)
+    out["loss"] = custom.get(kwargs["loss"], kwargs["loss"])
+    out["metrics"] = [metric(m) for m in kwargs["metrics"]]
+    if kwargs.get("weighted_metrics") is not None:
+        out["weighted_metrics"] = [metric(m) for m in kwargs["weighted_metrics"]]
+    return out

@@ -15,13 +15,16 @@ This module is pure Python (no Keras import) so it is cheap to call while valida
 from __future__ import annotations
 
 import ast
+import contextlib
+import contextvars
 import difflib
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from madlib_dl.errors import InvalidArgument, NotSupported
+from madlib_dl.errors import InvalidArgument, MadlibDLError, NotSupported
+from madlib_dl.keras_runtime import callbacks
 
 MAX_PARAM_LENGTH = 10_000
 MAX_NESTING = 16
@@ -50,12 +53,14 @@ METRICS = frozenset((
 ))
 
 OPTIMIZER_EXAMPLE = "an optimizer like 'Adam(lr=0.01)'"
+CUSTOM_HINT = ("A custom loss or metric is a function loaded with load_custom_function(); name its table in "
+               "the object_table argument.")
 SPARSE_HINT = "Labels are one-hot encoded by the preprocessor: use the categorical_* variant."
 
 COMPILE_KEYS = ("optimizer", "loss", "metrics", "loss_weights", "weighted_metrics")
-FIT_KEYS = ("batch_size", "epochs", "verbose", "shuffle", "class_weight", "initial_epoch", "steps_per_epoch")
+FIT_KEYS = ("batch_size", "epochs", "verbose", "shuffle", "class_weight", "initial_epoch", "steps_per_epoch",
+            "callbacks")
 FIT_KEYS_REJECTED = {
-    "callbacks": "callbacks are not supported yet",
     "validation_split": "validation data comes from the validation_table argument",
     "validation_data": "validation data comes from the validation_table argument",
     "validation_steps": "validation data comes from the validation_table argument",
@@ -65,7 +70,8 @@ FIT_KEYS_REJECTED = {
     "y": "the data comes from the source table",
 }
 COMPILE_KEYS_REJECTED = {
-    "sample_weight_mode": "Keras 3 removed sample_weight_mode",
+    "sample_weight_mode": ("Keras 3 removed sample_weight_mode; leave it out (madlib_dl has no per-example "
+                           "weights; class_weight in fit_params weighs classes)"),
     "run_eagerly": "madlib_dl decides how models run inside the server",
     "jit_compile": "madlib_dl decides how models run inside the server",
     "steps_per_execution": "madlib_dl decides how models run inside the server",
@@ -105,9 +111,10 @@ class FitParams:
     class_weight: dict | None = None
     initial_epoch: int = 0
     steps_per_epoch: int | None = None
+    callbacks: tuple = ()  # callbacks.TensorBoardSpec: written per hop by the runtime, not passed to Keras
 
     def keras_kwargs(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        return {k: v for k, v in self.__dict__.items() if v is not None and k != "callbacks"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -278,7 +285,30 @@ def _dict(node, what, text, bare_words):
 # ---------------------------------------------------------------------------------------------------
 # compile_params
 
-def parse_compile_params(text: str | None, argument: str = "compile_params") -> CompileParams:
+_CUSTOM: contextvars.ContextVar[frozenset] = contextvars.ContextVar("madlib_dl_custom_functions", default=frozenset())
+
+
+@contextlib.contextmanager
+def custom_functions(names):
+    """While in this block, parse_compile_params also accepts ``names`` (the functions of the call's
+    object table) as losses and metrics: an SQL function's whole call, its model selection and output
+    writing included, sees the one object table its caller named."""
+    token = _CUSTOM.set(frozenset(names))
+    try:
+        yield
+    finally:
+        _CUSTOM.reset(token)
+
+
+def custom_in_scope() -> frozenset:
+    return _CUSTOM.get()
+
+
+def parse_compile_params(text: str | None, argument: str = "compile_params",
+                         custom: frozenset | None = None) -> CompileParams:
+    """``custom``: the names of the object table's functions, accepted as losses and metrics (None: those
+    of the enclosing :func:`custom_functions` block)."""
+    custom = _CUSTOM.get() if custom is None else custom
     _require_text(text, argument)
     if text is None or not text.strip():
         raise InvalidArgument(f"{argument}: expected a string like "
@@ -286,6 +316,9 @@ def parse_compile_params(text: str | None, argument: str = "compile_params") -> 
                               f"got {'NULL' if text is None else 'an empty string'}")
     raw = _unique(split_params(text, argument), argument)
     for key in raw:
+        if key == "sample_weight_mode":  # Keras 2's; MADlib scripts pass None
+            _sample_weight_mode(raw[key], argument)
+            continue
         if key in COMPILE_KEYS_REJECTED:
             raise NotSupported(f"{argument}: {key} is not accepted: {COMPILE_KEYS_REJECTED[key]}")
         if key not in COMPILE_KEYS:
@@ -296,10 +329,10 @@ def parse_compile_params(text: str | None, argument: str = "compile_params") -> 
             raise InvalidArgument(f"{argument}: {required} is required")
     return CompileParams(
         optimizer=parse_optimizer(raw["optimizer"], f"{argument}: optimizer"),
-        loss=_keras_name(literal(raw["loss"], f"{argument}: loss"), argument, "loss", "loss", LOSSES),
-        metrics=_metrics(raw.get("metrics"), argument),
+        loss=_keras_name(literal(raw["loss"], f"{argument}: loss"), argument, "loss", "loss", LOSSES, custom),
+        metrics=_metrics(raw.get("metrics"), argument, custom),
         loss_weights=_loss_weights(raw.get("loss_weights"), argument),
-        weighted_metrics=_weighted_metrics(raw.get("weighted_metrics"), argument),
+        weighted_metrics=_weighted_metrics(raw.get("weighted_metrics"), argument, custom),
     )
 
 
@@ -334,7 +367,103 @@ def parse_optimizer(text: str, what: str = "optimizer") -> OptimizerSpec:
         kwargs[key] = _convert(kw.value, f"{what}: {kw.arg}", text, bare_words=False)
         if isinstance(kwargs[key], (list, dict)):
             raise InvalidArgument(f"{what}: {kw.arg} must be a number, boolean, string or None")
-    return OptimizerSpec(name, kwargs)
+    return OptimizerSpec(name, _keras2_arguments(name, kwargs, what))
+
+
+# Keras 2 optimizer arguments MADlib scripts carry, translated (each with a note for a NOTICE:
+# :func:`compile_translations`).
+
+# Keras 3 optimizer arguments whose default is None, so None may be given (weight_decay is Keras 3's
+# decoupled weight decay, not Keras 2's decay). tests/runtime/test_keras2_optimizer.py checks it against Keras.
+NONE_ACCEPTED = frozenset(("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "ema_overwrite_frequency",
+                           "loss_scale_factor", "gradient_accumulation_steps", "name"))
+# Keras 3's default epsilon of the optimizers that have one: Keras 2's epsilon=None meant the backend's
+# epsilon, 1e-7, which is Keras 3's default for each of them.
+EPSILON_DEFAULTS = {name: 1e-7 for name in ("RMSprop", "Adam", "AdamW", "Adadelta", "Adagrad", "Adamax", "Nadam",
+                                            "Lamb")}
+# Keras 2 argument names the parser translates: not Keras 3 constructor arguments, still accepted.
+KERAS2_OPTIMIZER_ARGUMENTS = frozenset(("decay",))
+
+
+@dataclass(frozen=True)
+class InverseTimeDecay:
+    """Keras 2's ``decay``: each step's learning rate is ``lr / (1 + decay * iterations)``, iterations being
+    the optimizer's step count before the step. Keras 3's ``InverseTimeDecay(lr, decay_steps=1,
+    decay_rate=decay)`` computes exactly that from the optimizer's ``iterations`` variable, which travels
+    with the optimizer state from hop to hop, so the decay continues across hops as in one Keras fit.
+    The builder makes the Keras schedule (:func:`builder.make_optimizer`). Not a number, so a compiled model
+    is not shared between configurations that differ in it (segment.runtime._without_learning_rate):
+    the schedule is a constant of the traced training step, unlike a plain learning rate."""
+    initial_learning_rate: float | None  # None: the optimizer's default learning rate
+    decay_rate: float
+
+    def __str__(self) -> str:
+        initial = "the default learning rate" if self.initial_learning_rate is None else self.initial_learning_rate
+        return (f"InverseTimeDecay(initial_learning_rate={initial}, decay_steps=1, decay_rate={self.decay_rate})")
+
+
+_NOTES: contextvars.ContextVar[list | None] = contextvars.ContextVar("madlib_dl_keras2_notes", default=None)
+
+
+def _note(text: str) -> None:
+    notes = _NOTES.get()
+    if notes is not None:
+        notes.append(text)
+
+
+def compile_translations(text: str | None, argument: str = "compile_params") -> list[str]:
+    """What :func:`parse_compile_params` translates from Keras 2 in ``text`` (one line each), for the
+    NOTICE the training functions raise. Of a string it refuses, the translations read before the refusal
+    (the refusal itself is reported where the string is checked)."""
+    notes: list[str] = []
+    token = _NOTES.set(notes)
+    try:
+        parse_compile_params(text, argument)
+    except MadlibDLError:
+        pass
+    finally:
+        _NOTES.reset(token)
+    return list(dict.fromkeys(notes))
+
+
+def _keras2_arguments(name: str, kwargs: dict, what: str) -> dict:
+    """decay becomes a learning rate schedule; epsilon=None Keras 3's default epsilon; any other None
+    an error unless Keras 3 takes None for that argument."""
+    if "decay" in kwargs:
+        decay = kwargs.pop("decay")
+        if not _is_number(decay) or decay < 0:
+            raise InvalidArgument(f"{what}: decay (Keras 2's learning rate decay) must be a number >= 0, got "
+                                  f"{decay!r}")
+        if decay == 0:
+            _note(f"{name}: decay=0 (Keras 2: no decay) was left out")
+        else:
+            lr = kwargs.get("learning_rate")
+            if lr is not None and not _is_number(lr):
+                raise InvalidArgument(f"{what}: learning_rate must be a number when decay is given, got {lr!r}")
+            kwargs["learning_rate"] = schedule = InverseTimeDecay(lr, decay)
+            _note(f"{name}: Keras 2's decay={decay} became learning_rate={schedule}, the same lr / (1 + decay * "
+                  "iterations)")
+    for key, value in list(kwargs.items()):
+        if value is not None or key in NONE_ACCEPTED:
+            continue
+        if key == "epsilon" and name in EPSILON_DEFAULTS:
+            del kwargs[key]
+            _note(f"{name}: epsilon=None (Keras 2: the backend's epsilon) became Keras 3's default epsilon "
+                  f"{EPSILON_DEFAULTS[name]:g}")
+        else:
+            raise InvalidArgument(f"{what}: {name}({key}=None): {key} cannot be None",
+                                  hint=f"Give {key} a value, or leave it out for Keras' default.")
+    return kwargs
+
+
+def _sample_weight_mode(text: str, argument: str) -> None:
+    """Keras 2's sample_weight_mode: None (no per-example weights) changes nothing; anything else is refused."""
+    value = literal(text, f"{argument}: sample_weight_mode")
+    if value is not None and not (isinstance(value, str) and value.lower() == "none"):
+        reason = COMPILE_KEYS_REJECTED["sample_weight_mode"]
+        raise NotSupported(f"{argument}: sample_weight_mode is not accepted: {reason} (got {value!r}; only None, "
+                           "which changes nothing, is accepted)")
+    _note("sample_weight_mode=None (Keras 2; Keras 3 removed it) was left out: it changes nothing")
 
 
 def _optimizer_name(name: str, what: str) -> str:
@@ -345,19 +474,24 @@ def _optimizer_name(name: str, what: str) -> str:
     return canonical
 
 
-def _keras_name(value, argument, key, kind, names):
-    """A loss or metric: a name on the whitelist; sparse_* names get the reason they cannot work."""
+def _keras_name(value, argument, key, kind, names, custom=frozenset()):
+    """A loss or metric: a name on the whitelist or a custom function of the run's object table;
+    sparse_* names get the reason they cannot work."""
     if not isinstance(value, str):
         raise InvalidArgument(f"{argument}: {key} must hold {kind} names, got {value!r}")
+    if value in custom:
+        return value
     if value.startswith("sparse_"):
         raise NotSupported(f"{argument}: {kind} {value!r} is not supported", hint=SPARSE_HINT)
     if value not in names:
-        raise InvalidArgument(f"{argument}: unknown {kind} {value!r}{did_you_mean(value, names)}; expected one of "
-                              f"{', '.join(sorted(names))}")
+        choices = set(names) | set(custom)
+        where = (f" or a function of the object table ({', '.join(sorted(custom))})" if custom else "")
+        raise InvalidArgument(f"{argument}: unknown {kind} {value!r}{did_you_mean(value, choices)}; expected one of "
+                              f"{', '.join(sorted(names))}{where}", hint=None if custom else CUSTOM_HINT)
     return value
 
 
-def _metrics(text, argument):
+def _metrics(text, argument, custom=frozenset()):
     if text is None:
         return ()
     value = literal(text, f"{argument}: metrics")
@@ -366,16 +500,22 @@ def _metrics(text, argument):
     if len(value) > 1:
         raise NotSupported(f"{argument}: metrics holds {len(value)} metrics; one metric per model is supported "
                            "(output tables keep one metric column)")
-    return tuple(_keras_name(m, argument, "metrics", "metric", METRICS) for m in value)
+    return tuple(_keras_name(m, argument, "metrics", "metric", METRICS, custom) for m in value)
 
 
-def _weighted_metrics(text, argument):
+def _weighted_metrics(text, argument, custom=frozenset()):
     if text is None:
         return None
     value = literal(text, f"{argument}: weighted_metrics")
     if not isinstance(value, list):
         raise InvalidArgument(f"{argument}: weighted_metrics must be a list of metric names, got {_show(text)}")
-    return tuple(_keras_name(m, argument, "weighted_metrics", "metric", METRICS) for m in value)
+    return tuple(_keras_name(m, argument, "weighted_metrics", "metric", METRICS, custom) for m in value)
+
+
+def custom_names(parsed: CompileParams) -> frozenset:
+    """The loss and metric names of ``parsed`` that are not Keras built-ins (custom functions)."""
+    used = {parsed.loss, *parsed.metrics, *(parsed.weighted_metrics or ())}
+    return frozenset(n for n in used if n not in LOSSES and n not in METRICS)
 
 
 def _loss_weights(text, argument):
@@ -408,6 +548,9 @@ def parse_fit_params(text: str | None, argument: str = "fit_params") -> FitParam
         if key not in FIT_KEYS:
             raise InvalidArgument(f"{argument}: unknown parameter {key!r}{did_you_mean(key, FIT_KEYS)}; expected one of "
                                   f"{', '.join(FIT_KEYS)}")
+        if key == "callbacks":  # calls, not literals: parsed by their own walker
+            values[key] = callbacks.parse(value_text, f"{argument}: callbacks")
+            continue
         values[key] = _fit_value(key, literal(value_text, f"{argument}: {key}", bare_words=False), argument)
     return FitParams(**values)
 

@@ -71,12 +71,18 @@ def _normal(value):
 
 
 def compile_param(text: str, where: str) -> ParamText:
-    """Parse a compile string (errors name ``where``)."""
-    return _param(text, where, params.parse_compile_params)
+    """Parse a compile string (errors name ``where``; custom functions: params.custom_functions)."""
+    return _param(text, where, _compile_parser(params.custom_in_scope()))
 
 
 def fit_param(text: str, where: str) -> ParamText:
     return _param(text, where, params.parse_fit_params)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile_parser(custom: frozenset) -> Callable:
+    """A compile parser for one set of custom function names (hashable: the caches below key on it)."""
+    return functools.partial(params.parse_compile_params, custom=custom)
 
 
 @functools.lru_cache(maxsize=4096)  # random search meets the same generated strings again and again
@@ -88,7 +94,8 @@ def _param(text: str, where: str, parse: Callable) -> ParamText:
 def stored_key(model_id: int, compile_text: str | None, fit_text: str | None) -> tuple:
     """The key of a row already in an mst table. A row someone edited into something unparsable
     still gets a key (its exact text), so it only matches an identical string."""
-    return (model_id, _stored(compile_text, params.parse_compile_params), _stored(fit_text, params.parse_fit_params))
+    return (model_id, _stored(compile_text, _compile_parser(params.custom_in_scope())),
+            _stored(fit_text, params.parse_fit_params))
 
 
 @functools.lru_cache(maxsize=4096)  # an mst table repeats each string for every model id and partner

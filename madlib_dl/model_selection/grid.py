@@ -259,6 +259,9 @@ def parse_fit_grid(text: str | None, argument: str = FIT_ARG) -> FitGrid:
     for key in grid:
         if key in params.FIT_KEYS_REJECTED:
             raise NotSupported(f"{argument}: {key} is not accepted: {params.FIT_KEYS_REJECTED[key]}")
+        if key == "callbacks":  # calls, not the literals a grid holds
+            raise NotSupported(f"{argument}: callbacks cannot be searched over",
+                               hint="Give them in fit_params_list of load_model_selection_table.")
         if key not in params.FIT_KEYS:
             raise InvalidArgument(f"{argument}: unknown key {key!r}; expected some of {', '.join(params.FIT_KEYS)}")
     return FitGrid(tuple(_param(k, grid[k], f"{argument}: {k}", distributions=False)

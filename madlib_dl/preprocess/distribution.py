@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,6 +39,14 @@ def resolve(text: str | None, all_segments: Callable[[], int], gpu_count: Callab
         return Distribution(str(count), count)
     if rule.lstrip("+-").isdigit():
         raise InvalidArgument(f"distribution_rules: expected a number of segments from 1 to {MAX_SEGMENTS}, got {rule}")
+    if _TABLE_NAME.match(rule):  # MADlib's third form: a table whose dbid column lists Greenplum segments
+        raise NotSupported(
+            f"distribution_rules: {rule[:80]!r} as a table of Greenplum segment ids (dbid) only has a meaning on "
+            "Greenplum; on PostgreSQL segments are virtual: give their number instead, such as '3' (one per dbid "
+            "the table lists), or 'all_segments'")
     raise NotSupported(
         f"distribution_rules: expected 'all_segments', 'gpu_segments' or a number of segments such as '3', got "
         f"{rule[:80]!r} (a table of Greenplum segment ids only has a meaning on Greenplum)")
+
+
+_TABLE_NAME = re.compile(r'^(?:[A-Za-z_][\w$]*|"[^"]+")(?:\.(?:[A-Za-z_][\w$]*|"[^"]+"))?$')

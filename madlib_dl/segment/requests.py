@@ -21,10 +21,33 @@ BLOB_TYPES = (bytes, bytearray, memoryview, mmap.mmap)  # mmap: the channel's sh
 
 
 @dataclass(frozen=True)
+class ObjectTable:
+    """A table of custom functions (custom_functions.py) as the caller's session resolved it: by name,
+    valid only while the name still means this relation (OID). Every backend checks it before use."""
+    schema: str
+    name: str
+    oid: int
+    text: str = ""  # as the caller typed it, for messages
+
+    def sql(self, db) -> str:
+        return f"{db.quote_ident(self.schema)}.{db.quote_ident(self.name)}"
+
+    def __str__(self) -> str:
+        return self.text or f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
 class ModelConstants:
     model_arch: str
     compile_params: str
     fit_params: str | None = None
+    object_table: ObjectTable | None = None  # where the custom functions its compile_params name are
+
+    def __post_init__(self):
+        if isinstance(self.object_table, dict):  # as decoded from a message
+            object.__setattr__(self, "object_table", ObjectTable(**self.object_table))
+        if self.object_table is not None and not isinstance(self.object_table, ObjectTable):
+            raise TypeError("object_table: expected an ObjectTable")
 
 
 @dataclass(frozen=True)
@@ -37,6 +60,12 @@ class TableRef:
     independent: str
     oid: int
     distributed: bool = False  # a Citus distributed table: its rows come through this server (server._pulled)
+    keyed: bool = True         # False: no __dist_key__ column (MADlib's layout on PostgreSQL): one segment, 0
+
+    @property
+    def segment_sql(self) -> str:
+        """The SQL expression giving a row's segment."""
+        return "__dist_key__" if self.keyed else "0"
 
 
 @dataclass(frozen=True)

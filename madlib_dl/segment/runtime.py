@@ -20,7 +20,7 @@ import numpy as np
 
 from madlib_dl import channel, db
 from madlib_dl.errors import InvalidArgument
-from madlib_dl.keras_runtime import (builder, interrupts, model_state, params, serialization, tf_setup,
+from madlib_dl.keras_runtime import (builder, callbacks, interrupts, model_state, params, serialization, tf_setup,
                                      training_loop)
 from madlib_dl.preprocess import packing
 from madlib_dl.segment import process_memory, requests
@@ -125,15 +125,20 @@ def _release_segment(store: RunStore, segment: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Models kept per MST
 
-def _configured(store: RunStore, model_arch: str, compile_params: str) -> ConfiguredModel:
-    entry = store.configs.get((model_arch, compile_params))
+def _configured(store: RunStore, mst_key: int) -> ConfiguredModel:
+    constants = store.constants[mst_key]
+    model_arch, compile_params = constants.model_arch, constants.compile_params
+    custom = store.custom.get(mst_key, {})
+    # A custom function is part of the key by its bytes: the same name may hold other code in another run.
+    functions = tuple(sorted((name, f.digest) for name, f in custom.items()))
+    entry = store.configs.get((model_arch, compile_params, functions))
     if entry is None:
-        parsed = params.parse_compile_params(compile_params)
-        key = (model_arch, _without_learning_rate(parsed))
+        parsed = params.parse_compile_params(compile_params, custom=frozenset(custom))
+        key = (model_arch, _without_learning_rate(parsed), functions)
         compiled = store.models.pop(key, None)
         if compiled is None:
             model = builder.model_from_json(model_arch)
-            builder.compile_model(model, parsed)
+            builder.compile_model(model, parsed, {name: f.function for name, f in custom.items()})
             compiled = CompiledModel(model, training_loop.loop_for(model))
             initial = [_fresh_value(v) for v in model.optimizer.variables]
         else:  # the shared optimizer holds another MST's (or run's) state: take a fresh one's values
@@ -141,7 +146,7 @@ def _configured(store: RunStore, model_arch: str, compile_params: str) -> Config
             optimizer.build(compiled.model.trainable_variables)
             initial = [_fresh_value(v) for v in optimizer.variables]
         store.models[key] = compiled  # the most recently used last (store.release keeps the newest)
-        entry = store.configs[(model_arch, compile_params)] = ConfiguredModel(compiled, initial)
+        entry = store.configs[(model_arch, compile_params, functions)] = ConfiguredModel(compiled, initial)
     return entry
 
 
@@ -223,9 +228,7 @@ def _final_call(gd, state):
     if taken is None:
         return None
     store, pending = taken
-    constants = store.constants[pending.call.mst_key]
-    return store, pending, _segment_data(store, pending), _configured(store, constants.model_arch,
-                                                                      constants.compile_params)
+    return store, pending, _segment_data(store, pending), _configured(store, pending.call.mst_key)
 
 
 @db.sql_function
@@ -241,11 +244,23 @@ def fit_final(gd, state) -> dict | None:
     started, clock = time.time(), time.perf_counter()
     values = train(entry, data, fit, call.seed)
     seconds = time.perf_counter() - clock
+    if fit.callbacks:
+        _log_hop(store, call, fit, values, entry.model)
     spare = model_state.ModelState(call.weights, call.optimizer_state) if call.overwrite_state else None
     store.output = model_state.get_state(entry.model, allocate=channel.allocate, reuse=spare)
     if call.is_final_call:
         _release_segment(store, call.segment)
     return _result(pending, data, started, seconds, **_loss_and_metric(values))
+
+
+def _log_hop(store: RunStore, call: requests.Fit, fit: params.FitParams, values: list, model) -> None:
+    """The hop's loss and metrics as the next step of the model's TensorBoard log on this segment."""
+    key = (call.mst_key, call.segment)
+    store.hops[key] = step = store.hops.get(key, 0) + 1
+    constants = store.constants[call.mst_key]
+    names = ["loss", *params.parse_compile_params(constants.compile_params,
+                                                  custom=frozenset(store.custom.get(call.mst_key, {}))).metrics]
+    callbacks.log_hop(fit.callbacks, call.mst_key, call.segment, step, dict(zip(names, values)), model)
 
 
 def train(entry: ConfiguredModel, data: SegmentData, fit: params.FitParams, seed: int) -> list[float]:

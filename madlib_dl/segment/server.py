@@ -6,7 +6,7 @@ with the hop's request staged in GD so that the aggregate takes data and keys on
 
 from __future__ import annotations
 
-from madlib_dl import settings
+from madlib_dl import custom_functions, settings
 from madlib_dl.errors import InvalidArgument, ObjectMissing
 from madlib_dl.segment import recording, requests, runtime
 from madlib_dl.segment.requests import Reply, TableRef
@@ -35,8 +35,22 @@ def _start(db, gd, request: requests.Start) -> Reply:
 
 
 def _begin_run(db, gd, request: requests.BeginRun) -> Reply:
-    runtime.begin_run(gd, request)
+    store = runtime.begin_run(gd, request)
+    for mst_key, constants in request.models.items():
+        _register(db, store, mst_key, constants)
     return Reply({})
+
+
+def _register(db, store, mst_key, constants) -> None:
+    """What a model needs checked in this backend, as the caller: callbacks (files written on the server)
+    take a trusted role, and the custom functions its compile_params name come from its object table
+    only while that table is trusted and the caller's to read, checked before anything is unpickled."""
+    if constants is None or mst_key in store.registered:
+        return
+    custom_functions.require_callbacks_allowed(db, constants.fit_params, f"mst_key {mst_key}: fit_params")
+    if constants.object_table is not None:
+        store.custom[mst_key] = custom_functions.for_compile(db, constants.object_table, constants.compile_params)
+    store.registered.add(mst_key)
 
 
 def _initial_weights(db, gd, request: requests.InitialWeights) -> Reply:
@@ -54,7 +68,7 @@ def _count_rows(db, gd, request: requests.CountRows) -> Reply:
     try:
         rows = db.execute(
             "SELECT string_agg(segment || ':' || buffers || ':' || images, ',' ORDER BY segment) AS counts FROM ("
-            f"SELECT __dist_key__ AS segment, count(*) AS buffers, sum({shape}[1]) AS images "
+            f"SELECT {request.table.segment_sql} AS segment, count(*) AS buffers, sum({shape}[1]) AS images "
             f"FROM {_table_sql(db, request.table)} GROUP BY 1) t")
     finally:
         db.execute("SELECT set_config('lock_timeout', $1, true)", [previous], ["text"])
@@ -62,12 +76,14 @@ def _count_rows(db, gd, request: requests.CountRows) -> Reply:
 
 
 def _fit(db, gd, request: requests.Fit) -> Reply:
+    _register(db, runtime.begun(gd, request.run_id), request.mst_key, request.constants)
     row = _aggregate(db, gd, "fit_step_multiple_model", request)
     state = runtime.take_output(gd)
     return Reply(row, weights=state.weights, optimizer_state=state.optimizer_state)
 
 
 def _evaluate(db, gd, request: requests.Evaluate) -> Reply:
+    _register(db, runtime.begun(gd, request.run_id), request.mst_key, request.constants)
     return Reply(_aggregate(db, gd, "internal_keras_evaluate", request))
 
 
@@ -108,7 +124,7 @@ def _aggregate(db, gd, aggregate: str, call) -> dict:
         data = (f"{q(table.dependent)}, {q(table.independent)}, {q(table.dependent + '_shape')}, "
                 f"{q(table.independent + '_shape')}")
         inner = (f"SELECT {fn}({data}, $1, $2 ORDER BY buffer_id) AS r FROM {_table_sql(db, table)} "
-                 "WHERE __dist_key__ = $3")
+                 f"WHERE {table.segment_sql} = $3")
         args, types = [call.run_id, call_id, call.segment], ["text", "bigint", "integer"]
     else:
         inner = f"SELECT {fn}(NULL::bytea, NULL::bytea, NULL::integer[], NULL::integer[], $1, $2) AS r"
@@ -133,7 +149,8 @@ def _pulled(db, gd, aggregate: str, table: TableRef, call, call_id: int) -> dict
     columns = (f"{q(table.dependent)} AS y, {q(table.independent)} AS x, {q(table.dependent + '_shape')} AS ys, "
                f"{q(table.independent + '_shape')} AS xs")
     state = None
-    for rows in db.batches(f"SELECT {columns} FROM {_table_sql(db, table)} WHERE __dist_key__ = $1 ORDER BY buffer_id",
+    for rows in db.batches(f"SELECT {columns} FROM {_table_sql(db, table)} WHERE {table.segment_sql} = $1 "
+                           "ORDER BY buffer_id",
                            [call.segment], ["integer"], size=1):
         for r in rows:
             state = transition(gd, state, r["y"], r["x"], r["ys"], r["xs"], call.run_id, call_id)

@@ -88,6 +88,9 @@ class RunStore:
     configs: dict = field(default_factory=dict)  # (model_arch, compile_params) -> ConfiguredModel
     schema: str = ""                 # the extension's schema (where the aggregates are)
     constants: dict = field(default_factory=dict)  # mst_key -> requests.ModelConstants
+    custom: dict = field(default_factory=dict)     # mst_key -> {name: custom_functions.CustomFunction}
+    registered: set = field(default_factory=set)   # mst_keys whose callbacks and custom functions are checked here
+    hops: dict = field(default_factory=dict)       # (mst_key, segment) -> hops trained here (TensorBoard's step)
     tables: dict = field(default_factory=dict)     # 'train', 'validation', 'test' -> requests.TableRef
     next_call_id: int = 0
     staged: tuple | None = None    # (call id, requests.Fit or Evaluate) for the next aggregate

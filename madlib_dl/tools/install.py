@@ -35,7 +35,7 @@ LIBRARY = f"{EXTENSION}.so"
 # What the server reads runs as the postgres OS user: readable by all whatever root's umask is.
 READABLE = 0o644
 # What the server imports (the client tools need psycopg2 too; requirements.txt pins them all).
-RUNTIME_PACKAGES = ("tensorflow-cpu", "keras", "numpy", "optuna", "psycopg")
+RUNTIME_PACKAGES = ("tensorflow-cpu", "keras", "numpy", "optuna", "psycopg", "dill")
 DEPS_STAMP = ".madlib_dl-requirements"
 
 

@@ -170,7 +170,7 @@ class AutomlDriver:
         config = start.config
         model_arch, weights = self.archs[config.model_id]
         model = ModelConfig(start.key, config.model_id, model_arch, config.compile_params.text,
-                            config.fit_params.text, weights)
+                            config.fit_params.text, weights, object_table=self.automl.spec.models[0].object_table)
         return driver.ModelProgress(model, weights if weights is not None else self.initial[config.model_id], None)
 
     def _trial(self, key: int) -> Trial:
@@ -399,7 +399,8 @@ def train(db, automl: AutomlRun) -> AutomlResult:
     runner = None
     try:
         with driver.workers.executor_for(db, spec.run_id, spec.schema, tables, {}, devices, spec.caller.function,
-                                         automl.max_models, [m.model_arch for m in spec.models]) as executor:
+                                         automl.max_models, [m.model_arch for m in spec.models],
+                                         custom=spec.models[0].object_table is not None) as executor:
             initial = driver.initial_weights(executor, spec)
             driver.check_state_sizes(spec, initial)
             memory_spec = replace(spec, models=tuple(spec.models[i % len(spec.models)] for i in range(automl.max_models)))

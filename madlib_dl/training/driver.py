@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from madlib_dl import settings
+from madlib_dl import custom_functions, settings
 from madlib_dl.errors import Cancelled, ConnectionLost, InvalidArgument
 from madlib_dl.keras_runtime import gpus
+from madlib_dl.keras_runtime import params as keras_params
 from madlib_dl.training import (checkpoints, executors, memory, placement, progress, segment_calls, segment_means,
                                 stored_state, training_metrics, workers)
 from madlib_dl.training.schedule import Hop, IterationScheduler
@@ -125,6 +126,9 @@ def train(db, spec: RunSpec, on_final: Callable | None = None) -> RunResult:
     state is final (its last training hop came back), while workers go on with the run's other hops
     (model_table.ModelTable.writer: its row is written then)."""
     LAST_HOPS.clear()
+    keras2_notice(db, spec)
+    for model in spec.models:  # before anything starts; each backend checks again (segment.server._register)
+        custom_functions.require_callbacks_allowed(db, model.fit_params, _fit_params_where(spec, model))
     devices = devices_for(spec)
     tables = {"train": spec.source, **({"validation": spec.validation} if spec.validation else {})}
     set_name = application_name_setter(db)
@@ -151,6 +155,24 @@ def train(db, spec: RunSpec, on_final: Callable | None = None) -> RunResult:
         raise stopped from None
     finally:
         set_name(None)
+
+
+def _fit_params_where(spec: RunSpec, model: ModelConfig) -> str:
+    return "fit_params" if spec.caller.one_model else f"model_selection_table: mst_key {model.mst_key}: fit_params"
+
+
+def keras2_notice(db, spec: RunSpec) -> None:
+    """One NOTICE saying what the models' compile_params had of Keras 2 and what it became
+    (params.compile_translations), each translation once with the mst_keys it serves."""
+    found: dict[str, list[int]] = {}
+    for model in spec.models:
+        for note in keras_params.compile_translations(model.compile_params):
+            found.setdefault(note, []).append(model.mst_key)
+    if not found:
+        return
+    lines = [note if spec.caller.one_model else f"{note} (mst_key {', '.join(map(str, keys))})"
+             for note, keys in found.items()]
+    db.notice(f"{spec.caller.function}: compile_params: " + "\n".join(lines))
 
 
 @contextlib.contextmanager

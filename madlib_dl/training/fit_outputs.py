@@ -42,6 +42,7 @@ class FitRequest:
     validation_table: str | None  # None when no validation table was given
     name: str | None
     description: str | None
+    object_table: str | None = None  # schema-qualified, as custom_functions.table_text writes it
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _summary_columns(db, spec: RunSpec, result: RunResult, request: FitRequest) 
         Column("model_arch_table", "TEXT", request.model_arch_table), Column("model_id", "INTEGER", request.model_id),
         Column("compile_params", "TEXT", config.compile_params), Column("fit_params", "TEXT", config.fit_params),
         Column("num_iterations", "INTEGER", spec.num_iterations),
-        Column("validation_table", "TEXT", request.validation_table), Column("object_table", "TEXT", None),
+        Column("validation_table", "TEXT", request.validation_table), Column("object_table", "TEXT", request.object_table),
         Column("metrics_compute_frequency", "INTEGER", spec.metrics_compute_frequency),
         Column("name", "TEXT", request.name), Column("description", "TEXT", request.description),
         Column("model_type", "TEXT", outputs.MODEL_TYPE),

@@ -138,6 +138,11 @@ def _write_info(db, out: OutputTables, result: RunResult, extra: Extra) -> None:
                    _info_row(mst_key, model, iters) + list(extra.info_values.get(mst_key, ())), types)
 
 
+def _typed_info(model_output_table: str) -> str:
+    # MADlib keeps the name as typed plus _info, not the resolved (case-folded, pg_temp_N) name
+    return identifiers.typed_with_suffix(model_output_table, "_info")
+
+
 def _write_summary(db, out: OutputTables, spec: RunSpec, result: RunResult, request: dict, extra: Extra) -> None:
     source = spec.source
     class_column = catalog.columns(db, source.summary).get(source.class_values_column)
@@ -145,10 +150,11 @@ def _write_summary(db, out: OutputTables, spec: RunSpec, result: RunResult, requ
     q = db.quote_ident
     columns = [
         ("source_table", "TEXT", request["source_table"]), ("validation_table", "TEXT", request["validation_table"]),
-        ("model", "TEXT", request["model_output_table"]), ("model_info", "TEXT", out.info.typed_sql(db)),
+        ("model", "TEXT", request["model_output_table"]),
+        ("model_info", "TEXT", _typed_info(request["model_output_table"])),
         ("dependent_varname", "TEXT[]", [source.dependent]), ("independent_varname", "TEXT[]", [source.independent]),
         ("model_arch_table", "TEXT", request["model_arch_table"]),
-        ("model_selection_table", "TEXT", request["model_selection_table"]), ("object_table", "TEXT", None),
+        ("model_selection_table", "TEXT", request["model_selection_table"]), ("object_table", "TEXT", request.get("object_table")),
         ("num_iterations", "INTEGER", spec.num_iterations),
         ("metrics_compute_frequency", "INTEGER", spec.metrics_compute_frequency),
         ("warm_start", "BOOLEAN", request["warm_start"]), ("name", "TEXT", request["name"]),

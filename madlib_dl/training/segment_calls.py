@@ -39,7 +39,7 @@ class EvaluateHop:
 
 def table_ref(table: PackedTable) -> requests.TableRef:
     return requests.TableRef(table.table.schema, table.table.name, table.dependent, table.independent,
-                             table.table.oid, table.distributed)
+                             table.table.oid, table.distributed, table.keyed)
 
 
 def begin_calls(segments, run_id: str, schema: str, tables: dict[str, PackedTable], models: dict) -> list[SegmentCall]:
@@ -50,8 +50,9 @@ def begin_calls(segments, run_id: str, schema: str, tables: dict[str, PackedTabl
 
 
 def model_constants(model) -> requests.ModelConstants:
-    """``model``: anything with model_arch, compile_params and fit_params."""
-    return requests.ModelConstants(model.model_arch, model.compile_params, getattr(model, "fit_params", None))
+    """``model``: anything with model_arch, compile_params and fit_params (and object_table)."""
+    return requests.ModelConstants(model.model_arch, model.compile_params, getattr(model, "fit_params", None),
+                                   getattr(model, "object_table", None))
 
 
 def fit_call(table: PackedTable, hop: TrainHop, run_id: str, state, seed: int, use_caching: bool,

@@ -12,6 +12,7 @@ import numpy as np
 
 from madlib_dl.identifiers import TableName
 from madlib_dl.packed_tables import PackedTable, SegmentStats  # noqa: F401 (part of a run spec)
+from madlib_dl.segment.requests import ObjectTable
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class ModelConfig:
     fit_params: str
     weights: bytes | None = None          # warm start or transfer learning; None: seeded initial weights
     optimizer_state: bytes | None = None  # warm start from our own output; None: a fresh optimizer
+    object_table: ObjectTable | None = None  # the custom functions compile_params names (checked, by OID)
 
 
 @dataclass(frozen=True)

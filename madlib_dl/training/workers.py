@@ -47,15 +47,22 @@ def choose_parallelism(db, segments: int, devices, models_at_once: int | None,
 
 @contextlib.contextmanager
 def executor_for(db, run_id: str, schema: str, tables: dict[str, PackedTable], models: dict, devices, name: str,
-                 models_at_once: int | None = None, model_archs=()):
+                 models_at_once: int | None = None, model_archs=(), custom: bool = False):
     """The executor of a run, with the run begun on every worker (``name``: the SQL function its NOTICEs
     begin with; ``tables``: the run's packed tables by the name its calls use, 'train' first;
     ``models``: mst_key -> its constants; ``devices``: one placement.WorkerDevice per segment;
     ``models_at_once``: how many models can train at once (madlib_keras_fit: one; None: one per segment)
-    and ``model_archs``, the run's architectures: what training.parallelism chooses the workers by).
+    and ``model_archs``, the run's architectures: what training.parallelism chooses the workers by;
+    ``custom``: models begun later use custom functions too).
     On success its workers are kept for the session's next call; on failure they are ended."""
     mode = settings.read_choice(db, settings.EXECUTOR)
-    if next(iter(tables.values())).distributed and mode != "in_process":
+    custom = custom or any(getattr(m, "object_table", None) is not None for m in models.values())
+    if next(iter(tables.values())).distributed and mode != "in_process" and custom:
+        # A node has no copy of the object table, and must not take one on this server's word.
+        db.notice(f"{name}: custom functions run on this server, not on the Citus worker nodes: their object table "
+                  "is here; the segments are read through Citus")
+        executor = open_executor(db, schema, list(tables.values()), devices, name, models_at_once, model_archs, mode)
+    elif next(iter(tables.values())).distributed and mode != "in_process":
         executor = _on_citus_nodes(db, schema, tables, devices, name, mode)
     else:
         executor = open_executor(db, schema, list(tables.values()), devices, name, models_at_once, model_archs, mode)

@@ -381,3 +381,38 @@ def test_predict_and_automl_on_distributed_tables(conn, citus_cluster):
         cur.execute("SELECT count(*), count(*) FILTER (WHERE validation_loss_final > 0) FROM automl_out_info")
         trained, with_loss = cur.fetchone()
         assert trained >= 2 and with_loss == trained
+
+
+def test_custom_functions_train_on_the_coordinator(conn, citus_cluster, citus_role):
+    """The nodes have no copy of the object table and must not take code on the coordinator's word: a
+    run with custom functions trains here, reading the distributed segments through Citus."""
+    import dill
+
+    def double_ce(y_true, y_pred):
+        import keras
+
+        return 2.0 * keras.losses.categorical_crossentropy(y_true, y_pred)
+
+    double_ce.__module__ = "__main__"  # pickled by value, as a notebook's function is
+    with citus_cluster.coordinator.connect(DATABASE) as admin, admin.cursor() as cur:  # a superuser loads it
+        cur.execute("DROP TABLE IF EXISTS objects")
+        cur.execute("SELECT madlib_dl.load_custom_function('public.objects', %s, 'double_ce')",
+                    [psycopg2.Binary(dill.dumps(double_ce, recurse=True))])
+        cur.execute(f"GRANT SELECT ON public.objects TO {citus_role.name}")
+    with conn.cursor() as cur:
+        cur.execute("SELECT madlib_dl.load_keras_model('custom_arch', %s::json)", [_mlp_json()])
+        del conn.notices[:]
+        cur.execute("SELECT madlib_dl.madlib_keras_fit('packed', 'custom_out', 'custom_arch', 1, "
+                    "$$loss='double_ce', optimizer='SGD(lr=0.1)'$$, 'batch_size=8', 1, object_table => 'objects')")
+        assert any("custom functions run on this server, not on the Citus worker nodes" in n for n in conn.notices)
+        cur.execute("SELECT count(*), count(node) FROM madlib_dl.last_fit_hops() WHERE kind = 'train'")
+        assert cur.fetchone() == (SEGMENTS, 0)  # every segment trained, none on a node
+        cur.execute("SELECT loss_type, training_loss_final > 0, object_table FROM custom_out_summary")
+        assert cur.fetchone() == ("double_ce", True, "public.objects")
+
+
+def _mlp_json() -> str:
+    keras = tf_setup.keras()
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(8, activation="relu"),
+                             keras.layers.Dense(CLASSES, activation="softmax")]).to_json()

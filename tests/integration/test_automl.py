@@ -71,10 +71,15 @@ def test_hyperband_runs_its_brackets_and_writes_madlibs_tables(cur):
     cur.execute("SELECT count(*), count(model_weights) FROM hb")
     assert cur.fetchone() == (5, 5)  # stopped models keep their state
     # the best configuration (lowest final validation loss) replaces the selection table
-    cur.execute("SELECT model_id, compile_params, fit_params FROM hb_mst")
+    # under its own mst_key, as MADlib keeps it: joined by mst_key, the tables name the same model
+    cur.execute("SELECT mst_key, model_id, compile_params, fit_params FROM hb_mst")
     best = cur.fetchall()
-    cur.execute("SELECT 1, compile_params, fit_params FROM hb_info ORDER BY validation_loss_final LIMIT 1")
+    cur.execute("SELECT mst_key, model_id, compile_params, fit_params FROM hb_info "
+                "ORDER BY validation_loss_final LIMIT 1")
     assert best == cur.fetchall()
+    cur.execute("SELECT count(*) FROM hb_mst JOIN hb_info USING (mst_key, model_id, compile_params, fit_params) "
+                "JOIN hb USING (mst_key)")
+    assert cur.fetchone()[0] == 1
     cur.execute("SELECT model_arch_table FROM hb_mst_summary")
     assert cur.fetchone()[0] == "arch"
 

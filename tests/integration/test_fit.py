@@ -584,7 +584,7 @@ ERRORS = [
     ({"num_iterations": 0}, "22023", "num_iterations", ["expected an integer of at least 1, got 0"]),
     ({"num_iterations": None}, "22023", "num_iterations", ["got NULL"]),
     ({"metrics_compute_frequency": 3}, "22023", "metrics_compute_frequency", ["expected 1 to num_iterations (2)"]),
-    ({"object_table": "custom_fns"}, "0A000", "object_table", ["custom functions are not supported", "custom_fns"]),
+    ({"object_table": "custom_fns"}, "42P01", "object_table", ["table 'custom_fns' does not exist"]),
     ({"source_table": "no_such_table"}, "42P01", "source_table", ["table 'no_such_table' does not exist"]),
     ({"source_table": "digits"}, "42P01", "source_table", ["has no summary table 'digits_summary'"]),
     ({"validation_table": "no_such_table"}, "42P01", "validation_table", ["does not exist"]),

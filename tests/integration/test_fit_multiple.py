@@ -172,6 +172,8 @@ def test_one_hot_labels_and_null_class(cur, caching, label):
         cur.execute("CREATE TABLE lab_src AS SELECT id, attributes, NULLIF(class_text, 'setosa') AS y FROM iris_train")
     cur.execute("SELECT madlib_dl.training_preprocessor_dl('lab_src', 'lab_packed', 'y', 'attributes', NULL, 1.0, "
                 "NULL, '3')")
+    cur.execute("SELECT num_classes FROM lab_packed_summary")  # MADlib records none for one-hot arrays
+    assert cur.fetchone()[0] == ([] if label == "onehot" else [3])
     _mst(cur, "mst_lab", [(1, _adam(0.05), "batch_size=8,epochs=2")])
     _fit(cur, "out_lab", mst="mst_lab", iterations=3, source="lab_packed", caching=caching)
     cur.execute("SELECT training_metrics_final > 0.6, num_classes FROM out_lab_info, out_lab_summary")
@@ -194,6 +196,69 @@ def test_schema_qualified_tables(cur, server, plain_role):
     assert cur.fetchone() == ("s1.packed", "s1.models", "s1.models_info")
     cur.execute("SELECT to_regclass('public.models') IS NULL")
     assert cur.fetchone()[0]
+
+
+def test_tables_in_pg_temp(db, server, plain_role):
+    """pg_temp means the session's temporary schema, as in PostgreSQL, for inputs and outputs (a fresh
+    session, which has no temporary schema yet); the summary names the info table as MADlib does: the
+    output table's name as typed, plus _info."""
+    with server.connect(db.info.dbname, user=plain_role) as conn, conn.cursor() as cur:
+        cur.execute("SET madlib_dl.executor = 'auto'")  # workers cannot read temporary tables: in this session
+        cur.execute("SELECT madlib_dl.training_preprocessor_dl('iris_train', 'pg_temp.t_packed', 'class_text', "
+                    "'attributes', NULL, 1.0, NULL, '2')")
+        cur.execute("CREATE TEMP TABLE t_val AS SELECT * FROM iris_val")
+        cur.execute("SELECT madlib_dl.validation_preprocessor_dl('t_val', 'pg_temp.t_val_packed', 'class_text', "
+                    "'attributes', 't_packed')")
+        _mst(cur, "pg_temp.t_mst", [(1, _adam(0.05), "batch_size=8,epochs=1")])
+        cur.execute(FIT, ["pg_temp.t_packed", "pg_temp.T_Out", "pg_temp.t_mst", 1, "t_val_packed", None, False,
+                          None, None, False])
+        cur.execute("SELECT count(*) FROM pg_temp.t_out JOIN pg_temp.t_out_info USING (mst_key) "
+                    "WHERE validation_loss_final IS NOT NULL")
+        assert cur.fetchone()[0] == 1
+        cur.execute("SELECT source_table, model, model_info, model_selection_table FROM t_out_summary")
+        assert cur.fetchone() == ("pg_temp.t_packed", "pg_temp.T_Out", "pg_temp.T_Out_info", "pg_temp.t_mst")
+        cur.execute("SELECT madlib_dl.madlib_keras_evaluate('pg_temp.t_out', 'pg_temp.t_val_packed', "
+                    "'pg_temp.t_eval', FALSE, 1)")
+        cur.execute("SELECT count(*) FROM pg_temp.t_eval")
+        assert cur.fetchone()[0] == 1
+        cur.execute("SELECT relpersistence FROM pg_class WHERE oid = 'pg_temp.t_out'::regclass")
+        assert cur.fetchone()[0] == "t"
+        cur.execute("SELECT to_regclass('public.t_out') IS NULL")
+        assert cur.fetchone()[0]
+
+
+def _madlib_layout(cur, packed, name):
+    """``packed`` as MADlib's own preprocessor writes it on PostgreSQL: no __dist_key__ column (one
+    segment), and a summary without num_classes (older versions) or num_segments (every version)."""
+    cur.execute(f"DROP TABLE IF EXISTS {name}, {name}_summary")
+    cur.execute(f"CREATE TABLE {name} AS SELECT attributes, class_text, attributes_shape, class_text_shape, "
+                f"buffer_id FROM {packed}")
+    cur.execute(f"CREATE TABLE {name}_summary AS SELECT source_table, output_table, dependent_varname, "
+                f"independent_varname, dependent_vartype, class_text_class_values, buffer_size, normalizing_const, "
+                f"'all_segments'::TEXT AS distribution_rules, 'all_segments'::TEXT AS __internal_gpu_config__ "
+                f"FROM {packed}_summary")
+
+
+@pytest.mark.parametrize("caching", [False, True])
+def test_tables_packed_by_madlib_on_postgresql(cur, caching):
+    _madlib_layout(cur, "iris_packed", "m_packed")
+    _madlib_layout(cur, "iris_val_packed", "m_val_packed")
+    _mst(cur, "mst_m", [(1, _adam(0.05), "batch_size=8,epochs=1"), (1, _adam(0.01), "batch_size=8,epochs=1")])
+    _fit(cur, "out_m", mst="mst_m", iterations=2, validation="m_val_packed", caching=caching, source="m_packed")
+    cur.execute("SELECT mst_key, array_length(training_loss, 1), validation_loss_final IS NOT NULL FROM out_m_info "
+                "ORDER BY 1")
+    assert cur.fetchall() == [(1, 1, True), (2, 1, True)]
+    assert sorted({(h["mst_key"], h["segment"]) for h in _hops(cur)}) == [(1, 0), (2, 0)]  # the one segment
+    cur.execute("SELECT num_classes, class_text_class_values FROM out_m_summary")
+    assert cur.fetchone() == ([3], list(CLASSES))
+    # a validation table packed by madlib_dl for it goes on its one segment
+    cur.execute("DROP TABLE IF EXISTS m_val2, m_val2_summary")
+    cur.execute("SELECT madlib_dl.validation_preprocessor_dl('iris_val', 'm_val2', 'class_text', 'attributes', "
+                "'m_packed')")
+    cur.execute("SELECT DISTINCT __dist_key__ FROM m_val2")
+    assert cur.fetchall() == [(0,)]
+    cur.execute("SELECT num_classes, num_segments FROM m_val2_summary")
+    assert cur.fetchone() == ([3], 1)
 
 
 # ---------------------------------------------------------------------------------------------------

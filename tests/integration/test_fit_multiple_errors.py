@@ -187,7 +187,7 @@ def gpus_visible() -> bool:
     ("fake_packed", ["CREATE TABLE fake_packed (x INTEGER)",
                      "CREATE TABLE fake_packed_summary (source_table TEXT, num_classes INTEGER[])"],
      "22023", ["summary fake_packed_summary of 'fake_packed' lacks column(s) "
-               "dependent_varname, independent_varname, normalizing_const, num_segments"]),
+               "dependent_varname, independent_varname, normalizing_const"]),
     ("empty_packed", [f"SELECT {S}training_preprocessor_dl('iris_train', 'empty_packed', 'class_text', 'attributes', "
                       "NULL, 1.0, NULL, '3')", "DELETE FROM empty_packed"],
      "22023", ["packed table 'empty_packed' is empty"]),
@@ -289,8 +289,8 @@ def test_model_selection_summary_names_dropped_arch_table(cur):
 
 def test_model_selection_summary_with_object_table(cur):
     make_mst(cur, "mst_objects", [GOOD_ROW], object_table="custom_fns")
-    fails(cur, "0A000", "model_selection_table", "object_table 'custom_fns'", "not supported",
-          model_selection_table="mst_objects")
+    fails(cur, "42P01", "model_selection_table (object_table in mst_objects_summary)",
+          "object table 'custom_fns' does not exist", model_selection_table="mst_objects")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -143,20 +143,19 @@ def test_load_with_object_table(db, cur):
     cur.execute(LOAD6, ["arch", "mst_obj", [1], [COMPILE], [""], None])
     assert rows(cur, "mst_obj") == [(1, 1, COMPILE, "")]
     drop(cur, "mst_obj")
-    fails(cur, LOAD6, ["arch", "mst_obj", [1], [COMPILE], [""], "custom_fns"], "0A000",
-          "object_table: custom functions are not supported yet")
+    fails(cur, LOAD6, ["arch", "mst_obj", [1], [COMPILE], [""], "custom_fns"], "42P01",
+          "object_table: table 'custom_fns' does not exist")
     assert not exists(cur, "mst_obj") and not exists(cur, "mst_obj_summary")
 
 
 def test_optimizer_arguments_are_checked_against_keras(db, cur):
     drop(cur, "mst_keras")
-    message = fails(cur, LOAD, ["arch", "mst_keras", [1], [COMPILE, "loss='mse', optimizer='Adam(lr=0.1, decay=1e-6)'"],
-                                [""]], "22023", "compile_params_list[2]: Adam has no argument decay; expected some of")
+    message = fails(cur, LOAD, ["arch", "mst_keras", [1], [COMPILE, "loss='mse', optimizer='Adam(lr=0.1, momentum=0.9)'"],
+                                [""]], "22023", "compile_params_list[2]: Adam has no argument momentum; expected some of")
     assert "weight_decay" in message
-    # MADlib's documented random-search grid uses decay, which Keras 3 optimizers no longer take
-    grid = RANDOM_GRID.replace("'beta_1': [0.8, 0.95, 'linear']", "'decay': [1e-6, 1e-4, 'log']")
+    grid = RANDOM_GRID.replace("'beta_1': [0.8, 0.95, 'linear']", "'momentum': [0.8, 0.95, 'linear']")
     fails(cur, GENERATE_RANDOM, ["arch", "mst_keras", [1], grid, FIT_GRID, "random", 5, 1, None], "22023",
-          "compile_params_grid: optimizer_params_list[1]: Adam has no argument decay")
+          "compile_params_grid: optimizer_params_list[1]: Adam has no argument momentum")
     fails(cur, GENERATE, ["arch", "mst_keras", [1], "{'loss': ['mse'], 'optimizer_params_list': "
                           "[{'optimizer': ['Adam', 'SGD'], 'beta_1': [0.9]}]}", "{}"],
           "22023", "compile_params_grid: optimizer_params_list[0]: SGD has no argument beta_1")
@@ -390,7 +389,7 @@ ERRORS = [
      "num_configs: random search needs the number of configurations to draw, an integer >= 1, got NULL"),
     (GENERATE_RANDOM, ["arch", "err_mst", [1], RANDOM_GRID, FIT_GRID, "random", 0, 3, None], "22023", "got 0"),
     (f"SELECT {S}generate_model_configs(%s, %s, %s, %s, %s, object_table => %s)",
-     ["arch", "err_mst", [1], COMPILE_GRID, FIT_GRID, "objs"], "0A000", "object_table: custom functions are not supported yet"),
+     ["arch", "err_mst", [1], COMPILE_GRID, FIT_GRID, "objs"], "42P01", "object_table: table 'objs' does not exist"),
 ]
 
 

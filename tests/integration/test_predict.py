@@ -237,6 +237,27 @@ def test_byom_class_values_and_normalizing_const(cur):
     _assert_rows(cur, _expected("prob"))
 
 
+@pytest.mark.parametrize("class_values", [[["cat", None, "eel"]], [["cat", None, "eel", None]]],
+                         ids=["one_row", "padded_row"])
+def test_byom_two_dimensional_class_values_as_madlib_documents(cur, class_values):
+    """MADlib documents class_values as one row per dependent variable, e.g. ARRAY[ARRAY['a','b','c']]
+    (NULL-padded to the longest row, PostgreSQL arrays being rectangular)."""
+    _byom(cur, "prob", False, class_values, 1.0)
+    _assert_rows(cur, _expected_prob(classes=("cat", None, "eel")))
+    cur.execute("DROP TABLE out")
+    _byom(cur, "prob", False, [[None, None, None]], 1.0)  # a row of NULLs: the default 0, 1, 2 (as MADlib)
+    _assert_rows(cur, _expected("prob"))
+
+
+@pytest.mark.parametrize("class_values, fragments", [
+    ([["a", "b", "c"], ["d", "e", "f"]], ("has 2 rows, one per dependent variable, but dependent_count is 1",)),
+    ([["a", "b"]], ("has 2 values but the model has 3 outputs",)),
+    ([[["a", "b", "c"]]], ("expected a one-dimensional array", "got 3 dimensions")),
+], ids=["two_rows", "short_row", "three_dimensions"])
+def test_byom_class_values_that_cannot_fit_are_refused(cur, class_values, fragments):
+    _fails(cur, lambda: _byom(cur, "prob", False, class_values), "22023", "class_values", *fragments)
+
+
 def test_id_column_keeps_its_type_and_any_values(cur):
     cur.execute("DROP TABLE IF EXISTS named_points")
     cur.execute('CREATE TABLE named_points ("Point Id" VARCHAR(12), x DOUBLE PRECISION[])')

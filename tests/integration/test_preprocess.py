@@ -225,6 +225,21 @@ def test_numeric_array_labels_are_taken_as_one_hot(cur):
     assert s["y_class_values"] is None and s["dependent_vartype"] == ["integer[]"] and s["num_classes"] == [5]
 
 
+def test_one_hot_labels_without_num_classes_record_none_as_madlib_does(cur):
+    """MADlib writes num_classes {} for one-hot array labels unless num_classes is given; the validation
+    table copies it, and the count is the labels' width."""
+    _drop(cur, "oh2_packed", "oh2_val")
+    cur.execute("DROP TABLE IF EXISTS onehot2")
+    cur.execute("CREATE TABLE onehot2 AS SELECT id, attributes, CASE class_text WHEN 'setosa' THEN '{1,0}'::int[] "
+                "ELSE '{0,1}' END AS y FROM iris")
+    cur.execute("SELECT madlib_dl.training_preprocessor_dl('onehot2', 'oh2_packed', 'y', 'attributes')")
+    s = _summary(cur, "oh2_packed")
+    assert s["num_classes"] == [] and s["y_class_values"] is None
+    cur.execute("SELECT madlib_dl.validation_preprocessor_dl('onehot2', 'oh2_val', 'y', 'attributes', 'oh2_packed')")
+    assert _summary(cur, "oh2_val")["num_classes"] == []
+    assert all(y.shape[1] == 2 for _, _, _, y in _buffers(cur, "oh2_val", "attributes", "y"))
+
+
 def test_segment_count_comes_from_the_setting(cur):
     _drop(cur, "seg_a", "seg_b")
     cur.execute("SET madlib_dl.num_segments = 5")
@@ -341,7 +356,7 @@ def error_tables(db):
     ({"num_classes": [0]}, r"num_classes: expected a positive class count, got 0"),
     ({"distribution_rules": "0"}, r"distribution_rules: expected a number of segments from 1 to 1024, got 0"),
     ({"distribution_rules": "-2"}, r"distribution_rules: expected a number of segments from 1 to 1024, got -2"),
-    ({"distribution_rules": "my_dbids"}, r"distribution_rules: expected 'all_segments', 'gpu_segments' or a number"),
+    ({"distribution_rules": "my_dbids"}, r"distribution_rules: 'my_dbids' as a table of Greenplum segment ids \(dbid\) only has a meaning on Greenplum"),
     ({"distribution_rules": "gpu_segments"}, r"distribution_rules: 'gpu_segments' needs GPUs, and this host has none"),
 ])
 def test_training_errors_name_the_argument_and_create_nothing(cur, error_tables, kw, message):

@@ -68,7 +68,7 @@ SELECT * FROM mst_small ORDER BY mst_key;
 SELECT madlib_dl.load_model_selection_table('model_arch_library', 'mst_bad', ARRAY[1, 7],
     ARRAY[$$loss='mse', optimizer='Adam'$$], ARRAY['']);
 SELECT madlib_dl.load_model_selection_table('model_arch_library', 'mst_bad', ARRAY[1],
-    ARRAY[$$loss='mse', optimizer='Adam'$$, $$loss='mse', optimizer='Adam(lr=0.1, decay=1e-6)'$$], ARRAY['']);
+    ARRAY[$$loss='mse', optimizer='Adam'$$, $$loss='mse', optimizer='Adam(lr=0.1, momentum=0.9)'$$], ARRAY['']);
 SELECT madlib_dl.load_model_selection_table('model_arch_library', 'mst_bad', ARRAY[1],
     ARRAY[$$loss='mse', optimizer='Adam'$$], ARRAY['batch_size=32', 'batch_size=32.5']);
 SELECT madlib_dl.load_model_selection_table('model_arch_library', 'mst_bad', ARRAY[1],

@@ -23,7 +23,7 @@ COMPILE = "loss='categorical_crossentropy', optimizer='Adam(lr=0.01)', metrics=[
 COMPILE_GRID = ("{'loss': ['categorical_crossentropy'], 'metrics': ['accuracy'], "
                 "'optimizer_params_list': [{'optimizer': ['SGD', 'Adam'], 'lr': [0.01, 0.001]}]}")
 FIT_GRID = "{'batch_size': [32, 64], 'epochs': [1, 2]}"
-# MADlib's documented random-search grid (its decay is refused later, against Keras, not here)
+# MADlib's documented random-search grid (its decay, Keras 2's, becomes a learning rate schedule)
 MADLIB_RANDOM_GRID = """{'loss': ['categorical_crossentropy'],
     'optimizer_params_list': [
         {'optimizer': ['SGD'], 'lr': [0.0001, 0.001, 'log'], 'momentum': [0.95, 0.99, 'log_near_one']},
@@ -133,8 +133,8 @@ class TestParamLists:
         message = error(InvalidArgument, "compile_params_list[2]: ", configs.param_list,
                         [COMPILE, "loss='nope', optimizer='adam'"], "compile_params_list", configs.compile_param)
         assert "unknown loss 'nope'" in message
-        error(NotSupported, "fit_params_list[1]: callbacks is not accepted", configs.param_list,
-              ["callbacks=[]"], "fit_params_list", configs.fit_param)
+        error(NotSupported, "fit_params_list[1]: validation_split is not accepted", configs.param_list,
+              ["validation_split=0.1"], "fit_params_list", configs.fit_param)
 
     @pytest.mark.parametrize("value, fragment", [
         (None, "compile_params_list: expected an array such as ARRAY[$$loss="),
@@ -193,9 +193,9 @@ class TestGeneratedStrings:
     @pytest.mark.parametrize("value", [0.1 + 0.2, 1e-7, 3.0000000000000004e-05, 0.9990000000000001, 1, -0.5,
                                        123456.789, 2.2250738585072014e-308, True, False, None])
     def test_values_read_back_exactly(self, value):
-        text = configs.compile_string("SGD", [("momentum", value)], [("loss", "mse")])
+        text = configs.compile_string("SGD", [("clipnorm", value)], [("loss", "mse")])  # clipnorm may be None
         kwargs = parse_compile_params(text).optimizer.kwargs
-        assert kwargs == {"momentum": value} and type(kwargs["momentum"]) is type(value)
+        assert kwargs == {"clipnorm": value} and type(kwargs["clipnorm"]) is type(value)
 
     def test_random_floats_read_back_exactly(self):
         rng = np.random.default_rng(0)
@@ -305,7 +305,10 @@ class TestParseGrids:
         error(InvalidArgument, fragment, grid.parse_fit_grid, text)
 
     def test_rejected_fit_key(self):
-        error(NotSupported, "fit_params_grid: callbacks is not accepted", grid.parse_fit_grid, "{'callbacks': [[]]}")
+        error(NotSupported, "fit_params_grid: validation_split is not accepted", grid.parse_fit_grid,
+              "{'validation_split': [0.1]}")
+        error(NotSupported, "fit_params_grid: callbacks cannot be searched over", grid.parse_fit_grid,
+              "{'callbacks': [[]]}")
 
     def test_distribution_outside_optimizer_arguments(self):
         error(InvalidArgument, "compile_params_grid: loss_weights: [0.1, 1.0, 'linear'] is a distribution",
@@ -474,7 +477,8 @@ class TestGridSearch:
         assert len(made) == 2 * (2 * 2 * 3 * 2 * 1) * (2 * 2)
         assert_parses(made)
         parsed = parse_compile_params(made[-1].compile_params.text)
-        assert parsed.optimizer == OptimizerSpec("Adam", {"learning_rate": 1e-07, "amsgrad": True, "epsilon": None})
+        # epsilon=None is Keras 2's (the backend's epsilon): left out, for Keras 3's default
+        assert parsed.optimizer == OptimizerSpec("Adam", {"learning_rate": 1e-07, "amsgrad": True})
         assert parsed.metrics == () and parsed.loss_weights == {"out": 1.0} and parsed.weighted_metrics == ("mse",)
 
 
@@ -526,9 +530,10 @@ class TestRandomSearch:
         assert all(0.95 <= v <= 0.99 for v in momentum)
         # log_near_one: 1 - m is log-uniform in [0.01, 0.05]
         assert 0.35 < sum(1 - v < math.sqrt(0.01 * 0.05) for v in momentum) / len(momentum) < 0.65
-        decay = [k["decay"] for k in adam]
+        decay = [k["learning_rate"].decay_rate for k in adam]  # Keras 2's decay: a learning rate schedule
         assert all(1e-6 <= v <= 1e-4 for v in decay)
-        assert all(type(v) is float for k in sgd + adam for v in k.values())
+        assert all(type(v) is float for k in sgd for v in k.values())
+        assert all(type(v) is float for k in adam for v in vars(k["learning_rate"]).values())
 
     def test_linear(self):
         made = random_rows(SAME_RANGE_GRID, "{}", num_configs=400, ids=[1])

@@ -98,6 +98,7 @@ def test_gpu_segments_is_one_segment_per_gpu():
 @pytest.mark.parametrize("text,error,message", [
     ("0", InvalidArgument, "from 1 to 1024, got 0"), ("1025", InvalidArgument, "got 1025"),
     ("-1", InvalidArgument, "got -1"), ("dbid_table", NotSupported, "only has a meaning on Greenplum"),
+    ("public.dbids", NotSupported, "give their number instead, such as '3' \\(one per dbid the table lists\\)"),
     ("3.5", NotSupported, "got '3.5'"),
 ])
 def test_bad_distribution_rules(text, error, message):

@@ -189,7 +189,8 @@ class TestValidCompileParams:
             "optimizer", "loss", "metrics", "loss_weights", "weighted_metrics"]
         assert [f.name for f in dataclasses.fields(OptimizerSpec)] == ["name", "kwargs"]
         assert [f.name for f in dataclasses.fields(FitParams)] == [
-            "batch_size", "epochs", "verbose", "shuffle", "class_weight", "initial_epoch", "steps_per_epoch"]
+            "batch_size", "epochs", "verbose", "shuffle", "class_weight", "initial_epoch", "steps_per_epoch",
+            "callbacks"]
 
     def test_implicit_string_concatenation_is_a_literal(self):
         assert parse_compile_params("loss='m' 'se', optimizer=adam").loss == "mse"
@@ -393,7 +394,9 @@ BAD_COMPILE = [
     ("dunder-key", compile_with(__class__="1"), InvalidArgument, r"unknown parameter '__class__'"),
     # NotSupported
     ("sample-weight-mode", compile_with(sample_weight_mode="'temporal'"), NotSupported,
-     r"^compile_params: sample_weight_mode is not accepted: Keras 3 removed sample_weight_mode$"),
+     r"^compile_params: sample_weight_mode is not accepted: Keras 3 removed sample_weight_mode; leave it out "
+     r"\(madlib_dl has no per-example weights; class_weight in fit_params weighs classes\) \(got 'temporal'; only "
+     r"None, which changes nothing, is accepted\)$"),
     ("run-eagerly", compile_with(run_eagerly="True"), NotSupported, r"run_eagerly is not accepted"),
     ("sparse-loss", compile_with(loss="'sparse_categorical_crossentropy'"), NotSupported,
      r"loss 'sparse_categorical_crossentropy' is not supported$"),
@@ -476,7 +479,7 @@ class TestMalformedCompileParams:
 
     def test_rejected_key_wins_over_missing_loss(self):
         with pytest.raises(NotSupported, match=r"sample_weight_mode"):
-            parse_compile_params("optimizer=adam, sample_weight_mode=None")
+            parse_compile_params("optimizer=adam, sample_weight_mode='temporal'")
 
     def test_max_length_boundary(self):
         base = compile_with()
@@ -680,7 +683,7 @@ BAD_FIT = [
     ("unknown-key", "epoch=1", InvalidArgument,
      r"^fit_params: unknown parameter 'epoch' \(did you mean 'epochs'\?\); expected one of batch_size, epochs, verbose, "
      r"shuffle, class_weight, "
-     r"initial_epoch, steps_per_epoch$"),
+     r"initial_epoch, steps_per_epoch, callbacks$"),
     ("duplicate-key", "batch_size=32, batch_size=64", InvalidArgument,
      r"^fit_params: batch_size is given more than once$"),
     ("duplicate-key-same-value", "epochs=1, epochs=1", InvalidArgument, r"epochs is given more than once"),
@@ -715,7 +718,8 @@ class TestMalformedFitParams:
             parse_fit_params(f"epochs=1, {key}=None")
 
     @pytest.mark.parametrize("text, reason", [
-        ("callbacks=[]", "callbacks are not supported yet"),
+        ("callbacks=[EarlyStopping(patience=2)]", "EarlyStopping cannot act per hop"),
+        ("callbacks=[keras.callbacks.ModelCheckpoint('x')]", "madlib_dl checkpoints the whole run itself"),
         ("validation_split=0.2", "validation data comes from the validation_table argument"),
         ("validation_freq=1", "use the metrics_compute_frequency argument"),
         ("sample_weight=None", "use class_weight"),
