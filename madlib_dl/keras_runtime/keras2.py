@@ -29,8 +29,7 @@ from madlib_dl.errors import InvalidArgument
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
 
 # Layers whose Keras 2 configs Keras 3 accepts once translated (tests/runtime/test_keras2.py builds each
-# from a tf.keras 2.x style config). Other layers are refused with their name: RNN layers, for instance,
-# have arguments Keras 3 removed (implementation, time_major) that change what they compute.
+# from a tf.keras 2.x style config). Other layers are refused with their name.
 LAYERS = frozenset((
     "InputLayer", "Dense", "Activation", "Dropout", "Flatten", "Reshape", "Permute", "RepeatVector",
     "BatchNormalization", "LayerNormalization",
@@ -40,6 +39,7 @@ LAYERS = frozenset((
     "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D", "UpSampling1D", "UpSampling2D",
     "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax", "GaussianNoise", "GaussianDropout",
     "Embedding", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
+    "SimpleRNN", "LSTM", "GRU",
 ))
 
 # Nested objects by the key suffix that holds them, with the class names Keras 2 wrote for them.
@@ -61,6 +61,10 @@ _DROPPED = {
     "SeparableConv2D": {"groups": (1,)},
     "DepthwiseConv2D": {"groups": (1,)},
     "Embedding": {"input_length": "any"},
+    # implementation 1 or 2 chose how tf.keras computed the same gates; time_major=True fed time first
+    "LSTM": {"implementation": (1, 2), "time_major": (False,)},
+    "GRU": {"implementation": (1, 2), "time_major": (False,)},
+    "SimpleRNN": {"time_major": (False,)},
 }
 
 

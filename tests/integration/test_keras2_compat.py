@@ -51,8 +51,9 @@ KERAS21_JSON = json.dumps({"class_name": "Sequential", "keras_version": "2.1.6",
            kernel_initializer={"class_name": "VarianceScaling", "config": {
                "distribution": "uniform", "scale": 1.0, "seed": None, "mode": "fan_avg"}}),
     _dense("dense_2", 3, "softmax")]})
-LSTM_JSON = json.dumps({"class_name": "Sequential", "keras_version": "2.9.0", "config": {"name": "s", "layers": [
-    {"class_name": "LSTM", "config": {"name": "lstm", "units": 4, "batch_input_shape": [None, 2, 2]}},
+CONV_LSTM_JSON = json.dumps({"class_name": "Sequential", "keras_version": "2.9.0", "config": {"name": "s", "layers": [
+    {"class_name": "ConvLSTM2D", "config": {"name": "conv_lstm", "filters": 2, "kernel_size": [1, 1],
+                                            "batch_input_shape": [None, 2, 2, 2, 1]}},
     _dense("out", 3, "softmax")]}})
 
 
@@ -162,8 +163,8 @@ def test_a_keras2_row_copied_in_from_madlib_trains_without_being_loaded_again(cu
 def test_a_keras2_layer_without_translation_is_refused_naming_it(cur):
     cur.execute("SELECT count(*) FROM arch")
     before = cur.fetchone()[0]
-    _fails(cur, f"SELECT {S}load_keras_model('arch', %s::json)", [LSTM_JSON], "22023",
-           "model_arch: layer 'lstm' (LSTM) in this Keras 2.9.0 JSON has no Keras 3 translation here")
+    _fails(cur, f"SELECT {S}load_keras_model('arch', %s::json)", [CONV_LSTM_JSON], "22023",
+           "model_arch: layer 'conv_lstm' (ConvLSTM2D) in this Keras 2.9.0 JSON has no Keras 3 translation here")
     cur.execute("SELECT count(*) FROM arch")
     assert cur.fetchone()[0] == before
 

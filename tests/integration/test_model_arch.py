@@ -38,7 +38,7 @@ UNKNOWN_LAYER_JSON = ('{"module": "keras", "class_name": "Sequential", "config":
                       '{"module": "keras.layers", "class_name": "NoSuchLayer", "config": {"units": 3}}]}}')
 # Keras 2 JSON is translated (tests/integration/test_keras2_compat.py); a layer without translation is refused
 KERAS2_JSON = ('{"class_name": "Sequential", "keras_version": "2.10.0", "backend": "tensorflow", "config": {'
-               '"name": "s", "layers": [{"class_name": "GRU", "config": {"name": "gru", "units": 3, '
+               '"name": "s", "layers": [{"class_name": "ConvLSTM1D", "config": {"name": "clstm", "filters": 3, '
                '"batch_input_shape": [null, 2, 4]}}, {"class_name": "Dense", "config": {"units": 3}}]}}')
 
 LOAD = "SELECT madlib_dl.load_keras_model(%s, %s::json, %s)"
@@ -227,7 +227,7 @@ def test_help_and_malformed_json_never_import_tensorflow(server, database):
      "model_arch: cannot find the number of classes: the last layer must be a Dense layer with units"),
     ("arch", UNKNOWN_LAYER_JSON, None, "22023",
      "model_arch: not a loadable Keras model JSON: ValueError: Could not deserialize 'keras.layers.NoSuchLayer'"),
-    ("arch", KERAS2_JSON, None, "22023", "model_arch: layer 'gru' (GRU) in this Keras 2.10.0 JSON has no Keras 3 "
+    ("arch", KERAS2_JSON, None, "22023", "model_arch: layer 'clstm' (ConvLSTM1D) in this Keras 2.10.0 JSON has no Keras 3 "
                                           "translation here"),
     ("arch", IRIS_JSON, IRIS_WEIGHTS[:-4], "22023",
      f"model_weights: holds {IRIS_WEIGHT_COUNT - 1} values but the model architecture has {IRIS_WEIGHT_COUNT} weights"),

@@ -60,6 +60,13 @@ KERAS21_MLP = {"class_name": "Sequential", "keras_version": "2.1.6", "backend": 
 CONV = {"filters": 4, "kernel_size": [3, 3], "strides": [1, 1], "padding": "valid", "data_format": "channels_last",
         "dilation_rate": [1, 1], "groups": 1}
 CONV_NO_GROUPS = {k: v for k, v in CONV.items() if k != "groups"}
+# A recurrent layer's config as tf.keras 2.x writes it (the LSTM and GRU cases add their own keys).
+RNN = {"units": 4, "activation": "tanh", "use_bias": True, "kernel_initializer": GLOROT,
+       "recurrent_initializer": {"class_name": "Orthogonal", "config": {"gain": 1.0, "seed": None}},
+       "bias_initializer": ZEROS, "kernel_regularizer": None, "recurrent_regularizer": None, "bias_regularizer": None,
+       "activity_regularizer": None, "kernel_constraint": None, "recurrent_constraint": None, "bias_constraint": None,
+       "dropout": 0.0, "recurrent_dropout": 0.0, "return_sequences": False, "return_state": False,
+       "go_backwards": False, "stateful": False, "unroll": False, "time_major": False}
 POOL = {"pool_size": [2, 2], "padding": "valid", "strides": [2, 2], "data_format": "channels_last"}
 BATCH_NORM = {"axis": [3], "momentum": 0.99, "epsilon": 0.001, "center": True, "scale": True,
               "beta_initializer": ZEROS, "gamma_initializer": ONES, "moving_mean_initializer": ZEROS,
@@ -179,6 +186,9 @@ def test_renamed_and_removed_arguments():
                             "beta_constraint": None, "gamma_constraint": None}, [4]),
     ("BatchNormalization", {**BATCH_NORM, "axis": -1, "renorm": False, "virtual_batch_size": None,
                             "adjustment": None}, [4]),
+    ("LSTM", {**RNN, "recurrent_activation": "sigmoid", "unit_forget_bias": True, "implementation": 2}, [3, 2]),
+    ("GRU", {**RNN, "recurrent_activation": "sigmoid", "implementation": 1, "reset_after": True}, [3, 2]),
+    ("SimpleRNN", RNN, [3, 2]),
 ])
 def test_each_translated_layer_builds_from_a_tf_keras2_config(cls, config, input_shape):
     model = sequential([input_layer(input_shape), layer(cls, "probe", **config), layer("Flatten", "flatten"),
@@ -197,10 +207,15 @@ def _refused(model, message):
 
 
 def test_a_layer_without_translation_is_refused_naming_it():
-    lstm = layer("LSTM", "lstm_1", units=4, implementation=2, time_major=False)
-    _refused(sequential([input_layer([3, 2]), lstm, dense("d", 3)]),
-             r"^model_arch: layer 'lstm_1' \(LSTM\) in this Keras 2.9.0 JSON has no Keras 3 translation here; "
-             r"translated layers: Activation, ")
+    conv_lstm = layer("ConvLSTM2D", "conv_lstm_1", filters=4, kernel_size=[2, 2])
+    _refused(sequential([input_layer([3, 4, 4, 1]), conv_lstm, dense("d", 3)]),
+             r"^model_arch: layer 'conv_lstm_1' \(ConvLSTM2D\) in this Keras 2.9.0 JSON has no Keras 3 translation "
+             r"here; translated layers: Activation, ")
+
+
+def test_a_time_major_rnn_is_refused_naming_the_argument():
+    lstm = layer("LSTM", "lstm_1", **{**RNN, "time_major": True})
+    _refused(sequential([input_layer([3, 2]), lstm, dense("d", 3)]), r"time_major=True, which Keras 3 removed")
 
 
 def test_lambda_layers_and_custom_functions_are_refused_never_run():
