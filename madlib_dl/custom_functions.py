@@ -136,35 +136,37 @@ def check(db, ref: ObjectTable, argument: str = "object_table") -> ObjectTable:
     return ref
 
 
-def names(db, ref: ObjectTable) -> frozenset[str]:
-    """The functions ``ref`` holds (checked first; nothing is unpickled)."""
-    check(db, ref)
+def available(db, ref: ObjectTable | None) -> frozenset[str]:
+    """The names compile_params may use besides Keras' built-ins (none without an object table). ``ref``:
+    as :func:`named` returned it in this transaction, so checked and locked already."""
+    if ref is None:
+        return frozenset()
     return frozenset(r["name"] for r in db.execute(f"SELECT name FROM ONLY {ref.sql(db)}"))
 
 
-def available(db, ref: ObjectTable | None) -> frozenset[str]:
-    """The names compile_params may use besides Keras' built-ins (none without an object table)."""
-    return frozenset() if ref is None else names(db, ref)
-
-
-def load(db, ref: ObjectTable, wanted) -> dict[str, CustomFunction]:
-    """The functions ``wanted`` from ``ref``, unpickled after the table passed :func:`check`."""
+def for_models(db, ref: ObjectTable, compile_params: dict) -> dict:
+    """key -> {name: CustomFunction}: the functions of ``ref`` that each model's compile_params (key ->
+    text) name as its loss or metrics. The table is checked once, and each function unpickled once
+    however many models use it, only after the check."""
     check(db, ref)
+    names = available(db, ref)
+    wanted = {key: params.custom_names(params.parse_compile_params(text, custom=names))
+              for key, text in compile_params.items()}
+    loaded = _load(db, ref, set().union(*wanted.values()))
+    return {key: {name: loaded[name] for name in used} for key, used in wanted.items()}
+
+
+def _load(db, ref: ObjectTable, wanted: set) -> dict[str, CustomFunction]:
+    if not wanted:
+        return {}
     rows = db.execute(f"SELECT name, object FROM ONLY {ref.sql(db)} WHERE name OPERATOR(pg_catalog.=) ANY($1)",
                       [sorted(wanted)], ["text[]"])
     found = {r["name"]: bytes(r["object"]) for r in rows}
-    missing = sorted(set(wanted) - set(found))
+    missing = sorted(wanted - set(found))
     if missing:
         raise InvalidArgument(f"object_table: {str(ref)!r} holds no function {', '.join(map(repr, missing))}")
     return {name: CustomFunction(name, unpickle(blob, f"object_table: function {name!r} of {str(ref)!r}"),
                                  hashlib.sha256(blob).hexdigest()) for name, blob in found.items()}
-
-
-def for_compile(db, ref: ObjectTable, compile_params: str) -> dict[str, CustomFunction]:
-    """The functions of ``ref`` that ``compile_params`` names as its loss or metrics."""
-    parsed = params.parse_compile_params(compile_params, custom=names(db, ref))
-    wanted = params.custom_names(parsed)
-    return load(db, ref, wanted) if wanted else {}
 
 
 def unpickle(blob: bytes, what: str):
@@ -181,7 +183,8 @@ def unpickle(blob: bytes, what: str):
 
 
 def in_scope(db, ref: ObjectTable | None):
-    """A block in which compile parameters may name ``ref``'s functions (params.custom_functions)."""
+    """A block in which compile parameters may name ``ref``'s functions (params.custom_functions); ``ref``
+    as :func:`named` returned it in this transaction."""
     return params.custom_functions(available(db, ref))
 
 
@@ -191,16 +194,6 @@ def table_text(db, table: ObjectTable | None) -> str | None:
 
 
 def named(db, text: str | None, argument: str = "object_table") -> ObjectTable | None:
-    """``object_table`` as fit, fit_multiple, evaluate and automl take it: NULL for none."""
+    """``object_table`` as fit, fit_multiple, evaluate and automl take it, or as a summary stores it
+    (:func:`table_text`): NULL for none."""
     return None if text is None else resolve(db, text, argument)
-
-
-def from_stored(db, text: str | None, where: str) -> ObjectTable | None:
-    """The object table a summary table names (as :func:`table_text` wrote it)."""
-    if text is None:
-        return None
-    table = identifiers.resolve(db, identifiers.parse_table_name(text, where))
-    if table.oid is None:
-        raise ObjectMissing(f"{where}: object table {text!r} does not exist")
-    catalog.require_select(db, table, where, text)
-    return check(db, _ref(table, text), where)

@@ -45,7 +45,7 @@ def _add(conn, object_table, name: str, description, blob: bytes) -> None:
         conn.execute(custom_functions.CREATE_SQL.format(table=table.sql(conn)))
         table = identifiers.resolve(conn, table)
     ref = custom_functions.check(conn, custom_functions.ObjectTable(table.schema, table.name, table.oid, object_table))
-    if name in custom_functions.names(conn, ref):
+    if name in custom_functions.available(conn, ref):
         raise ObjectExists(f"name: function {name!r} already exists in {object_table!r}",
                            hint="Delete it first with delete_custom_function(), or choose another name.")
     row = conn.execute(f"INSERT INTO {ref.sql(conn)} (name, description, object) VALUES ($1, $2, $3) RETURNING id",

@@ -35,7 +35,7 @@ def evaluate(model_table, test_table, output_table, use_gpus, mst_key) -> None:
     conn = db.current()
     model = trained_models.load(conn, model_table, mst_key)
     where = f"model_table: compile_params of {model.described}"
-    model = replace(model, object_table=custom_functions.from_stored(conn, model.object_table_text, where))
+    model = replace(model, object_table=custom_functions.named(conn, model.object_table_text, where))
     compiled = params.parse_compile_params(model.compile_params, where, custom_functions.available(conn, model.object_table))
     test = packed_tables.describe(conn, test_table, "test_table")
     check_fits(model, test)

@@ -123,7 +123,7 @@ def _mst_tables(conn, text) -> tuple[TableName, TableName, ObjectTable | None]:
     rows = conn.execute(f"SELECT * FROM {summary.sql(conn)}")
     if len(rows) != 1 or "model_arch_table" not in rows[0]:
         raise InvalidArgument(f"{argument}: summary {summary} must have one row with model_arch_table; {CONFIG_HINT}")
-    objects = custom_functions.from_stored(conn, rows[0].get("object_table"), f"{argument} (object_table in {summary})")
+    objects = custom_functions.named(conn, rows[0].get("object_table"), f"{argument} (object_table in {summary})")
     arch_text = rows[0]["model_arch_table"]
     arch = identifiers.named_table(conn, arch_text, f"{argument} (model_arch_table in {summary})")
     if arch.oid is None:

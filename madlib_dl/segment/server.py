@@ -35,22 +35,24 @@ def _start(db, gd, request: requests.Start) -> Reply:
 
 
 def _begin_run(db, gd, request: requests.BeginRun) -> Reply:
-    store = runtime.begin_run(gd, request)
-    for mst_key, constants in request.models.items():
-        _register(db, store, mst_key, constants)
+    _register(db, runtime.begin_run(gd, request), request.models)
     return Reply({})
 
 
-def _register(db, store, mst_key, constants) -> None:
-    """What a model needs checked in this backend, as the caller: callbacks (files written on the server)
-    take a trusted role, and the custom functions its compile_params name come from its object table
-    only while that table is trusted and the caller's to read, checked before anything is unpickled."""
-    if constants is None or mst_key in store.registered:
-        return
-    custom_functions.require_callbacks_allowed(db, constants.fit_params, f"mst_key {mst_key}: fit_params")
-    if constants.object_table is not None:
-        store.custom[mst_key] = custom_functions.for_compile(db, constants.object_table, constants.compile_params)
-    store.registered.add(mst_key)
+def _register(db, store, models: dict) -> None:
+    """What models (mst_key -> constants) need checked in this backend, as the caller: callbacks (files
+    written on the server) take a trusted role, and the custom functions their compile_params name come
+    from their object table only while that table is trusted and the caller's to read, checked (once per
+    table) before anything is unpickled."""
+    new = {key: c for key, c in models.items() if c is not None and key not in store.registered}
+    by_table: dict = {}
+    for key, constants in new.items():
+        custom_functions.require_callbacks_allowed(db, constants.fit_params, f"mst_key {key}: fit_params")
+        if constants.object_table is not None:
+            by_table.setdefault(constants.object_table, {})[key] = constants.compile_params
+    for table, compile_params in by_table.items():
+        store.custom.update(custom_functions.for_models(db, table, compile_params))
+    store.registered.update(new)
 
 
 def _initial_weights(db, gd, request: requests.InitialWeights) -> Reply:
@@ -76,14 +78,14 @@ def _count_rows(db, gd, request: requests.CountRows) -> Reply:
 
 
 def _fit(db, gd, request: requests.Fit) -> Reply:
-    _register(db, runtime.begun(gd, request.run_id), request.mst_key, request.constants)
+    _register(db, runtime.begun(gd, request.run_id), {request.mst_key: request.constants})
     row = _aggregate(db, gd, "fit_step_multiple_model", request)
     state = runtime.take_output(gd)
     return Reply(row, weights=state.weights, optimizer_state=state.optimizer_state)
 
 
 def _evaluate(db, gd, request: requests.Evaluate) -> Reply:
-    _register(db, runtime.begun(gd, request.run_id), request.mst_key, request.constants)
+    _register(db, runtime.begun(gd, request.run_id), {request.mst_key: request.constants})
     return Reply(_aggregate(db, gd, "internal_keras_evaluate", request))
 
 

@@ -290,7 +290,7 @@ def test_model_selection_summary_names_dropped_arch_table(cur):
 def test_model_selection_summary_with_object_table(cur):
     make_mst(cur, "mst_objects", [GOOD_ROW], object_table="custom_fns")
     fails(cur, "42P01", "model_selection_table (object_table in mst_objects_summary)",
-          "object table 'custom_fns' does not exist", model_selection_table="mst_objects")
+          "table 'custom_fns' does not exist", model_selection_table="mst_objects")
 
 
 # ---------------------------------------------------------------------------------------------------
