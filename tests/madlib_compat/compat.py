@@ -36,6 +36,18 @@ def create_iris(cur, table: str = "iris_data", per_class: int = 12, seed: int = 
     return rows
 
 
+def pack_iris(cur, output: str = "iris_packed", normalizing_const: float = 1.0) -> None:
+    """iris_data (create_iris) packed on 2 segments, as every file's data fixture starts."""
+    cur.execute(f"SELECT {S}training_preprocessor_dl('iris_data', %s, 'class_text', 'attributes', NULL, %s::REAL, "
+                "NULL, '2')", [output, normalizing_const])
+
+
+def dl_schema(admin, user: str) -> None:
+    """The schema dl_schema, where ``user`` may create tables (MADlib's tests of schema-qualified names)."""
+    admin.execute("CREATE SCHEMA dl_schema")
+    admin.execute(f"GRANT USAGE, CREATE ON SCHEMA dl_schema TO {user}")
+
+
 def keras():
     from madlib_dl.keras_runtime import tf_setup
 

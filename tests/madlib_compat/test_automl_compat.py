@@ -10,7 +10,7 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from compat import S, create_iris, exists, fails, load_arch, mlp_json, row, rows, scalar
+from compat import S, create_iris, exists, fails, load_arch, mlp_json, pack_iris, row, rows, scalar
 
 COMPILE_GRID = ("{'loss': ['categorical_crossentropy'], 'optimizer_params_list': [ {'optimizer': ['Adagrad', 'Adam'], "
                 "'lr': [0.01, 0.05, 'log'], 'epsilon': [0.3, 0.5, 'log_near_one']}, {'optimizer': ['Adam', 'SGD'], "
@@ -25,8 +25,7 @@ TAIL = ", %s, %s, %s, %s, FALSE, %s, NULL, %s, %s)"
 def data(db):
     with db.cursor() as c:
         create_iris(c)
-        c.execute(f"SELECT {S}training_preprocessor_dl('iris_data', 'iris_data_packed', 'class_text', 'attributes', "
-                  "NULL, 1.0, NULL, '2')")
+        pack_iris(c, "iris_data_packed")
         load_arch(c, "iris_model_arch", mlp_json())
         load_arch(c, "iris_model_arch", mlp_json(hidden=6, seed=2))
     return db

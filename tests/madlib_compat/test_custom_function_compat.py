@@ -21,7 +21,7 @@ import dill
 import psycopg2
 import pytest
 
-from compat import S, columns, create_iris, exists, fails, load_arch, mlp_json, row, scalar
+from compat import S, columns, create_iris, exists, fails, load_arch, mlp_json, pack_iris, row, scalar
 
 LOADER = "dora"
 TABLE = "test_custom_function_table"
@@ -152,8 +152,7 @@ def trained(loader, db):
     loader.execute(f"GRANT SELECT ON objects TO {db.info.user}")
     with db.cursor() as c:
         create_iris(c)
-        c.execute(f"SELECT {S}training_preprocessor_dl('iris_data', 'iris_packed', 'class_text', 'attributes', "
-                  "NULL, 1.0, NULL, '2')")
+        pack_iris(c)
         c.execute(f"SELECT {S}validation_preprocessor_dl('iris_data', 'iris_val', 'class_text', 'attributes', "
                   "'iris_packed')")
         load_arch(c, "iris_model_arch", mlp_json())

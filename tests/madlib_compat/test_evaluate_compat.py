@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from compat import S, columns, create_iris, exists, fails, load_arch, mlp_json, row, scalar
+from compat import S, columns, create_iris, exists, fails, load_arch, mlp_json, pack_iris, row, scalar
 
 CE = "loss='categorical_crossentropy'"
 
@@ -16,8 +16,7 @@ CE = "loss='categorical_crossentropy'"
 def data(db):
     with db.cursor() as c:
         create_iris(c)
-        c.execute(f"SELECT {S}training_preprocessor_dl('iris_data', 'iris_packed', 'class_text', 'attributes', "
-                  "NULL, 1.0, NULL, '2')")
+        pack_iris(c)
         c.execute(f"SELECT {S}validation_preprocessor_dl('iris_data', 'iris_val', 'class_text', 'attributes', "
                   "'iris_packed')")
         load_arch(c, "model_arch", mlp_json())

@@ -12,7 +12,7 @@ import math
 import pytest
 from psycopg2.extras import execute_values
 
-from compat import S, create_iris, exists, fails, load_arch, mlp_json, row, scalar
+from compat import S, create_iris, exists, fails, load_arch, mlp_json, pack_iris, row, scalar
 
 SGD_DECAY = "optimizer=SGD(lr=0.01, decay=1e-6, nesterov=True), loss='categorical_crossentropy'"
 FIT_PARAMS = " batch_size=4, epochs=1, verbose=0 "
@@ -24,8 +24,7 @@ def data(db):
     with db.cursor() as c:
         create_iris(c)
         # normalizing_const as in MADlib's cifar setup (not 1, so that it is really recorded); 2 segments
-        c.execute(f"SELECT {S}training_preprocessor_dl('iris_data', 'iris_packed', 'class_text', 'attributes', "
-                  "NULL, 2.0, NULL, '2')")
+        pack_iris(c, normalizing_const=2.0)
         c.execute(f"SELECT {S}validation_preprocessor_dl('iris_data', 'iris_val', 'class_text', 'attributes', "
                   "'iris_packed')")
         load_arch(c, "model_arch", mlp_json())  # model id 1

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from compat import S, create_iris, exists, fails, load_arch, mlp_json, persistent, row, rows, scalar
+from compat import (S, create_iris, dl_schema, exists, fails, load_arch, mlp_json, pack_iris, persistent, row, rows,
+                    scalar)
 
 GRID_COMPILE = """
     {'loss': ['categorical_crossentropy'],
@@ -26,12 +27,10 @@ FIT_MULTIPLE = f"SELECT {S}madlib_keras_fit_multiple_model(%s, %s, %s, %s, FALSE
 
 @pytest.fixture(scope="module")
 def data(db, admin):
-    admin.execute("CREATE SCHEMA dl_schema")
-    admin.execute(f"GRANT USAGE, CREATE ON SCHEMA dl_schema TO {db.info.user}")
+    dl_schema(admin, db.info.user)
     with db.cursor() as c:
         create_iris(c)
-        c.execute(f"SELECT {S}training_preprocessor_dl('iris_data', 'iris_data_packed', 'class_text', "
-                  "'attributes', NULL, 1.0, NULL, '2')")
+        pack_iris(c, "iris_data_packed")
         c.execute(f"SELECT {S}training_preprocessor_dl('iris_data_one_hot_encoded', "
                   "'iris_data_one_hot_encoded_packed', 'class_one_hot_encoded', 'attributes', NULL, 1.0, NULL, '2')")
         c.execute(f"SELECT {S}validation_preprocessor_dl('iris_data_one_hot_encoded', "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from psycopg2.extras import execute_values
 
-from compat import CLASSES, S, columns, create_iris, exists, fails, load_arch, mlp_json, scalar
+from compat import CLASSES, S, columns, create_iris, exists, fails, load_arch, mlp_json, pack_iris, scalar
 
 SGD = "optimizer=SGD(lr=0.01, decay=1e-6, nesterov=True), loss='categorical_crossentropy', metrics=['accuracy']"
 PREDICT = f"SELECT {S}madlib_keras_predict(%s, %s, 'id', %s, %s, %s, FALSE"
@@ -20,8 +20,7 @@ PREDICT = f"SELECT {S}madlib_keras_predict(%s, %s, 'id', %s, %s, %s, FALSE"
 def data(db):
     with db.cursor() as c:
         create_iris(c)
-        c.execute(f"SELECT {S}training_preprocessor_dl('iris_data', 'iris_packed', 'class_text', 'attributes', "
-                  "NULL, 1.0, NULL, '2')")
+        pack_iris(c)
         load_arch(c, "model_arch", mlp_json())
         load_arch(c, "model_arch", mlp_json(classes=5))
         c.execute(f"SELECT {S}madlib_keras_fit('iris_packed', 'keras_saved_out', 'model_arch', 1, %s, "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from compat import S, create_iris, load_arch, mlp_json, persistent, row, rows, scalar
+from compat import S, create_iris, dl_schema, load_arch, mlp_json, pack_iris, persistent, row, rows, scalar
 
 COMPILE = " loss='categorical_crossentropy', optimizer='adam', metrics=['accuracy'] "
 FIT_PARAMS = " batch_size=5, epochs=3 "
@@ -23,12 +23,10 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def data(db, admin):
-    admin.execute("CREATE SCHEMA dl_schema")
-    admin.execute(f"GRANT USAGE, CREATE ON SCHEMA dl_schema TO {db.info.user}")
+    dl_schema(admin, db.info.user)
     with db.cursor() as c:
         create_iris(c)
-        c.execute(f"SELECT {S}training_preprocessor_dl('iris_data', 'iris_packed', 'class_text', 'attributes', "
-                  "NULL, 1.0, NULL, '2')")
+        pack_iris(c)
         load_arch(c, "iris_model_arch", mlp_json())  # 1: trainable
         load_arch(c, "iris_model_arch", mlp_json(trainable=False))  # 2: the same, every layer frozen
     return db
