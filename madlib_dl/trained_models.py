@@ -9,6 +9,10 @@ Two layouts (MADlib's), told apart by the model table's columns:
 * **multi model** (madlib_keras_fit_multiple_model): ``<model>`` has an ``mst_key`` per row; the compile
   parameters, ``metrics_type`` and ``loss_type`` come from ``<model>_info`` (by ``mst_key``), the data's
   description from ``<model>_summary``. An ``mst_key`` is required.
+
+A model with several inputs or outputs (MADlib's multi-io) lists one ``independent_varname`` per input and
+one ``dependent_varname`` per output, each output with its own ``<dependent>_class_values`` column: the
+``*_varnames``, ``class_values_columns`` and ``all_class_values`` fields hold them all, in order.
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ class TrainedModel:
     normalizing_const: float
     object_table_text: str | None = None  # the summary's object_table: where its custom functions are
     object_table: ObjectTable | None = None  # that table, resolved and checked (only for evaluating)
+    # Every dependent variable, one per model output in output order (multi-output models have several);
+    # the fields above without an s describe the first. Empty only for a TrainedModel made by hand.
+    dependent_varnames: tuple[str, ...] = ()
+    independent_varnames: tuple[str, ...] = ()   # one per model input, in input order
+    class_values_columns: tuple[str, ...] = ()   # <dependent>_class_values of each dependent
+    all_class_values: tuple[tuple | None, ...] = ()  # each dependent's class values; None: one-hot labels
 
     @property
     def described(self) -> str:
@@ -68,9 +78,10 @@ def load(db, model_table: str | None, mst_key: int | None, argument: str = "mode
         row, config = _single(db, table, model_table, summary, argument)
     if row["model_weights"] is None or row["model_arch"] is None:
         raise InvalidArgument(f"{argument}: the model {model_table!r}{_key(mst_key)} has NULL weights or architecture")
-    dependent = _first(summary["dependent_varname"])
-    class_column = f"{dependent}_class_values"
-    class_values = summary.get(class_column)
+    dependents = _names(summary["dependent_varname"])
+    class_columns = tuple(f"{d}_class_values" for d in dependents)
+    all_values = tuple(_values(summary.get(c)) for c in class_columns)
+    dependent, class_column, class_values = dependents[0], class_columns[0], summary.get(class_columns[0])
     return TrainedModel(
         table=table, text=model_table, mst_key=mst_key, model_arch=row["model_arch"], weights=bytes(row["model_weights"]),
         compile_params=config["compile_params"], metrics_type=tuple(config["metrics_type"]) if config.get("metrics_type") else None,
@@ -78,7 +89,9 @@ def load(db, model_table: str | None, mst_key: int | None, argument: str = "mode
         independent_varname=_first(summary["independent_varname"]), class_values_column=class_column,
         class_values=tuple(class_values) if class_values is not None else None,
         normalizing_const=float(summary["normalizing_const"] if summary["normalizing_const"] is not None else 1.0),
-        object_table_text=summary.get("object_table"))
+        object_table_text=summary.get("object_table"), dependent_varnames=dependents,
+        independent_varnames=_names(summary["independent_varname"]), class_values_columns=class_columns,
+        all_class_values=all_values)
 
 
 def _companion(db, table: TableName, suffix: str, text: str, argument: str) -> TableName:
@@ -126,6 +139,16 @@ def _single(db, table: TableName, text: str, summary: dict, argument: str) -> tu
 
 def _first(value):
     return value[0] if isinstance(value, (list, tuple)) else value
+
+
+def _names(value) -> tuple:
+    """A summary's TEXT[] of variable names (or one name, as TEXT) as a tuple of at least one."""
+    names = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    return names or (None,)
+
+
+def _values(value) -> tuple | None:
+    return tuple(value) if value is not None else None
 
 
 def _key(mst_key) -> str:

@@ -53,6 +53,9 @@ def check_fits(model: TrainedModel, test: PackedTable) -> None:
         info = arch_info.read(model.model_arch)
     except InvalidArgument as error:  # the stored architecture, not an argument the caller typed
         raise InvalidArgument(f"model_table: the architecture of {model.described} cannot be read ({error})") from None
+    if test.multi_io or len(info.input_shapes) > 1 or len(info.class_counts) > 1:
+        _check_several(model, info, test)
+        return
     shape = tuple(test.feature_shape)
     if not arch_info.accepts(info.input_shape, shape):
         raise InvalidArgument(f"test_table: {test.text!r} holds examples of shape {arch_info.shape_text(shape)} but the model "
@@ -64,6 +67,10 @@ def check_fits(model: TrainedModel, test: PackedTable) -> None:
             list(model.class_values) != list(test.class_values):
         raise InvalidArgument(f"test_table: its class values {show_value(test.class_values)} differ from the model's "
                               f"{show_value(model.class_values)} (labels would be read as other classes); {PACK_HINT}")
+    _check_normalizing(model, test)
+
+
+def _check_normalizing(model: TrainedModel, test: PackedTable) -> None:
     # Both were stored as REAL: compare them as such, so a value read back through double precision matches.
     if np.float32(test.normalizing_const) != np.float32(model.normalizing_const):
         raise InvalidArgument(f"test_table: {test.text!r} was packed with normalizing_const {test.normalizing_const:g} "
@@ -71,14 +78,33 @@ def check_fits(model: TrainedModel, test: PackedTable) -> None:
                               f"{PACK_HINT}")
 
 
+def _check_several(model: TrainedModel, info: arch_info.ArchInfo, test: PackedTable) -> None:
+    """check_fits for a model or table with several inputs or outputs (multi-io)."""
+    reason = arch_info.io_mismatch(info, test.feature_shapes, test.output_classes)
+    if reason is not None:
+        raise InvalidArgument(f"test_table: the model {model.described} {reason} in {test.text!r}")
+    for dependent, ours, theirs in zip(test.dependents, model.all_class_values, test.all_class_values):
+        if ours is not None and theirs is not None and list(ours) != list(theirs):
+            raise InvalidArgument(f"test_table: the class values {show_value(theirs)} of {dependent!r} differ from "
+                                  f"the model's {show_value(ours)}; {PACK_HINT}")
+    _check_normalizing(model, test)
+
+
 def write(conn, table: TableName, result: Evaluation, model: TrainedModel, compiled: params.CompileParams) -> None:
     """MADlib's one-row output; the model's recorded metric and loss names, else its compile parameters'."""
     metrics_type = list(model.metrics_type) if model.metrics_type else (list(compiled.metrics) or None)
-    conn.execute(f"CREATE TABLE {table.sql(conn)} (loss DOUBLE PRECISION, metric DOUBLE PRECISION, "
-                 "metrics_type TEXT[], loss_type TEXT)")
-    conn.execute(f"INSERT INTO {table.sql(conn)} VALUES ($1, $2, $3, $4)",
-                 [result.loss, result.metric, metrics_type, model.loss_type or compiled.loss],
-                 ["double precision", "double precision", "text[]", "text"])
+    columns = ["loss DOUBLE PRECISION", "metric DOUBLE PRECISION", "metrics_type TEXT[]", "loss_type TEXT"]
+    values = [result.loss, result.metric, metrics_type, model.loss_type or compiled.loss]
+    types = ["double precision", "double precision", "text[]", "text"]
+    if result.output_losses is not None:  # several outputs: each one's too, in dependent_varname's order
+        columns += ["dependent_varname TEXT[]", "loss_per_output DOUBLE PRECISION[]",
+                    "metric_per_output DOUBLE PRECISION[]"]
+        values += [list(model.dependent_varnames), list(result.output_losses),
+                   list(result.output_metrics) if result.output_metrics is not None else None]
+        types += ["text[]", "double precision[]", "double precision[]"]
+    conn.execute(f"CREATE TABLE {table.sql(conn)} ({', '.join(columns)})")
+    placeholders = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+    conn.execute(f"INSERT INTO {table.sql(conn)} VALUES ({placeholders})", values, types)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -94,7 +94,11 @@ def validation_argument(conn, text, source: PackedTable) -> PackedTable | None:
               ("number of classes", validation.num_classes, source.num_classes),
               ("normalizing_const", validation.normalizing_const, source.normalizing_const),
               ("example shape", validation.feature_shape, source.feature_shape),
-              ("number of segments", validation.num_segments, source.num_segments))
+              ("number of segments", validation.num_segments, source.num_segments),
+              # each variable's, for several (multi-io)
+              ("example shapes", validation.feature_shapes, source.feature_shapes),
+              ("numbers of classes", validation.output_classes, source.output_classes),
+              ("class values", validation.all_class_values, source.all_class_values))
     for what, found, expected in checks:
         if found != expected:
             raise InvalidArgument(
@@ -214,6 +218,12 @@ def architecture(conn, arch_table: TableName, model_id, where: str, source: Pack
         raise InvalidArgument(f"{where}: model_id {model_id} of {arch_table}: {reason}")
     # the DBA's cap before the workers build it; the run's memory budget is driver.plan_memory's check
     builder.check_size(conn, rows[0]["model_arch"], f"{where}: model_id {model_id} of {arch_table}", budget=False)
+    if _several(info, source):
+        reason = arch_info.io_mismatch(info, source.feature_shapes, source.output_classes)
+        if reason is not None:
+            raise InvalidArgument(f"{where}: model_id {model_id} {reason} in source_table {source.text!r}")
+        weights = rows[0]["model_weights"]
+        return rows[0]["model_arch"], bytes(weights) if weights is not None else None
     expected = tuple(source.feature_shape)
     if not arch_info.accepts(info.input_shape, expected):
         raise InvalidArgument(f"{where}: model_id {model_id} expects input shape {arch_info.shape_text(info.input_shape)} but "
@@ -223,6 +233,11 @@ def architecture(conn, arch_table: TableName, model_id, where: str, source: Pack
                               f"{source.text!r} has {source.num_classes} classes")
     weights = rows[0]["model_weights"]
     return rows[0]["model_arch"], bytes(weights) if weights is not None else None
+
+
+def _several(info: arch_info.ArchInfo, table: PackedTable) -> bool:
+    """Whether the model or the table has several inputs or outputs (multi-io)."""
+    return table.multi_io or len(info.input_shapes) > 1 or len(info.class_counts) > 1
 
 
 def _warm_start(conn, out: OutputTables, models: list[ModelConfig]) -> list[ModelConfig]:

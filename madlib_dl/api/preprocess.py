@@ -19,7 +19,7 @@ from madlib_dl.identifiers import TableName
 from madlib_dl.keras_runtime import gpus
 from madlib_dl.packed_tables import Features, Labels, Output, Packing, Source
 from madlib_dl.citus import placement
-from madlib_dl.preprocess import distribution, packing
+from madlib_dl.preprocess import columns, distribution, packing
 from madlib_dl.training import memory
 
 _BAD_VALUES = 5  # how many offending values an error message lists
@@ -29,20 +29,44 @@ _BAD_VALUES = 5  # how many offending values an error message lists
 
 def _source(conn, source_table, dependent_varname, independent_varname) -> Source:
     table = catalog.input_table(conn, source_table, "source_table")
-    dependent = catalog.column(conn, table, dependent_varname, "dependent_varname")
-    independent = catalog.column(conn, table, independent_varname, "independent_varname")
-    if dependent.name == independent.name:
-        raise InvalidArgument(f"dependent_varname and independent_varname: both name column {dependent.name!r}; "
+    dependents = _columns(conn, table, dependent_varname, "dependent_varname")
+    independents = _columns(conn, table, independent_varname, "independent_varname")
+    both = [c.name for c in dependents if c in independents]
+    if both:
+        raise InvalidArgument(f"dependent_varname and independent_varname: both name column {both[0]!r}; "
                               "labels and features must be different columns")
-    if not independent.is_numeric_array:
-        raise InvalidArgument(f"independent_varname: column {independent.name!r} of {table} has type "
-                              f"{independent.type}; expected a numeric array such as REAL[] or DOUBLE PRECISION[]")
-    if not (dependent.is_numeric_array or dependent.category in packed_tables.LABEL_CATEGORIES):
-        raise InvalidArgument(f"dependent_varname: column {dependent.name!r} of {table} has type {dependent.type}; "
-                              "expected class labels (text, integer, boolean...) or one-hot numeric arrays")
+    _check_feature_types(conn, table, independents, independent_varname)
+    for dependent in dependents:
+        if not (dependent.is_numeric_array or dependent.category in packed_tables.LABEL_CATEGORIES):
+            raise InvalidArgument(f"dependent_varname: column {dependent.name!r} of {table} has type {dependent.type}; "
+                                  "expected class labels (text, integer, boolean...) or one-hot numeric arrays")
     if catalog.is_empty(conn, table):
         raise InvalidArgument(f"source_table: table {source_table!r} is empty")
-    return Source(table, source_table.strip(), dependent, independent)
+    return Source(table, source_table.strip(), dependents, independents)
+
+
+def _columns(conn, table: TableName, text, argument: str) -> tuple[Column, ...]:
+    """The columns of a comma-separated list (usually one): each exists, none twice."""
+    found = tuple(catalog.column(conn, table, name, argument) for name in columns.split_list(text, argument))
+    for i, column in enumerate(found):
+        if column in found[:i]:
+            raise InvalidArgument(f"{argument}: column {column.name!r} is listed twice in {text.strip()!r}")
+    return found
+
+
+def _check_feature_types(conn, table: TableName, independents: tuple[Column, ...], text: str) -> None:
+    if len(independents) > 1 and not any(c.is_array for c in independents):
+        # the usual table has a scalar column per feature: that is one array column, not several inputs
+        joined = ", ".join(conn.quote_ident(c.name) for c in independents)
+        arrays = table.sibling(f"{table.name}_arrays").typed_sql(conn)
+        raise InvalidArgument(
+            f"independent_varname: expected one array column, got {len(independents)} columns ({text.strip()})",
+            hint=f"Make them one array column, e.g. CREATE TABLE {arrays} AS SELECT *, ARRAY[{joined}]::REAL[] AS "
+                 f"features FROM {table.typed_sql(conn)}; then pass 'features' and that table.")
+    for independent in independents:
+        if not independent.is_numeric_array:
+            raise InvalidArgument(f"independent_varname: column {independent.name!r} of {table} has type "
+                                  f"{independent.type}; expected a numeric array such as REAL[] or DOUBLE PRECISION[]")
 
 
 def _output(conn, output_table, source: Source) -> Output:
@@ -51,15 +75,17 @@ def _output(conn, output_table, source: Source) -> Output:
     if identifiers.table_exists(conn, summary):
         raise InvalidArgument(f"output_table: its summary table {summary} already exists",
                               hint="Drop it or choose another name.")
-    dep, indep = source.dependent.name, source.independent.name
-    reserved = {"__dist_key__", "buffer_id", f"{dep}_shape", f"{indep}_shape"}
-    for argument, name in (("dependent_varname", dep), ("independent_varname", indep)):
-        if name in reserved:
-            raise InvalidArgument(f"{argument}: column name {name!r} is used by the packed table itself",
-                                  hint="Rename it, e.g. in a view over the source table.")
-        for suffix in ("_shape", "_class_values"):
-            _check_length(name + suffix, argument)
-    return Output(table, summary, output_table.strip(), dep, indep)
+    deps = tuple(c.name for c in source.dependents)
+    indeps = tuple(c.name for c in source.independents)
+    reserved = {"__dist_key__", "buffer_id"} | {f"{name}_shape" for name in deps + indeps}
+    for argument, names in (("dependent_varname", deps), ("independent_varname", indeps)):
+        for name in names:
+            if name in reserved:
+                raise InvalidArgument(f"{argument}: column name {name!r} is used by the packed table itself",
+                                      hint="Rename it, e.g. in a view over the source table.")
+            for suffix in ("_shape", "_class_values"):
+                _check_length(name + suffix, argument)
+    return Output(table, summary, output_table.strip(), deps, indeps)
 
 
 def _check_length(name: str, argument: str) -> None:
@@ -83,14 +109,22 @@ def _normalizing_const(value) -> float:
     return 1.0 if abs(value - 1.0) <= 1e-6 else float(value)
 
 
-def _num_classes(value) -> int | None:
+def _num_classes(value, dependents: tuple[Column, ...]) -> tuple[int | None, ...]:
+    """One class count per dependent variable, None for each where the argument is NULL."""
+    count = len(dependents)
     if value is None:
-        return None
-    if len(value) != 1 or value[0] is None:
-        raise InvalidArgument(f"num_classes: expected one class count in an array such as ARRAY[10] or NULL, got {value}")
-    if value[0] < 1:
-        raise InvalidArgument(f"num_classes: expected a positive class count, got {value[0]}")
-    return value[0]
+        return (None,) * count
+    if len(value) != count or None in value:
+        if count == 1:
+            raise InvalidArgument(f"num_classes: expected one class count in an array such as ARRAY[10] or NULL, "
+                                  f"got {value}")
+        names = ", ".join(c.name for c in dependents)
+        raise InvalidArgument(f"num_classes: expected {count} class counts, one per dependent variable ({names}), in "
+                              f"an array such as ARRAY[{', '.join(['10'] * count)}] or NULL, got {value}")
+    for wanted in value:
+        if wanted < 1:
+            raise InvalidArgument(f"num_classes: expected a positive class count, got {wanted}")
+    return tuple(value)
 
 
 def _citus_nodes(conn) -> int:
@@ -117,18 +151,24 @@ def _distribution(conn, distribution_rules, nodes: int = 0) -> distribution.Dist
     return distribution.resolve(distribution_rules, all_segments, lambda: len(gpus.nvidia_gpus()))
 
 
+
+
 # ---------------------------------------------------------------- what the data holds
 
-def _features(conn, source: Source) -> Features:
-    """Every row must have a feature array of one and the same shape."""
-    rows = _array_shapes(conn, source.table, source.independent.name)
+def _features(conn, source: Source) -> tuple[Features, ...]:
+    """Per independent variable: every row must have a feature array of one and the same shape."""
+    return tuple(_features_of(conn, source.table, column) for column in source.independents)
+
+
+def _features_of(conn, table: TableName, column: Column) -> Features:
+    rows = _array_shapes(conn, table, column.name)
     missing = sum(r["n"] for r in rows if r["dims"] is None)
     if missing:
-        raise InvalidArgument(f"independent_varname: {missing} rows of {source.table} have NULL or empty "
-                              f"feature arrays in column {source.independent.name!r}")
+        raise InvalidArgument(f"independent_varname: {missing} rows of {table} have NULL or empty "
+                              f"feature arrays in column {column.name!r}")
     if len(rows) > 1:
         shapes = ", ".join(f"{list(_shape(r['dims']))} in {r['n']} rows" for r in rows[:_BAD_VALUES])
-        raise InvalidArgument(f"independent_varname: feature arrays in column {source.independent.name!r} "
+        raise InvalidArgument(f"independent_varname: feature arrays in column {column.name!r} "
                               f"must all have one shape; found {shapes}")
     return Features(int(rows[0]["n"]), _shape(rows[0]["dims"]))
 
@@ -145,38 +185,52 @@ def _shape(dims: str) -> tuple[int, ...]:
     return tuple(int(hi) - int(lo) + 1 for lo, hi in re.findall(r"\[(-?\d+):(-?\d+)\]", dims))
 
 
-def _one_hot_width(conn, source: Source, argument: str = "dependent_varname") -> int:
+def _one_hot_width(conn, table: TableName, column: Column) -> int:
     """Already one-hot labels: one-dimensional arrays of one length, no NULLs."""
-    rows = _array_shapes(conn, source.table, source.dependent.name)
+    rows = _array_shapes(conn, table, column.name)
     if any(r["dims"] is None for r in rows):
-        raise InvalidArgument(f"{argument}: one-hot label arrays in column {source.dependent.name!r} must not be NULL or empty")
+        raise InvalidArgument(f"dependent_varname: one-hot label arrays in column {column.name!r} must not be NULL or empty")
     shapes = [_shape(r["dims"]) for r in rows]
     if len(shapes) > 1 or len(shapes[0]) != 1:
         found = ", ".join(f"{list(s)} in {r['n']} rows" for s, r in zip(shapes, rows))
-        raise InvalidArgument(f"{argument}: one-hot label arrays in column {source.dependent.name!r} must be "
+        raise InvalidArgument(f"dependent_varname: one-hot label arrays in column {column.name!r} must be "
                               f"one-dimensional and of one length; found {found}")
     return shapes[0][0]
 
 
-def _count_levels(conn, source: Source) -> int:
-    dep = conn.quote_ident(source.dependent.name)
-    rows = conn.execute(f"SELECT count(*) AS n FROM (SELECT DISTINCT {dep} FROM {source.table.sql(conn)}) levels")
+def _count_levels(conn, table: TableName, column: Column) -> int:
+    dep = conn.quote_ident(column.name)
+    rows = conn.execute(f"SELECT count(*) AS n FROM (SELECT DISTINCT {dep} FROM {table.sql(conn)}) levels")
     return int(rows[0]["n"])
 
 
-def _training_labels(conn, source: Source, wanted: int | None) -> Labels:
-    found = _one_hot_width(conn, source) if source.one_hot else _count_levels(conn, source)
+def _training_labels(conn, source: Source, wanted: tuple[int | None, ...]) -> tuple[Labels, ...]:
+    return tuple(_training_labels_of(conn, source.table, column, n) for column, n in zip(source.dependents, wanted))
+
+
+def _training_labels_of(conn, table: TableName, column: Column, wanted: int | None) -> Labels:
+    one_hot = column.is_numeric_array  # numeric-array labels are taken as already one-hot
+    found = _one_hot_width(conn, table, column) if one_hot else _count_levels(conn, table, column)
     if wanted is not None and wanted < found:
-        what = "the one-hot arrays have" if source.one_hot else f"column {source.dependent.name!r} has"
+        what = "the one-hot arrays have" if one_hot else f"column {column.name!r} has"
         raise InvalidArgument(f"num_classes: {wanted} is fewer than the {found} classes {what}",
                               hint=f"Give at least {found}, or NULL to count them.")
-    return Labels(wanted or found, found, source.one_hot)
+    return Labels(wanted or found, found, one_hot)
 
 
-def _check_memory(conn, plan: packing.BufferPlan, features: Features, labels: Labels) -> None:
+def _plan(conn, features: tuple[Features, ...], labels: tuple[Labels, ...], segments: int,
+          buffer_size: int | None) -> packing.BufferPlan:
+    """Buffers are planned, and their memory checked, by one example's values over all the variables."""
+    feature_size = sum(f.size for f in features)
+    plan = packing.plan_buffers(features[0].rows, segments, feature_size, buffer_size)
+    _check_memory(conn, plan, feature_size, sum(y.num_classes for y in labels))
+    return plan
+
+
+def _check_memory(conn, plan: packing.BufferPlan, feature_size: int, num_classes: int) -> None:
     """Packing holds one buffer at a time (a few copies of it), whatever the table's size: only a buffer
     too large for the memory budget is refused."""
-    needed = packing.packing_bytes(plan, features.size, labels.num_classes)
+    needed = packing.packing_bytes(plan, feature_size, num_classes)
     budget = settings.read(conn, settings.MEMORY_BUDGET_MB) << 20
     if needed > budget:
         with settings.naming_the_cap(conn, settings.MEMORY_BUDGET_MB):
@@ -197,22 +251,20 @@ def training_preprocessor_dl(source_table, output_table, dependent_varname, inde
     output = _output(conn, output_table, source)
     buffer_size = _buffer_size(buffer_size)
     const = _normalizing_const(normalizing_const)
-    wanted = _num_classes(num_classes)
+    wanted = _num_classes(num_classes, source.dependents)
     nodes = _citus_nodes(conn)
     dist = _distribution(conn, distribution_rules, nodes)
     citus_nodes = nodes > 0
     features = _features(conn, source)
     labels = _training_labels(conn, source, wanted)
-    plan = packing.plan_buffers(features.rows, dist.segments, features.size, buffer_size)
-    _check_memory(conn, plan, features, labels)
-    one_hot = source.one_hot
+    plan = _plan(conn, features, labels, dist.segments, buffer_size)
     p = Packing(source, output, labels, features, const, dist, plan, settings.read(conn, settings.SHUFFLE_SEED),
-                None if one_hot else (output.summary, output.class_values),
-                source.dependent.type if one_hot else f"{source.dependent.type}[]", citus_nodes,
+                tuple(None if y.one_hot else (output.summary, c) for y, c in zip(labels, output.class_values)),
+                tuple(c.type if y.one_hot else f"{c.type}[]" for c, y in zip(source.dependents, labels)), citus_nodes,
                 # MADlib records num_classes {} for one-hot array labels unless num_classes was given
-                record_num_classes=not (one_hot and wanted is None))
+                record_num_classes=not (all(y.one_hot for y in labels) and num_classes is None))
     packed_tables.pack(conn, p, normalizing_const if normalizing_const is not None else 1.0,
-          packed_tables.training_class_values_sql(conn, p))
+                       packed_tables.training_class_values_sql(conn, p))
     conn.notice(f"training_preprocessor_dl: packed {packing.describe(plan, buffer_size)} into {output.table} and "
                 f"{output.summary}")
 
@@ -220,17 +272,25 @@ def training_preprocessor_dl(source_table, output_table, dependent_varname, inde
 # ---------------------------------------------------------------- validation
 
 @dataclass(frozen=True)
-class Training:
-    """What a validation table must share with its training table (read from its summary)."""
-    table: TableName
-    summary: TableName
+class TrainingLabels:
+    """One dependent variable of the training table."""
+    name: str
     class_values: str | None   # column name; None for one-hot labels
     class_type: Column | None
     levels: int
     num_classes: int
+
+
+@dataclass(frozen=True)
+class Training:
+    """What a validation table must share with its training table (read from its summary)."""
+    table: TableName
+    summary: TableName
+    labels: tuple[TrainingLabels, ...]           # per dependent variable
+    independents: tuple[str, ...]
     normalizing_const: float
     distribution: distribution.Distribution
-    feature_shape: tuple[int, ...]
+    feature_shapes: tuple[tuple[int, ...], ...]  # per independent variable
     num_classes_recorded: bool = True  # False: its summary's num_classes is {} (the validation summary copies it)
 
 
@@ -254,18 +314,24 @@ def _training(conn, text) -> Training:
     if len(row) != 1:
         raise InvalidArgument(f"{hint}; its summary table {summary} must have one row, it has {len(row)}")
     row = row[0]
-    class_values = f"{row['dependent_varname'][0]}_class_values"
-    if class_values not in columns:
-        raise InvalidArgument(f"{hint}; its summary table {summary} lacks {class_values}")
-    values = row[class_values]
+    for dependent in row["dependent_varname"] or ():
+        if f"{dependent}_class_values" not in columns:
+            raise InvalidArgument(f"{hint}; its summary table {summary} lacks {dependent}_class_values")
     packed = packed_tables.describe(conn, text, "training_preprocessor_table")
-    levels = _strip_padding(values) if values is not None else packed.num_classes
-    recorded = row.get("num_classes")
+    labels = tuple(_training_labels_from(columns, packed, i) for i in range(len(packed.dependents)))
     rule = row.get("distribution_rules") or distribution.ALL_SEGMENTS
-    return Training(table, summary, class_values if values is not None else None,
-                    columns[class_values] if values is not None else None, levels, packed.num_classes,
-                    row["normalizing_const"], distribution.Distribution(str(rule), packed.num_segments),
-                    packed.feature_shape, recorded != [])
+    return Training(table, summary, labels, packed.independents, row["normalizing_const"],
+                    distribution.Distribution(str(rule), packed.num_segments), packed.feature_shapes,
+                    row.get("num_classes") != [])
+
+
+def _training_labels_from(summary_columns: dict[str, Column], packed: packed_tables.PackedTable,
+                          i: int) -> TrainingLabels:
+    """Dependent variable ``i`` of the training table."""
+    column, values, count = packed.class_values_columns[i], packed.all_class_values[i], packed.output_classes[i]
+    if values is None:
+        return TrainingLabels(packed.dependents[i], None, None, count, count)
+    return TrainingLabels(packed.dependents[i], column, summary_columns[column], _strip_padding(list(values)), count)
 
 
 def _strip_padding(values: list) -> int:
@@ -276,33 +342,63 @@ def _strip_padding(values: list) -> int:
     return n
 
 
-def _validation_labels(conn, source: Source, training: Training) -> Labels:
-    if training.class_values is None:
-        if not source.one_hot:
+def _check_variables(source: Source, training: Training) -> None:
+    """As many dependent and independent variables as the training table, matched in order."""
+    for argument, given, trained in (("dependent_varname", source.dependents, [t.name for t in training.labels]),
+                                     ("independent_varname", source.independents, training.independents)):
+        if len(given) != len(trained):
+            raise InvalidArgument(
+                f"{argument}: {len(given)} column{'s' if len(given) != 1 else ''} "
+                f"({', '.join(c.name for c in given)}); the training table {training.table} has {len(trained)} "
+                f"({', '.join(trained)})", hint="Give one column per variable of the training table, in its order.")
+
+
+def _check_shapes(source: Source, features: tuple[Features, ...], training: Training) -> None:
+    count = len(features)
+    for i, (column, found, trained) in enumerate(zip(source.independents, features, training.feature_shapes)):
+        if found.shape != trained:
+            where = "" if count == 1 else f" in column {column.name!r}{columns.ordinal(i, count)}"
+            raise InvalidArgument(f"independent_varname: features of shape {list(found.shape)}{where}; the training "
+                                  f"table {training.table} has {list(trained)}")
+
+
+def _validation_labels(conn, source: Source, training: Training) -> tuple[Labels, ...]:
+    return tuple(_validation_labels_of(conn, source, training, i) for i in range(len(source.dependents)))
+
+
+def _validation_labels_of(conn, source: Source, training: Training, i: int) -> Labels:
+    column, trained = source.dependents[i], training.labels[i]
+    which = columns.ordinal(i, len(source.dependents))  # how messages name the variable among several
+    if trained.class_values is None:
+        if not column.is_numeric_array:
             raise InvalidArgument(f"dependent_varname: the training labels were one-hot arrays, but column "
-                                  f"{source.dependent.name!r} has type {source.dependent.type}")
-        width = _one_hot_width(conn, source)
-        if width > training.num_classes:
-            raise InvalidArgument(f"dependent_varname: one-hot arrays of {width} classes; the training table has "
-                                  f"{training.num_classes}")
-        return Labels(training.num_classes, width, True)
-    if source.one_hot or source.dependent.category != training.class_type.element_category:
-        raise InvalidArgument(f"dependent_varname: column {source.dependent.name!r} has type {source.dependent.type}, "
-                              f"which cannot be compared with the training labels ({training.class_type.type})")
-    _check_subset(conn, source, training)
-    return Labels(training.num_classes, training.levels, False)
+                                  f"{column.name!r}{which} has type {column.type}")
+        width = _one_hot_width(conn, source.table, column)
+        if width > trained.num_classes:
+            where = f" in column {column.name!r}{which}" if which else ""
+            raise InvalidArgument(f"dependent_varname: one-hot arrays of {width} classes{where}; the training table "
+                                  f"has {trained.num_classes}")
+        return Labels(trained.num_classes, width, True)
+    if column.is_numeric_array or column.category != trained.class_type.element_category:
+        raise InvalidArgument(f"dependent_varname: column {column.name!r}{which} has type {column.type}, "
+                              f"which cannot be compared with the training labels ({trained.class_type.type})")
+    _check_subset(conn, source, training, i)
+    return Labels(trained.num_classes, trained.levels, False)
 
 
-def _check_subset(conn, source: Source, training: Training) -> None:
-    dep = conn.quote_ident(source.dependent.name)
+def _check_subset(conn, source: Source, training: Training, i: int) -> None:
+    column, trained = source.dependents[i], training.labels[i]
+    dep = conn.quote_ident(column.name)
     rows = conn.execute(
         f"SELECT DISTINCT s.{dep}::text AS v FROM {source.table.sql(conn)} s CROSS JOIN "
-        f"(SELECT {conn.quote_ident(training.class_values)} AS cv FROM {training.summary.sql(conn)}) l "
-        f"WHERE array_position(l.cv[1:{training.levels}], s.{dep}) IS NULL ORDER BY 1 LIMIT {_BAD_VALUES}")
+        f"(SELECT {conn.quote_ident(trained.class_values)} AS cv FROM {training.summary.sql(conn)}) l "
+        f"WHERE array_position(l.cv[1:{trained.levels}], s.{dep}) IS NULL ORDER BY 1 LIMIT {_BAD_VALUES}")
     if rows:
         shown = ", ".join("NULL" if r["v"] is None else repr(r["v"]) for r in rows)
-        raise InvalidArgument(f"dependent_varname: class values of {source.table} must be a subset of those of "
-                              f"{training.table}; not found there: {shown}")
+        where = "" if len(source.dependents) == 1 else \
+            f" in column {column.name!r}{columns.ordinal(i, len(source.dependents))}"
+        raise InvalidArgument(f"dependent_varname: class values of {source.table}{where} must be a subset of those "
+                              f"of {training.table}; not found there: {shown}")
 
 
 def _validation_distribution(conn, distribution_rules, training: Training) -> distribution.Distribution:
@@ -324,22 +420,22 @@ def validation_preprocessor_dl(source_table, output_table, dependent_varname, in
     source = _source(conn, source_table, dependent_varname, independent_varname)
     output = _output(conn, output_table, source)
     training = _training(conn, training_preprocessor_table)
+    _check_variables(source, training)
     buffer_size = _buffer_size(buffer_size)
     dist = _validation_distribution(conn, distribution_rules, training)
     features = _features(conn, source)
-    if features.shape != training.feature_shape:
-        raise InvalidArgument(f"independent_varname: features of shape {list(features.shape)}; the training table "
-                              f"{training.table} has {list(training.feature_shape)}")
+    _check_shapes(source, features, training)
     labels = _validation_labels(conn, source, training)
-    plan = packing.plan_buffers(features.rows, dist.segments, features.size, buffer_size)
-    _check_memory(conn, plan, features, labels)
+    plan = _plan(conn, features, labels, dist.segments, buffer_size)
+    trained = training.labels
     p = Packing(source, output, labels, features, _normalizing_const(training.normalizing_const), dist, plan, None,
-                None if labels.one_hot else (training.summary, training.class_values),
-                source.dependent.type if labels.one_hot else training.class_type.type,
+                tuple(None if y.one_hot else (training.summary, t.class_values) for y, t in zip(labels, trained)),
+                tuple(c.type if y.one_hot else t.class_type.type for c, y, t in zip(source.dependents, labels, trained)),
                 training.table if placement.is_distributed(conn, training.table) else False,
                 record_num_classes=training.num_classes_recorded)
-    class_values = "NULL" if labels.one_hot else \
-        f"SELECT {conn.quote_ident(training.class_values)} FROM {training.summary.sql(conn)}"
+    summary = training.summary.sql(conn)
+    class_values = ["NULL" if y.one_hot else f"SELECT {conn.quote_ident(t.class_values)} FROM {summary}"
+                    for y, t in zip(labels, trained)]
     packed_tables.pack(conn, p, training.normalizing_const, class_values)
     conn.notice(f"validation_preprocessor_dl: packed {packing.describe(plan, buffer_size)} into {output.table} and "
                 f"{output.summary}")
@@ -363,12 +459,15 @@ _TRAINING_USAGE = """training_preprocessor_dl(
     source_table        VARCHAR,   -- table of examples, one per row
     output_table        VARCHAR,   -- packed table to create (and output_table_summary)
     dependent_varname   VARCHAR,   -- label column: text, integer, boolean... (NULL is a class too),
-                                   --   or a numeric array already one-hot encoded
-    independent_varname VARCHAR,   -- feature column: numeric array of any shape, e.g. REAL[] or 8x8x1 images
+                                   --   or a numeric array already one-hot encoded; several outputs:
+                                   --   a comma-separated list, e.g. 'label, label2'
+    independent_varname VARCHAR,   -- feature column: numeric array of any shape, e.g. REAL[] or 8x8x1 images;
+                                   --   several inputs: a comma-separated list, e.g. 'pixels, extra'
     buffer_size         INTEGER,   -- rows per buffer (default: a segment's rows, at most 32 MiB of features); adjusted
                                    --   so every segment gets the same number of buffers
     normalizing_const   REAL,      -- features are divided by it (default 1.0), e.g. 255.0 for pixels
-    num_classes         INTEGER[], -- e.g. ARRAY[10]: pad the one-hot vectors to this many classes (default: as found)
+    num_classes         INTEGER[], -- e.g. ARRAY[10]: pad the one-hot vectors to this many classes (default: as found);
+                                   --   one count per label column
     distribution_rules  TEXT       -- 'all_segments' (default: madlib_dl.num_segments segments),
                                    --   'gpu_segments' (one per GPU), or a count such as '3'
 )
@@ -394,8 +493,8 @@ For arguments and examples: SELECT madlib_dl.validation_preprocessor_dl('usage')
 _VALIDATION_USAGE = """validation_preprocessor_dl(
     source_table                VARCHAR,  -- table of validation examples
     output_table                VARCHAR,  -- packed table to create (and output_table_summary)
-    dependent_varname           VARCHAR,  -- label column; its classes must all occur in the training table
-    independent_varname         VARCHAR,  -- feature column, same shape as the training features
+    dependent_varname           VARCHAR,  -- label column(s); their classes must all occur in the training table
+    independent_varname         VARCHAR,  -- feature column(s), same shapes as the training features
     training_preprocessor_table VARCHAR,  -- output of training_preprocessor_dl
     buffer_size                 INTEGER,  -- rows per buffer (default: as for training)
     distribution_rules          TEXT      -- NULL (default): the training table's segments

@@ -81,6 +81,27 @@ def refusal(info: ArchInfo) -> str | None:
     return None
 
 
+def io_mismatch(info: ArchInfo, example_shapes, class_counts) -> str | None:
+    """Why examples of ``example_shapes`` (one per independent variable) with ``class_counts`` (one per
+    dependent variable) do not fit a model (None: they fit), as the end of a sentence starting with the
+    model's name. For models or tables with several inputs or outputs (multi-io): inputs and outputs
+    pair with the variables in order."""
+    if len(info.input_shapes) != len(example_shapes):
+        return (f"has {len(info.input_shapes)} input(s) but {len(example_shapes)} independent variable(s) were "
+                "packed (one per input, in the model's input order)")
+    if len(info.class_counts) != len(class_counts):
+        return (f"has {len(info.class_counts)} output(s) but {len(class_counts)} dependent variable(s) were "
+                "packed (one per output, in the model's output order)")
+    for number, (expected, shape) in enumerate(zip(info.input_shapes, example_shapes), 1):
+        if not accepts(expected, tuple(shape)):
+            return (f"expects input shape {shape_text(expected)} at input {number} but independent variable "
+                    f"{number} holds examples of shape {shape_text(shape)}")
+    for number, (units, classes) in enumerate(zip(info.class_counts, class_counts), 1):
+        if units != classes:
+            return f"has {units} units at output {number} but dependent variable {number} has {classes} classes"
+    return None
+
+
 def _parse(model_arch) -> dict:
     if model_arch is None:
         raise InvalidArgument(f"{ARGUMENT}: not a Keras model JSON: got NULL; expected model.to_json()")

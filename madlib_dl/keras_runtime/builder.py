@@ -125,9 +125,22 @@ def compile_model(model, params: CompileParams, custom: dict | None = None):
     """Compile ``model`` in place with a fresh optimizer and build the optimizer's state variables, so
     that state can be loaded into it before the first training step. ``custom``: name -> function,
     the custom losses and metrics the parameters name."""
-    model.compile(optimizer=make_optimizer(params.optimizer), **with_custom(params.keras_kwargs(), custom or {}))
+    kwargs = for_outputs(params.keras_kwargs(), len(model.outputs))
+    model.compile(optimizer=make_optimizer(params.optimizer), **with_custom(kwargs, custom or {}))
     model.optimizer.build(model.trainable_variables)
     return model
+
+
+def for_outputs(kwargs: dict, outputs: int) -> dict:
+    """compile() arguments for a model with ``outputs`` outputs: as Keras 2 did, every metric applies to
+    every output (Keras 3 wants a list per output); the loss applies to each output as given."""
+    if outputs < 2:
+        return kwargs
+    out = dict(kwargs)
+    for name in ("metrics", "weighted_metrics"):
+        if out.get(name):
+            out[name] = [list(out[name]) for _ in range(outputs)]
+    return out
 
 
 def with_custom(kwargs: dict, custom: dict) -> dict:
@@ -142,9 +155,12 @@ def with_custom(kwargs: dict, custom: dict) -> dict:
             return name
         return keras.metrics.MeanMetricWrapper(custom[name], name=name)
 
+    def metrics(names):  # a list per output for several: each output gets metric objects of its own
+        return [metrics(n) if isinstance(n, list) else metric(n) for n in names]
+
     out = dict(kwargs)
     out["loss"] = custom.get(kwargs["loss"], kwargs["loss"])
-    out["metrics"] = [metric(m) for m in kwargs["metrics"]]
+    out["metrics"] = metrics(kwargs["metrics"])
     if kwargs.get("weighted_metrics") is not None:
-        out["weighted_metrics"] = [metric(m) for m in kwargs["weighted_metrics"]]
+        out["weighted_metrics"] = metrics(kwargs["weighted_metrics"])
     return out

@@ -4,6 +4,8 @@
 * :func:`decode_arrays`: a batch of feature arrays as PostgreSQL sends them (``array_send`` of float4 or float8 arrays)
   into one float64 matrix, checking each row's size without making a Python float per value.
 * :func:`output_rows`: a batch of class probabilities into the rows of the output table, ranked.
+* :func:`outputs_rows`: the same for a model with several outputs (MADlib's multi-io): each output ranked
+  on its own, its rows named by its dependent variable.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -143,6 +145,7 @@ class OutputRows:
     class_values: list
     probs: list[float]
     ranks: list[int]
+    class_names: list = field(default_factory=list)  # outputs_rows only: each row's output's class name
 
 
 def ranked(probs: np.ndarray, pred: PredType) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -178,6 +181,21 @@ def output_rows(ids: Sequence, probs: np.ndarray, class_values: Sequence, pred: 
     value_array = np.empty(len(class_values), dtype=object)
     value_array[:] = list(class_values)
     return OutputRows(id_array[example].tolist(), value_array[klass].tolist(), prob.tolist(), rank.tolist())
+
+
+def outputs_rows(ids: Sequence, outputs: Sequence[np.ndarray], class_values: Sequence[Sequence],
+                 class_names: Sequence, pred: PredType) -> OutputRows:
+    """The output rows of one batch of a model with one or more outputs: output k has the probabilities
+    ``outputs[k]`` (examples, classes), the class texts ``class_values[k]`` and the class name
+    ``class_names[k]``. ``pred`` applies to each output on its own (rank 1 is each output's most likely
+    class). Rows by output, then example, then rank."""
+    if not len(outputs) == len(class_values) == len(class_names):
+        raise ValueError(f"expected as many class value lists ({len(class_values)}) and class names "
+                         f"({len(class_names)}) as outputs ({len(outputs)})")
+    parts = [output_rows(ids, probs, values, pred) for probs, values in zip(outputs, class_values)]
+    return OutputRows([i for p in parts for i in p.ids], [v for p in parts for v in p.class_values],
+                      [x for p in parts for x in p.probs], [r for p in parts for r in p.ranks],
+                      [name for name, p in zip(class_names, parts) for _ in p.ids])
 
 
 def default_class_values(count: int) -> list[str]:

@@ -53,7 +53,7 @@ def _steps_function(model, step):
     def steps(x, y, order, start, stop, batch_size):
         def one_batch(batch):
             index = order[batch * batch_size:(batch + 1) * batch_size]
-            step((tf.gather(x, index), tf.gather(y, index)))
+            step(tf.nest.map_structure(lambda t: tf.gather(t, index), (x, y)))
             return (batch + 1,)
 
         tf.while_loop(lambda batch: batch < stop, one_batch, (start,))
@@ -67,9 +67,15 @@ def loop_for(model) -> Loop:
 
 
 def as_tensors(x, y):
-    """The examples as tensors on TensorFlow's default device (done once per cached segment)."""
+    """The examples as tensors on TensorFlow's default device (done once per cached segment); x and y
+    are arrays, or lists of them for a model with several inputs or outputs."""
     tf = tf_setup.tensorflow()
-    return tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    return tf.nest.map_structure(tf.convert_to_tensor, (x, y))
+
+
+def examples(x) -> int:
+    """How many examples ``x`` (an array, or a list of them, one per input) holds."""
+    return int(tf_setup.tensorflow().nest.flatten(x)[0].shape[0])
 
 
 def _chunk(loop: Loop, kind: str, left: int) -> int:
@@ -113,7 +119,12 @@ def seed_layers(model, seed: int) -> None:
 def train(loop: Loop, x, y, batch_size: int, epochs: int, shuffle: bool, seed: int, check=None) -> list[float]:
     """``epochs`` passes over (x, y); [loss, compiled metrics...] as Keras' ``fit`` reports the last epoch
     (its running means over the epoch's batches, the order ``evaluate`` returns them; NaN when it diverged)."""
-    n = int(x.shape[0])
+    return _as_list(train_logs(loop, x, y, batch_size, epochs, shuffle, seed, check))
+
+
+def train_logs(loop: Loop, x, y, batch_size: int, epochs: int, shuffle: bool, seed: int, check=None) -> dict:
+    """As :func:`train`, by the names Keras gives them (``loss`` first; per output for several)."""
+    n = examples(x)
     batches = -(-n // batch_size)
     permutations = np.random.default_rng(seed % (2**64))
     logs: dict = {}
@@ -121,15 +132,24 @@ def train(loop: Loop, x, y, batch_size: int, epochs: int, shuffle: bool, seed: i
         order = permutations.permutation(n) if shuffle else np.arange(n)
         loop.model.reset_metrics()
         logs = _run_batches(loop, "train", x, y, order, batches, batch_size, check)
-    return _as_list(logs)
+    return _with_loss_first(logs)
+
+
+def _with_loss_first(logs: dict) -> dict:
+    return {"loss": logs.get("loss", float("nan")), **{k: v for k, v in logs.items() if k != "loss"}}
 
 
 def _as_list(logs: dict) -> list[float]:
-    return [logs.get("loss", float("nan"))] + [value for name, value in logs.items() if name != "loss"]
+    return list(_with_loss_first(logs).values())
 
 
 def evaluate(loop: Loop, x, y, batch_size: int, check=None) -> list[float]:
     """[loss, compiled metrics...] over (x, y), in the order ``evaluate`` returns them."""
-    n = int(x.shape[0])
+    return _as_list(evaluate_logs(loop, x, y, batch_size, check))
+
+
+def evaluate_logs(loop: Loop, x, y, batch_size: int, check=None) -> dict:
+    """As :func:`evaluate`, by the names Keras gives them."""
+    n = examples(x)
     loop.model.reset_metrics()
-    return _as_list(_run_batches(loop, "test", x, y, np.arange(n), -(-n // batch_size), batch_size, check))
+    return _with_loss_first(_run_batches(loop, "test", x, y, np.arange(n), -(-n // batch_size), batch_size, check))

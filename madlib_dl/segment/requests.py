@@ -17,6 +17,8 @@ import mmap
 import typing
 from dataclasses import dataclass, field
 
+from madlib_dl.preprocess import joined
+
 BLOB_TYPES = (bytes, bytearray, memoryview, mmap.mmap)  # mmap: the channel's shared blobs
 
 
@@ -61,11 +63,27 @@ class TableRef:
     oid: int
     distributed: bool = False  # a Citus distributed table: its rows come through this server (server._pulled)
     keyed: bool = True         # False: no __dist_key__ column (MADlib's layout on PostgreSQL): one segment, 0
+    # Every dependent and independent variable's column (multi-io); empty: just ``dependent``/``independent``
+    dependents: tuple = ()
+    independents: tuple = ()
+
+    def __post_init__(self):
+        for name, first in (("dependents", self.dependent), ("independents", self.independent)):
+            columns = tuple(getattr(self, name)) or (first,)  # a message gives lists
+            if not all(isinstance(c, str) for c in columns) or columns[0] != first:
+                raise TypeError(f"{name}: expected column names, {first!r} first")
+            object.__setattr__(self, name, columns)
 
     @property
     def segment_sql(self) -> str:
         """The SQL expression giving a row's segment."""
         return "__dist_key__" if self.keyed else "0"
+
+    def data_sql(self, quote_ident) -> tuple[str, str, str, str]:
+        """The aggregates' data arguments for a row of this table: labels, features, and their shapes."""
+        y, ys = joined.data_sql(quote_ident, self.dependents)
+        x, xs = joined.data_sql(quote_ident, self.independents)
+        return y, x, ys, xs
 
 
 @dataclass(frozen=True)

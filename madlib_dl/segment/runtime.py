@@ -20,9 +20,9 @@ import numpy as np
 
 from madlib_dl import channel, db
 from madlib_dl.errors import InvalidArgument
-from madlib_dl.keras_runtime import (builder, callbacks, interrupts, model_state, params, serialization, tf_setup,
-                                     training_loop)
-from madlib_dl.preprocess import packing
+from madlib_dl.keras_runtime import (builder, callbacks, interrupts, model_state, output_logs, params, serialization,
+                                     tf_setup, training_loop)
+from madlib_dl.preprocess import joined, packing
 from madlib_dl.segment import process_memory, requests
 from madlib_dl.segment import store as stores
 from madlib_dl.segment.store import CompiledModel, ConfiguredModel, Pending, RunStore, SegmentData
@@ -81,8 +81,11 @@ def collect(gd: dict, state, dependent_var, independent_var, dependent_var_shape
             raise InvalidArgument(f"call {call_id}: no such call is staged for run {run_id}")
         store.pending, store.staged = Pending(store.staged[1]), None
     if independent_var is not None:
-        store.pending.x.append(packing.decode(independent_var, independent_var_shape, packing.FEATURE_DTYPE))
-        store.pending.y.append(packing.decode(dependent_var, dependent_var_shape, packing.LABEL_DTYPE))
+        table = store.tables.get(store.pending.call.table)  # None: a call made without BeginRun's tables
+        store.pending.x.append(joined.decode(independent_var, independent_var_shape, packing.FEATURE_DTYPE,
+                                             len(table.independents) if table else 1))
+        store.pending.y.append(joined.decode(dependent_var, dependent_var_shape, packing.LABEL_DTYPE,
+                                             len(table.dependents) if table else 1))
         store.pending.buffers_read += 1
     return (state or 0) + 1
 
@@ -99,7 +102,7 @@ def _segment_data(store: RunStore, pending: Pending) -> SegmentData:
     call = pending.call
     key = (call.kind, call.segment)
     if pending.x:
-        x, y = np.concatenate(pending.x), np.concatenate(pending.y).astype(np.float32)
+        x, y = _concatenated(pending.x), _concatenated(pending.y, np.float32)
         pending.x, pending.y = [], []  # the buffers are not needed past this point (memory)
         data = SegmentData(*training_loop.as_tensors(x, y))
         if call.use_caching:
@@ -115,6 +118,14 @@ def _segment_data(store: RunStore, pending: Pending) -> SegmentData:
             f"{call.expected_images}; the table changed during the run, or has changes not yet committed "
             "that background workers cannot see (commit first, or SET madlib_dl.executor = 'in_process')")
     return data
+
+
+def _concatenated(buffers: list, dtype=None):
+    """The buffers' examples as one array, or one per variable where a buffer holds several (multi-io)."""
+    if isinstance(buffers[0], list):
+        return [_concatenated([b[i] for b in buffers], dtype) for i in range(len(buffers[0]))]
+    merged = np.concatenate(buffers)
+    return merged if dtype is None else merged.astype(dtype)
 
 
 def _release_segment(store: RunStore, segment: int) -> None:
@@ -201,15 +212,11 @@ def _load_state(entry: ConfiguredModel, call: requests.Fit) -> None:
 
 def _result(pending: Pending, data: SegmentData, started: float, seconds: float, **values) -> dict:
     used = process_memory.current()
-    return {"loss": None, "metric": None,
+    return {"loss": None, "metric": None, "output_losses": None, "output_metrics": None,
             "images": data.images, "buffers_read": pending.buffers_read, "seconds": seconds,
             "started": started, "ended": started + seconds, "pid": os.getpid(),
             "rss_bytes": used and used.rss, "peak_rss_bytes": used and used.peak,
             "shared_rss_bytes": used and used.shared, **values}
-
-
-def _finite_or_nan(value) -> float:
-    return float(value) if value is not None else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -242,46 +249,42 @@ def fit_final(gd, state) -> dict | None:
     training_loop.seed_layers(entry.model, call.seed)
     fit = params.parse_fit_params(store.constants[call.mst_key].fit_params)
     started, clock = time.time(), time.perf_counter()
-    values = train(entry, data, fit, call.seed)
+    logs = train(entry, data, fit, call.seed)
     seconds = time.perf_counter() - clock
     if fit.callbacks:
-        _log_hop(store, call, fit, values, entry.model)
+        _log_hop(store, call, fit, logs, entry.model)
     spare = model_state.ModelState(call.weights, call.optimizer_state) if call.overwrite_state else None
     store.output = model_state.get_state(entry.model, allocate=channel.allocate, reuse=spare)
     if call.is_final_call:
         _release_segment(store, call.segment)
-    return _result(pending, data, started, seconds, **_loss_and_metric(values))
+    return _result(pending, data, started, seconds, **output_logs.hop_values(logs, output_logs.output_names(entry.model)))
 
 
-def _log_hop(store: RunStore, call: requests.Fit, fit: params.FitParams, values: list, model) -> None:
+def _log_hop(store: RunStore, call: requests.Fit, fit: params.FitParams, logs: dict, model) -> None:
     """The hop's loss and metrics as the next step of the model's TensorBoard log on this segment."""
     key = (call.mst_key, call.segment)
     store.hops[key] = step = store.hops.get(key, 0) + 1
-    constants = store.constants[call.mst_key]
-    names = ["loss", *params.parse_compile_params(constants.compile_params,
-                                                  custom=frozenset(store.custom.get(call.mst_key, {}))).metrics]
-    callbacks.log_hop(fit.callbacks, call.mst_key, call.segment, step, dict(zip(names, values)), model)
+    if len(model.outputs) < 2:  # named as compile_params names the metrics
+        constants = store.constants[call.mst_key]
+        names = ["loss", *params.parse_compile_params(
+            constants.compile_params, custom=frozenset(store.custom.get(call.mst_key, {}))).metrics]
+        logs = dict(zip(names, logs.values()))
+    callbacks.log_hop(fit.callbacks, call.mst_key, call.segment, step, logs, model)
 
 
-def train(entry: ConfiguredModel, data: SegmentData, fit: params.FitParams, seed: int) -> list[float]:
+def train(entry: ConfiguredModel, data: SegmentData, fit: params.FitParams, seed: int) -> dict:
     """One hop's training: training_loop's passes, or Keras' fit for the options that loop does not
-    have (class_weight, steps_per_epoch). Returns the last epoch's [loss, metrics...] as fit reports
-    them (running means over the epoch's batches); [] when there was no epoch to train."""
+    have (class_weight, steps_per_epoch). Returns the last epoch's loss and metrics by name (``loss``
+    first) as fit reports them (running means over the epoch's batches); {} when there was no epoch."""
     if fit.class_weight is not None or fit.steps_per_epoch is not None:
         history = entry.model.fit(data.x, data.y, callbacks=[interrupts.callback()], **fit.keras_kwargs())
         logs = {name: values[-1] for name, values in history.history.items() if values}
-        return [logs.pop("loss", float("nan")), *logs.values()] if logs else []
+        return {"loss": logs.pop("loss", float("nan")), **logs} if logs else {}
     epochs = fit.epochs - fit.initial_epoch
     if epochs <= 0:
-        return []
-    return training_loop.train(entry.loop, data.x, data.y, fit.batch_size or DEFAULT_BATCH_SIZE, epochs,
-                               fit.shuffle, seed, interrupts.server_check())
-
-
-def _loss_and_metric(values: list) -> dict:
-    """The result row's loss and metric (the first compiled one; None when the model has none)."""
-    return {"loss": _finite_or_nan(values[0] if values else None),
-            "metric": _finite_or_nan(values[1]) if len(values) > 1 else None}
+        return {}
+    return training_loop.train_logs(entry.loop, data.x, data.y, fit.batch_size or DEFAULT_BATCH_SIZE, epochs,
+                                    fit.shuffle, seed, interrupts.server_check())
 
 
 @db.sql_function
@@ -300,11 +303,11 @@ def evaluate_final(gd, state) -> dict | None:
     call: requests.Evaluate = pending.call
     model_state.set_weights(entry.model, call.weights)
     started, clock = time.time(), time.perf_counter()
-    values = training_loop.evaluate(entry.loop, data.x, data.y, EVALUATE_BATCH_SIZE, interrupts.server_check())
+    logs = training_loop.evaluate_logs(entry.loop, data.x, data.y, EVALUATE_BATCH_SIZE, interrupts.server_check())
     seconds = time.perf_counter() - clock
     if call.is_final_call:
         _release_segment(store, call.segment)
-    return _result(pending, data, started, seconds, **_loss_and_metric(values))
+    return _result(pending, data, started, seconds, **output_logs.hop_values(logs, output_logs.output_names(entry.model)))
 
 
 @db.sql_function

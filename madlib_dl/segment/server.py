@@ -123,8 +123,7 @@ def _aggregate(db, gd, aggregate: str, call) -> dict:
     q = db.quote_ident
     fn = f"{q(store.schema)}.{q(aggregate)}"
     if call.read_table:
-        data = (f"{q(table.dependent)}, {q(table.independent)}, {q(table.dependent + '_shape')}, "
-                f"{q(table.independent + '_shape')}")
+        data = ", ".join(table.data_sql(q))
         inner = (f"SELECT {fn}({data}, $1, $2 ORDER BY buffer_id) AS r FROM {_table_sql(db, table)} "
                  f"WHERE {table.segment_sql} = $3")
         args, types = [call.run_id, call_id, call.segment], ["text", "bigint", "integer"]
@@ -148,8 +147,8 @@ def _pulled(db, gd, aggregate: str, table: TableRef, call, call_id: int) -> dict
     backends have none of this run's state. (The segment's data crosses to this server on every read.)"""
     transition, final = _STEPS[aggregate]
     q = db.quote_ident
-    columns = (f"{q(table.dependent)} AS y, {q(table.independent)} AS x, {q(table.dependent + '_shape')} AS ys, "
-               f"{q(table.independent + '_shape')} AS xs")
+    y, x, ys, xs = table.data_sql(q)
+    columns = f"{y} AS y, {x} AS x, {ys} AS ys, {xs} AS xs"
     state = None
     for rows in db.batches(f"SELECT {columns} FROM {_table_sql(db, table)} WHERE {table.segment_sql} = $1 "
                            "ORDER BY buffer_id",

@@ -37,16 +37,20 @@ KEEP_WEIGHT_BYTES = 256 << 20
 
 @dataclass
 class SegmentData:
-    x: Any  # float32 features, examples first (a tensor on TensorFlow's device once made ready)
-    y: Any  # float32 one-hot labels
+    x: Any  # float32 features, examples first (a tensor on TensorFlow's device once made ready);
+    y: Any  # float32 one-hot labels. Each a list of them, one per variable, for several (multi-io)
 
     @property
     def images(self) -> int:
-        return int(self.x.shape[0])
+        return int(_arrays(self.x)[0].shape[0])
 
     @property
     def nbytes(self) -> int:
-        return 4 * int(np.prod(self.x.shape) + np.prod(self.y.shape))
+        return 4 * sum(int(np.prod(a.shape)) for a in _arrays(self.x) + _arrays(self.y))
+
+
+def _arrays(side) -> list:
+    return list(side) if isinstance(side, list) else [side]
 
 
 @dataclass

@@ -439,7 +439,8 @@ def _local_ref(node: _Node, table, shard: Shard) -> requests.TableRef:
         raise SegmentFailed(f"segment {node.segment}: its shard {shard.name} is not on {shard.host}:{shard.port} for "
                             "this role", "42P01")
     schema, name, oid = row
-    return requests.TableRef(schema, name, table.dependent, table.independent, int(oid), False)
+    return requests.TableRef(schema, name, table.dependent, table.independent, int(oid), False,
+                             dependents=table.dependents, independents=table.independents)
 
 
 # A node that stops answering (its host down, the network cut) fails the call within about 10 s:

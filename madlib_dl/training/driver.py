@@ -70,6 +70,10 @@ class ModelProgress:
         self.metrics[f"{prefix}_loss"].append(mean.loss)
         self.metrics[f"{prefix}_metric"].append(mean.metric)
         self.metrics[f"{prefix}_elapsed"].append(elapsed)
+        if mean.output_losses is not None:  # a model with several outputs: each one's, too
+            self.metrics.setdefault(f"{prefix}_output_losses", []).append(list(mean.output_losses))
+            self.metrics.setdefault(f"{prefix}_output_metrics", []).append(
+                list(mean.output_metrics) if mean.output_metrics is not None else None)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ class Evaluation:
     images: int
     executor: str          # 'workers' or 'in_process'
     segments: tuple[SegmentResult, ...]
+    output_losses: tuple | None = None   # per output of a model with several (None: one output)
+    output_metrics: tuple | None = None
 
 
 def evaluate(db, spec: EvaluationSpec) -> Evaluation:
@@ -70,4 +72,5 @@ def _key(spec: EvaluationSpec) -> int:
 
 def combine(results: list[SegmentResult], executor: str) -> Evaluation:
     mean = segment_means.combine(results)
-    return Evaluation(mean.loss, mean.metric, mean.images, executor, tuple(sorted(results, key=lambda r: r.segment)))
+    return Evaluation(mean.loss, mean.metric, mean.images, executor, tuple(sorted(results, key=lambda r: r.segment)),
+                      mean.output_losses, mean.output_metrics)

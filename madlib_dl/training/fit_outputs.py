@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from madlib_dl import __version__, catalog
+from madlib_dl import __version__
 from madlib_dl.identifiers import TableName
 from madlib_dl.training import outputs, stored_state
 from madlib_dl.training.driver import RunResult
@@ -77,12 +77,12 @@ def _summary_columns(db, spec: RunSpec, result: RunResult, request: FitRequest) 
     def metric(name: str) -> Column:
         return Column(name, outputs.HISTORY_TYPES[name], history[name])
 
-    class_column = catalog.columns(db, source.summary).get(source.class_values_column)
-    q = db.quote_ident
+    several = outputs.several_outputs(source)
+    per_output = outputs.per_output_values(model)
     return [
         Column("source_table", "TEXT", request.source_table), Column("model", "TEXT", request.model),
-        Column("dependent_varname", "TEXT[]", [source.dependent]),
-        Column("independent_varname", "TEXT[]", [source.independent]),
+        Column("dependent_varname", "TEXT[]", list(source.dependents)),
+        Column("independent_varname", "TEXT[]", list(source.independents)),
         Column("model_arch_table", "TEXT", request.model_arch_table), Column("model_id", "INTEGER", request.model_id),
         Column("compile_params", "TEXT", config.compile_params), Column("fit_params", "TEXT", config.fit_params),
         Column("num_iterations", "INTEGER", spec.num_iterations),
@@ -94,18 +94,18 @@ def _summary_columns(db, spec: RunSpec, result: RunResult, request: FitRequest) 
         Column("start_training_time", "TIMESTAMP", result.started),
         Column("end_training_time", "TIMESTAMP", result.ended), metric("metrics_elapsed_time"),
         Column("madlib_version", "TEXT", f"madlib_dl {__version__}"),
-        Column("num_classes", "INTEGER[]", [source.num_classes]),
+        Column("num_classes", "INTEGER[]", list(source.output_classes)),
         Column("dependent_vartype", "TEXT[]", copied="s.dependent_vartype"),
         Column("normalizing_const", "REAL", copied="s.normalizing_const"),
         *[metric(name) for name in ("metrics_type", "loss_type", "training_metrics_final", "training_loss_final",
                                     "training_metrics", "training_loss", "validation_metrics_final",
                                     "validation_loss_final", "validation_metrics", "validation_loss",
                                     "metrics_iters")],
-        # the class values keep the source summary's type (text[], integer[], boolean[]...); NULL for one-hot labels
-        Column(source.class_values_column, class_column.type if class_column else "TEXT[]",
-               copied=f"s.{q(source.class_values_column)}" if class_column else "NULL"),
+        *[Column(name, sql_type, copied=expression) for name, sql_type, expression in
+          outputs.class_values_columns(db, source)],
         metric("validation_metrics_elapsed_time"),
         Column("total_iterations", "INTEGER", spec.iteration_offset + spec.num_iterations),
+        *[Column(name, sql_type, per_output[name]) for name, sql_type in outputs.PER_OUTPUT_TYPES.items() if several],
     ]
 
 

@@ -63,7 +63,7 @@ def write(db, out: OutputTables, spec: RunSpec, result: RunResult, request: dict
           models: ModelTable | None = None) -> None:
     """``request``: the caller's arguments as given (table names as text, name, description...);
     ``models``: the model table when it was made before training (some rows may be in it already)."""
-    _write_info(db, out, result, extra)
+    _write_info(db, out, spec, result, extra)
     _write_summary(db, out, spec, result, request, extra)
     if models is None:
         models = ModelTable(out.model, spec.schema, keyed=True)
@@ -92,6 +92,37 @@ _INFO_COLUMNS = (
 )
 
 
+# A model with several outputs (multi-io) also reports each output's final loss and first metric, in
+# the order of the summary's dependent_varname; its metric columns hold the mean of the outputs' metrics.
+PER_OUTPUT_TYPES = {
+    "training_loss_per_output": "DOUBLE PRECISION[]", "training_metrics_per_output": "DOUBLE PRECISION[]",
+    "validation_loss_per_output": "DOUBLE PRECISION[]", "validation_metrics_per_output": "DOUBLE PRECISION[]",
+}
+
+
+def several_outputs(source) -> bool:
+    """Whether the models trained on packed table ``source`` have several outputs."""
+    return len(source.dependents) > 1
+
+
+def per_output_values(model) -> dict:
+    """The PER_OUTPUT_TYPES columns of a trained model (driver.ModelProgress)."""
+    m = model.metrics
+    return {f"{prefix}_{what}_per_output": _last(m.get(f"{prefix}_output_{series}") or [])
+            for prefix in ("training", "validation") for what, series in (("loss", "losses"), ("metrics", "metrics"))}
+
+
+def class_values_columns(db, source) -> list[tuple[str, str, str]]:
+    """(name, type, expression over the source summary ``s``) of each dependent variable's class values:
+    the source summary's type (text[], integer[], boolean[]...); NULL for labels packed one-hot."""
+    present = catalog.columns(db, source.summary)
+    found = []
+    for name in source.class_values_columns or (source.class_values_column,):
+        column = present.get(name)
+        found.append((name, column.type if column else "TEXT[]", f"s.{db.quote_ident(name)}" if column else "NULL"))
+    return found
+
+
 def _last(values):
     return values[-1] if values else None
 
@@ -118,24 +149,25 @@ def history_values(model, metrics_iters: list[int]) -> dict:
     }
 
 
-def _info_row(mst_key: int, model, metrics_iters: list[int]) -> list:
+def _info_row(mst_key: int, model, metrics_iters: list[int], columns) -> list:
     config = model.config
     values = {"mst_key": mst_key, "model_id": config.model_id, "compile_params": config.compile_params,
               "fit_params": config.fit_params, "model_type": MODEL_TYPE, "model_size": len(model.weights) / 1024.0,
-              **history_values(model, metrics_iters)}
-    return [values[name] for name, _ in _INFO_COLUMNS]
+              **history_values(model, metrics_iters), **per_output_values(model)}
+    return [values[name] for name, _ in columns]
 
 
-def _write_info(db, out: OutputTables, result: RunResult, extra: Extra) -> None:
+def _write_info(db, out: OutputTables, spec: RunSpec, result: RunResult, extra: Extra) -> None:
     table = out.info.sql(db)
-    columns = _INFO_COLUMNS + tuple(extra.info_columns)
+    ours = _INFO_COLUMNS + (tuple(PER_OUTPUT_TYPES.items()) if several_outputs(spec.source) else ())
+    columns = ours + tuple(extra.info_columns)
     db.execute(f"CREATE TABLE {table} ({', '.join(f'{n} {t}' for n, t in columns)})")
     types = [t.replace(" PRIMARY KEY", "").lower() for _, t in columns]
     placeholders = ", ".join(f"${i}" for i in range(1, len(types) + 1))
     for mst_key, model in sorted(result.models.items()):
         iters = result.metrics_iters if extra.metrics_iters is None else extra.metrics_iters[mst_key]
         db.execute(f"INSERT INTO {table} VALUES ({placeholders})",
-                   _info_row(mst_key, model, iters) + list(extra.info_values.get(mst_key, ())), types)
+                   _info_row(mst_key, model, iters, ours) + list(extra.info_values.get(mst_key, ())), types)
 
 
 def _typed_info(model_output_table: str) -> str:
@@ -145,14 +177,14 @@ def _typed_info(model_output_table: str) -> str:
 
 def _write_summary(db, out: OutputTables, spec: RunSpec, result: RunResult, request: dict, extra: Extra) -> None:
     source = spec.source
-    class_column = catalog.columns(db, source.summary).get(source.class_values_column)
-    class_type = class_column.type if class_column else "text[]"
+    class_columns = class_values_columns(db, source)
     q = db.quote_ident
     columns = [
         ("source_table", "TEXT", request["source_table"]), ("validation_table", "TEXT", request["validation_table"]),
         ("model", "TEXT", request["model_output_table"]),
         ("model_info", "TEXT", _typed_info(request["model_output_table"])),
-        ("dependent_varname", "TEXT[]", [source.dependent]), ("independent_varname", "TEXT[]", [source.independent]),
+        ("dependent_varname", "TEXT[]", list(source.dependents)),
+        ("independent_varname", "TEXT[]", list(source.independents)),
         ("model_arch_table", "TEXT", request["model_arch_table"]),
         ("model_selection_table", "TEXT", request["model_selection_table"]), ("object_table", "TEXT", request.get("object_table")),
         ("num_iterations", "INTEGER", spec.num_iterations),
@@ -160,15 +192,15 @@ def _write_summary(db, out: OutputTables, spec: RunSpec, result: RunResult, requ
         ("warm_start", "BOOLEAN", request["warm_start"]), ("name", "TEXT", request["name"]),
         ("description", "TEXT", request["description"]), ("start_training_time", "TIMESTAMP", result.started),
         ("end_training_time", "TIMESTAMP", result.ended), ("madlib_version", "TEXT", f"madlib_dl {__version__}"),
-        ("num_classes", "INTEGER[]", [source.num_classes]),
+        ("num_classes", "INTEGER[]", list(source.output_classes)),
     ]
     after = list(extra.summary_columns)
     tail = [("dependent_vartype", "TEXT[]"), ("normalizing_const", "REAL")]
-    definitions = [f"{n} {t}" for n, t, _ in columns] + [f"{q(source.class_values_column)} {class_type}"] + \
+    definitions = [f"{n} {t}" for n, t, _ in columns] + [f"{q(n)} {t}" for n, t, _ in class_columns] + \
         [f"{n} {t}" for n, t in tail] + ["metrics_iters INTEGER[]"] + [f"{n} {t}" for n, t, _ in after]
     db.execute(f"CREATE TABLE {out.summary.sql(db)} ({', '.join(definitions)})")
     params = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    copied = f"s.{q(source.class_values_column)}" if class_column else "NULL"
+    copied = ", ".join(expression for _, _, expression in class_columns)
     later = "".join(f", ${len(columns) + 2 + i}" for i in range(len(after)))
     iters = result.metrics_iters if extra.metrics_iters is None else sorted(set().union(*extra.metrics_iters.values()))
     db.execute(f"INSERT INTO {out.summary.sql(db)} SELECT {params}, {copied}, s.dependent_vartype, "

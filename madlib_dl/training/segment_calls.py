@@ -39,7 +39,7 @@ class EvaluateHop:
 
 def table_ref(table: PackedTable) -> requests.TableRef:
     return requests.TableRef(table.table.schema, table.table.name, table.dependent, table.independent,
-                             table.table.oid, table.distributed, table.keyed)
+                             table.table.oid, table.distributed, table.keyed, table.dependents, table.independents)
 
 
 def begin_calls(segments, run_id: str, schema: str, tables: dict[str, PackedTable], models: dict) -> list[SegmentCall]:

@@ -416,3 +416,32 @@ def _mlp_json() -> str:
     keras.utils.set_random_seed(3)
     return keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(8, activation="relu"),
                              keras.layers.Dense(CLASSES, activation="softmax")]).to_json()
+
+
+def test_a_model_with_two_inputs_and_two_outputs_trains_on_the_nodes(conn):
+    """Multi-io on distributed tables: lists of columns pack into shards on both nodes, fit trains there,
+    and evaluate on the nodes gives the loss the fit's last validation reported."""
+    keras = tf_setup.keras()
+    keras.utils.set_random_seed(4)
+    first, second = keras.Input((FEATURES,)), keras.Input((FEATURES,))
+    hidden = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([first, second]))
+    model = keras.Model([first, second], [keras.layers.Dense(CLASSES, activation="softmax")(hidden),
+                                          keras.layers.Dense(2, activation="softmax")(hidden)])
+    with conn.cursor() as cur:
+        for name, source in (("multi_train", "points_train"), ("multi_val", "points_val")):
+            cur.execute(f"CREATE TABLE {name} AS SELECT id, x, (SELECT array_agg(v * v ORDER BY n) FROM "
+                        f"unnest(x) WITH ORDINALITY u(v, n)) AS x2, label, label > 0 AS positive FROM {source}")
+        cur.execute("SELECT madlib_dl.training_preprocessor_dl('multi_train', 'multi_packed', 'label, positive', "
+                    "'x, x2', NULL, 1.0, NULL, %s)", [str(SEGMENTS)])
+        cur.execute("SELECT madlib_dl.validation_preprocessor_dl('multi_val', 'multi_packed_val', 'label, positive', "
+                    "'x, x2', 'multi_packed')")
+        cur.execute("SELECT madlib_dl.load_keras_model('multi_arch', %s::json)", [model.to_json()])
+        cur.execute("SELECT madlib_dl.madlib_keras_fit('multi_packed', 'multi_out', 'multi_arch', 1, %s, "
+                    "'batch_size=8,epochs=1', 2, FALSE, 'multi_packed_val')", [_adam(0.02)])
+        cur.execute("SELECT count(DISTINCT node) FROM madlib_dl.last_fit_hops() WHERE kind = 'train'")
+        assert cur.fetchone() == (2,)
+        cur.execute("SELECT madlib_dl.madlib_keras_evaluate('multi_out', 'multi_packed_val', 'multi_eval')")
+        cur.execute("SELECT e.loss, s.validation_loss_final, cardinality(e.loss_per_output) "
+                    "FROM multi_eval e, multi_out_summary s")
+        loss, reported, outputs = cur.fetchone()
+        assert loss == pytest.approx(reported, rel=1e-5) and outputs == 2

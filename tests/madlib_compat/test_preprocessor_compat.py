@@ -186,9 +186,6 @@ def test_bad_arguments_are_refused(data, cur, args):
     assert not exists(cur, "dp_bad") and not exists(cur, "dp_bad_summary")
 
 
-@pytest.mark.xfail(strict=True, reason="multi-input/multi-output models (madlib_keras_multi_io.sql_in: several "
-                                       "comma-separated dependent and independent columns) are not implemented in "
-                                       "madlib_dl yet (0A000)")
 def test_multi_input_multi_output_packing(data, cur):
     cur.execute("CREATE TABLE dp_multi AS SELECT id, x, x AS x2, y2, y2 AS y2_copy FROM dp_input")
     cur.execute(TRAIN + ", 4, 1.0, NULL, '1')", ["dp_multi", "dp_multi_packed", "y2, y2_copy", "x, x2"])

@@ -106,3 +106,51 @@ def test_seed_layers_makes_dropout_depend_on_the_seed_only():
         training_loop.train(training_loop.loop_for(model), x, y, batch_size=10, epochs=1, shuffle=False, seed=3)
     np.testing.assert_array_equal(a.get_weights()[0], b.get_weights()[0])
     assert not np.allclose(a.get_weights()[0], c.get_weights()[0])  # other dropout masks
+
+
+def _two_in_two_out(seed=0):
+    """MADlib's multi-io test model: two inputs, two softmax outputs; compiled as compile_params would be."""
+    from madlib_dl.keras_runtime import builder, params
+
+    keras.utils.set_random_seed(seed)
+    first, second = keras.Input((4,), name="input_1"), keras.Input((4,), name="input_2")
+    a, b = keras.layers.Dense(6, activation="relu")(first), keras.layers.Dense(6, activation="relu")(second)
+    out1 = keras.layers.Dense(3, activation="softmax", name="dense_4")(keras.layers.Concatenate()([a, b]))
+    out2 = keras.layers.Dense(3, activation="softmax", name="dense_5")(b)
+    model = keras.Model([first, second], [out1, out2])
+    parsed = params.parse_compile_params("loss='categorical_crossentropy', optimizer='Adam(learning_rate=0.05)', "
+                                         "metrics=['categorical_accuracy']")
+    return builder.compile_model(model, parsed)
+
+
+def _multi_data(n=41, seed=2):
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.random((n, 4), dtype=np.float32), rng.random((n, 4), dtype=np.float32)
+    labels = np.eye(3, dtype=np.float32)
+    return [x1, x2], [labels[(x1[:, 0] * 3).astype(int) % 3], labels[(x2[:, 1] * 3).astype(int) % 3]]
+
+
+def test_a_model_with_two_inputs_and_two_outputs_trains_and_evaluates_like_keras():
+    """Lists of arrays (one per input, one per output) are gathered batch by batch like single arrays:
+    the weights after three epochs and the per-output losses and metrics are Keras' own."""
+    from madlib_dl.keras_runtime import output_logs
+
+    x, y = _multi_data()
+    ours, reference = _two_in_two_out(), _two_in_two_out()
+    logs = training_loop.train_logs(training_loop.loop_for(ours), *training_loop.as_tensors(x, y), batch_size=8,
+                                    epochs=3, shuffle=False, seed=0)
+    history = reference.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    for got, expected in zip(ours.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    for name in ("loss", "dense_4_loss", "dense_5_loss", "dense_4_categorical_accuracy",
+                 "dense_5_categorical_accuracy"):
+        assert logs[name] == pytest.approx(history.history[name][-1], rel=1e-5), name
+    values = output_logs.hop_values(
+        training_loop.evaluate_logs(training_loop.loop_for(ours), *training_loop.as_tensors(x, y), batch_size=16),
+        ours.output_names)
+    expected = reference.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    assert values["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert values["output_losses"] == pytest.approx([expected["dense_4_loss"], expected["dense_5_loss"]], rel=1e-5)
+    accuracies = [expected["dense_4_categorical_accuracy"], expected["dense_5_categorical_accuracy"]]
+    assert values["output_metrics"] == pytest.approx(accuracies, rel=1e-5)
+    assert values["metric"] == pytest.approx(sum(accuracies) / 2, rel=1e-5)

@@ -178,3 +178,57 @@ def test_decode_arrays_of_float4_rows_of_several_shapes():
     assert out.dtype == np.float64 and out.tolist() == [[0.5, 1, 2, 3], [4, 5, 6, 7]]
     same = prediction.decode_arrays([blobs[0], blobs[0]], 4, 700)
     assert same.tolist() == [[0.5, 1, 2, 3]] * 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Several outputs (multi-io): each output ranked on its own, its rows named by its dependent variable
+
+SECOND = np.array([[0.9, 0.1],
+                   [0.3, 0.7],
+                   [0.5, 0.5],
+                   [0.2, 0.8]])
+
+
+def _multi_rows(pred):
+    out = prediction.outputs_rows(IDS, [PROBS, SECOND], [CLASSES, ["no", "yes"]], ["kind", "flag"], pred)
+    assert len(out.class_names) == len(out.ids)
+    return list(zip(out.ids, out.class_names, out.class_values, out.probs, out.ranks))
+
+
+def test_outputs_rows_prob_each_output_ranked_on_its_own():
+    first = [(i, "kind", v, p, r) for i, v, p, r in _rows(PredType(PROB))]
+    assert _multi_rows(PredType(PROB)) == first + [
+        (10, "flag", "no", 0.9, 1), (10, "flag", "yes", 0.1, 2),
+        (11, "flag", "yes", 0.7, 1), (11, "flag", "no", 0.3, 2),
+        (12, "flag", "no", 0.5, 1), (12, "flag", "yes", 0.5, 2),
+        (13, "flag", "yes", 0.8, 1), (13, "flag", "no", 0.2, 2)]
+
+
+@pytest.mark.parametrize("pred", [PredType(RESPONSE), PredType(TOP_K, 2), PredType(TOP_K, 3),
+                                  PredType(THRESHOLD, 0.5), PredType(THRESHOLD, 0.0)], ids=repr)
+def test_outputs_rows_pred_type_applies_to_each_output(pred):
+    expected = [(i, "kind", v, p, r) for i, v, p, r in _rows(pred)]
+    second = prediction.output_rows(IDS, SECOND, ["no", "yes"], pred)
+    expected += [(i, "flag", v, p, r) for i, v, p, r in zip(second.ids, second.class_values, second.probs, second.ranks)]
+    assert _multi_rows(pred) == expected
+
+
+def test_outputs_rows_threshold_half_by_hand():
+    assert _multi_rows(PredType(THRESHOLD, 0.5)) == [
+        (10, "kind", "b", 0.6, 1),
+        (10, "flag", "no", 0.9, 1), (11, "flag", "yes", 0.7, 1), (13, "flag", "yes", 0.8, 1)]
+
+
+def test_outputs_rows_one_output_is_output_rows():
+    single = prediction.output_rows(IDS, PROBS, CLASSES, PredType(TOP_K, 2))
+    multi = prediction.outputs_rows(IDS, [PROBS], [CLASSES], ["kind"], PredType(TOP_K, 2))
+    assert (multi.ids, multi.class_values, multi.probs, multi.ranks) == \
+        (single.ids, single.class_values, single.probs, single.ranks)
+    assert multi.class_names == ["kind"] * len(single.ids)
+
+
+def test_outputs_rows_counts_must_match():
+    with pytest.raises(ValueError):
+        prediction.outputs_rows(IDS, [PROBS, SECOND], [CLASSES], ["kind", "flag"], PredType(PROB))
+    with pytest.raises(ValueError):
+        prediction.outputs_rows(IDS, [PROBS, SECOND], [CLASSES, ["no"]], ["kind", "flag"], PredType(PROB))

@@ -9,7 +9,9 @@ TABLE = r.TableRef("s", "t", "y", "x", 16384)
 SAMPLES = [
     r.Start(2, "-1", None),
     r.Start(None, None, 512, worker_session=False),
-    r.BeginRun("run", "madlib_dl", {"train": TABLE, "validation": r.TableRef("s", "v", "y", "x", 16390)},
+    r.BeginRun("run", "madlib_dl", {"train": TABLE, "validation": r.TableRef("s", "v", "y", "x", 16390),
+                                    "multi_io": r.TableRef("s", "m", "y", "x", 16391, dependents=("y", "y2"),
+                                                           independents=("x", "x2", "x3"))},
                {1: r.ModelConstants("{}", "loss='mse'", "epochs=1"), 7: r.ModelConstants("{}", "c")}),
     r.CountRows(TABLE),
     r.InitialWeights("{}", 42),
