@@ -77,34 +77,11 @@ def column(db, table: TableName, text: str | None, argument: str) -> Column:
     except InvalidArgument:
         parts = None
     if parts is None or len(parts) != 1:
-        if parts is None and "," in text:
-            _refuse_column_list(db, table, text, argument)
         raise InvalidArgument(f"{argument}: expected one column name of {table}, got {text!r}")
     found = columns(db, table).get(parts[0])
     if found is None:
         raise InvalidArgument(f"{argument}: column {parts[0]!r} does not exist in table {table}")
     return found
-
-
-def _refuse_column_list(db, table: TableName, text: str, argument: str) -> None:
-    """A list of columns: the usual table has one scalar column per feature, which needs one array
-    column made of them; several array columns would be a model with several inputs."""
-    try:
-        names = [identifiers.split_identifiers(part, argument) for part in text.split(",")]
-    except InvalidArgument:
-        names = []
-    found = columns(db, table)
-    listed = [found.get(n[0]) if len(n) == 1 else None for n in names]
-    features = argument.startswith("independent_varname")
-    if features and listed and all(c is not None and not c.is_array for c in listed):
-        joined = ", ".join(db.quote_ident(c.name) for c in listed)
-        arrays = table.sibling(f"{table.name}_arrays").typed_sql(db)
-        raise InvalidArgument(
-            f"{argument}: expected one array column, got {len(listed)} columns ({text.strip()})",
-            hint=f"Make them one array column, e.g. CREATE TABLE {arrays} AS SELECT *, "
-                 f"ARRAY[{joined}]::REAL[] AS features FROM {table.typed_sql(db)}; then pass 'features' and that table.")
-    raise NotSupported(f"{argument}: one column is supported, got the list {text!r} "
-                       "(models with several inputs or outputs are not supported yet)")
 
 
 def is_empty(db, table: TableName) -> bool:

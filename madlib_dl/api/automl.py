@@ -199,7 +199,7 @@ USAGE = """madlib_keras_automl(
                                                      -- asha:      'max_iterations=9, grace_iterations=1,
                                                      --             reduction_factor=3, num_configs=27'
     random_state              INTEGER DEFAULT NULL,  -- the same value draws the same configurations
-    object_table              VARCHAR DEFAULT NULL,  -- not supported yet
+    object_table              VARCHAR DEFAULT NULL,  -- the custom functions' table (load_custom_function)
     use_gpus                  BOOLEAN DEFAULT FALSE,
     validation_table          VARCHAR DEFAULT NULL,  -- configurations are compared by its loss when given
     metrics_compute_frequency INTEGER DEFAULT NULL,  -- NULL: metrics where the method compares configurations

@@ -272,7 +272,7 @@ Usage:
         model_id_list          INTEGER[],  -- model ids of model_arch_table
         compile_params_list    VARCHAR[],  -- compile parameter strings
         fit_params_list        VARCHAR[],  -- fit parameter strings ('' means Keras' defaults)
-        object_table           VARCHAR     -- optional; must be NULL (custom functions are not supported yet)
+        object_table           VARCHAR     -- optional: the custom functions' table (load_custom_function)
     );
 
 One row per combination model id x compile params x fit params. Model ids are sorted and repeated ones
@@ -317,7 +317,7 @@ Usage:
         search_type            VARCHAR,    -- 'grid' (default) or 'random', or their start ('g', 'rand')
         num_configs            INTEGER,    -- random search: how many configurations (grid: NULL)
         random_state           INTEGER,    -- random search: a seed for the same configurations every time (grid: NULL)
-        object_table           VARCHAR     -- must be NULL (custom functions are not supported yet)
+        object_table           VARCHAR     -- optional: the custom functions' table (load_custom_function)
     );
 
 compile_params_grid: {'loss': [...], 'metrics': [...], 'optimizer_params_list': [dict, ...]}

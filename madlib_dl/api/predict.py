@@ -33,6 +33,7 @@ from madlib_dl.identifiers import TableName
 from madlib_dl.keras_runtime import arch_info, builder, model_state, prediction, tf_setup
 from madlib_dl.keras_runtime.prediction import PredType
 from madlib_dl.preprocess import packing
+from madlib_dl.preprocess.columns import split_list
 
 BATCH_ROWS = 1000        # rows per fetch, predict and insert: bounds memory, and amortises each call
 MODEL_CACHE_SIZE = 3     # models kept in this session (each holds its weights and traced predict function)
@@ -129,25 +130,10 @@ def _request(conn, test_table, id_col, independent_varname, output_table, pred_t
     if id_column.name in OUTPUT_COLUMNS:
         raise InvalidArgument(f"id_col: column {id_column.name!r} has the name of an output column "
                               f"({', '.join(OUTPUT_COLUMNS)})", hint=f"Rename it, e.g. in a view over {test}.")
-    names = _column_list(independent_varname)
+    names = split_list(independent_varname, "independent_varname")
     features = tuple(_feature_column(conn, test, name, len(names) > 1) for name in names)
     output = identifiers.output_table(conn, output_table, "output_table")
     return Request(test, id_column, id_col.strip(), features, output, prediction.parse_pred_type(pred_type))
-
-
-def _column_list(text):
-    """``independent_varname`` split at the commas outside double quotes: one name per model input
-    (a single name, or NULL, is passed on as it is, so that its errors are the usual ones)."""
-    if text is None:
-        return [text]
-    parts, start, quoted = [], 0, False
-    for i, char in enumerate(text):
-        if char == '"':
-            quoted = not quoted
-        elif char == "," and not quoted:
-            parts.append(text[start:i])
-            start = i + 1
-    return parts + [text[start:]]
 
 
 def _feature_column(conn, test: TableName, name, listed: bool) -> Column:

@@ -11,18 +11,6 @@ from madlib_dl.errors import InvalidArgument, NotSupported
 ARG = "model_arch_table (model_id 1)"
 
 
-@pytest.mark.parametrize("text, names", [
-    ("attributes", ["attributes"]),
-    ("attributes, attributes2", ["attributes", " attributes2"]),
-    ('"a, b",c', ['"a, b"', "c"]),
-    ('"x""y", z', ['"x""y"', " z"]),
-    ("a,", ["a", ""]),
-    (None, [None]),
-])
-def test_column_list_splits_at_commas_outside_quotes(text, names):
-    assert predict._column_list(text) == names
-
-
 def test_given_outputs_one_output_as_before():
     (output,) = predict._given_outputs(["a", "b", "c"], (3,))
     assert output == predict.Output("dependent_var", ("a", "b", "c"))
