@@ -240,7 +240,10 @@ class Cluster:
         return f"embedded cluster: running ({self.data}); madlib_dl extension {extension}\n  {self.connection_help()}"
 
     def psql_command(self, *extra: str) -> list[str]:
-        return ["psql", "-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user, "-d", self.dbname, *extra]
+        """psql on the cluster, as PGUSER on PGDATABASE where they are set (as psql itself would)."""
+        user = os.environ.get("PGUSER") or self.user
+        dbname = os.environ.get("PGDATABASE") or self.dbname
+        return ["psql", "-h", str(self.socket_dir), "-p", str(self.port), "-U", user, "-d", dbname, *extra]
 
 
 SCRIPT_MARK = " [install script sha256 "

@@ -28,7 +28,7 @@ RANKING = f"""
 SELECT i.mst_key, a.name, i.compile_params, i.validation_metrics_final, i.validation_loss_final,
        i.training_loss_final
 FROM {SCHEMA}.models_info i JOIN {SCHEMA}.models_arch a USING (model_id)
-ORDER BY i.validation_metrics_final DESC NULLS LAST, i.mst_key"""
+ORDER BY i.validation_metrics_final DESC NULLS LAST, i.validation_loss_final NULLS LAST, i.mst_key"""
 
 
 def run(cluster, iterations: int = ITERATIONS) -> list[tuple]:

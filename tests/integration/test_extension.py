@@ -121,7 +121,8 @@ def test_the_segment_interface_carries_no_model_state(cur):
     cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = 'madlib_dl.hop_result'::regclass AND attnum > 0 "
                 "ORDER BY attnum")
     assert [a for (a,) in cur.fetchall()] == ["loss", "metric", "images", "buffers_read", "seconds", "started", "ended",
-                                             "pid", "rss_bytes", "peak_rss_bytes", "shared_rss_bytes"]
+                                             "pid", "rss_bytes", "peak_rss_bytes", "shared_rss_bytes",
+                                             "output_losses", "output_metrics"]
     cur.execute("SELECT pg_get_function_identity_arguments('madlib_dl.internal_fit_worker_init'::regproc), "
                 "pg_get_function_identity_arguments('madlib_dl.internal_fit_release'::regproc), "
                 "to_regproc('madlib_dl.internal_model_initial_weights')")

@@ -230,3 +230,50 @@ def test_custom_loss_and_metric_apply_to_each_output(data, server, cur):
                                                  rel=1e-4)
     assert e["metrics_type"] == ["true_class_probability"] and len(e["metric_per_output"]) == 2
     assert all(0 < m < 1 for m in e["metric_per_output"])
+
+
+def _keras2_dense(name, units, activation, inbound):
+    initializer = {"class_name": "VarianceScaling", "config": {"distribution": "uniform", "scale": 1.0, "seed": None,
+                                                               "mode": "fan_in", "dtype": "float32"}}
+    return {"class_name": "Dense", "name": name, "inbound_nodes": [[[inbound, 0, 0, {}]]],
+            "config": {"name": name, "units": units, "activation": activation, "use_bias": True, "trainable": True,
+                       "dtype": "float32", "kernel_initializer": initializer,
+                       "bias_initializer": {"class_name": "Zeros", "config": {"dtype": "float32"}},
+                       "kernel_regularizer": None, "bias_regularizer": None, "activity_regularizer": None,
+                       "kernel_constraint": None, "bias_constraint": None}}
+
+
+def keras2_two_in_two_out() -> str:
+    """The layout of MADlib's multi-io test architecture: a tf.keras 2.2.4 functional 'Model' JSON (Keras 2
+    InputLayers with batch_input_shape, inbound_nodes as nested lists), two inputs, two 3-class heads."""
+    import json
+
+    def input_layer(name):
+        return {"class_name": "InputLayer", "name": name, "inbound_nodes": [],
+                "config": {"dtype": "float32", "batch_input_shape": [None, 4], "name": name, "sparse": False}}
+
+    layers = [input_layer("input_1"), input_layer("input_2"), _keras2_dense("dense", 10, "relu", "input_1"),
+              _keras2_dense("dense_2", 10, "relu", "input_2"), _keras2_dense("dense_1", 10, "relu", "dense"),
+              _keras2_dense("dense_3", 10, "relu", "dense_2"),
+              {"class_name": "Concatenate", "name": "concatenate",
+               "inbound_nodes": [[["dense_1", 0, 0, {}], ["dense_3", 0, 0, {}]]],
+               "config": {"dtype": "float32", "trainable": True, "name": "concatenate", "axis": -1}},
+              _keras2_dense("dense_4", 3, "softmax", "concatenate"), _keras2_dense("dense_5", 3, "softmax", "dense_3")]
+    return json.dumps({"class_name": "Model", "keras_version": "2.2.4-tf", "backend": "tensorflow",
+                       "config": {"name": "model", "layers": layers,
+                                  "input_layers": [["input_1", 0, 0], ["input_2", 0, 0]],
+                                  "output_layers": [["dense_4", 0, 0], ["dense_5", 0, 0]]}})
+
+
+def test_madlibs_keras2_multi_io_architecture_trains_unchanged(data, cur):
+    """MADlib's own setup: class_text2 a copy of class_text, normalizing_const 255, its Keras 2 JSON."""
+    cur.execute("CREATE TABLE iris_mult_same AS SELECT id, attributes, attributes2, class_text, "
+                "class_text AS class_text2 FROM iris_mult")
+    cur.execute(f"SELECT {S}training_preprocessor_dl('iris_mult_same', 'iris_same_packed', 'class_text, class_text2', "
+                "'attributes, attributes2', NULL, 255)")
+    model_id = load_arch(cur, "iris_model_arch", keras2_two_in_two_out(), name="Sophie")
+    cur.execute(f"SELECT {S}madlib_keras_fit('iris_same_packed', 'iris_keras2', 'iris_model_arch', {model_id}, "
+                f"$$ loss='categorical_crossentropy', optimizer='adam', metrics=['categorical_accuracy'] $$, "
+                f"{FIT}, 2)")
+    s = row(cur, "SELECT num_classes, training_loss_per_output FROM iris_keras2_summary")
+    assert s["num_classes"] == [3, 3] and len(s["training_loss_per_output"]) == 2
