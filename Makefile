@@ -7,7 +7,7 @@ PG_CONFIG  ?= pg_config
 CLI        := $(PYTHON) -m madlib_dl.tools.cli
 export MADLIB_DL_SCHEMA PG_CONFIG
 
-.PHONY: help setup install dev-install uninstall start stop status psql demo citus start-citus stop-citus test test-unit bench bench-peers constraints clean
+.PHONY: help setup install dev-install uninstall start stop status psql demo citus start-citus stop-citus test test-unit bench bench-peers constraints client-wheel clean
 
 help:
 	@echo "make demo     set up, start the embedded cluster, train a model inside the database"
@@ -18,6 +18,8 @@ help:
 	@echo "make dev-install   the same, but the server runs this checkout's code as it is edited (editable)"
 	@echo "make uninstall     remove what make install wrote"
 	@echo "make bench    fit_multiple vs plain Keras, KerasTuner, Ray Tune, side by side (BENCH_ARGS='--scale 2 --workloads small')"
+	@echo "make client-wheel  the notebook client (client/: madlib-dl-client) as a wheel in client/dist, for"
+	@echo "              pip install on a laptop (no TensorFlow; pip install ./client from a checkout does the same)"
 	@echo "make start | stop | status | psql   the embedded cluster"
 	@echo "make start-citus | stop-citus       the embedded Citus cluster (a coordinator and 2 worker nodes)"
 
@@ -84,5 +86,17 @@ bench-peers: setup
 constraints: setup
 	@$(PYTHON) -m madlib_dl.tools.constraints
 
+# The notebook client as a wheel (client/dist/madlib_dl_client-<version>-py3-none-any.whl) to copy to a
+# laptop: pip wheel --no-deps builds it alone, with the venv's pip where there is one, else python3's; pip
+# fetches setuptools for the build (build isolation) as `pip install ./client` does.
+CLIENT_PIP = $(if $(wildcard $(PYTHON)),$(PYTHON),python3) -m pip
+# setuptools builds in client/build (stale files there would go into the wheel) and client/*.egg-info.
+client-wheel:
+	@rm -rf client/build client/*.egg-info client/dist/madlib_dl_client-*.whl
+	@$(CLIENT_PIP) wheel -q --disable-pip-version-check --no-deps -w client/dist ./client 2>&1 | \
+		{ grep -v "^WARNING: Location 'file:" || true; }
+	@rm -rf client/build client/*.egg-info
+	@ls -1 "$(CURDIR)"/client/dist/madlib_dl_client-*.whl
+
 clean: stop stop-citus
-	rm -rf "$$(readlink -f .cluster)" .cluster build *.egg-info src/*.o src/*.so src/*.bc
+	rm -rf "$$(readlink -f .cluster)" .cluster build *.egg-info src/*.o src/*.so src/*.bc client/build client/dist

@@ -6,7 +6,11 @@
 #   2. a venv built from Debian's /usr/bin/python3 (the interpreter plpython3u embeds) holding
 #      requirements.txt, requirements-dev.txt and requirements-client.txt (their dependencies at
 #      constraints.txt's versions), with psycopg2 compiled against the system libpq;
-#   3. madlib_dl itself, installed editable into that venv.
+#   3. madlib_dl itself, installed editable into that venv;
+#   4. the notebook client (client/: the madlib-dl-client distribution, import package madlib_dl_client),
+#      installed editable into that venv with --no-deps: its pandas, matplotlib and tqdm come with
+#      requirements-client.txt, and its psycopg2 is requirements.txt's, built from source, rather than the
+#      psycopg2-binary that `pip install ./client` brings on a laptop.
 # Usage: src/setup.sh VENV_DIR
 set -euo pipefail
 
@@ -55,5 +59,12 @@ installed=$(cd / && "$venv/bin/python" -c 'import madlib_dl, os; print(os.path.d
 if [ "$installed" != "$repo" ]; then
     echo "setup: installing madlib_dl (editable) into $venv"
     (cd "$repo" && quiet_pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .)
+fi
+# The same check for the client. Its `madlib-dl` command file replaces madlib_dl's, which is fine: in a venv
+# that holds madlib_dl it hands every command to `python -m madlib_dl.tools.cli` (client/madlib_dl_client/cli.py).
+installed=$(cd / && "$venv/bin/python" -c 'import madlib_dl_client, os; print(os.path.dirname(os.path.dirname(madlib_dl_client.__file__)))' 2>/dev/null || true)
+if [ "$installed" != "$repo/client" ]; then
+    echo "setup: installing the notebook client madlib_dl_client (editable) into $venv"
+    (cd "$repo" && quiet_pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e ./client)
 fi
 echo "setup: done ($venv)"

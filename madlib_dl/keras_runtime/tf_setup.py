@@ -15,6 +15,7 @@ llvmjit at all, and starts TensorFlow without the optional modules Keras would i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -128,6 +129,26 @@ def _import_tensorflow(worker_session: bool) -> None:
             sys.modules.pop(name, None)
 
 
+@contextlib.contextmanager
+def _start_up_lines_hidden():
+    """TensorFlow's start-up lines on stderr (absl's "All log messages before absl::InitializeLog()" and the
+    oneDNN INFO line, twice per process) ignore TF_CPP_MIN_LOG_LEVEL since TensorFlow moved to absl logging,
+    and land in the server log once per worker: stderr goes to /dev/null while TensorFlow loads. An import
+    error still raises; TF_CPP_MIN_LOG_LEVEL=0 in the environment shows the lines."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def keras(threads: int | None = None, worker_session: bool = False):
     """The keras module, configured. ``threads`` sets TensorFlow's intra- and inter-op pools; it takes
     effect only before this backend's first TensorFlow op, so a different count later is an error.
@@ -135,7 +156,9 @@ def keras(threads: int | None = None, worker_session: bool = False):
     starts without loading llvmjit first (the session never runs a JIT query)."""
     global _threads
     if "tensorflow" not in sys.modules:
-        _import_tensorflow(worker_session)
+        with _start_up_lines_hidden():
+            _import_tensorflow(worker_session)
+            import keras  # noqa: F401
     import keras as keras_module
     import tensorflow as tf
 

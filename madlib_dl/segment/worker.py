@@ -38,6 +38,10 @@ class DriverGone(Exception):
     pass
 
 
+class DriverClosed(DriverGone):
+    """The driver closed the channel: a run's normal end for a pooled worker, nothing to log."""
+
+
 @dataclass
 class WorkerState:
     conn: channel.Connection
@@ -99,7 +103,7 @@ def serve(gd: dict, token: str) -> bool:
         state.conn.send(*_answer(gd, request), check=lambda: _check(state))
         state.last_request = time.monotonic()
         return True
-    except channel.ChannelClosed:
+    except (channel.ChannelClosed, DriverClosed):
         recording.forget_current(db.current(), gd)
         return False  # the driver is gone, or ended the run: nothing to say
     except (channel.ChannelError, requests.BadRequest, DriverGone) as error:
@@ -140,7 +144,7 @@ def _check_driver(state: WorkerState) -> None:
     if os.getppid() != state.parent:
         raise DriverGone("the postmaster is gone")
     if state.conn.closed_by_peer():
-        raise DriverGone("the driver closed the channel")
+        raise DriverClosed("the driver closed the channel")
 
 
 def _apply_envelope(state: WorkerState, header: dict) -> None:

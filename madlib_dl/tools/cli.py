@@ -65,7 +65,7 @@ def main(argv=None) -> None:
 
 def _add_plot(commands) -> None:
     plot_parser = commands.add_parser("plot", help="learning curves of a training run's output table, as a PNG "
-                                      "(needs madlib_dl[client])")
+                                      "(needs the notebook client, madlib_dl_client: pip install ./client)")
     plot_parser.add_argument("table", help="the run's model output table (its _info table is read)")
     plot_parser.add_argument("-o", "--output", default="curves.png", help="the PNG to write (default curves.png)")
     plot_parser.add_argument("--x", choices=("iteration", "elapsed"), default="iteration",
@@ -76,16 +76,18 @@ def _add_plot(commands) -> None:
 
 
 def plot(args, cluster: Cluster) -> str:
-    """Writes the PNG and returns its path. The client's packages are imported only here: the other
-    commands run without the client extra."""
-    from madlib_dl.client import Client, plot_learning_curves
+    """Writes the PNG and returns its path, through the notebook client (its own distribution,
+    madlib-dl-client), imported only here: the other commands run without it."""
+    try:
+        from madlib_dl_client.cli import plot as plot_png
+    except ImportError as error:
+        raise SystemExit(f"madlib-dl plot: the notebook client is not installed ({error}): pip install ./client "
+                         "(make setup installs it into the venv)") from error
 
     if args.dsn is None and not cluster.running():
         cluster.start()
-    client = Client(args.dsn) if args.dsn is not None else Client(cluster.dsn())
-    figure = plot_learning_curves(client.info(args.table), x=args.x, metrics=tuple(args.metrics))
-    figure.savefig(args.output, dpi=120)
-    return os.path.abspath(args.output)
+    return plot_png(args.table, args.output, x=args.x, metrics=args.metrics,
+                    dsn=args.dsn if args.dsn is not None else cluster.dsn())
 
 
 if __name__ == "__main__":

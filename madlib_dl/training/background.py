@@ -99,9 +99,9 @@ def _take_pooled(configs: list[WorkerConfig], idle_timeout: float, check) -> lis
             keep.append(worker) if alive else worker.conn.close()
         else:
             taken[slot] = worker
-    # Idle workers no run of this call wants are ended: the session's needs (or its identity) have
+    # Idle workers no run of this call wants are stopped: the session's needs (or its identity) have
     # changed. Waited for, so that they no longer count against the role's workers when new ones start.
-    end(keep, EXIT_WAIT_SECONDS if keep else 0.0)
+    stop(keep, EXIT_WAIT_SECONDS)
     _POOL.clear()
     return _claimed(taken, check)
 
@@ -128,7 +128,7 @@ def forget_unless(identity: tuple) -> None:
     stale = [w for w in _POOL if w.config is None or w.config.identity != identity]
     if stale:
         _POOL[:] = [w for w in _POOL if w not in stale]
-        end(stale)
+        stop(stale, EXIT_WAIT_SECONDS)
 
 
 def keep_idle(workers: list[Worker]) -> None:
@@ -303,6 +303,22 @@ def end(workers: list[Worker], wait: float = 0.0) -> None:
     for worker in workers:
         worker.conn.close()
     _terminate([w.pid for w in workers], wait)
+
+
+def stop(workers: list[Worker], wait: float) -> None:
+    """Ask the workers to exit (a Stop request: a clean exit, where a terminate logs a FATAL line a DBA
+    reads as a crash); those still there after ``wait`` seconds are terminated."""
+    for worker in workers:
+        try:
+            worker.conn.send(*requests.encode(requests.Stop()), check=None)
+        except (channel.ChannelClosed, channel.ChannelError):
+            pass
+        worker.conn.close()
+    pids = [w.pid for w in workers]
+    deadline = time.monotonic() + wait
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    _terminate([p for p in pids if _alive(p)])
 
 
 def _terminate(pids: list[int], wait: float = 0.0) -> None:

@@ -100,7 +100,7 @@ class Recorder:
         except Exception:  # best effort: a recorder that went away removed the rows itself
             pass
         finally:
-            background.end([self.worker], EXIT_WAIT_SECONDS)  # gone by the time the call returns
+            background.stop([self.worker], EXIT_WAIT_SECONDS)  # gone by the time the call returns
             self.worker = None
 
     def _flush(self, wait: bool = False) -> None:

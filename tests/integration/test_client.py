@@ -14,7 +14,7 @@ import tqdm
 from psycopg2.extensions import make_dsn
 
 import digits_data
-from madlib_dl.client import Client, notebook, plot_learning_curves
+from madlib_dl_client import Client, notebook, plot_learning_curves
 
 DB = "client"
 ITERATIONS = 3

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from madlib_dl.client import notebook, plot_learning_curves
+from madlib_dl_client import notebook, plot_learning_curves
 
 COMPILE = {1: "loss='categorical_crossentropy', optimizer='Adam(learning_rate=0.01)', metrics=['accuracy']",
            2: "loss='categorical_crossentropy', optimizer='SGD(learning_rate=0.1)', metrics=['accuracy']"}

@@ -18,7 +18,7 @@ from psycopg2.extras import NamedTupleCursor
 from tqdm import tqdm as text_bar
 from tqdm.auto import tqdm as auto_bar
 
-from madlib_dl.identifiers import parse_table_name
+from madlib_dl_client.names import parse_table_name
 
 POLL_SECONDS = 0.5
 PROGRESS = ("SELECT function, output_table, iteration, iterations, hops_done, hops_total, phase, mst_key, "
