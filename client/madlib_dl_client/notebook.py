@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import re
 import threading
 import warnings
 
 import pandas as pd
 import psycopg2
-from matplotlib.figure import Figure
 from psycopg2 import sql
 from psycopg2.extras import NamedTupleCursor
 from tqdm import tqdm as text_bar
 from tqdm.auto import tqdm as auto_bar
 
 from madlib_dl_client.names import parse_table_name
+from madlib_dl_client.plots import X_AXES, plot_automl, plot_learning_curves  # noqa: F401 (the notebook API)
 
 POLL_SECONDS = 0.5
 PROGRESS = ("SELECT function, output_table, iteration, iterations, hops_done, hops_total, phase, mst_key, "
@@ -27,8 +26,13 @@ PROGRESS = ("SELECT function, output_table, iteration, iterations, hops_done, ho
 SERIES = {"training_loss": "training_loss", "training_metrics": "training_metric",
           "validation_loss": "validation_loss", "validation_metrics": "validation_metric",
           "metrics_elapsed_time": "elapsed"}
-INFO_COLUMNS = ["mst_key", "model_id", "compile_params", "fit_params", "iteration", *SERIES.values()]
-X_AXES = {"iteration": "iteration", "elapsed": "elapsed (s)"}
+# Then, the same on every row of a model: its first metric's and its loss's names (metrics_type[1],
+# loss_type), automl's status and iterations (s and i: Hyperband's bracket and round), and the name of
+# its architecture in the architecture table (None where it has none or the role cannot read it).
+PER_MODEL = {"metrics_type": "metric_name", "loss_type": "loss_name", "automl_status": "automl_status",
+             "iterations_trained": "iterations_trained", "s": "s", "i": "i"}
+INFO_COLUMNS = ["mst_key", "model_id", "compile_params", "fit_params", "iteration", *SERIES.values(),
+                *PER_MODEL.values(), "arch_name"]
 
 
 class Client:
@@ -111,21 +115,43 @@ class Client:
 
     def info(self, model_output_table: str) -> pd.DataFrame:
         """``<table>_info`` long: one row per (mst_key, metrics iteration), NaN where a run has no
-        validation table or no metric, so that models line up by iteration for plotting and filtering."""
+        validation table or no metric, so that models line up by iteration for plotting and filtering.
+        ``attrs`` of the frame: ``model_output_table`` (the name as given) and ``automl_method`` (None
+        but for automl), which the plots' titles use."""
         rows = self._select(model_output_table, "_info", "mst_key")
-        return pd.DataFrame([r for row in rows for r in _long_rows(row)], columns=INFO_COLUMNS).astype(
+        try:
+            summary = (self._select(model_output_table, "_summary") or [{}])[0]
+        except psycopg2.Error:  # only the _info table is needed
+            summary = {}
+        names = self._arch_names(summary.get("model_arch_table"))
+        frame = pd.DataFrame([r for row in rows for r in _long_rows(row, names)], columns=INFO_COLUMNS).astype(
             {name: float for name in SERIES.values()})
+        frame.attrs.update(model_output_table=model_output_table, automl_method=summary.get("automl_method"))
+        return frame
 
     def summary(self, model_output_table: str) -> pd.DataFrame:
         """``<table>_summary``, its one row as a DataFrame."""
         return pd.DataFrame(self._select(model_output_table, "_summary"))
 
-    def _select(self, table: str, suffix: str, order_by: str | None = None) -> list[dict]:
+    def _arch_names(self, arch_table: str | None) -> dict:
+        """``{model_id: name}`` of the architecture table the summary names, for the architectures that
+        have a name; empty where the table has no ``name`` column, or the role cannot read it."""
+        if not arch_table:
+            return {}
+        try:
+            rows = self._select(arch_table, "", columns=("model_id", "name"), table_argument="model_arch_table")
+        except (psycopg2.Error, ValueError):
+            return {}
+        return {row["model_id"]: row["name"] for row in rows if row["name"]}
+
+    def _select(self, table: str, suffix: str, order_by: str | None = None, columns=None,
+                table_argument: str = "model_output_table") -> list[dict]:
         """Every row of a table named after ``table`` (parsed as the server parses table names: unquoted
         parts fold to lower case) as dicts."""
-        name = parse_table_name(table, "model_output_table")
+        name = parse_table_name(table, table_argument)
         parts = [name.schema, name.name + suffix] if name.schema else [name.name + suffix]
-        query = sql.SQL("SELECT * FROM {}").format(sql.Identifier(*parts))
+        selected = sql.SQL(", ").join(map(sql.Identifier, columns)) if columns else sql.SQL("*")
+        query = sql.SQL("SELECT {} FROM {}").format(selected, sql.Identifier(*parts))
         if order_by:
             query += sql.SQL(" ORDER BY {}").format(sql.Identifier(order_by))
         with contextlib.closing(self.connect()) as conn, conn.cursor() as cur:
@@ -221,52 +247,15 @@ def _postfix(rows) -> str:
     return text
 
 
-def _long_rows(row: dict) -> list[list]:
-    """An _info row's one row per metrics iteration (INFO_COLUMNS)."""
+def _long_rows(row: dict, arch_names: dict | None = None) -> list[list]:
+    """An _info row's one row per metrics iteration (INFO_COLUMNS); ``arch_names``: {model_id: name}."""
+    per_model = [row.get(column) for column in PER_MODEL]
+    per_model[0] = per_model[0][0] if per_model[0] else None  # the first metric: the one the arrays hold
+    arch = (arch_names or {}).get(row.get("model_id"))
     return [[row["mst_key"], row.get("model_id"), row.get("compile_params"), row.get("fit_params"), iteration,
-             *(_at(row.get(array), i) for array in SERIES)]
+             *(_at(row.get(array), i) for array in SERIES), *per_model, arch]
             for i, iteration in enumerate(row.get("metrics_iters") or [])]
 
 
 def _at(values, i):
     return values[i] if values is not None and i < len(values) and values[i] is not None else float("nan")
-
-
-# -- plots ----------------------------------------------------------------------------------------------
-
-def plot_learning_curves(info: pd.DataFrame, x: str = "iteration",
-                         metrics=("training_loss", "validation_loss"), label_width: int = 60) -> Figure:
-    """One axes per metric of ``Client.info``'s frame, one line per mst_key, against the metrics
-    iteration or the elapsed seconds. A metric with no value at all (no validation table) gets no axes.
-    Built on matplotlib.figure.Figure, which needs no GUI backend: a notebook shows it, a script saves
-    it with ``fig.savefig``."""
-    if x not in X_AXES:
-        raise ValueError(f"x: expected one of {', '.join(X_AXES)}, got {x!r}")
-    missing = [name for name in (x, "mst_key", *metrics) if name not in info.columns]
-    if missing:
-        raise ValueError(f"info: no column {', '.join(missing)}")
-    shown = [metric for metric in metrics if info[metric].notna().any()]
-    if not shown:
-        raise ValueError(f"info: no values in {', '.join(metrics)}")
-    figure = Figure(figsize=(5.5 * len(shown), 4), layout="constrained")
-    for axes, metric in zip(figure.subplots(1, len(shown), squeeze=False)[0], shown):
-        _plot_metric(axes, info, x, metric, label_width)
-    return figure
-
-
-def _plot_metric(axes, info: pd.DataFrame, x: str, metric: str, label_width: int) -> None:
-    for mst_key, model in info.sort_values(["mst_key", x]).groupby("mst_key", sort=True):
-        axes.plot(model[x].to_numpy(), model[metric].to_numpy(), marker="o", markersize=3,
-                  label=_label(mst_key, model.iloc[0], label_width))
-    axes.set(title=metric.replace("_", " "), xlabel=X_AXES[x], ylabel=metric)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-
-
-def _label(mst_key, row, width: int) -> str:
-    """``mst_key N: <optimizer>, <fit params>``, cut to ``width`` characters: enough to tell the lines apart."""
-    found = re.search(r"optimizer\s*=\s*(['\"])(.*?)\1", str(row.get("compile_params") or ""))
-    details = [found.group(2) if found else "", re.sub(r"\s+", "", str(row.get("fit_params") or ""))]
-    details = ", ".join(d for d in details if d)
-    text = f"mst_key {mst_key}: {details}" if details else f"mst_key {mst_key}"
-    return text if len(text) <= width else text[:width - 1] + "…"

@@ -1,12 +1,16 @@
 """The notebook client against a real server, as a plain role: a fit_multiple run through
 Client.fit_multiple draws a progress bar from fit_progress while it runs and returns its NOTICEs;
-Client.info reads its _info table long; plot_learning_curves and `madlib-dl plot` draw that data."""
+Client.info reads its _info table long; plot_learning_curves and `madlib-dl plot` draw that data, and
+plot_automl an automl run's. With MADLIB_DL_DOCS_IMAGES=<folder> (docs/images), the docs' figures are
+made from a longer run of their own and written there."""
 
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -14,11 +18,13 @@ import tqdm
 from psycopg2.extensions import make_dsn
 
 import digits_data
-from madlib_dl_client import Client, notebook, plot_learning_curves
+from madlib_dl_client import Client, notebook, plot_automl, plot_learning_curves
 
 DB = "client"
 ITERATIONS = 3
 OUT = "curves"
+ARCH_NAME = "digits MLP"
+DOCS_IMAGES = os.environ.get("MADLIB_DL_DOCS_IMAGES")
 @pytest.fixture(scope="module")
 def db(training_database):
     """Digits packed on 2 segments with a validation table, and 2 configurations of one MLP."""
@@ -29,6 +35,8 @@ def db(training_database):
         digits_data.pack_and_select(cur, hidden=64, epochs=4, source="digits_train")
         cur.execute("SELECT madlib_dl.validation_preprocessor_dl('digits_test', 'test_packed', 'label', 'pixels', "
                     "'train_packed')")
+        cur.execute("UPDATE arch SET name = %s", [ARCH_NAME])
+        conn.commit()
         yield conn
 
 
@@ -105,10 +113,102 @@ def test_the_curves_plot_the_tables_data(run, db, server, plain_role):
     assert len(figure.axes) == 2
     for axes, column in zip(figure.axes, (1, 2)):  # training_loss, validation_loss
         lines = axes.get_lines()
-        assert [line.get_label().split(":")[0] for line in lines] == ["mst_key 1", "mst_key 2"]
+        assert [line.get_label() for line in lines] == [  # the optimizers differ; loss, metrics and fit_params not
+            f"mst_key 1: model_id 1 ({ARCH_NAME})\noptimizer=Adam(learning_rate=0.01)",
+            f"mst_key 2: model_id 1 ({ARCH_NAME})\noptimizer=SGD(learning_rate=0.1)"]
         for line, mst_key in zip(lines, (1, 2)):
             assert list(line.get_xdata()) == pytest.approx(table[mst_key][3])
             assert list(line.get_ydata()) == pytest.approx(table[mst_key][column])
+
+
+def test_the_figure_names_the_table_the_loss_and_the_metric(run, server, plain_role):
+    info = Client(**server.dsn(DB, user=plain_role)).info(OUT)
+    assert info.attrs == {"model_output_table": OUT, "automl_method": None}
+    assert set(info.arch_name) == {ARCH_NAME} and set(info.metric_name) == {"accuracy"}
+    figure = plot_learning_curves(info, metrics=("training_loss", "validation_metric"))
+    assert figure.get_suptitle() == f"{OUT}: learning curves"
+    assert [a.get_title() for a in figure.axes] == ["training loss", "validation accuracy"]
+    assert [a.get_ylabel() for a in figure.axes] == ["loss (categorical_crossentropy)", "accuracy"]
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == [
+        line.get_label() for line in figure.axes[0].get_lines()]
+
+
+def test_an_architecture_table_without_names_or_gone_leaves_the_name_out(run, db, server, plain_role):
+    with db.cursor() as cur:
+        cur.execute("CREATE TABLE unnamed_arch AS SELECT model_id, model_arch FROM arch")  # no name column
+        cur.execute(f"CREATE TABLE moved_summary AS SELECT * FROM {OUT}_summary")
+        cur.execute(f"CREATE TABLE moved_info AS SELECT * FROM {OUT}_info")
+        cur.execute("UPDATE moved_summary SET model_arch_table = 'unnamed_arch'")
+        cur.execute("CREATE TABLE missing_summary AS SELECT * FROM moved_summary")
+        cur.execute("CREATE TABLE missing_info AS SELECT * FROM moved_info")
+        cur.execute("UPDATE missing_summary SET model_arch_table = 'no_such_arch'")
+    db.commit()
+    client = Client(**server.dsn(DB, user=plain_role))
+    for table in ("moved", "missing"):
+        info = client.info(table)
+        assert info.arch_name.isna().all() and len(info) == 2 * ITERATIONS
+        assert plot_learning_curves(info).axes[0].get_lines()[0].get_label() == (
+            "mst_key 1: model_id 1\noptimizer=Adam(learning_rate=0.01)")
+
+
+@pytest.fixture(scope="module")
+def automl_run(db, server, plain_role):
+    """A small ASHA run through Client.automl: 6 configurations, some stopped after 1 iteration."""
+    Client(server.dsn(DB, user=plain_role)).automl(
+        progress=False, source_table="train_packed", model_output_table="asha_out", model_arch_table="arch",
+        model_selection_table="asha_mst", model_id_list=[1],
+        compile_params_grid="{'loss': ['categorical_crossentropy'], 'metrics': ['accuracy'], "
+                            "'optimizer_params_list': [{'optimizer': ['Adam'], 'lr': [0.0003, 0.1, 'log']}]}",
+        fit_params_grid="{'batch_size': [32, 128], 'epochs': [1]}", automl_method="asha",
+        automl_params="max_iterations=3, grace_iterations=1, reduction_factor=3, num_configs=6", random_state=7,
+        validation_table="test_packed")
+    return "asha_out"
+
+
+def test_the_automl_figure_marks_the_stopped_configurations(automl_run, db, server, plain_role):
+    info = Client(**server.dsn(DB, user=plain_role)).info(automl_run)
+    assert info.attrs["automl_method"] == "asha"
+    with db.cursor() as cur:
+        cur.execute(f"SELECT mst_key, iterations_trained, automl_status FROM {automl_run}_info ORDER BY mst_key")
+        trials = {key: (trained, status) for key, trained, status in cur.fetchall()}
+    figure = plot_automl(info)
+    assert figure.get_suptitle() == f"{automl_run}: validation loss of each asha configuration"
+    assert figure.axes[0].get_ylabel() == "loss (categorical_crossentropy)"
+    stops = {line.get_gid(): line.get_xdata()[0] for line in figure.axes[0].get_lines() if line.get_gid()}
+    stopped = {key for key, (_, status) in trials.items() if status == "stopped"}
+    assert stopped and stops == {f"stopped mst_key {key}": trials[key][0] for key in stopped}
+    legend = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert [text.split(":")[0] for text in legend[:-1]] == [f"mst_key {k}" for k in sorted(set(trials) - stopped)]
+    assert all("model_id 1 (digits MLP)" in text and "loss=" not in text for text in legend[:-1])
+    assert figure.axes[0].get_title() == f"{len(trials)} configurations, {len(stopped)} stopped"
+
+
+@pytest.mark.skipif(not DOCS_IMAGES, reason="MADLIB_DL_DOCS_IMAGES is not set")
+def test_the_docs_figures(db, server, plain_role):
+    """docs/monitoring.md's figures: 4 configurations of the digits MLP (Adam and SGD, two learning rates
+    each) for 10 iterations, and a Hyperband run (R=9, eta=3) of Adam's learning rate and the batch size."""
+    with db.cursor() as cur:
+        cur.execute("SELECT madlib_dl.load_model_selection_table('arch', 'docs_mst', ARRAY[1], %s, %s)",
+                    [[f"loss='categorical_crossentropy', optimizer='{opt}(learning_rate={lr})', metrics=['accuracy']"
+                      for opt, lr in (("Adam", 0.01), ("Adam", 0.001), ("SGD", 0.1), ("SGD", 0.01))],
+                     ["batch_size=8, epochs=1"]])
+    db.commit()
+    client = Client(server.dsn(DB, user=plain_role))
+    client.fit_multiple(progress=False, source_table="train_packed", model_output_table="docs_curves",
+                        model_selection_table="docs_mst", num_iterations=10, use_gpus=False,
+                        validation_table="test_packed", metrics_compute_frequency=1)
+    client.automl(progress=False, source_table="train_packed", model_output_table="docs_hyperband",
+                  model_arch_table="arch", model_selection_table="docs_hb_mst", model_id_list=[1],
+                  compile_params_grid="{'loss': ['categorical_crossentropy'], 'metrics': ['accuracy'], "
+                                      "'optimizer_params_list': [{'optimizer': ['Adam'], 'lr': [0.0003, 0.1, 'log']}]}",
+                  fit_params_grid="{'batch_size': [16, 64], 'epochs': [1]}", automl_method="hyperband",
+                  automl_params="R=9, eta=3, skip_last=0", random_state=3, validation_table="test_packed",
+                  metrics_compute_frequency=1)
+    folder = Path(__file__).parents[2] / DOCS_IMAGES  # relative: to the checkout
+    plot_learning_curves(client.info("docs_curves"), metrics=("training_loss", "validation_loss",
+                                                              "validation_metric")).savefig(
+        folder / "learning-curves.png", dpi=100)
+    plot_automl(client.info("docs_hyperband")).savefig(folder / "automl-hyperband.png", dpi=100)
 
 
 def test_madlib_dl_plot_writes_the_png(run, server, plain_role, tmp_path):

@@ -8,25 +8,33 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from madlib_dl_client import notebook, plot_learning_curves
+from madlib_dl_client import notebook, plot_automl, plot_learning_curves, plots
 
 COMPILE = {1: "loss='categorical_crossentropy', optimizer='Adam(learning_rate=0.01)', metrics=['accuracy']",
            2: "loss='categorical_crossentropy', optimizer='SGD(learning_rate=0.1)', metrics=['accuracy']"}
 
 
-def _info() -> pd.DataFrame:
+def _info(table="models") -> pd.DataFrame:
     rows = []
     for mst_key in (1, 2):
         for i, iteration in enumerate((1, 2, 3)):
-            rows.append([mst_key, 1, COMPILE[mst_key], "batch_size=8, epochs=6", iteration,
+            rows.append([mst_key, mst_key, COMPILE[mst_key], "batch_size=8, epochs=6", iteration,
                          1.0 / (iteration + mst_key), 0.5 + 0.1 * i, 2.0 / (iteration + mst_key), 0.4 + 0.1 * i,
-                         1.5 * iteration + 0.25 * mst_key])
-    return pd.DataFrame(rows, columns=notebook.INFO_COLUMNS)
+                         1.5 * iteration + 0.25 * mst_key, "accuracy", "categorical_crossentropy", None, None,
+                         None, None, {1: "mlp", 2: None}[mst_key]])
+    frame = pd.DataFrame(rows, columns=notebook.INFO_COLUMNS)
+    frame.attrs["model_output_table"] = table
+    return frame
 
 
 def _lines_by_key(axes):
     return {int(line.get_label().split(":")[0].split()[1]): line for line in axes.get_lines()}
+
+
+def _legend_texts(figure):
+    return [text.get_text() for legend in figure.legends for text in legend.get_texts()]
 
 
 def test_one_axes_per_metric_and_one_line_per_model_with_its_data():
@@ -41,14 +49,61 @@ def test_one_axes_per_metric_and_one_line_per_model_with_its_data():
             assert list(line.get_xdata()) == [1, 2, 3]
             assert list(line.get_ydata()) == pytest.approx(list(model[metric]))
             assert line.get_label().startswith(f"mst_key {mst_key}: ")
+        assert axes.get_legend() is None  # one legend for the figure, outside the axes
 
 
-def test_labels_name_the_optimizer_and_the_fit_params():
-    lines = _lines_by_key(plot_learning_curves(_info()).axes[0])
-    assert lines[1].get_label() == "mst_key 1: Adam(learning_rate=0.01), batch_size=8,epochs=6"
-    assert lines[2].get_label().startswith("mst_key 2: SGD(learning_rate=0.1)")
+def test_labels_name_the_model_id_its_architecture_and_only_the_parameters_that_differ():
+    figure = plot_learning_curves(_info())
+    lines = _lines_by_key(figure.axes[0])
+    assert lines[1].get_label() == "mst_key 1: model_id 1 (mlp)\noptimizer=Adam(learning_rate=0.01)"
+    assert lines[2].get_label() == "mst_key 2: model_id 2\noptimizer=SGD(learning_rate=0.1)"
+    assert _legend_texts(figure) == [lines[1].get_label(), lines[2].get_label()]
+    for text in _legend_texts(figure):  # the same for both: loss, metrics, batch_size, epochs
+        assert "model_id" in text and not any(common in text for common in ("loss", "metrics", "batch_size", "epochs"))
+    fit_params = {1: "batch_size=8, epochs=6", 2: "batch_size=32, epochs=6"}
+    varied = _info().assign(fit_params=lambda f: f.mst_key.map(fit_params))
+    lines = _lines_by_key(plot_learning_curves(varied).axes[0])
+    assert lines[2].get_label() == "mst_key 2: model_id 2\noptimizer=SGD(learning_rate=0.1), batch_size=32"
     short = _lines_by_key(plot_learning_curves(_info(), label_width=20).axes[0])
-    assert len(short[1].get_label()) == 20 and short[1].get_label().endswith("…")
+    assert short[1].get_label() == "mst_key 1: model_id…\noptimizer=Adam(lear…"  # each line cut to 20
+
+
+def test_a_frame_without_model_ids_or_other_columns_is_labelled_by_mst_key_alone():
+    info = _info()[["mst_key", "iteration", "training_loss"]]
+    info.attrs.clear()  # a frame of the caller's own
+    figure = plot_learning_curves(info, metrics=("training_loss",))
+    assert _legend_texts(figure) == ["mst_key 1", "mst_key 2"]
+    assert figure.axes[0].get_ylabel() == "loss" and figure.get_suptitle() == "learning curves"
+
+
+def test_the_title_names_the_table_and_the_axes_name_the_loss_and_the_metric():
+    figure = plot_learning_curves(_info("public.runs"), metrics=("training_loss", "training_metric",
+                                                                 "validation_metric"))
+    assert figure.get_suptitle() == "public.runs: learning curves"
+    assert [a.get_title() for a in figure.axes] == ["training loss", "training accuracy", "validation accuracy"]
+    assert [a.get_ylabel() for a in figure.axes] == ["loss (categorical_crossentropy)", "accuracy", "accuracy"]
+    assert plot_learning_curves(_info(), title="mine").get_suptitle() == "mine"
+    other = _info().assign(metric_name=lambda f: f.mst_key.map({1: "accuracy", 2: "top_k_categorical_accuracy"}))
+    assert plot_learning_curves(other, metrics=("training_metric",)).axes[0].get_ylabel() == (
+        "accuracy / top_k_categorical_accuracy")
+
+
+def test_the_legend_is_outside_the_axes():
+    figure = plot_learning_curves(_info())
+    canvas = FigureCanvasAgg(figure)  # no GUI
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legend = figure.legends[0].get_window_extent(renderer)
+    for axes in figure.axes:
+        assert legend.x0 >= axes.get_window_extent(renderer).x1
+    assert legend.x1 <= figure.bbox.x1 + 1  # not cut off
+
+
+def test_params_split_at_top_level_commas():
+    assert plots.parse_params("loss='mse', optimizer='SGD(lr=0.1, momentum=0.9)', metrics=['a', 'b']") == {
+        "loss": "mse", "optimizer": "SGD(lr=0.1, momentum=0.9)", "metrics": "['a', 'b']"}
+    assert plots.parse_params("optimizer='Adam(lr=0.000123456789)'") == {"optimizer": "Adam(lr=0.0001235)"}
+    assert plots.parse_params(None) == {} and plots.parse_params("junk, a = 1") == {"a": "1"}
 
 
 def test_elapsed_puts_the_seconds_on_x_and_metric_columns_can_be_asked_for():
@@ -81,6 +136,52 @@ def test_the_figure_saves_as_png_without_a_gui_backend():
     assert buffer.getvalue().startswith(b"\x89PNG")
 
 
+def _automl_info(hyperband=True) -> pd.DataFrame:
+    """R=3, eta=3 Hyperband: bracket s=1 trains mst_keys 1-3 one iteration and 2 on to 3; s=0 trains 4
+    and 5 three iterations. Every configuration the same Adam with its own learning rate."""
+    trials = {1: (1, "stopped", 1, 0), 2: (3, "done", 1, 1), 3: (1, "stopped", 1, 0), 4: (3, "done", 0, 0),
+              5: (3, "done", 0, 0)}
+    rows = []
+    for mst_key, (trained, status, s, i) in trials.items():
+        compile_params = f"loss='mse', optimizer='Adam(lr=0.00{mst_key})', metrics=['accuracy']"
+        for iteration in range(1, trained + 1):
+            rows.append([mst_key, 1, compile_params, "batch_size=8", iteration, 1.0 / (iteration + mst_key), 0.5,
+                         1.2 / (iteration + mst_key), 0.5, float(iteration), "accuracy", "mse", status, trained,
+                         s if hyperband else None, i if hyperband else None, None])
+    frame = pd.DataFrame(rows, columns=notebook.INFO_COLUMNS)
+    frame.attrs.update(model_output_table="hb", automl_method="hyperband" if hyperband else "asha")
+    return frame
+
+
+def test_the_automl_figure_marks_where_each_stopped_configuration_stopped():
+    figure = plot_automl(_automl_info())
+    assert figure.get_suptitle() == "hb: validation loss of each hyperband configuration"
+    assert [a.get_title() for a in figure.axes] == ["bracket s=1: 3 configurations, 2 stopped",
+                                                    "bracket s=0: 2 configurations, 0 stopped"]
+    assert [a.get_ylabel() for a in figure.axes] == ["loss (mse)", ""]  # the y axis is shared
+    stops = {line.get_gid(): (list(line.get_xdata()), list(line.get_ydata()))
+             for axes in figure.axes for line in axes.get_lines() if line.get_gid()}
+    assert stops == {"stopped mst_key 1": ([1], [pytest.approx(0.6)]),
+                     "stopped mst_key 3": ([1], [pytest.approx(0.3)])}
+    # the survivors are named (by what differs: the learning rate), the stopped ones grouped
+    assert _legend_texts(figure) == ["mst_key 2: model_id 1\noptimizer=Adam(lr=0.002)",
+                                     "mst_key 4: model_id 1\noptimizer=Adam(lr=0.004)",
+                                     "mst_key 5: model_id 1\noptimizer=Adam(lr=0.005)", "stopped (× where it stopped)"]
+    survivor = [line for line in figure.axes[0].get_lines() if line.get_label().startswith("mst_key 2")]
+    assert list(survivor[0].get_xdata()) == [1, 2, 3] and survivor[0].get_linewidth() > 2
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    assert buffer.getvalue().startswith(b"\x89PNG")
+
+
+def test_an_automl_run_without_brackets_gets_one_axes_and_a_fit_multiple_run_is_refused():
+    figure = plot_automl(_automl_info(hyperband=False), metric="training_loss")
+    assert [a.get_title() for a in figure.axes] == ["5 configurations, 2 stopped"]
+    assert figure.get_suptitle() == "hb: training loss of each asha configuration"
+    with pytest.raises(ValueError, match="automl_status"):
+        plot_automl(_info())
+
+
 def test_an_info_row_becomes_one_row_per_metrics_iteration():
     row = {"mst_key": 3, "model_id": 1, "compile_params": "c", "fit_params": "f", "metrics_iters": [2, 4],
            "training_loss": [0.5, 0.25], "training_metrics": None, "validation_loss": None,
@@ -88,6 +189,10 @@ def test_an_info_row_becomes_one_row_per_metrics_iteration():
     rows = notebook._long_rows(row)
     assert [r[:6] for r in rows] == [[3, 1, "c", "f", 2, 0.5], [3, 1, "c", "f", 4, 0.25]]
     assert all(math.isnan(v) for r in rows for v in r[6:9]) and [r[9] for r in rows] == [1.0, 2.0]
+    assert [r[10:] for r in rows] == [[None] * 7] * 2
+    row.update(metrics_type=["accuracy", "mae"], loss_type="mse", automl_status="stopped", iterations_trained=4,
+               s=1, i=0)
+    assert notebook._long_rows(row, {1: "mlp"})[0][10:] == ["accuracy", "mse", "stopped", 4, 1, 0, "mlp"]
 
 
 def test_the_bar_counts_hops_when_their_number_is_known_else_iterations():
