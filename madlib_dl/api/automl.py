@@ -44,6 +44,7 @@ def automl(source_table, model_output_table, model_arch_table, model_selection_t
         model_selection.check_model_ids(conn, arch, ids)
         model_selection.check_optimizer_arguments(grid.check_space(space))
         archs = {i: fit_multiple.architecture(conn, arch.name, i, "model_id_list", source) for i in ids}
+        fit_multiple.batch_size_notes(conn, "madlib_keras_automl", source, _batch_sizes(space))
         out = fit_multiple.output_tables(conn, model_output_table)
         mst = _new_selection_table(conn, model_selection_table, arch)
         reserved = outputs.reserve(conn, (out.model, out.summary, out.info, stored_state.side_table(out.model),
@@ -71,6 +72,11 @@ def automl(source_table, model_output_table, model_arch_table, model_selection_t
             "model_output_table": model_output_table, "model_arch_table": arch.name.typed_sql(conn),
             "model_selection_table": model_selection_table, "warm_start": False, "name": name,
             "description": description, "object_table": custom_functions.table_text(conn, objects)})
+
+
+def _batch_sizes(space: grid.SearchSpace) -> dict[int, str]:
+    """batch_size -> 'fit_params_grid', for the batch sizes the search space holds."""
+    return {size: "fit_params_grid" for p in space.fit.params if p.name == "batch_size" for size in p.choices}
 
 
 def budget(method: str, values) -> tuple[int, int]:

@@ -19,11 +19,12 @@ import uuid
 from dataclasses import replace
 
 from madlib_dl import catalog, custom_functions, db, identifiers, packed_tables, settings
-from madlib_dl.api import fit_multiple
+from madlib_dl.api import fit_multiple, model_selection
 from madlib_dl.api import help as help_topics
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.identifiers import TableName
 from madlib_dl.keras_runtime import params
+from madlib_dl.model_selection.configs import OptimizerUse
 from madlib_dl.packed_tables import PackedTable
 from madlib_dl.training import driver, fit_outputs, outputs, stored_state
 from madlib_dl.training.fit_outputs import FitOutputTables, FitRequest
@@ -39,8 +40,8 @@ def fit(source_table, model, model_arch_table, model_id, compile_params, fit_par
     conn = db.current()
     objects = custom_functions.named(conn, object_table)
     with custom_functions.in_scope(conn, objects):  # compile_params may name its functions
-        params.parse_compile_params(compile_params, "compile_params")
-        params.parse_fit_params(fit_params, "fit_params")
+        optimizer = params.parse_compile_params(compile_params, "compile_params").optimizer
+        batch_size = params.parse_fit_params(fit_params, "fit_params").batch_size
         iterations = fit_multiple.num_iterations_argument(num_iterations)
         frequency = fit_multiple.frequency_argument(metrics_compute_frequency, iterations)
         warm_start = bool(warm_start)
@@ -48,6 +49,8 @@ def fit(source_table, model, model_arch_table, model_id, compile_params, fit_par
         validation = fit_multiple.validation_argument(conn, validation_table, source)
         config = replace(_model(conn, model_arch_table, model_id, compile_params, fit_params, source), object_table=objects)
         out = _outputs(conn, model, warm_start)
+        model_selection.check_optimizer_arguments([OptimizerUse("compile_params", optimizer)])  # imports Keras
+        fit_multiple.batch_size_notes(conn, "madlib_keras_fit", source, {} if batch_size is None else {batch_size: ""})
         offset = 0
         if warm_start:
             config, offset = _warm_start(conn, out, config)

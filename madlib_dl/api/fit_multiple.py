@@ -17,10 +17,12 @@ from dataclasses import replace
 
 from madlib_dl import catalog, custom_functions, db, identifiers, packed_tables, settings
 from madlib_dl.api import help as help_topics
+from madlib_dl.api import model_selection
 from madlib_dl.errors import InvalidArgument, ObjectExists, ObjectMissing
 from madlib_dl.identifiers import TableName
 from madlib_dl.segment.requests import ObjectTable
 from madlib_dl.keras_runtime import arch_info, builder, params
+from madlib_dl.model_selection.configs import OptimizerUse
 from madlib_dl.packed_tables import PackedTable
 from madlib_dl.training import driver, outputs, stored_state
 from madlib_dl.training.model_table import ModelTable
@@ -44,6 +46,7 @@ def fit_multiple_model(source_table, model_output_table, model_selection_table, 
     out = output_tables(conn, model_output_table, warm_start)
     with custom_functions.in_scope(conn, objects):  # the mst table's compile_params may name its functions
         models = [replace(m, object_table=objects) for m in _models(conn, mst, arch_table, source)]
+        batch_size_notes(conn, "madlib_keras_fit_multiple_model", source, _batch_sizes(models))
         if warm_start:
             models = _warm_start(conn, out, models)
         schema = catalog.extension_schema(conn)
@@ -179,17 +182,44 @@ def _models(conn, mst: TableName, arch_table: TableName, source: PackedTable) ->
         raise InvalidArgument(f"model_selection_table: {mst} has no rows; {CONFIG_HINT}")
     _check_keys(mst, rows)
     archs = {}
-    models = []
+    models, optimizers = [], []
     for row in rows:
         where = f"model_selection_table: mst_key {row['mst_key']}"
         if row["model_id"] not in archs:
             archs[row["model_id"]] = architecture(conn, arch_table, row["model_id"], where, source)
-        params.parse_compile_params(row["compile_params"], f"{where}: compile_params")
+        compiled = params.parse_compile_params(row["compile_params"], f"{where}: compile_params")
+        optimizers.append(OptimizerUse(f"{where}: compile_params", compiled.optimizer))
         params.parse_fit_params(row["fit_params"], f"{where}: fit_params")
         model_arch, weights = archs[row["model_id"]]
         models.append(ModelConfig(row["mst_key"], row["model_id"], model_arch, row["compile_params"],
                                   row["fit_params"] or "", weights))
+    model_selection.check_optimizer_arguments(optimizers)  # a row written into the table by hand, say
     return models
+
+
+def batch_size_notes(conn, function: str, source: PackedTable, sizes: dict[int, str]) -> None:
+    """A NOTICE for each batch_size above the largest segment's example count (``sizes``: batch_size ->
+    the configurations that give it, '' for the one of madlib_keras_fit): a hop then trains its whole
+    segment as one batch, as Keras clips the batch; not an error, as that is full-batch training."""
+    largest = max(s.images for s in source.segments.values())
+    segments = len(source.segments)
+    for size, who in sorted(sizes.items()):
+        if size > largest:
+            conn.notice(f"{function}: fit_params: batch_size={size}{f' ({who})' if who else ''} is more than the "
+                        f"{largest} examples of the largest of the {segments} segment{'s' if segments > 1 else ''} "
+                        f"of {source.text!r}: each hop trains on its whole segment as one batch (Keras takes a "
+                        "batch larger than the data as all of it)")
+
+
+def _batch_sizes(models: list[ModelConfig]) -> dict[int, str]:
+    """batch_size -> 'mst_key 1, 3' (those given one explicitly; the first 10 of more)."""
+    keys: dict[int, list[int]] = {}
+    for model in models:
+        size = params.parse_fit_params(model.fit_params).batch_size
+        if size is not None:
+            keys.setdefault(size, []).append(model.mst_key)
+    return {size: f"mst_key {', '.join(map(str, found[:10]))}" + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+            for size, found in keys.items()}
 
 
 def _check_keys(mst: TableName, rows: list[dict]) -> None:
@@ -306,6 +336,10 @@ USAGE = """madlib_keras_fit_multiple_model(
     description               VARCHAR,  -- DEFAULT NULL
     use_caching               BOOLEAN DEFAULT FALSE  -- keep each segment's data in memory after the first hop
 ) RETURNS VOID
+
+The shorter forms are overloads without use_caching: use_caching => TRUE needs every argument before it
+(NULL where unused), as in the example. Argument names are these exactly (a misspelt one gives
+PostgreSQL's "function ... does not exist").
 
 Output tables:
     <model_output_table>  (mst_key, model_weights BYTEA (MADlib format), model_arch JSON, __dist_key__,

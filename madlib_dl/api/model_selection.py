@@ -76,7 +76,7 @@ def generate_model_configs(model_arch_table, model_selection_table, model_id_lis
     grid.check_search(space, kind, num_configs, random_state)
     check_model_ids(conn, arch, ids)
     with custom_functions.in_scope(conn, objects):  # the grid's losses and metrics may name its functions
-        check_optimizer_arguments(grid.check_space(space))
+        probed = grid.check_space(space)
         if kind == "grid":
             made = grid.grid_configs(space)
             notes = _merged_note(space.grid_size(), len(made), "the grid")
@@ -84,6 +84,8 @@ def generate_model_configs(model_arch_table, model_selection_table, model_id_lis
             made = grid.random_configs(space, num_configs, grid.generator(random_state))
             notes = [] if len(made) == num_configs else [
                 f"the search space gave only {len(made)} distinct configurations of the {num_configs} asked for"]
+        # every value probed first (errors name the grid entry), then each optimizer made
+        check_optimizer_arguments(probed + configs.optimizer_uses(dict.fromkeys(c.compile_params for c in made)))
         _save(conn, "generate_model_configs", target, arch, made, notes, objects)
 
 
@@ -180,14 +182,26 @@ def check_model_ids(conn, arch: ArchTable, ids) -> None:
         raise InvalidArgument(f"model_id_list: model ids {', '.join(map(str, missing))} are not in table {arch.name}")
 
 
+_ACCEPTED_OPTIMIZERS: set[str] = set()  # OptimizerUse keys Keras took in this session (Keras does not change)
+
+
 def check_optimizer_arguments(uses: list[OptimizerUse]) -> None:
-    """The builder's rule, applied now (so MADlib's decay, gone from Keras 3, is refused here rather
-    than when training starts). Keras is imported only when some optimizer has arguments."""
+    """Each distinct optimizer as Keras' constructor takes it, now rather than when training starts
+    (builder.check_optimizers: built in a TensorFlow graph, so TensorFlow is imported but its runtime does
+    not start). The first use of an optimizer names it in an error. One without arguments is Keras'
+    default: Keras is imported only for others."""
+    distinct: dict[str, OptimizerUse] = {}
+    for use in uses:
+        if use.spec.kwargs and use.key not in _ACCEPTED_OPTIMIZERS:
+            distinct.setdefault(use.key, use)
+    if not distinct:
+        return
     from madlib_dl.keras_runtime import builder
 
-    for use in dict.fromkeys(uses):
-        if use.arguments:
-            builder.check_optimizer_arguments(use.name, use.arguments, use.where)
+    builder.check_optimizers((use.spec, use.where) for use in distinct.values())
+    if len(_ACCEPTED_OPTIMIZERS) > 100_000:
+        _ACCEPTED_OPTIMIZERS.clear()
+    _ACCEPTED_OPTIMIZERS.update(distinct)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -126,6 +126,7 @@ def madlib_keras_predict_byom(model_arch_table, model_id, test_table, id_col, in
 
 def _request(conn, test_table, id_col, independent_varname, output_table, pred_type) -> Request:
     test = catalog.input_table(conn, test_table, "test_table")
+    _refuse_packed(conn, test, test_table)
     id_column = catalog.column(conn, test, id_col, "id_col")
     if id_column.name in OUTPUT_COLUMNS:
         raise InvalidArgument(f"id_col: column {id_column.name!r} has the name of an output column "
@@ -134,6 +135,41 @@ def _request(conn, test_table, id_col, independent_varname, output_table, pred_t
     features = tuple(_feature_column(conn, test, name, len(names) > 1) for name in names)
     output = identifiers.output_table(conn, output_table, "output_table")
     return Request(test, id_column, id_col.strip(), features, output, prediction.parse_pred_type(pred_type))
+
+
+PACKED_SUMMARY_COLUMNS = ("source_table", "dependent_varname", "independent_varname")
+
+
+def _refuse_packed(conn, test: TableName, text: str) -> None:
+    """A table the preprocessors made (a readable <table>_summary names its variables, whose columns in
+    the table are BYTEA buffers) holds many examples a row: predict reads the table it was packed from."""
+    source = _packed_from(conn, test)
+    if source is not None:
+        raise InvalidArgument(f"test_table: {text!r} is a packed table (made by training_preprocessor_dl or "
+                              f"validation_preprocessor_dl from {source!r}); predict reads one example per row: "
+                              f"pass {source!r}",
+                              hint=f"A packed table such as {text!r} is for madlib_keras_evaluate, which scores it.")
+
+
+def _packed_from(conn, test: TableName) -> str | None:
+    """The summary's source_table when ``test`` is a packed table, else None."""
+    name = test.name + "_summary"
+    summary = test.sibling(name)
+    if len(name.encode()) > 63 or not identifiers.table_exists(conn, summary):
+        return None
+    readable = conn.execute("SELECT pg_catalog.has_table_privilege(pg_catalog.to_regclass($1), 'SELECT') AS ok",
+                            [summary.sql(conn)], ["text"])[0]["ok"]
+    if not readable or any(c not in catalog.columns(conn, summary) for c in PACKED_SUMMARY_COLUMNS):
+        return None
+    rows = conn.execute(f"SELECT source_table::text AS source, independent_varname AS independent "
+                        f"FROM {summary.sql(conn)} LIMIT 2")
+    if len(rows) != 1 or not rows[0]["independent"] or rows[0]["source"] is None:
+        return None
+    independent = rows[0]["independent"]  # TEXT[]; MADlib's older preprocessor wrote TEXT
+    columns = catalog.columns(conn, test)
+    buffers = all(columns.get(c) is not None and columns[c].type == "bytea"
+                  for c in (independent if isinstance(independent, list) else [independent]))
+    return rows[0]["source"] if buffers else None
 
 
 def _feature_column(conn, test: TableName, name, listed: bool) -> Column:

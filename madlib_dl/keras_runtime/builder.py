@@ -99,22 +99,47 @@ def check_optimizer_arguments(name: str, arguments, argument: str) -> None:
                               f"expected some of {', '.join(accepted)} (lr is accepted for learning_rate)")
 
 
+def check_optimizers(optimizers) -> None:
+    """What Keras' constructors refuse of each (spec, argument) of ``optimizers``: argument names, and
+    the values Keras checks itself (clipnorm with clipvalue, say), found by building each optimizer in
+    one TensorFlow graph: its variables are graph nodes, so no operation runs and TensorFlow's runtime
+    (its thread pools, the GPUs' memory) does not start in this session. About 3 ms an optimizer
+    (measured). params.parse_optimizer has checked each value on its own already."""
+    with tf_setup.tensorflow().Graph().as_default():
+        for spec, argument in optimizers:
+            check_optimizer_arguments(spec.name, spec.kwargs, argument)
+            _build_optimizer(spec, argument)
+
+
 def make_optimizer(spec: OptimizerSpec, argument: str = "compile_params: optimizer"):
     check_optimizer_arguments(spec.name, spec.kwargs, argument)
+    return _build_optimizer(spec, argument)
+
+
+def _build_optimizer(spec: OptimizerSpec, argument: str):
     keras = tf_setup.keras()
     cls = getattr(keras.optimizers, spec.name)
-    kwargs = dict(spec.kwargs)
+    defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()}
+    kwargs = {k: _as_default_type(v, defaults.get(k)) for k, v in spec.kwargs.items()}
     decay = kwargs.get("learning_rate")
     if isinstance(decay, InverseTimeDecay):  # Keras 2's decay (params._keras2_arguments)
         initial = decay.initial_learning_rate
         if initial is None:
-            initial = inspect.signature(cls.__init__).parameters["learning_rate"].default
+            initial = defaults["learning_rate"]
         kwargs["learning_rate"] = keras.optimizers.schedules.InverseTimeDecay(
-            initial, decay_steps=1, decay_rate=decay.decay_rate)
+            float(initial), decay_steps=1, decay_rate=decay.decay_rate)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise InvalidArgument(f"{argument}: {spec.name}({_format_kwargs(spec.kwargs)}): {error}") from None
+
+
+def _as_default_type(value, default):
+    """An integer where Keras' default is a float (SGD(momentum=0), Adam(lr=1)) as that float: Keras 3
+    refuses it where Keras 2 took any number."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def _format_kwargs(kwargs: dict) -> str:

@@ -367,7 +367,76 @@ def parse_optimizer(text: str, what: str = "optimizer") -> OptimizerSpec:
         kwargs[key] = _convert(kw.value, f"{what}: {kw.arg}", text, bare_words=False)
         if isinstance(kwargs[key], (list, dict)):
             raise InvalidArgument(f"{what}: {kw.arg} must be a number, boolean, string or None")
+        _check_optimizer_value(name, kw.arg, key, kwargs[key], what)
     return OptimizerSpec(name, _keras2_arguments(name, kwargs, what))
+
+
+# What the Keras 3 optimizers' arguments take. Keras' constructors check only a few values (SGD's
+# momentum, Ftrl's, clipnorm with clipvalue); others they take as given and then fail at the first
+# training step ('x' for beta_1) or train nonsense (a negative learning rate: gradient ascent; amsgrad='no',
+# which is true).
+# None, where Keras takes it, is judged by _keras2_arguments; an argument missing here is checked by
+# name against Keras (builder.check_optimizer_arguments). tests/runtime/test_optimizer_values.py checks
+# the table against Keras' constructors.
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    kind: str                  # "number", "integer", "boolean" or "text"
+    low: float | None = None   # bounds for numbers and integers
+    high: float | None = None
+    low_open: bool = False     # the bound itself is excluded
+    high_open: bool = False
+
+    def holds(self, value) -> bool:
+        if self.kind in ("boolean", "text"):
+            return isinstance(value, bool if self.kind == "boolean" else str)
+        if not _is_number(value) or (self.kind == "integer" and not isinstance(value, int)):
+            return False
+        above = self.low is None or value > self.low or (value == self.low and not self.low_open)
+        below = self.high is None or value < self.high or (value == self.high and not self.high_open)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.kind == "boolean":
+            return "True or False"
+        if self.kind == "text":
+            return "a string"
+        what = "an integer" if self.kind == "integer" else "a number"
+        if self.low is not None and self.high is not None:
+            return f"{what} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{what} {'above' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{what} {'below' if self.high_open else '<='} {self.high:g}"
+        return what
+
+
+_POSITIVE = ValueRule("number", low=0, low_open=True)
+_NOT_NEGATIVE = ValueRule("number", low=0)  # a learning rate of 0 trains nothing, as a test may want
+_FRACTION = ValueRule("number", low=0, high=1)                  # Keras' own range for momentum
+_DECAY_RATE = ValueRule("number", low=0, high=1, high_open=True)  # 1 never forgets: Adam divides by 1 - beta**t = 0
+OPTIMIZER_VALUES = {
+    "learning_rate": _NOT_NEGATIVE, "momentum": _FRACTION, "ema_momentum": _FRACTION,
+    "beta_1": _DECAY_RATE, "beta_2": _DECAY_RATE, "rho": _DECAY_RATE,
+    "epsilon": _NOT_NEGATIVE, "epsilon_1": _NOT_NEGATIVE, "epsilon_2": _NOT_NEGATIVE, "weight_decay": _NOT_NEGATIVE,
+    "initial_accumulator_value": _NOT_NEGATIVE, "l1_regularization_strength": _NOT_NEGATIVE,
+    "l2_regularization_strength": _NOT_NEGATIVE, "l2_shrinkage_regularization_strength": _NOT_NEGATIVE,
+    "beta": _NOT_NEGATIVE, "learning_rate_power": ValueRule("number", high=0), "beta_2_decay": ValueRule("number"),
+    "clipnorm": _POSITIVE, "clipvalue": _POSITIVE, "global_clipnorm": _POSITIVE, "clip_threshold": _POSITIVE,
+    "loss_scale_factor": _POSITIVE, "gradient_accumulation_steps": ValueRule("integer", low=2),
+    "ema_overwrite_frequency": ValueRule("integer", low=1),
+    "nesterov": ValueRule("boolean"), "amsgrad": ValueRule("boolean"), "centered": ValueRule("boolean"),
+    "use_ema": ValueRule("boolean"), "relative_step": ValueRule("boolean"), "name": ValueRule("text"),
+}
+
+
+def _check_optimizer_value(name: str, written: str, key: str, value, what: str) -> None:
+    """``written``: the argument as the caller wrote it (lr), ``key`` its Keras name (learning_rate)."""
+    rule = OPTIMIZER_VALUES.get(key)
+    if rule is None or value is None or rule.holds(value):
+        return
+    raise InvalidArgument(f"{what}: {name}({written}={value!r}): {written} must be {rule}")
 
 
 # Keras 2 optimizer arguments MADlib scripts carry, translated (each with a note for a NOTICE:
@@ -436,11 +505,8 @@ def _keras2_arguments(name: str, kwargs: dict, what: str) -> dict:
                                   f"{decay!r}")
         if decay == 0:
             _note(f"{name}: decay=0 (Keras 2: no decay) was left out")
-        else:
-            lr = kwargs.get("learning_rate")
-            if lr is not None and not _is_number(lr):
-                raise InvalidArgument(f"{what}: learning_rate must be a number when decay is given, got {lr!r}")
-            kwargs["learning_rate"] = schedule = InverseTimeDecay(lr, decay)
+        else:  # a learning rate given is a number (_check_optimizer_value)
+            kwargs["learning_rate"] = schedule = InverseTimeDecay(kwargs.get("learning_rate"), decay)
             _note(f"{name}: Keras 2's decay={decay} became learning_rate={schedule}, the same lr / (1 + decay * "
                   "iterations)")
     for key, value in list(kwargs.items()):
@@ -552,7 +618,11 @@ def parse_fit_params(text: str | None, argument: str = "fit_params") -> FitParam
             values[key] = callbacks.parse(value_text, f"{argument}: callbacks")
             continue
         values[key] = _fit_value(key, literal(value_text, f"{argument}: {key}", bare_words=False), argument)
-    return FitParams(**values)
+    fit = FitParams(**values)
+    if fit.initial_epoch >= fit.epochs:  # Keras trains epochs initial_epoch + 1 .. epochs: none
+        raise InvalidArgument(f"{argument}: initial_epoch must be below epochs ({fit.epochs}), got "
+                              f"{fit.initial_epoch}: the hop would train no epoch")
+    return fit
 
 
 def _fit_value(key, value, argument):

@@ -41,13 +41,17 @@ class Config:
         return (self.model_id, self.compile_params.key, self.fit_params.key)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class OptimizerUse:
-    """An optimizer class and the argument names some configuration gives it; ``where`` names the
-    argument (and element) they came from, for the error if Keras does not know an argument."""
+    """An optimizer as some configuration gives it; ``where`` names the argument (and element) it came
+    from, for the error if Keras refuses it."""
     where: str
-    name: str
-    arguments: tuple[str, ...]
+    spec: params.OptimizerSpec
+
+    @property
+    def key(self) -> str:
+        """Equal for the same optimizer, wherever it came from (1, 1.0 and True kept apart)."""
+        return canonical(self.spec)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -148,7 +152,7 @@ def param_list(values, argument: str, parse_one: Callable[[str, str], ParamText]
 
 
 def optimizer_uses(compiles: Iterable[ParamText]) -> list[OptimizerUse]:
-    return [OptimizerUse(p.where, p.parsed.optimizer.name, tuple(p.parsed.optimizer.kwargs)) for p in compiles]
+    return [OptimizerUse(p.where, p.parsed.optimizer) for p in compiles]
 
 
 def check_count(count: int, what: str) -> None:

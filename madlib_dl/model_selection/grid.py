@@ -314,7 +314,8 @@ def check_space(space: SearchSpace) -> list[OptimizerUse]:
     """Parse one string per value of every key, each beside known-good values of the other keys, so
     that an error names the key at fault and random search cannot pass or fail depending on what it
     happens to draw (the parser judges each key on its own, so this covers every combination).
-    Returns the optimizers with their argument names, for the check against Keras."""
+    Returns the optimizers probed (each name with the first values, and each value beside the first
+    of the others), for the check against Keras."""
     safe = [("loss", "mse")]
     for param in space.compile.others:
         for value in param.probe_values():
@@ -322,19 +323,33 @@ def check_space(space: SearchSpace) -> list[OptimizerUse]:
             configs.compile_param(configs.compile_string("SGD", [], others), param.where)
     uses = []
     for entry in space.compile.optimizers:
-        argument_names = tuple(a.name for a in entry.arguments)
+        for name in entry.names.choices:
+            uses.append(_optimizer_use(entry, name, [(p.name, p.first()) for p in entry.arguments]))
         for position, param in enumerate(entry.arguments):
             for value in param.probe_values():
                 arguments = [(p.name, value if i == position else p.first()) for i, p in enumerate(entry.arguments)]
-                configs.compile_param(configs.compile_string(entry.names.first(), arguments, safe), entry.where)
-        for name in entry.names.choices:
-            configs.compile_param(configs.compile_string(name, [(p.name, p.first()) for p in entry.arguments], safe),
-                                  entry.where)
-            uses.append(OptimizerUse(entry.where, name, argument_names))
-    for param in space.fit.params:
-        for value in param.probe_values():
-            configs.fit_param(configs.fit_string([(param.name, value)]), param.where)
+                uses.append(_optimizer_use(entry, entry.names.first(), arguments))
+    _check_fit_space(space.fit)
     return uses
+
+
+def _optimizer_use(entry: OptimizerEntry, name: str, arguments) -> OptimizerUse:
+    parsed = configs.compile_param(configs.compile_string(name, arguments, [("loss", "mse")]), entry.where)
+    return OptimizerUse(entry.where, parsed.parsed.optimizer)
+
+
+def _check_fit_space(fit: FitGrid) -> None:
+    """Each value alone, initial_epoch beside the most epochs (the least is checked after); then the
+    least epochs with the most initial_epoch, the combination most likely refused."""
+    choices = {p.name: p.choices for p in fit.params}
+    for param in fit.params:
+        others = [("epochs", max(choices["epochs"]))] if param.name == "initial_epoch" and "epochs" in choices else []
+        for value in param.probe_values():
+            configs.fit_param(configs.fit_string(others + [(param.name, value)]), param.where)
+    if "initial_epoch" in choices:
+        least = [("epochs", min(choices["epochs"]))] if "epochs" in choices else []
+        configs.fit_param(configs.fit_string(least + [("initial_epoch", max(choices["initial_epoch"]))]),
+                          f"{FIT_ARG}: initial_epoch")
 
 
 def _listed(name: str, value: Any) -> Any:

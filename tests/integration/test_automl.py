@@ -148,6 +148,21 @@ def test_an_existing_model_selection_table_is_refused_before_anything_runs(cur):
     cur.connection.commit()
 
 
+def test_a_batch_size_above_every_segment_is_noticed_before_anything_runs(cur):
+    cur.execute("SELECT max(n) FROM (SELECT sum(pixels_shape[1]) AS n FROM train_packed GROUP BY __dist_key__) s")
+    largest = cur.fetchone()[0]
+    cur.execute("CREATE TABLE taken_mst (x INTEGER)")
+    del cur.connection.notices[:]
+    with pytest.raises(psycopg2.Error, match="model_selection_table: table 'taken_mst' already exists"):
+        cur.execute(f"SELECT madlib_dl.madlib_keras_automl('train_packed', 'taken_out', 'arch', 'taken_mst', ARRAY[1], "
+                    f"{COMPILE_GRID}, $${{'batch_size': [32, 100000000]}}$$, 'asha', 'max_iterations=3, num_configs=2')")
+    cur.connection.rollback()
+    assert [n.strip() for n in cur.connection.notices] == [
+        f"NOTICE:  madlib_keras_automl: fit_params: batch_size=100000000 (fit_params_grid) is more than the {largest} "
+        "examples of the largest of the 2 segments of 'train_packed': each hop trains on its whole segment as one "
+        "batch (Keras takes a batch larger than the data as all of it)"]
+
+
 def test_a_statement_timeout_stops_the_run_says_how_far_it_got_and_writes_nothing(cur):
     cur.execute("SET statement_timeout = '4s'")
     try:

@@ -574,6 +574,13 @@ ERRORS = [
     ({"compile_params": "  "}, "22023", "compile_params", ["got an empty string"]),
     ({"compile_params": "loss='categorical_crossentropy'"}, "22023", "compile_params", ["optimizer is required"]),
     ({"fit_params": "batch_size=0"}, "22023", "fit_params", ["batch_size must be an integer >= 1, got 0"]),
+    ({"fit_params": "batch_size=16, epochs=0"}, "22023", "fit_params", ["epochs must be an integer >= 1, got 0"]),
+    ({"fit_params": "epochs=1, initial_epoch=1"}, "22023", "fit_params",
+     ["initial_epoch must be below epochs (1), got 1: the hop would train no epoch"]),
+    ({"compile_params": "loss='categorical_crossentropy', optimizer='Adam(lr=-0.01)'"}, "22023", "compile_params",
+     ["optimizer: Adam(lr=-0.01): lr must be a number >= 0"]),
+    ({"compile_params": "loss='categorical_crossentropy', optimizer='Adam(momentum=0.9)'"}, "22023", "compile_params",
+     ["Adam has no argument momentum"]),
     ({"model_id": 99}, "22023", "model_id", ["model_id 99 is not in model architecture table arch"]),
     ({"model_id": None}, "22023", "model_id", ["got NULL"]),
     ({"model_id": FIVE_INPUTS}, "22023", "model_id",
@@ -621,6 +628,20 @@ def _fails(cur, sqlstate, argument, fragments, **arguments):
     for fragment in fragments:
         assert fragment in said, said
     assert _tables(cur) == before, message
+
+
+def test_a_batch_size_above_every_segment_is_noticed_before_the_workers_start(cur):
+    """Not an error: Keras takes a batch larger than the data as all of it (full-batch training)."""
+    _fit(cur, model="m_batch", fit_params="batch_size=100000000", num_iterations=1)
+    said = [n.strip() for n in cur.connection.notices]
+    notice = ("NOTICE:  madlib_keras_fit: fit_params: batch_size=100000000 is more than the 150 examples of the largest "
+              "of the 2 segments of 'digits_packed': each hop trains on its whole segment as one batch (Keras takes a "
+              "batch larger than the data as all of it)")
+    assert notice in said, said
+    assert said.index(notice) < min(i for i, n in enumerate(said) if "iteration" in n), said
+    cur.execute("SELECT training_loss_final IS NOT NULL FROM m_batch_summary")
+    assert cur.fetchone()[0]
+    _drop(cur, "m_batch")
 
 
 @pytest.mark.parametrize("present", [("taken",), ("taken_summary",)])

@@ -320,10 +320,40 @@ def test_architecture_must_fit_the_data(cur, model_id, fragments):
     (COMPILE, "batch_size=0", "22023", ["mst_key 2: fit_params: batch_size must be an integer >= 1, got 0"]),
     (COMPILE, "epochs=1, nonsense=3", "22023", ["mst_key 2: fit_params: unknown parameter 'nonsense'"]),
     (COMPILE, "batch_size=", "22023", ["mst_key 2: fit_params"]),
-], ids=["optimizer", "loss", "two_metrics", "null_compile", "batch_size_0", "unknown_fit_key", "fit_syntax"])
+    (COMPILE, "batch_size=16, epochs=0", "22023", ["mst_key 2: fit_params: epochs must be an integer >= 1, got 0"]),
+    (COMPILE, "epochs=2, initial_epoch=2", "22023",
+     ["mst_key 2: fit_params: initial_epoch must be below epochs (2), got 2: the hop would train no epoch"]),
+    # rows written by hand: what Keras would refuse is refused before any worker starts
+    ("loss='categorical_crossentropy', optimizer='Adam(lr=\"fast\")'", FITS[0], "22023",
+     ["mst_key 2: compile_params: optimizer: Adam(lr='fast'): lr must be a number >= 0"]),
+    ("loss='categorical_crossentropy', optimizer='Adam(lr=0.01, momentum=0.9)'", FITS[0], "22023",
+     ["mst_key 2: compile_params: Adam has no argument momentum; expected some of learning_rate"]),
+    ("loss='categorical_crossentropy', optimizer='SGD(clipnorm=1.0, global_clipnorm=1.0)'", FITS[0], "22023",
+     ["mst_key 2: compile_params: SGD(clipnorm=1.0, global_clipnorm=1.0): Only one of `clipnorm`"]),
+], ids=["optimizer", "loss", "two_metrics", "null_compile", "batch_size_0", "unknown_fit_key", "fit_syntax", "epochs_0",
+        "initial_epoch", "learning_rate_text", "unknown_optimizer_argument", "keras_refuses"])
 def test_unparsable_params_name_the_mst_key(cur, compile_params, fit_params, sqlstate, fragments):
     make_mst(cur, "mst_params", [GOOD_ROW, (2, SMALL, compile_params, fit_params)])
     fails(cur, sqlstate, "model_selection_table", *fragments, model_selection_table="mst_params")
+
+
+def test_a_batch_size_above_every_segment_is_noticed_before_training(db, cur):
+    """Not an error: Keras takes a batch larger than the data as all of it (full-batch training)."""
+    make_mst(cur, "mst_batch", [(1, SMALL, COMPILE, "batch_size=100000000"), (2, SMALL, COMPILE, "batch_size=16"),
+                                (3, SMALL, COMPILE, "batch_size=41, epochs=1"), (4, SMALL, COMPILE, "epochs=1")])
+    drop_outputs(cur, "out_batch")
+    run(cur, model_selection_table="mst_batch", model_output_table="out_batch", validation_table=None)
+    said = [n.strip() for n in db.notices]
+    segment = ("is more than the 40 examples of the largest of the 3 segments of 'iris_packed': each hop trains on "
+               "its whole segment as one batch (Keras takes a batch larger than the data as all of it)")
+    batch = [i for i, n in enumerate(said) if "batch_size=" in n]
+    assert [said[i] for i in batch] == [
+        f"NOTICE:  madlib_keras_fit_multiple_model: fit_params: batch_size=41 (mst_key 3) {segment}",
+        f"NOTICE:  madlib_keras_fit_multiple_model: fit_params: batch_size=100000000 (mst_key 1) {segment}"], said
+    assert batch[-1] < min(i for i, n in enumerate(said) if "iteration" in n), said
+    cur.execute("SELECT count(*) FROM out_batch_info WHERE training_loss_final IS NOT NULL")
+    assert cur.fetchone()[0] == 4
+    drop_outputs(cur, "out_batch")
 
 
 # ---------------------------------------------------------------------------------------------------

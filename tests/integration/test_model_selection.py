@@ -8,6 +8,7 @@ Every error test checks the SQLSTATE, the message (it names the argument) and th
 from __future__ import annotations
 
 import random
+import time
 
 import psycopg2
 import pytest
@@ -440,3 +441,112 @@ def test_help(cur, function):
     assert cur.fetchone()[0].startswith(f"{function}: no help topic 'colour'. Use madlib_dl.{function}()")
     cur.execute("SELECT count(*) FROM pg_proc WHERE proname = %s AND pronamespace = 'madlib_dl'::regnamespace", [function])
     assert cur.fetchone()[0] == (4 if function == "load_model_selection_table" else 3)
+
+
+# ===================================================================================================
+# Every value checked at the door, as the plain role: what Keras would refuse (or train nonsense with)
+# is refused naming the row or grid entry and the argument, before any table is made
+
+@pytest.fixture(scope="module")
+def plain(server, plain_role, db):
+    """A connection to the module's database as the plain role, which may read its architecture tables."""
+    server.grant_plain_role(db.info.dbname, plain_role)
+    with db.cursor() as c:
+        c.execute(f'GRANT SELECT ON arch, arch2 TO "{plain_role.name}"')
+    with server.connect(db.info.dbname, user=plain_role) as connection:
+        yield connection
+
+
+@pytest.fixture
+def pcur(plain):
+    del plain.notices[:]
+    with plain.cursor() as c:
+        yield c
+
+
+def _grid(entry: str) -> str:
+    return "{'loss': ['mse'], 'optimizer_params_list': [" + entry + "]}"
+
+
+VALUE_ERRORS = [
+    # load_model_selection_table: the row (element of compile_params_list) and the argument
+    (LOAD, [[COMPILE, "loss='mse', optimizer='Adam(lr=\"fast\")'"], [""]],
+     "compile_params_list[2]: optimizer: Adam(lr='fast'): lr must be a number >= 0"),
+    (LOAD, [["loss='mse', optimizer='Adam(lr=-0.1)'"], [""]],
+     "compile_params_list[1]: optimizer: Adam(lr=-0.1): lr must be a number >= 0"),
+    (LOAD, [["loss='mse', optimizer='SGD(lr=0.1, momentum=1.5)'"], [""]],
+     "compile_params_list[1]: optimizer: SGD(momentum=1.5): momentum must be a number in [0, 1]"),
+    (LOAD, [["loss='mse', optimizer='Adam(beta_1=\"high\")'"], [""]],
+     "compile_params_list[1]: optimizer: Adam(beta_1='high'): beta_1 must be a number in [0, 1)"),
+    (LOAD, [["loss='mse', optimizer='Adam(amsgrad=\"yes\")'"], [""]],
+     "compile_params_list[1]: optimizer: Adam(amsgrad='yes'): amsgrad must be True or False"),
+    (LOAD, [["loss='mse', optimizer='Adam(clipnorm=1.0, clipvalue=0.5)'"], [""]],
+     "compile_params_list[1]: Adam(clipnorm=1.0, clipvalue=0.5): Only one of `clipnorm`, `clipvalue` and "
+     "`global_clipnorm` can be set"),
+    (LOAD, [[COMPILE], ["batch_size=32", "epochs=2, initial_epoch=2"]],
+     "fit_params_list[2]: initial_epoch must be below epochs (2), got 2: the hop would train no epoch"),
+    # generate_model_configs: the grid entry and the key
+    (GENERATE, [_grid("{'optimizer': ['Adam'], 'lr': [0.01, 'fast']}"), "{}"],
+     "compile_params_grid: optimizer_params_list[0]: optimizer: Adam(learning_rate='fast'): learning_rate must be a "
+     "number >= 0"),
+    (GENERATE, [_grid("{'optimizer': ['Adam']}, {'optimizer': ['SGD'], 'lr': [0.1], 'momentum': [0.9, -0.5]}"), "{}"],
+     "compile_params_grid: optimizer_params_list[1]: optimizer: SGD(momentum=-0.5): momentum must be a number in [0, 1]"),
+    (GENERATE, [_grid("{'optimizer': ['SGD', 'Adam'], 'nesterov': [True]}"), "{}"],
+     "compile_params_grid: optimizer_params_list[0]: Adam has no argument nesterov"),
+    (GENERATE, [_grid("{'optimizer': ['Adam'], 'clipnorm': [1.0], 'clipvalue': [0.5]}"), "{}"],
+     "compile_params_grid: optimizer_params_list[0]: Adam(clipnorm=1.0, clipvalue=0.5): Only one of `clipnorm`"),
+    (GENERATE, [COMPILE_GRID, "{'epochs': [1, 3], 'initial_epoch': [0, 2]}"],
+     "fit_params_grid: initial_epoch: initial_epoch must be below epochs (1), got 2: the hop would train no epoch"),
+    (GENERATE_RANDOM, [_grid("{'optimizer': ['Adam'], 'lr': [-0.1, 0.1, 'linear']}"), "{}", "random", 5, 1, None],
+     "compile_params_grid: optimizer_params_list[0]: optimizer: Adam(learning_rate=-0.1): learning_rate must be a "
+     "number >= 0"),
+]
+
+
+@pytest.mark.parametrize("sql, args, fragment", VALUE_ERRORS, ids=[e[2][:70] for e in VALUE_ERRORS])
+def test_every_value_is_checked_before_anything_is_made(pcur, sql, args, fragment):
+    drop(pcur, "mst_values")
+    message = fails(pcur, sql, ["arch", "mst_values", [1], *args], "22023", fragment)
+    assert message.startswith("madlib_dl: ")
+    assert not exists(pcur, "mst_values") and not exists(pcur, "mst_values_summary")
+
+
+def test_values_keras_takes_pass(pcur):
+    """Integers where Keras wants floats (Keras 2 took them), and every argument at a bound it allows."""
+    drop(pcur, "mst_bounds")
+    pcur.execute(LOAD, ["arch", "mst_bounds", [1], [
+        "loss='mse', optimizer='SGD(lr=1, momentum=0, nesterov=True)'",
+        "loss='mse', optimizer='Adam(lr=0.5, beta_1=0, beta_2=0.999, epsilon=0, amsgrad=False, weight_decay=0)'",
+        "loss='mse', optimizer='Adam(clipnorm=None, global_clipnorm=2, gradient_accumulation_steps=2)'",
+        "loss='mse', optimizer='Ftrl(learning_rate_power=0, l1_regularization_strength=0.1)'",
+        "loss='mse', optimizer='RMSprop(lr=0.01, decay=1e-6)'"], ["epochs=3, initial_epoch=2"]])
+    assert len(rows(pcur, "mst_bounds")) == 5
+    pcur.execute(GENERATE_RANDOM, ["arch", "mst_bounds", [1], _grid(
+        "{'optimizer': ['Adam', 'Nadam'], 'lr': [1e-5, 1, 'log'], 'beta_1': [0.5, 0.99, 'log_near_one']}"),
+        "{'batch_size': [1, 4096], 'epochs': [1, 5]}", "random", 20, 7, None])
+    assert len(rows(pcur, "mst_bounds")) == 25
+    drop(pcur, "mst_bounds")
+
+
+def test_checking_a_large_grid_is_quick(server, plain_role, plain):
+    """100 configurations, each with an optimizer of its own: every one is built with Keras (in a
+    TensorFlow graph: TensorFlow's runtime does not start in the session). Timed in a new session, whose
+    first check imports TensorFlow; then 100 other optimizers in that session; then the first 100 again
+    (Keras took them already)."""
+    def grid(step: float) -> str:
+        rates = ", ".join(repr(round(step * i, 6)) for i in range(1, 51))
+        return _grid("{'optimizer': ['Adam', 'SGD'], 'lr': [" + rates + "]}")
+
+    seconds = []
+    with server.connect(plain.info.dbname, user=plain_role) as fresh, fresh.cursor() as c:
+        drop(c, "mst_large")
+        for model_id, step in ((1, 0.001), (1, 0.00071), (2, 0.001)):
+            started = time.monotonic()
+            c.execute(GENERATE, ["arch", "mst_large", [model_id], grid(step), "{}"])
+            seconds.append(time.monotonic() - started)
+        assert len(rows(c, "mst_large")) == 300
+        drop(c, "mst_large")
+    print(f"generate_model_configs, 100 configurations with 100 distinct optimizers: {seconds[0]:.2f} s in a new "
+          f"session (TensorFlow imported), {seconds[1]:.2f} s for 100 others in that session, {seconds[2]:.2f} s "
+          "for the first 100 again")
+    assert seconds[1] < 5

@@ -550,6 +550,22 @@ def test_predict_errors(cur, index, value, sqlstate, argument, fragments):
     _fails(cur, _predict_call(cur, *_with(PREDICT, index, value)), sqlstate, argument, *fragments)
 
 
+@pytest.fixture(scope="module")
+def packed_points(conn):
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT {S}training_preprocessor_dl('points', 'points_packed', 'name', 'x')")
+        cur.execute(f"SELECT {S}validation_preprocessor_dl('points', 'points_val_packed', 'name', 'x', 'points_packed')")
+
+
+@pytest.mark.parametrize("packed", ["points_packed", "points_val_packed"])
+def test_a_packed_test_table_is_refused_naming_the_table_it_was_made_from(cur, packed_points, packed):
+    said = (f"test_table: '{packed}' is a packed table (made by training_preprocessor_dl or validation_preprocessor_dl "
+            "from 'points'); predict reads one example per row: pass 'points'")
+    hint = f"HINT:  A packed table such as '{packed}' is for madlib_keras_evaluate, which scores it."
+    _fails(cur, _byom_call(cur, "arch", 1, packed, "id", "x", "out"), "22023", "test_table", said, hint)
+    _fails(cur, _predict_call(cur, "single", packed, "id", "x", "out"), "22023", "test_table", said, hint)
+
+
 def test_single_model_refuses_mst_key(cur):
     _fails(cur, _predict_call(cur, "single", "points", "id", "x", "out", "prob", False, 1), "22023", "mst_key",
            "holds a single model")

@@ -44,8 +44,10 @@ def test_every_whitelisted_metric_evaluates(metric):
 def test_optimizer_arguments_are_checked_against_keras():
     with pytest.raises(InvalidArgument, match="Adam has no argument lrr; expected some of learning_rate"):
         builder.make_optimizer(params.parse_optimizer("Adam(lrr=0.1)"))
-    with pytest.raises(InvalidArgument, match=r"SGD\(learning_rate='fast'\)"):
-        builder.make_optimizer(params.parse_optimizer("SGD(lr='fast')"))
+    with pytest.raises(InvalidArgument, match=r"SGD\(lr='fast'\): lr must be a number >= 0"):
+        builder.make_optimizer(params.parse_optimizer("SGD(lr='fast')"))  # the parser's refusal
+    with pytest.raises(InvalidArgument, match=r"SGD\(learning_rate='fast'\): Argument `learning_rate` should be float"):
+        builder.make_optimizer(params.OptimizerSpec("SGD", {"learning_rate": "fast"}))  # Keras' own
     sgd = builder.make_optimizer(params.parse_optimizer("SGD(lr=0.1, momentum=0.9, nesterov=False)"))
     assert sgd.nesterov is False and sgd.momentum == pytest.approx(0.9)
 

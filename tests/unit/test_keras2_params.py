@@ -40,7 +40,7 @@ def test_decay_zero_is_no_decay():
     ("SGD(decay=-0.1)", r"decay \(Keras 2's learning rate decay\) must be a number >= 0, got -0.1"),
     ("SGD(decay=\"fast\")", r"decay .* must be a number >= 0, got 'fast'"),
     ("SGD(decay=True)", r"decay .* must be a number >= 0, got True"),
-    ("SGD(lr=\"big\", decay=0.1)", r"learning_rate must be a number when decay is given, got 'big'"),
+    ("SGD(lr=\"big\", decay=0.1)", r"SGD\(lr='big'\): lr must be a number >= 0"),
 ])
 def test_bad_decay(optimizer, message):
     with pytest.raises(InvalidArgument, match=r"^compile_params: optimizer: " + message):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from madlib_dl.errors import InvalidArgument, NotSupported
-from madlib_dl.keras_runtime.params import OptimizerSpec, parse_compile_params, parse_fit_params
+from madlib_dl.keras_runtime.params import InverseTimeDecay, OptimizerSpec, parse_compile_params, parse_fit_params
 from madlib_dl.model_selection import configs, grid
 from madlib_dl.model_selection.configs import OptimizerUse
 
@@ -83,8 +83,8 @@ class TestKeys:
     def test_number_types_stay_apart(self):
         a = configs.compile_param("loss='mse', optimizer='SGD(momentum=1)'", "c")
         b = configs.compile_param("loss='mse', optimizer='SGD(momentum=1.0)'", "c")
-        c = configs.compile_param("loss='mse', optimizer='SGD(nesterov=True)'", "c")
-        d = configs.compile_param("loss='mse', optimizer='SGD(nesterov=1)'", "c")
+        c = configs.compile_param("loss='mse', optimizer='SGD(other=True)'", "c")  # Keras checks the name
+        d = configs.compile_param("loss='mse', optimizer='SGD(other=1)'", "c")
         assert a.key != b.key and c.key != d.key
 
     def test_dict_order_does_not_matter(self):
@@ -149,9 +149,9 @@ class TestParamLists:
     def test_optimizer_uses_carry_where_and_argument_names(self):
         compiles = configs.param_list([COMPILE, "loss='mse', optimizer='SGD(lr=0.1, momentum=0.9)'"],
                                       "compile_params_list", configs.compile_param)
-        assert configs.optimizer_uses(compiles) == [
-            OptimizerUse("compile_params_list[1]", "Adam", ("learning_rate",)),
-            OptimizerUse("compile_params_list[2]", "SGD", ("learning_rate", "momentum"))]
+        assert [(u.where, u.spec) for u in configs.optimizer_uses(compiles)] == [
+            ("compile_params_list[1]", OptimizerSpec("Adam", {"learning_rate": 0.01})),
+            ("compile_params_list[2]", OptimizerSpec("SGD", {"learning_rate": 0.1, "momentum": 0.9}))]
 
 
 class TestProduct:
@@ -193,9 +193,10 @@ class TestGeneratedStrings:
     @pytest.mark.parametrize("value", [0.1 + 0.2, 1e-7, 3.0000000000000004e-05, 0.9990000000000001, 1, -0.5,
                                        123456.789, 2.2250738585072014e-308, True, False, None])
     def test_values_read_back_exactly(self, value):
-        text = configs.compile_string("SGD", [("clipnorm", value)], [("loss", "mse")])  # clipnorm may be None
+        argument = "clipnorm" if value is None else "other"  # clipnorm may be None; other's values are Keras' to judge
+        text = configs.compile_string("SGD", [(argument, value)], [("loss", "mse")])
         kwargs = parse_compile_params(text).optimizer.kwargs
-        assert kwargs == {"clipnorm": value} and type(kwargs["clipnorm"]) is type(value)
+        assert kwargs == {argument: value} and type(kwargs[argument]) is type(value)
 
     def test_random_floats_read_back_exactly(self):
         rng = np.random.default_rng(0)
@@ -382,10 +383,21 @@ class TestSearchOptions:
 
 class TestCheckSpace:
     def test_returns_optimizer_uses(self):
+        """Each optimizer name with the first values, then each value (a distribution's bounds) beside the
+        first of the others: what the check against Keras builds."""
         uses = grid.check_space(space(MADLIB_RANDOM_GRID))
-        assert uses == [
-            OptimizerUse("compile_params_grid: optimizer_params_list[0]", "SGD", ("learning_rate", "momentum")),
-            OptimizerUse("compile_params_grid: optimizer_params_list[1]", "Adam", ("learning_rate", "decay"))]
+        first, second = (f"compile_params_grid: optimizer_params_list[{i}]" for i in (0, 1))
+        distinct = list(dict.fromkeys((u.where, u.spec.name, repr(u.spec.kwargs)) for u in uses))
+
+        def decay(lr, rate):
+            return repr({"learning_rate": InverseTimeDecay(lr, rate)})
+
+        assert distinct == [
+            (first, "SGD", repr({"learning_rate": 0.0001, "momentum": 0.95})),
+            (first, "SGD", repr({"learning_rate": 0.001, "momentum": 0.95})),
+            (first, "SGD", repr({"learning_rate": 0.0001, "momentum": 0.99})),
+            (second, "Adam", decay(0.01, 1e-6)), (second, "Adam", decay(0.1, 1e-6)), (second, "Adam", decay(0.01, 1e-4))]
+        assert all(isinstance(u, OptimizerUse) for u in uses)
 
     @pytest.mark.parametrize("compile_grid, fragment", [
         ("{'loss': ['mse', 'nope']}", "compile_params_grid: loss: unknown loss 'nope'"),
@@ -407,6 +419,30 @@ class TestCheckSpace:
     ])
     def test_every_fit_value_is_checked(self, fit_grid, fragment):
         error(InvalidArgument, fragment, grid.check_space, space(fit_grid=fit_grid))
+
+    @pytest.mark.parametrize("fit_grid, fragment", [
+        ("{'initial_epoch': [0, 1]}", "fit_params_grid: initial_epoch: initial_epoch must be below epochs (1), got 1"),
+        ("{'epochs': [1, 3], 'initial_epoch': [0, 2]}",
+         "fit_params_grid: initial_epoch: initial_epoch must be below epochs (1), got 2"),
+        ("{'epochs': [2], 'initial_epoch': [0, 4]}", "fit_params_grid: initial_epoch: initial_epoch must be below epochs (2), got 4"),
+    ])
+    def test_initial_epoch_is_checked_against_the_fewest_epochs(self, fit_grid, fragment):
+        error(InvalidArgument, fragment, grid.check_space, space(fit_grid=fit_grid))
+
+    def test_initial_epoch_below_every_epochs_passes(self):
+        grid.check_space(space(fit_grid="{'epochs': [3, 2], 'initial_epoch': [1, 0]}"))
+
+    @pytest.mark.parametrize("compile_grid, fragment", [
+        ("{'loss': ['mse'], 'optimizer_params_list': [{'optimizer': ['Adam'], 'lr': [0.01, 'fast']}]}",
+         "compile_params_grid: optimizer_params_list[0]: optimizer: Adam(learning_rate='fast'): learning_rate must be "
+         "a number >= 0"),
+        ("{'loss': ['mse'], 'optimizer_params_list': [{'optimizer': ['Adam']}, {'optimizer': ['SGD'], "
+         "'momentum': [0.5, 0.99, 'linear'], 'lr': [-1.0, 1.0, 'linear']}]}",
+         "compile_params_grid: optimizer_params_list[1]: optimizer: SGD(learning_rate=-1.0): "
+         "learning_rate must be a number >= 0"),
+    ])
+    def test_optimizer_values_are_checked_whatever_random_search_draws(self, compile_grid, fragment):
+        error(InvalidArgument, fragment, grid.check_space, space(compile_grid))
 
     def test_valid_spaces_pass(self):
         for compile_grid in (COMPILE_GRID, MADLIB_RANDOM_GRID, "{'loss': ['mse']}",

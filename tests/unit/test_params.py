@@ -99,24 +99,24 @@ class TestValidCompileParams:
         assert result.optimizer.kwargs["amsgrad"] is False
 
     @pytest.mark.parametrize("text, expected", [
-        ("Adam(lr=-0.5)", -0.5),
+        ("Adafactor(beta_2_decay=-0.5)", -0.5),
         ("Adam(lr=+0.5)", 0.5),
         ("Adam(lr=1e-3)", 1e-3),
         ("Adam(lr=1E-07)", 1e-7),
-        ("Adam(lr=-2.5e+2)", -250.0),
+        ("Adafactor(beta_2_decay=-2.5e+2)", -250.0),
         ("Adam(lr=.5)", 0.5),
         ("Adam(lr=1)", 1),
         ("Adam(lr=(0.1))", 0.1),
     ])
     def test_numbers(self, text, expected):
         spec = parse_compile_params(compile_with(optimizer=text)).optimizer
-        assert spec.kwargs == {"learning_rate": expected}
-        assert type(spec.kwargs["learning_rate"]) is type(expected)
+        assert list(spec.kwargs.values()) == [expected]
+        assert type(list(spec.kwargs.values())[0]) is type(expected)
 
     def test_optimizer_kwargs_of_every_literal_kind(self):
         spec = parse_compile_params(compile_with(
-            optimizer="'Adam(epsilon=1e-7, beta_1=-0.5, amsgrad=False, name=None, clipnorm=1)'")).optimizer
-        assert spec == OptimizerSpec("Adam", {"epsilon": 1e-7, "beta_1": -0.5, "amsgrad": False,
+            optimizer="'Adam(epsilon=1e-7, beta_1=0.5, amsgrad=False, name=None, clipnorm=1)'")).optimizer
+        assert spec == OptimizerSpec("Adam", {"epsilon": 1e-7, "beta_1": 0.5, "amsgrad": False,
                                               "name": None, "clipnorm": 1})
 
     def test_optimizer_string_kwarg_with_comma(self):
@@ -203,6 +203,50 @@ class TestValidCompileParams:
 # ===================================================================================================
 # 2. MADlib aliases and case-insensitivity
 # ===================================================================================================
+
+class TestOptimizerValues:
+    """Values Keras' constructors take without a word and then fail on at the first step, or train
+    nonsense with: refused by the parser, naming the argument as written."""
+
+    @pytest.mark.parametrize("optimizer, message", [
+        ("Adam(lr='fast')", "Adam(lr='fast'): lr must be a number >= 0"),
+        ("Adam(learning_rate=-0.1)", "Adam(learning_rate=-0.1): learning_rate must be a number >= 0"),
+        ("Adam(lr=-1)", "Adam(lr=-1): lr must be a number >= 0"),
+        ("Adam(lr=True)", "Adam(lr=True): lr must be a number >= 0"),
+        ("SGD(momentum=1.5)", "SGD(momentum=1.5): momentum must be a number in [0, 1]"),
+        ("SGD(momentum='high')", "momentum must be a number in [0, 1]"),
+        ("Adam(beta_1=1.0)", "Adam(beta_1=1.0): beta_1 must be a number in [0, 1)"),
+        ("Adam(beta_2=-0.1)", "beta_2 must be a number in [0, 1)"),
+        ("RMSprop(rho='x')", "rho must be a number in [0, 1)"),
+        ("Adam(epsilon=-1e-7)", "epsilon must be a number >= 0"),
+        ("Adam(amsgrad='yes')", "Adam(amsgrad='yes'): amsgrad must be True or False"),
+        ("SGD(nesterov=1)", "nesterov must be True or False"),
+        ("Adam(clipnorm=0)", "clipnorm must be a number above 0"),
+        ("Adam(weight_decay='x')", "weight_decay must be a number >= 0"),
+        ("Adam(gradient_accumulation_steps=2.5)", "gradient_accumulation_steps must be an integer >= 2"),
+        ("Adam(ema_overwrite_frequency=0)", "ema_overwrite_frequency must be an integer >= 1"),
+        ("Ftrl(learning_rate_power=0.5)", "learning_rate_power must be a number <= 0"),
+        ("Adam(name=3)", "Adam(name=3): name must be a string"),
+    ])
+    def test_refused(self, optimizer, message):
+        with pytest.raises(InvalidArgument, match=re.escape(message)) as info:
+            parse_compile_params(compile_with(optimizer=f'"{optimizer}"'))
+        assert str(info.value).startswith(f"compile_params: optimizer: {optimizer.partition('(')[0]}(")
+
+    @pytest.mark.parametrize("optimizer", [
+        "Adam(lr=1)", "SGD(lr=0)", "SGD(lr=0.1, momentum=0, nesterov=True)", "SGD(momentum=1.0)", "Adam(beta_1=0, beta_2=0.999)",
+        "Adam(epsilon=0, weight_decay=0, amsgrad=False)", "Adam(clipnorm=None, global_clipnorm=2.5)",
+        "Adam(gradient_accumulation_steps=2, use_ema=True, ema_momentum=1, ema_overwrite_frequency=1)",
+        "Ftrl(learning_rate_power=0, l1_regularization_strength=0.5, beta=0)", "Adafactor(beta_2_decay=-0.8)",
+        "Adam(epsilon=None)", "Adam(name='mine')", "Adam(not_a_keras_argument='x')",
+    ])
+    def test_accepted(self, optimizer):
+        parse_compile_params(compile_with(optimizer=f'"{optimizer}"'))
+
+    def test_every_rule_reads_as_an_expectation(self):
+        for key, rule in params.OPTIMIZER_VALUES.items():
+            assert str(rule).startswith(("a number", "an integer", "True or False", "a string")), key
+
 
 class TestAliases:
     def test_lr_means_learning_rate(self):
@@ -727,6 +771,19 @@ class TestMalformedFitParams:
     def test_rejected_fit_key_reasons(self, text, reason):
         with pytest.raises(NotSupported, match=re.escape(reason)):
             parse_fit_params(text)
+
+
+class TestFitParamsTogether:
+    @pytest.mark.parametrize("text, epochs", [("initial_epoch=1", 1), ("epochs=3, initial_epoch=3", 3),
+                                              ("epochs=2, initial_epoch=5", 2)])
+    def test_initial_epoch_must_leave_an_epoch_to_train(self, text, epochs):
+        with pytest.raises(InvalidArgument, match=re.escape(
+                f"fit_params: initial_epoch must be below epochs ({epochs}), got ") + r"\d+: the hop would train no epoch"):
+            parse_fit_params(text)
+
+    def test_initial_epoch_below_epochs_passes(self):
+        assert parse_fit_params("epochs=3, initial_epoch=2").initial_epoch == 2
+        assert parse_fit_params("initial_epoch=0").epochs == 1
 
 
 # ===================================================================================================
