@@ -16,7 +16,7 @@ import numpy as np
 
 from madlib_dl import catalog, custom_functions, db, identifiers, packed_tables, trained_models
 from madlib_dl.api import help as help_topics
-from madlib_dl.api.fit_multiple import show_value
+from madlib_dl.api.fit_multiple import several_io, show_value
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.identifiers import TableName
 from madlib_dl.keras_runtime import arch_info, builder, params
@@ -53,7 +53,7 @@ def check_fits(model: TrainedModel, test: PackedTable) -> None:
         info = arch_info.read(model.model_arch)
     except InvalidArgument as error:  # the stored architecture, not an argument the caller typed
         raise InvalidArgument(f"model_table: the architecture of {model.described} cannot be read ({error})") from None
-    if test.multi_io or len(info.input_shapes) > 1 or len(info.class_counts) > 1:
+    if several_io(info, test):
         _check_several(model, info, test)
         return
     shape = tuple(test.feature_shape)

@@ -248,7 +248,7 @@ def architecture(conn, arch_table: TableName, model_id, where: str, source: Pack
         raise InvalidArgument(f"{where}: model_id {model_id} of {arch_table}: {reason}")
     # the DBA's cap before the workers build it; the run's memory budget is driver.plan_memory's check
     builder.check_size(conn, rows[0]["model_arch"], f"{where}: model_id {model_id} of {arch_table}", budget=False)
-    if _several(info, source):
+    if several_io(info, source):
         reason = arch_info.io_mismatch(info, source.feature_shapes, source.output_classes)
         if reason is not None:
             raise InvalidArgument(f"{where}: model_id {model_id} {reason} in source_table {source.text!r}")
@@ -265,7 +265,7 @@ def architecture(conn, arch_table: TableName, model_id, where: str, source: Pack
     return rows[0]["model_arch"], bytes(weights) if weights is not None else None
 
 
-def _several(info: arch_info.ArchInfo, table: PackedTable) -> bool:
+def several_io(info: arch_info.ArchInfo, table: PackedTable) -> bool:
     """Whether the model or the table has several inputs or outputs (multi-io)."""
     return table.multi_io or len(info.input_shapes) > 1 or len(info.class_counts) > 1
 

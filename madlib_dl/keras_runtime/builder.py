@@ -107,8 +107,7 @@ def check_optimizers(optimizers) -> None:
     (measured). params.parse_optimizer has checked each value on its own already."""
     with tf_setup.tensorflow().Graph().as_default():
         for spec, argument in optimizers:
-            check_optimizer_arguments(spec.name, spec.kwargs, argument)
-            _build_optimizer(spec, argument)
+            make_optimizer(spec, argument)
 
 
 def make_optimizer(spec: OptimizerSpec, argument: str = "compile_params: optimizer"):

@@ -308,17 +308,23 @@ def end(workers: list[Worker], wait: float = 0.0) -> None:
 def stop(workers: list[Worker], wait: float) -> None:
     """Ask the workers to exit (a Stop request: a clean exit, where a terminate logs a FATAL line a DBA
     reads as a crash); those still there after ``wait`` seconds are terminated."""
-    for worker in workers:
-        try:
-            worker.conn.send(*requests.encode(requests.Stop()), check=None)
-        except (channel.ChannelClosed, channel.ChannelError):
-            pass
-        worker.conn.close()
+    _send_stop(workers, None, (channel.ChannelClosed, channel.ChannelError))
     pids = [w.pid for w in workers]
     deadline = time.monotonic() + wait
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
     _terminate([p for p in pids if _alive(p)])
+
+
+def _send_stop(workers: list[Worker], check, ignored=(channel.ChannelClosed,)) -> None:
+    """Send each worker a Stop (it exits cleanly at once) and close its channel; a send failing with
+    ``ignored`` is a worker already gone."""
+    for worker in workers:
+        try:
+            worker.conn.send(*requests.encode(requests.Stop()), check=check)
+        except ignored:
+            pass
+        worker.conn.close()
 
 
 def _terminate(pids: list[int], wait: float = 0.0) -> None:
@@ -461,12 +467,7 @@ class BackgroundWorkers:
 
     def _stop(self) -> None:
         """Ask every worker to end (they exit cleanly at once: no signal needed)."""
-        for worker in self.workers:
-            try:
-                worker.conn.send(*requests.encode(requests.Stop()), check=self._check)
-            except channel.ChannelClosed:
-                pass
-            worker.conn.close()
+        _send_stop(self.workers, self._check)
         self.workers = []
 
     def close(self) -> None:

@@ -12,14 +12,16 @@ import time
 import numpy as np
 from psycopg2.extras import execute_values
 
-import conftest
-
 S = "madlib_dl."
 NOISE = ("FATAL", "ERROR", "PANIC", "absl::InitializeLog", "oneDNN", "I0000")
 
 
 def _log_path(server) -> str:
-    (path,) = glob.glob(os.path.join(conftest._POSTMASTERS[server.port].base_dir, "*.log"))
+    """The throwaway server's log (testing.postgresql writes it beside the data directory)."""
+    with server.connect("postgres") as admin, admin.cursor() as cur:
+        cur.execute("SELECT current_setting('data_directory')")
+        (data,) = cur.fetchone()
+    (path,) = glob.glob(os.path.join(os.path.dirname(data), "*.log"))
     return path
 
 
