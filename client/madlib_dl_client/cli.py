@@ -1,5 +1,6 @@
 """`madlib-dl` of the notebook client: `madlib-dl plot TABLE` writes a training run's learning curves as
-a PNG, read from the run's ``_info`` table over libpq.
+a PNG (an automl run's: which configurations were stopped at which rung), read from the run's ``_info``
+table over libpq.
 
 The server package (madlib_dl) has a `madlib-dl` of its own: the server commands (install, start, stop,
 status, psql, demo, citus...) and the same `plot`, whose default database is the embedded cluster. Where
@@ -52,20 +53,35 @@ def add_plot_arguments(parser: argparse.ArgumentParser, dsn_help: str) -> None:
     parser.add_argument("-o", "--output", default="curves.png", help="the PNG to write (default curves.png)")
     parser.add_argument("--x", choices=("iteration", "elapsed"), default="iteration",
                         help="x axis: the metrics iteration or the seconds since the run started")
-    parser.add_argument("--metrics", nargs="+", default=["training_loss", "validation_loss"],
-                        help="columns of Client.info to plot, one axes each (default: the losses)")
+    parser.add_argument("--metrics", nargs="+", default=None,
+                        help="columns of Client.info to plot, one axes each (default: the losses); for an automl "
+                             "run, the one metric its figure shows (default: the validation loss, else the "
+                             "training loss)")
     parser.add_argument("--dsn", default=None, help=dsn_help)
 
 
-def plot(table: str, output: str = "curves.png", *, x: str = "iteration",
-         metrics=("training_loss", "validation_loss"), dsn: str | dict | None = None) -> str:
-    """Writes the PNG of ``table``'s learning curves and returns its absolute path. ``dsn``: a libpq
-    connection string or psycopg2.connect's keywords (None or "": the PG* variables)."""
-    from madlib_dl_client.notebook import Client, plot_learning_curves
+def plot(table: str, output: str = "curves.png", *, x: str = "iteration", metrics=None,
+         dsn: str | dict | None = None) -> str:
+    """Writes the PNG of ``table``'s learning curves (plot_learning_curves; for a madlib_keras_automl
+    run, plot_automl: its metric against the iteration per bracket, stopped configurations marked) and
+    returns its absolute path. ``dsn``: a libpq connection string or psycopg2.connect's keywords (None
+    or "": the PG* variables)."""
+    from madlib_dl_client.notebook import Client
 
-    figure = plot_learning_curves(Client(dsn).info(table), x=x, metrics=tuple(metrics))
-    figure.savefig(output, dpi=120)
+    figure_for(Client(dsn).info(table), x, metrics).savefig(output, dpi=120)
     return os.path.abspath(output)
+
+
+def figure_for(info, x: str = "iteration", metrics=None):
+    """The figure `plot` writes of a run's Client.info."""
+    from madlib_dl_client.plots import plot_automl, plot_learning_curves
+
+    if not info.attrs.get("automl_method"):
+        return plot_learning_curves(info, x=x, metrics=tuple(metrics or ("training_loss", "validation_loss")))
+    if metrics is not None and len(metrics) != 1:
+        raise SystemExit(f"madlib-dl plot: {info.attrs.get('model_output_table')} is an automl run, whose figure "
+                         f"shows one metric: --metrics takes one name here, got {len(metrics)}")
+    return plot_automl(info, metric=metrics[0] if metrics else None)
 
 
 def _server_cli_installed() -> bool:

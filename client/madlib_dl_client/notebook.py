@@ -20,8 +20,9 @@ from madlib_dl_client.names import parse_table_name
 from madlib_dl_client.plots import X_AXES, plot_automl, plot_learning_curves  # noqa: F401 (the notebook API)
 
 POLL_SECONDS = 0.5
-PROGRESS = ("SELECT function, output_table, iteration, iterations, hops_done, hops_total, phase, mst_key, "
-            "training_loss FROM {schema}.fit_progress WHERE pid = %s ORDER BY mst_key")
+PROGRESS = ("SELECT function, output_table, iteration, iterations, phase, mst_key, "
+            "training_loss, batches_done, batches_total, examples_per_second "
+            "FROM {schema}.fit_progress WHERE pid = %s ORDER BY mst_key")
 # <table>_info's per-metrics-iteration arrays (MADlib's names) -> the long table's column.
 SERIES = {"training_loss": "training_loss", "training_metrics": "training_metric",
           "validation_loss": "validation_loss", "validation_metrics": "validation_metric",
@@ -192,24 +193,35 @@ class _Call:
 
 
 class _Bar:
-    """A progress bar over a run's hops (iterations when fit_progress gives no hop count, as for automl),
-    made when fit_progress first shows the run, since only then are its totals known."""
+    """A progress bar over a run's training batches (the hops' batches, reported while they run), made
+    when fit_progress first shows the run (its workers starting). Until the run says its batches, it
+    counts iterations; when they come, it starts over in batches, so its rate and ETA are training's.
+    automl's runs have no total (the method decides as it goes): the bar counts batches without an ETA."""
 
     def __init__(self, make_bar):
-        self.make_bar, self.bar = make_bar, None
+        self.make_bar, self.bar, self.unit = make_bar, None, None
+        self.best: tuple[float, int] | None = None  # the lowest training loss seen so far, and whose
 
     def show(self, rows) -> None:
         if not rows:
             return
-        total, done = _position(rows[0])
+        total, done, unit = _position(rows[0])
         if self.bar is None:
-            self.bar = self.make_bar(total=total, desc=f"{rows[0].function} {rows[0].output_table}",
-                                     unit="hop" if rows[0].hops_total else "it")
-        elif self.bar.total != total:
+            self.bar = self.make_bar(total=total, desc=f"{rows[0].function} {rows[0].output_table}", unit=unit)
+        elif self.unit != unit or self.bar.total != total:
+            self.bar.unit = unit
             self.bar.reset(total=total)
+        self.unit = unit
         self.bar.n = done
-        self.bar.set_postfix_str(_postfix(rows), refresh=False)
+        self.bar.set_postfix_str(self._postfix(rows), refresh=False)
         self.bar.refresh()
+
+    def _postfix(self, rows) -> str:
+        for row in rows:
+            if row.training_loss is not None and row.training_loss == row.training_loss and (
+                    self.best is None or row.training_loss < self.best[0]):
+                self.best = (row.training_loss, row.mst_key)
+        return _postfix(rows[0], self.best)
 
     def close(self, done: bool) -> None:
         if self.bar is None:
@@ -229,21 +241,26 @@ def _default_bar(**kwargs):
         return text_bar(**kwargs)
 
 
-def _position(row) -> tuple[int | None, int]:
-    """(total, done) of a fit_progress row: hops over every iteration when the hop count is known."""
+def _position(row) -> tuple[int | None, int, str]:
+    """(total, done, unit) of a fit_progress row: training batches over every iteration when the run
+    counts them (without a total for automl), else iterations."""
     iterations, iteration = row.iterations or 0, row.iteration or 0
-    if row.hops_total:
-        total = iterations * row.hops_total
-        return total, min(total, max(iteration - 1, 0) * row.hops_total + (row.hops_done or 0))
-    return iterations or None, iteration
+    if row.batches_total:
+        total = iterations * row.batches_total
+        return total, min(total, max(iteration - 1, 0) * row.batches_total + (row.batches_done or 0)), "batch"
+    if row.batches_done is not None:
+        return None, row.batches_done, "batch"
+    return iterations or None, iteration, "it"
 
 
-def _postfix(rows) -> str:
-    losses = [(row.training_loss, row.mst_key) for row in rows if row.training_loss is not None]
-    text = rows[0].phase or ""
-    if losses:
-        loss, mst_key = min(losses)
-        text += f", best training loss {loss:.4g} (mst_key {mst_key})"
+def _postfix(row, best: tuple[float, int] | None) -> str:
+    text = row.phase or ""
+    if row.iterations:
+        text += f", iteration {row.iteration or 0}/{row.iterations}"
+    if row.examples_per_second:
+        text += f", {row.examples_per_second:,.0f} examples/s"
+    if best is not None:
+        text += f", best training loss so far {best[0]:.4g} (mst_key {best[1]})"
     return text
 
 

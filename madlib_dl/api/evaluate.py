@@ -41,7 +41,7 @@ def evaluate(model_table, test_table, output_table, use_gpus, mst_key) -> None:
     check_fits(model, test)
     builder.check_size(conn, model.model_arch, f"model_table: the architecture of {model.described}")
     output = identifiers.output_table(conn, output_table, "output_table")
-    spec = EvaluationSpec(uuid.uuid4().hex, catalog.extension_schema(conn), test, model, bool(use_gpus))
+    spec = EvaluationSpec(uuid.uuid4().hex, catalog.extension_schema(conn), test, model, bool(use_gpus), str(output))
     result = evaluation.evaluate(conn, spec)
     write(conn, output, result, model, compiled)
 

@@ -41,12 +41,14 @@ def fit(source_table, model, model_arch_table, model_id, compile_params, fit_par
     objects = custom_functions.named(conn, object_table)
     with custom_functions.in_scope(conn, objects):  # compile_params may name its functions
         optimizer = params.parse_compile_params(compile_params, "compile_params").optimizer
-        batch_size = params.parse_fit_params(fit_params, "fit_params").batch_size
+        parsed_fit = params.parse_fit_params(fit_params, "fit_params")
+        batch_size = parsed_fit.batch_size
         iterations = fit_multiple.num_iterations_argument(num_iterations)
         frequency = fit_multiple.frequency_argument(metrics_compute_frequency, iterations)
         warm_start = bool(warm_start)
         source = packed_tables.describe(conn, source_table, "source_table")
         validation = fit_multiple.validation_argument(conn, validation_table, source)
+        fit_multiple.check_class_weight(parsed_fit, source, "fit_params")
         config = replace(_model(conn, model_arch_table, model_id, compile_params, fit_params, source), object_table=objects)
         out = _outputs(conn, model, warm_start)
         model_selection.check_optimizer_arguments([OptimizerUse("compile_params", optimizer)])  # imports Keras

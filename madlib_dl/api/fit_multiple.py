@@ -189,12 +189,29 @@ def _models(conn, mst: TableName, arch_table: TableName, source: PackedTable) ->
             archs[row["model_id"]] = architecture(conn, arch_table, row["model_id"], where, source)
         compiled = params.parse_compile_params(row["compile_params"], f"{where}: compile_params")
         optimizers.append(OptimizerUse(f"{where}: compile_params", compiled.optimizer))
-        params.parse_fit_params(row["fit_params"], f"{where}: fit_params")
+        check_class_weight(params.parse_fit_params(row["fit_params"], f"{where}: fit_params"), source,
+                           f"{where}: fit_params")
         model_arch, weights = archs[row["model_id"]]
         models.append(ModelConfig(row["mst_key"], row["model_id"], model_arch, row["compile_params"],
                                   row["fit_params"] or "", weights))
     model_selection.check_optimizer_arguments(optimizers)  # a row written into the table by hand, say
     return models
+
+
+def check_class_weight(fit: params.FitParams, source: PackedTable, where: str) -> None:
+    """class_weight's keys are class indices of the source's one dependent variable (Keras refuses it
+    for several outputs, and would fail on an index out of range only in the workers, hops into the run)."""
+    if fit.class_weight is None:
+        return
+    if len(source.dependents) > 1:
+        raise InvalidArgument(f"{where}: class_weight weighs the classes of one dependent variable, and "
+                              f"{source.text!r} has {len(source.dependents)} ({', '.join(source.dependents)}); "
+                              "Keras takes no class_weight for a model with several outputs")
+    classes = source.output_classes[0] if source.output_classes else source.num_classes
+    wrong = sorted(k for k in fit.class_weight if k >= classes)
+    if classes and wrong:
+        raise InvalidArgument(f"{where}: class_weight: class index {wrong[0]} is out of range: {source.text!r} has "
+                              f"{classes} classes, indices 0 to {classes - 1} (the positions of its class values)")
 
 
 def batch_size_notes(conn, function: str, source: PackedTable, sizes: dict[int, str]) -> None:

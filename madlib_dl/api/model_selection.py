@@ -189,11 +189,13 @@ def check_optimizer_arguments(uses: list[OptimizerUse]) -> None:
     """Each distinct optimizer as Keras' constructor takes it, now rather than when training starts
     (builder.check_optimizers: built in a TensorFlow graph, so TensorFlow is imported but its runtime does
     not start). The first use of an optimizer names it in an error. One without arguments is Keras'
-    default: Keras is imported only for others."""
+    default, and one given only a learning rate (a number, checked >= 0 by params) is taken by every
+    Keras optimizer: Keras (TensorFlow, seconds of a session's start) is imported only for others."""
     distinct: dict[str, OptimizerUse] = {}
     for use in uses:
-        if use.spec.kwargs and use.key not in _ACCEPTED_OPTIMIZERS:
-            distinct.setdefault(use.key, use)
+        if not _needs_keras(use.spec) or use.key in _ACCEPTED_OPTIMIZERS:
+            continue
+        distinct.setdefault(use.key, use)
     if not distinct:
         return
     from madlib_dl.keras_runtime import builder
@@ -202,6 +204,14 @@ def check_optimizer_arguments(uses: list[OptimizerUse]) -> None:
     if len(_ACCEPTED_OPTIMIZERS) > 100_000:
         _ACCEPTED_OPTIMIZERS.clear()
     _ACCEPTED_OPTIMIZERS.update(distinct)
+
+
+def _needs_keras(spec) -> bool:
+    """Whether only Keras can tell if it takes these arguments."""
+    if set(spec.kwargs) - {"learning_rate"}:
+        return True
+    rate = spec.kwargs.get("learning_rate")
+    return rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)))  # a schedule
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -43,9 +43,10 @@ def _callback_class_for(keras):
     global _callback_class
     if _callback_class is None:
         class InterruptCheck(keras.callbacks.Callback):
-            def __init__(self, check, interval):
+            def __init__(self, check, interval, report):
                 super().__init__()
                 self._check, self._interval, self._last = check, interval, time.monotonic()
+                self._report, self._epoch, self._first = report, 0, None
 
             def _maybe_check(self, batch=None, logs=None):
                 now = time.monotonic()
@@ -53,7 +54,16 @@ def _callback_class_for(keras):
                     self._last = now
                     self._check()
 
-            on_train_batch_end = _maybe_check
+            def on_epoch_begin(self, epoch, logs=None):
+                self._first = epoch if self._first is None else self._first  # fit's initial_epoch
+                self._epoch = epoch - self._first
+
+            def on_train_batch_end(self, batch, logs=None):
+                self._maybe_check()
+                steps, epochs = (self.params or {}).get("steps"), (self.params or {}).get("epochs")
+                if self._report is not None and steps and epochs:
+                    self._report(self._epoch * steps + batch + 1, (epochs - (self._first or 0)) * steps)
+
             on_test_batch_end = _maybe_check
             on_predict_batch_end = _maybe_check
 
@@ -61,9 +71,10 @@ def _callback_class_for(keras):
     return _callback_class
 
 
-def callback(check=None, interval: float = 0.05):
+def callback(check=None, interval: float = 0.05, report=None):
     """A Keras callback that calls ``check`` (default: a trivial SPI query) between batches of training,
-    evaluation and prediction, at most every ``interval`` seconds."""
+    evaluation and prediction, at most every ``interval`` seconds; and ``report(batches done, batches in
+    all)`` after every training batch (a hop's progress)."""
     from madlib_dl.keras_runtime import tf_setup
 
-    return _callback_class_for(tf_setup.keras())(check or server_check(), interval)
+    return _callback_class_for(tf_setup.keras())(check or server_check(), interval, report)

@@ -102,6 +102,9 @@ class CompileParams:
         return kwargs
 
 
+DEFAULT_BATCH_SIZE = 32  # Keras fit's default
+
+
 @dataclass(frozen=True)
 class FitParams:
     batch_size: int | None = None

@@ -85,8 +85,9 @@ def _chunk(loop: Loop, kind: str, left: int) -> int:
     return 1 if per_step is None else max(1, min(left, int(CHUNK_SECONDS / per_step)))
 
 
-def _run_batches(loop: Loop, kind: str, x, y, order, batches: int, batch_size: int, check) -> dict:
-    """All batches of one pass; the model's metrics after the last batch."""
+def _run_batches(loop: Loop, kind: str, x, y, order, batches: int, batch_size: int, check, done_chunk=None) -> dict:
+    """All batches of one pass; the model's metrics after the last batch. ``done_chunk(batches done)``
+    after every chunk (progress reports)."""
     tf = tf_setup.tensorflow()
     steps = loop.train_steps if kind == "train" else loop.test_steps
     order, size = tf.convert_to_tensor(order, dtype=tf.int64), tf.constant(batch_size, dtype=tf.int64)
@@ -101,6 +102,8 @@ def _run_batches(loop: Loop, kind: str, x, y, order, batches: int, batch_size: i
         done += chunk
         if check is not None:
             check()
+        if done_chunk is not None:
+            done_chunk(done)
     return {k: float(v) for k, v in logs.items()}
 
 
@@ -122,17 +125,27 @@ def train(loop: Loop, x, y, batch_size: int, epochs: int, shuffle: bool, seed: i
     return _as_list(train_logs(loop, x, y, batch_size, epochs, shuffle, seed, check))
 
 
-def train_logs(loop: Loop, x, y, batch_size: int, epochs: int, shuffle: bool, seed: int, check=None) -> dict:
-    """As :func:`train`, by the names Keras gives them (``loss`` first; per output for several)."""
+def train_logs(loop: Loop, x, y, batch_size: int, epochs: int, shuffle: bool, seed: int, check=None,
+               report=None) -> dict:
+    """As :func:`train`, by the names Keras gives them (``loss`` first; per output for several).
+    ``report(batches done, batches in all, examples done)``: called as batches finish (the hop's progress)."""
     n = examples(x)
     batches = -(-n // batch_size)
     permutations = np.random.default_rng(seed % (2**64))
     logs: dict = {}
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = permutations.permutation(n) if shuffle else np.arange(n)
         loop.model.reset_metrics()
-        logs = _run_batches(loop, "train", x, y, order, batches, batch_size, check)
+        logs = _run_batches(loop, "train", x, y, order, batches, batch_size, check,
+                            _progress(report, epoch, batches, epochs, n, batch_size))
     return _with_loss_first(logs)
+
+
+def _progress(report, epoch: int, batches: int, epochs: int, n: int, batch_size: int):
+    """``report`` as a pass's ``done_chunk``: batches and examples counted over the hop's epochs."""
+    if report is None:
+        return None
+    return lambda done: report(epoch * batches + done, epochs * batches, epoch * n + min(done * batch_size, n))
 
 
 def _with_loss_first(logs: dict) -> dict:
@@ -148,8 +161,10 @@ def evaluate(loop: Loop, x, y, batch_size: int, check=None) -> list[float]:
     return _as_list(evaluate_logs(loop, x, y, batch_size, check))
 
 
-def evaluate_logs(loop: Loop, x, y, batch_size: int, check=None) -> dict:
-    """As :func:`evaluate`, by the names Keras gives them."""
+def evaluate_logs(loop: Loop, x, y, batch_size: int, check=None, report=None) -> dict:
+    """As :func:`evaluate`, by the names Keras gives them (``report``: as train_logs')."""
     n = examples(x)
+    batches = -(-n // batch_size)
     loop.model.reset_metrics()
-    return _with_loss_first(_run_batches(loop, "test", x, y, np.arange(n), -(-n // batch_size), batch_size, check))
+    return _with_loss_first(_run_batches(loop, "test", x, y, np.arange(n), batches, batch_size, check,
+                                         _progress(report, 0, batches, 1, n, batch_size)))

@@ -14,7 +14,7 @@ import json
 
 from madlib_dl import db as database
 from madlib_dl.errors import InvalidArgument
-from madlib_dl.segment import requests, server
+from madlib_dl.segment import hop_progress, requests, server
 
 MAX_BLOBS = 2  # a request or reply carries at most the weights and the optimizer state
 PIECES = "madlib_dl_node_pieces"  # GD: the pieces of the next request's blobs, by blob
@@ -46,7 +46,9 @@ def call(header: str, blob1, blob2) -> dict:
     else:
         blobs = [blob1, blob2][:len(names) if isinstance(names, list) else 0]
     request = requests.decode(message, blobs)
-    reply = server.handle(database.current(), gd, request)
+    db = database.current()
+    with hop_progress.sink(lambda report: db.notice(hop_progress.as_notice(report))):  # to the driver's connection
+        reply = server.handle(db, gd, request)
     reply_header, reply_blobs = requests.encode(reply)
     if len(reply_blobs) > MAX_BLOBS:
         raise InvalidArgument(f"internal: a reply of {len(reply_blobs)} blobs")

@@ -14,11 +14,14 @@ from madlib_dl.errors import PermissionDenied
 from madlib_dl.segment import requests
 
 RUN_COLUMNS = ("pid", "backend_start", "function", "output_table", "started", "iteration", "iterations",
-               "hops_done", "hops_total", "phase", "eta_seconds")
+               "hops_done", "hops_total", "phase", "eta_seconds", "batches_done", "batches_total",
+               "examples_per_second")
 RUN_TYPES = ("integer", "timestamptz", "text", "text", "timestamptz", "integer", "integer", "integer", "integer",
-             "text", "double precision")
-MODEL_COLUMNS = ("mst_key", "iterations_done", "training_loss", "validation_metric", "status")
-MODEL_TYPES = ("integer[]", "integer[]", "double precision[]", "double precision[]", "text[]")
+             "text", "double precision", "bigint", "bigint", "double precision")
+MODEL_COLUMNS = ("mst_key", "iterations_done", "training_loss", "validation_metric", "status", "hop_batches_done",
+                 "hop_batches_total", "hop_examples_per_second")
+MODEL_TYPES = ("integer[]", "integer[]", "double precision[]", "double precision[]", "text[]", "integer[]",
+               "integer[]", "double precision[]")
 GD_KEY = "madlib_dl_recording"  # schema, role and run this backend records, removed if the driver goes away
 EQ = "OPERATOR(pg_catalog.=)"
 

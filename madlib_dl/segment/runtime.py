@@ -23,12 +23,11 @@ from madlib_dl.errors import InvalidArgument
 from madlib_dl.keras_runtime import (builder, callbacks, interrupts, model_state, output_logs, params, serialization,
                                      tf_setup, training_loop)
 from madlib_dl.preprocess import joined, packing
-from madlib_dl.segment import process_memory, requests
+from madlib_dl.segment import hop_progress, process_memory, requests
 from madlib_dl.segment import store as stores
 from madlib_dl.segment.store import CompiledModel, ConfiguredModel, Pending, RunStore, SegmentData
 
 EVALUATE_BATCH_SIZE = 256  # results do not depend on it (up to float rounding); memory and speed do
-DEFAULT_BATCH_SIZE = 32    # Keras fit's default
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,14 +276,18 @@ def train(entry: ConfiguredModel, data: SegmentData, fit: params.FitParams, seed
     have (class_weight, steps_per_epoch). Returns the last epoch's loss and metrics by name (``loss``
     first) as fit reports them (running means over the epoch's batches); {} when there was no epoch."""
     if fit.class_weight is not None or fit.steps_per_epoch is not None:
-        history = entry.model.fit(data.x, data.y, callbacks=[interrupts.callback()], **fit.keras_kwargs())
+        report = hop_progress.reporter("train")
+        size = fit.batch_size or params.DEFAULT_BATCH_SIZE  # Keras' fit says batches only: batch_size examples each
+        per_batch = None if report is None else (lambda done, total: report(done, total, done * size))
+        history = entry.model.fit(data.x, data.y, callbacks=[interrupts.callback(report=per_batch)],
+                                  **fit.keras_kwargs())
         logs = {name: values[-1] for name, values in history.history.items() if values}
         return {"loss": logs.pop("loss", float("nan")), **logs} if logs else {}
     epochs = fit.epochs - fit.initial_epoch
     if epochs <= 0:
         return {}
-    return training_loop.train_logs(entry.loop, data.x, data.y, fit.batch_size or DEFAULT_BATCH_SIZE, epochs,
-                                    fit.shuffle, seed, interrupts.server_check())
+    return training_loop.train_logs(entry.loop, data.x, data.y, fit.batch_size or params.DEFAULT_BATCH_SIZE, epochs,
+                                    fit.shuffle, seed, interrupts.server_check(), hop_progress.reporter("train"))
 
 
 @db.sql_function
@@ -303,7 +306,8 @@ def evaluate_final(gd, state) -> dict | None:
     call: requests.Evaluate = pending.call
     model_state.set_weights(entry.model, call.weights)
     started, clock = time.time(), time.perf_counter()
-    logs = training_loop.evaluate_logs(entry.loop, data.x, data.y, EVALUATE_BATCH_SIZE, interrupts.server_check())
+    logs = training_loop.evaluate_logs(entry.loop, data.x, data.y, EVALUATE_BATCH_SIZE, interrupts.server_check(),
+                                       hop_progress.reporter("evaluate"))
     seconds = time.perf_counter() - clock
     if call.is_final_call:
         _release_segment(store, call.segment)

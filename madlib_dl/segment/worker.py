@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from madlib_dl import channel, db, native
 from madlib_dl.errors import MadlibDLError
 from madlib_dl.keras_runtime import interrupts
-from madlib_dl.segment import recording, requests, server
+from madlib_dl.segment import hop_progress, recording, requests, server
 from madlib_dl.segment import store as stores
 
 GD_KEY = "madlib_dl_worker"
@@ -32,6 +32,7 @@ WAIT_SECONDS = 1.0
 # when the driver's end closes (the driver gone, or its launch given up).
 AUTH_SECONDS = 86400.0
 DEFAULT_IDLE_SECONDS = 60.0
+PROGRESS_KEY = "hop_progress"  # a message whose header has it is a running hop's progress, not a reply
 
 
 class DriverGone(Exception):
@@ -132,6 +133,8 @@ def _connect(token: str) -> WorkerState | None:
         conn.close()
         return None
     interrupts.also_check(lambda: _check_driver(state))
+    # A hop's progress goes to the driver ahead of its reply (training.background reads it as such).
+    hop_progress.set_sink(lambda report: state.conn.send({PROGRESS_KEY: report}, (), lambda: _check(state)))
     return state
 
 

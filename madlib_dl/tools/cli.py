@@ -64,14 +64,16 @@ def main(argv=None) -> None:
 
 
 def _add_plot(commands) -> None:
-    plot_parser = commands.add_parser("plot", help="learning curves of a training run's output table, as a PNG "
+    plot_parser = commands.add_parser("plot", help="learning curves of a training run's output table (an automl "
+                                      "run's figure for automl), as a PNG "
                                       "(needs the notebook client, madlib_dl_client: pip install ./client)")
     plot_parser.add_argument("table", help="the run's model output table (its _info table is read)")
     plot_parser.add_argument("-o", "--output", default="curves.png", help="the PNG to write (default curves.png)")
     plot_parser.add_argument("--x", choices=("iteration", "elapsed"), default="iteration",
                              help="x axis: the metrics iteration or the seconds since the run started")
-    plot_parser.add_argument("--metrics", nargs="+", default=["training_loss", "validation_loss"],
-                             help="columns of Client.info to plot, one axes each (default: the losses)")
+    plot_parser.add_argument("--metrics", nargs="+", default=None,
+                             help="columns of Client.info to plot, one axes each (default: the losses); for an "
+                                  "automl run, the one metric its figure shows")
     plot_parser.add_argument("--dsn", help="libpq connection string (default: the embedded cluster)")
 
 

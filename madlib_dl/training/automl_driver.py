@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 from madlib_dl.automl import replay
 from madlib_dl.automl.policy import Continue, Decision, Policy, Start, Stop
-from madlib_dl.training import checkpoints, driver, segment_calls, segment_means, training_metrics
+from madlib_dl.training import checkpoints, driver, hop_tracker, segment_calls, segment_means, training_metrics
 from madlib_dl.training.model_schedule import Evaluated, IterationDone, ModelScheduler, Task
 from madlib_dl.training.segment_calls import EvaluateHop, TrainHop
 from madlib_dl.training.spec import ModelConfig, RunSpec, derive_seed
@@ -96,6 +96,8 @@ class AutomlDriver:
         self.hops: list = driver.LAST_HOPS
         self.trained_hops = 0
         self.clock = time.monotonic()
+        self.tracker = hop_tracker.HopTracker({k: c.images for k, c in self.spec.source.segments.items()})
+        executor.on_progress = self._hop_progress
         self.metrics_mode = training_metrics.mode(db)
         # checkpoints: numbered on from the one found; models whose rows in the last one are current
         self.sequence = saving.saved.iteration if saving.saved else 0
@@ -171,6 +173,7 @@ class AutomlDriver:
         model_arch, weights = self.archs[config.model_id]
         model = ModelConfig(start.key, config.model_id, model_arch, config.compile_params.text,
                             config.fit_params.text, weights, object_table=self.automl.spec.models[0].object_table)
+        self.tracker.add_model(start.key, model.fit_params)
         return driver.ModelProgress(model, weights if weights is not None else self.initial[config.model_id], None)
 
     def _trial(self, key: int) -> Trial:
@@ -286,6 +289,7 @@ class AutomlDriver:
 
     def _completed(self, completed) -> None:
         task: Task = completed.call.tag
+        self.tracker.ended(completed.call.segment, task.model, task.worker if task.evaluate is None else None)
         model = self.models[task.model]
         self.changed.add(task.model)
         if task.evaluate is None:
@@ -305,9 +309,15 @@ class AutomlDriver:
             self._evaluated(event)
         self._record()
 
+    def _hop_progress(self, call, report: dict) -> None:
+        """A running hop's progress report: fit_progress shows it."""
+        task: Task = call.tag
+        self.tracker.progressed(call.segment, task.model, task.evaluate is None, report)
+        self._record()
+
     def _record(self) -> None:
         """The run's state for fit_progress: every configuration started so far (the total is the
-        method's to decide, so there is no ETA)."""
+        method's to decide, so there is no ETA, and batches count up without a total)."""
         trained = self.trained_hops
         models = []
         for key, trial in self.trials.items():
@@ -315,10 +325,12 @@ class AutomlDriver:
             models.append({"mst_key": key, "iterations_done": trial.done,
                            "training_loss": self.models[key].current_loss(),
                            "validation_metric": m["validation_metric"][-1] if m["validation_metric"] else None,
-                           "status": trial.status})
+                           "status": trial.status, **self.tracker.model_fields(key)})
         run = {"iteration": max((t.done for t in self.trials.values()), default=0),
                "iterations": self.spec.num_iterations, "hops_done": trained, "hops_total": None,
-               "phase": self.policy.method, "eta_seconds": None}
+               "phase": self.policy.method, "eta_seconds": None,
+               "batches_done": self.tracker.batches_done + self.tracker.running_batches(), "batches_total": None,
+               "examples_per_second": self.tracker.examples_per_second()}
         self.recorder.update(run, models)
 
     def _iteration_done(self, event: IterationDone) -> None:
@@ -398,19 +410,21 @@ def train(db, automl: AutomlRun) -> AutomlResult:
     saving = Saving(key, when, checkpoints.load(db, spec.schema, key))
     runner = None
     try:
-        with driver.workers.executor_for(db, spec.run_id, spec.schema, tables, {}, devices, spec.caller.function,
-                                         automl.max_models, [m.model_arch for m in spec.models],
-                                         custom=spec.models[0].object_table is not None) as executor:
+        with driver.recording(db, spec, not when.never, model_keys=[]) as recorder, \
+                driver.workers.executor_for(db, spec.run_id, spec.schema, tables, {}, devices, spec.caller.function,
+                                            automl.max_models, [m.model_arch for m in spec.models],
+                                            custom=spec.models[0].object_table is not None,
+                                            recorder=recorder) as executor:
             initial = driver.initial_weights(executor, spec)
             driver.check_state_sizes(spec, initial)
             memory_spec = replace(spec, models=tuple(spec.models[i % len(spec.models)] for i in range(automl.max_models)))
             plan = driver.plan_memory(db, memory_spec, initial, executor.worker_count)
-            with driver.recording(db, spec, not when.never) as recorder:
-                runner = AutomlDriver(db, automl, executor, set_name, initial, plan, recorder, saving)
-                set_name(f"madlib_dl {spec.caller.label}: {automl.method}")
-                result = runner.run()
-            checkpoints.remove(db, spec.schema, key)  # after the recorder is done, as fit's
-            return result
+            recorder.begin()  # the run is sure to start (as fit's)
+            runner = AutomlDriver(db, automl, executor, set_name, initial, plan, recorder, saving)
+            set_name(f"madlib_dl {spec.caller.label}: {automl.method}")
+            result = runner.run()
+        checkpoints.remove(db, spec.schema, key)  # after the recorder is done, as fit's
+        return result
     except Exception as error:
         where = runner.position() if runner is not None else "while starting"
         stopped = driver.interruption(error, spec, where, runner.saved_text if runner else None)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields, replace
 from madlib_dl import channel, native
 from madlib_dl.errors import InvalidArgument
 from madlib_dl.segment import requests
-from madlib_dl.segment.worker import Token
+from madlib_dl.segment.worker import PROGRESS_KEY, Token
 from madlib_dl.training.executors import Completed, SegmentFailed
 
 POLL_SECONDS = channel.POLL_SECONDS
@@ -68,9 +68,11 @@ class Worker:
 _POOL: list[Worker] = []  # this session's idle workers, kept between calls
 
 
-def acquire(db, schema: str, configs: list[WorkerConfig], idle_timeout: float, check, notice) -> list[Worker]:
+def acquire(db, schema: str, configs: list[WorkerConfig], idle_timeout: float, check, notice,
+            launched=None) -> list[Worker]:
     """Started workers, one per config: idle ones of this session first, then new ones. Fewer come back
-    when fewer slots are free (max_worker_processes): the caller decides what to do with those."""
+    when fewer slots are free (max_worker_processes): the caller decides what to do with those.
+    ``launched()``: called once new workers have their slots, before they are waited for."""
     workers = _take_pooled(configs, idle_timeout, check)
     wanted = [position for position, worker in enumerate(workers) if worker is None]
     if wanted:
@@ -78,7 +80,7 @@ def acquire(db, schema: str, configs: list[WorkerConfig], idle_timeout: float, c
         notice(f"starting {len(wanted)} background worker{'s' if len(wanted) > 1 else ''}"
                + (f" ({reused} idle worker{'s' if reused > 1 else ''} of this session reused)" if reused else "")
                + "; each loads TensorFlow, which takes seconds (the session's next calls reuse them)")
-        started = launch(db, schema, len(wanted), check)
+        started = launch(db, schema, len(wanted), check, launched)
         try:
             _start(started, [configs[p] for p in wanted], idle_timeout, check)
         except BaseException:
@@ -151,6 +153,18 @@ class Launch:
         self.listener.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
+    def give_up(self, wait: float) -> None:
+        """Close without signalling: a worker not yet connected finds no socket and exits cleanly (a
+        terminate would log a FATAL line); connected ones are asked to stop. Those still there after
+        ``wait`` seconds are terminated."""
+        _send_stop(list(self.connected.values()), None, (channel.ChannelClosed, channel.ChannelError))
+        self.close()
+        pids = list(self.pids.values())
+        deadline = time.monotonic() + wait
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _terminate([p for p in pids if _alive(p)])
+
     def abandon(self) -> None:
         """End the workers asked for, connected or not, and close."""
         end(list(self.connected.values()))
@@ -158,11 +172,13 @@ class Launch:
         self.close()
 
 
-def launch(db, schema: str, count: int, check) -> list[Worker]:
+def launch(db, schema: str, count: int, check, launched=None) -> list[Worker]:
     """Start up to ``count`` workers (as many as slots are free) and wait until each has connected and
-    authenticated. The socket's directory exists only during this call."""
+    authenticated (``launched()`` between the two). The socket's directory exists only during this call."""
     started = begin_launch(db, schema, count)
     try:
+        if launched is not None:
+            launched()
         return finish_launch(started, check)
     finally:
         started.close()
@@ -376,6 +392,7 @@ class BackgroundWorkers:
         self._busy: dict[int, tuple] = {}  # worker pid -> (call, submitted)
         self._queues: dict[int, collections.deque] = {w.pid: collections.deque() for w in workers}
         self._progress: dict[int, str] = {}  # worker pid -> application_name for its next call
+        self.on_progress = None  # (call, report): a running hop's progress (segment.hop_progress)
 
     def submit(self, call) -> None:
         worker = self._worker_of[call.segment]
@@ -413,13 +430,11 @@ class BackgroundWorkers:
         done = []
         for pid, (call, submitted) in list(self._busy.items()):
             worker = self._by_pid[pid]
-            try:
-                message = worker.conn.poll()
-            except channel.ChannelClosed:
-                raise self._exited(worker, call) from None
-            except channel.ChannelError as error:
-                raise SegmentFailed(f"the background worker of segment {call.segment} (pid {worker.pid}) sent "
-                                    f"something unreadable ({error})", "XX000") from None
+            message = self._next(worker, call)
+            while message is not None and isinstance(message[0], dict) and PROGRESS_KEY in message[0]:
+                if self.on_progress is not None:
+                    self.on_progress(call, message[0][PROGRESS_KEY])
+                message = self._next(worker, call)
             if message is None:
                 continue
             del self._busy[pid]
@@ -428,6 +443,16 @@ class BackgroundWorkers:
             if self._queues[pid]:
                 self._send(worker, self._queues[pid].popleft())
         return done
+
+    def _next(self, worker: Worker, call):
+        """The worker's next message, if one has come."""
+        try:
+            return worker.conn.poll()
+        except channel.ChannelClosed:
+            raise self._exited(worker, call) from None
+        except channel.ChannelError as error:
+            raise SegmentFailed(f"the background worker of segment {call.segment} (pid {worker.pid}) sent "
+                                f"something unreadable ({error})", "XX000") from None
 
     @staticmethod
     def _exited(worker: Worker, call) -> SegmentFailed:

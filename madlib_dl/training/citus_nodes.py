@@ -21,7 +21,7 @@ from typing import Callable
 
 from madlib_dl import native, settings
 from madlib_dl.errors import InvalidArgument
-from madlib_dl.segment import requests
+from madlib_dl.segment import hop_progress, requests
 from madlib_dl.training import segment_calls, stored_state
 from madlib_dl.training.executors import Completed, SegmentFailed
 
@@ -69,6 +69,18 @@ class _Node:
         self.steps: list = []  # the busy call's calls still to send: (header, blobs)
         self.sent: dict = {}   # the header of the step last sent
         self.reply = None      # a reply read in pieces: (header, its blobs as they fill)
+        self.reports: list = []  # the busy call's progress reports, as NOTICEs brought them (segment.node)
+        self.conn.add_notice_handler(self.heard)
+
+    def heard(self, diagnostic) -> None:
+        report = hop_progress.from_notice(diagnostic.message_primary)
+        if report is not None:
+            self.reports.append(report)
+
+    def keep(self):
+        """The connection, for the session's next run (its next _Node hears its NOTICEs)."""
+        self.conn.remove_notice_handler(self.heard)
+        return self.conn
 
     def flush(self) -> None:
         """Hand libpq's queued request to the socket, as much as it takes now (the connection is
@@ -141,6 +153,7 @@ class CitusNodes:
         distributed and colocated; ``idle_timeout``: seconds the node sessions wait for the session's
         next call after the run."""
         self.db, self.schema, self._check = db, schema, check
+        self.on_progress = None  # (call, report): a running hop's progress, from its node's NOTICEs
         first = next(iter(tables.values()))
         self.segments = sorted(first.segments)
         self.threads = threads
@@ -223,7 +236,7 @@ class CitusNodes:
         identity = native.caller()
         forget_unless(identity)
         for node in kept:
-            _POOL.setdefault((identity, node.conninfo), []).append(node.conn)
+            _POOL.setdefault((identity, node.conninfo), []).append(node.keep())
         self._sessions, self._of = [], {}
 
     def _finish_one(self, node: _Node) -> None:
@@ -309,7 +322,15 @@ class CitusNodes:
         pgconn = node.conn.pgconn
         try:
             pgconn.consume_input()
-            if pgconn.is_busy():
+            busy = pgconn.is_busy()  # NOTICEs that came are handled here (node.heard)
+        except Exception as error:  # psycopg.OperationalError: the node or the network went away
+            raise node.broken(error) from None
+        reports, node.reports = node.reports, []
+        if self.on_progress is not None:
+            for report in reports:
+                self.on_progress(node.busy[0], report)
+        try:
+            if busy:
                 return []
             results = []
             while (result := pgconn.get_result()) is not None:

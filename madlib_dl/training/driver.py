@@ -20,8 +20,8 @@ from madlib_dl import custom_functions, settings
 from madlib_dl.errors import Cancelled, ConnectionLost, InvalidArgument
 from madlib_dl.keras_runtime import gpus
 from madlib_dl.keras_runtime import params as keras_params
-from madlib_dl.training import (checkpoints, executors, memory, placement, progress, segment_calls, segment_means,
-                                stored_state, training_metrics, workers)
+from madlib_dl.training import (checkpoints, executors, hop_tracker, memory, placement, progress, segment_calls,
+                                segment_means, stored_state, training_metrics, workers)
 from madlib_dl.training.schedule import Hop, IterationScheduler
 from madlib_dl.training.segment_calls import EvaluateHop, TrainHop
 from madlib_dl.training.spec import ModelConfig, RunSpec, derive_seed
@@ -138,19 +138,21 @@ def train(db, spec: RunSpec, on_final: Callable | None = None) -> RunResult:
     set_name = application_name_setter(db)
     models = {m.mst_key: m for m in spec.models}
     driver = None
+    when = checkpoints.when(db)
     try:
-        with workers.executor_for(db, spec.run_id, spec.schema, tables, models, devices, spec.caller.function,
-                                  len(spec.models), [m.model_arch for m in spec.models]) as executor:
+        with recording(db, spec, not when.never) as recorder, \
+                workers.executor_for(db, spec.run_id, spec.schema, tables, models, devices, spec.caller.function,
+                                     len(spec.models), [m.model_arch for m in spec.models],
+                                     recorder=recorder) as executor:
             initial = initial_weights(executor, spec)
             check_state_sizes(spec, initial)
             plan = plan_memory(db, spec, initial, executor.worker_count)
-            when = checkpoints.when(db)
-            with recording(db, spec, not when.never) as recorder:  # once the run is sure to start
-                driver = Driver(db, spec, executor, set_name, initial, plan, recorder, when, on_final)
-                result = driver.run()
-            # after the recorder is done (no checkpoint write of this run is still under way)
-            checkpoints.remove(db, spec.schema, driver.key)
-            return result
+            recorder.begin()  # the run is sure to start (workers have begun it already)
+            driver = Driver(db, spec, executor, set_name, initial, plan, recorder, when, on_final)
+            result = driver.run()
+        # after the recorder is done (no checkpoint write of this run is still under way)
+        checkpoints.remove(db, spec.schema, driver.key)
+        return result
     except Exception as error:
         where = driver.position() if driver is not None else f"while starting, before iteration 1 of {spec.num_iterations}"
         stopped = interruption(error, spec, where, driver.saved_text if driver is not None else None)
@@ -180,15 +182,25 @@ def keras2_notice(db, spec: RunSpec) -> None:
 
 
 @contextlib.contextmanager
-def recording(db, spec: RunSpec, saves_checkpoints: bool = False):
-    """The run's progress recorder (training.progress), started after its workers; it ends with the run."""
+def recording(db, spec: RunSpec, saves_checkpoints: bool = False, model_keys=None):
+    """The run's progress recorder (training.progress), with the run's first snapshot (its workers
+    starting; ``model_keys``: its models, default spec's); workers.executor_for asks for its worker
+    once the run's workers have theirs. It ends with the run."""
     recorder = progress.start(db, spec.schema, spec.run_id, spec.caller.function,
                               None if spec.output_table is None else str(spec.output_table),
                               workers.driver_check(db, spec.schema), saves_checkpoints)
+    keys = [m.mst_key for m in spec.models] if model_keys is None else model_keys
+    recorder.update(starting_snapshot(spec.num_iterations),
+                    [{"mst_key": key, "iterations_done": 0, "status": "starting"} for key in keys])
     try:
         yield recorder
     finally:
         recorder.close()
+
+
+def starting_snapshot(iterations: int) -> dict:
+    """fit_progress's run columns before anything trained."""
+    return {"iteration": 0, "iterations": iterations, "hops_done": 0, "phase": "starting"}
 
 
 def is_cancel(error: BaseException) -> bool:
@@ -300,6 +312,11 @@ class Driver:
         self.iteration, self.evaluating = 0, False  # where the run is (position)
         self.saved_text: str | None = None  # how far the last checkpoint got (a cancel's hint)
         self.clock = time.monotonic()
+        self.tracker = hop_tracker.HopTracker({k: c.images for k, c in spec.source.segments.items()})
+        for m in spec.models:
+            self.tracker.add_model(m.mst_key, m.fit_params)
+        self.iteration_batches = 0  # the tracker's batches done when the iteration began
+        executor.on_progress = self._hop_progress
 
     def position(self) -> str:
         """How far the run got, for a cancel's message."""
@@ -371,6 +388,8 @@ class Driver:
         offset = self.spec.iteration_offset
         scheduler = IterationScheduler(list(self.models), self.segments, iteration + offset, self.spec.seed)
         free = list(self.segments)
+        self.iteration_batches = self.tracker.batches_done
+        self._record()
         while not scheduler.done:
             for hop in scheduler.assign(sorted(free)):
                 free.remove(hop.segment)
@@ -407,6 +426,7 @@ class Driver:
 
     def _trained(self, completed) -> None:
         hop = completed.call.tag
+        self.tracker.ended(completed.call.segment, hop.mst_key, hop.segment)
         model = self.models[hop.mst_key]
         model.trained(completed, hop.segment)
         if hop.iteration == self.spec.num_iterations and len(model.hop_results) == len(self.segments):
@@ -460,6 +480,7 @@ class Driver:
                            for c in workers.run_calls(self.executor, [call], self._finished)]
         else:
             completions = workers.run_calls(self.executor, segment_call_list, self._finished)
+        self.tracker.running.clear()
         results: dict = {}
         finished: dict = {}
         for completed in completions:
@@ -488,21 +509,36 @@ class Driver:
 
     # -- progress ------------------------------------------------------------------------------------
 
+    def _hop_progress(self, call, report: dict) -> None:
+        """A running hop's progress report (training or evaluation): fit_progress shows it."""
+        tag = call.tag
+        self.tracker.progressed(call.segment, tag.mst_key, isinstance(tag, TrainHop), report)
+        self._record()
+
     def _record(self, wait: bool = False) -> None:
-        """The run's state for fit_progress (after every hop, and when evaluation begins)."""
+        """The run's state for fit_progress (as every iteration begins, after every hop, as running hops
+        report, and when evaluation begins)."""
         per_iteration = len(self.models) * len(self.segments)
-        total = per_iteration * self.spec.num_iterations
         done_now = self.trained_hops - per_iteration * (self.iteration - 1)
+        batches = sum(self.tracker.model_batches(k) for k in self.models)  # of an iteration
+        batches_now = self.tracker.batches_done - self.iteration_batches + self.tracker.running_batches()
+        elapsed = time.monotonic() - self.clock
+        if batches:
+            eta = progress.eta_seconds(elapsed, batches * (self.iteration - 1) + batches_now,
+                                       batches * self.spec.num_iterations)
+        else:  # no batch to count (epochs = initial_epoch): hops
+            eta = progress.eta_seconds(elapsed, self.trained_hops, per_iteration * self.spec.num_iterations)
         run = {"iteration": self.iteration, "iterations": self.spec.num_iterations, "hops_done": done_now,
                "hops_total": per_iteration, "phase": "evaluating" if self.evaluating else "training",
-               "eta_seconds": progress.eta_seconds(time.monotonic() - self.clock, self.trained_hops, total)}
+               "eta_seconds": eta, "batches_done": batches_now, "batches_total": batches,
+               "examples_per_second": self.tracker.examples_per_second()}
         self.recorder.update(run, [self._model_progress(k, m) for k, m in self.models.items()], wait)
 
     def _model_progress(self, mst_key: int, model: ModelProgress) -> dict:
         m = model.metrics
         return {"mst_key": mst_key, "iterations_done": self.model_hops[mst_key] // len(self.segments),
                 "training_loss": model.current_loss(), "validation_metric": m["validation_metric"][-1] if m["validation_metric"] else None,
-                "status": "training"}
+                "status": "training", **self.tracker.model_fields(mst_key)}
 
     def _report(self, iteration: int, seconds: float, trained: float) -> None:
         evaluated = bool(self.metrics_iters) and self.metrics_iters[-1] == iteration

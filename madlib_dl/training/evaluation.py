@@ -8,11 +8,13 @@ that segment.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from madlib_dl.packed_tables import PackedTable
+from madlib_dl.segment.runtime import EVALUATE_BATCH_SIZE
 from madlib_dl.trained_models import TrainedModel
-from madlib_dl.training import driver, segment_calls, segment_means, workers
+from madlib_dl.training import driver, hop_tracker, progress, segment_calls, segment_means, workers
 from madlib_dl.training.segment_calls import EvaluateHop
 from madlib_dl.training.segment_means import SegmentResult
 
@@ -28,6 +30,7 @@ class EvaluationSpec:
     source: PackedTable    # the table evaluated on (named as in RunSpec, so driver.devices_for reads it)
     model: TrainedModel
     use_gpus: bool
+    output_table: str | None = None  # for fit_progress
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,22 @@ def evaluate(db, spec: EvaluationSpec) -> Evaluation:
     devices = driver.devices_for(spec)
     set_name = driver.application_name_setter(db)
     try:
-        with workers.executor_for(db, spec.run_id, spec.schema, {KIND: spec.source}, {_key(spec): spec.model},
-                                  devices, FUNCTION, None, [spec.model.model_arch]) as executor:
-            progress = f"{NAME}: {spec.model.text}"
-            set_name(progress)
-            executor.set_progress(progress)
-            completed = workers.run_calls(executor, calls(spec))
+        with _recording(db, spec) as shown, \
+                workers.executor_for(db, spec.run_id, spec.schema, {KIND: spec.source}, {_key(spec): spec.model},
+                                     devices, FUNCTION, None, [spec.model.model_arch], recorder=shown.recorder) as executor:
+            text = f"{NAME}: {spec.model.text}"
+            set_name(text)
+            executor.set_progress(text)
+            executor.on_progress = shown.progressed
+            shown.recorder.begin()
+            shown.record()
+            completed = []
+            for call in calls(spec):  # one per segment: each worker runs its segments' calls in turn
+                executor.submit(call)
+            while executor.busy():
+                for done in executor.wait():
+                    completed.append(done)
+                    shown.ended(done)
     finally:
         set_name(None)
     return combine([segment_means.from_row(c.call.tag.segment, c.row) for c in completed], executor.name)
@@ -63,6 +76,45 @@ def calls(spec: EvaluationSpec) -> list[segment_calls.SegmentCall]:
                                         spec.run_id, spec.model.weights, use_caching=False, read_table=True,
                                         is_final_call=True)
             for segment in sorted(spec.source.segments)]
+
+
+class _Shown:
+    """fit_progress's view of an evaluation: one model, a hop per segment, batches of EVALUATE_BATCH_SIZE."""
+
+    def __init__(self, spec: EvaluationSpec, recorder: progress.Recorder):
+        self.spec, self.recorder = spec, recorder
+        self.tracker = hop_tracker.HopTracker({})
+        self.batches = {s: -(-c.images // EVALUATE_BATCH_SIZE) for s, c in spec.source.segments.items()}
+        self.done: list[int] = []
+
+    def progressed(self, call, report: dict) -> None:
+        self.tracker.progressed(call.segment, _key(self.spec), False, report)
+        self.record()
+
+    def ended(self, completed) -> None:
+        self.tracker.ended(completed.call.segment, _key(self.spec))
+        self.done.append(completed.call.tag.segment)
+        self.record()
+
+    def record(self) -> None:
+        running = sum(r.batches for r in self.tracker.running.values())
+        run = {"iteration": 1, "iterations": 1, "hops_done": len(self.done), "hops_total": len(self.batches),
+               "phase": "evaluating", "batches_done": sum(self.batches[s] for s in self.done) + running,
+               "batches_total": sum(self.batches.values()),
+               "examples_per_second": self.tracker.examples_per_second()}
+        self.recorder.update(run, [{"mst_key": _key(self.spec), "iterations_done": 0, "status": "evaluating",
+                                    **self.tracker.model_fields(_key(self.spec))}])
+
+
+@contextlib.contextmanager
+def _recording(db, spec: EvaluationSpec):
+    recorder = progress.start(db, spec.schema, spec.run_id, FUNCTION, spec.output_table,
+                              workers.driver_check(db, spec.schema))
+    recorder.update(driver.starting_snapshot(1), [{"mst_key": _key(spec), "iterations_done": 0, "status": "starting"}])
+    try:
+        yield _Shown(spec, recorder)
+    finally:
+        recorder.close()
 
 
 def _key(spec: EvaluationSpec) -> int:

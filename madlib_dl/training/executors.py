@@ -12,7 +12,7 @@ from typing import Any
 
 from madlib_dl import db as database
 from madlib_dl.errors import MadlibDLError
-from madlib_dl.segment import server
+from madlib_dl.segment import hop_progress, server
 
 
 class SegmentFailed(MadlibDLError):
@@ -45,6 +45,7 @@ class InProcess:
         self.segments = list(segments)
         self._queue: collections.deque = collections.deque()
         self.pids: dict[int, int] = {}
+        self.on_progress = None  # (call, report): a running hop's progress, as BackgroundWorkers'
 
     def submit(self, call) -> None:
         self._queue.append(call)
@@ -52,8 +53,13 @@ class InProcess:
     def wait(self) -> list[Completed]:
         call = self._queue.popleft()
         started = time.time()  # calls run one at a time: time spent queued is not this call's overhead
-        reply = server.handle(self.db, database.session_dict(), call.request)
+        with hop_progress.sink(self._reporter(call)):
+            reply = server.handle(self.db, database.session_dict(), call.request)
         return [Completed(call, reply.row, started, time.time(), reply.weights, reply.optimizer_state)]
+
+    def _reporter(self, call):
+        on_progress = self.on_progress
+        return None if on_progress is None else (lambda report: on_progress(call, report))
 
     def busy(self) -> bool:
         return bool(self._queue)

@@ -3,9 +3,15 @@
 A run's own transaction commits only at its end, so its driver cannot write progress that others see.
 It starts one more background worker, the recorder (no TensorFlow: it only writes rows), which serves
 requests.Record snapshots in its own committed transactions (segment/recording.py). The recorder is
-asked for after the training workers, so it takes only a slot they left free, and the driver does not
-wait for it: snapshots start once it has connected. A snapshot is sent only when the recorder has
-answered the last one; meanwhile newer ones replace it, so a slow write never holds training up.
+made before the run's workers, with the run's first snapshot (phase: starting workers), and may be
+asked for once they have their slots (:meth:`Recorder.begin`), so it takes only a slot they left free;
+it is asked for when the run has lasted START_SECONDS (a shorter call has returned before anyone could
+look: it needs no worker more). The driver does not wait for it: snapshots start once it has connected,
+which the driver's waits for its workers notice (:meth:`Recorder.tick`), so a run shows within a
+few seconds of its start. A snapshot is sent only
+when the recorder has answered the last one; meanwhile newer ones replace it, so a slow write never
+holds training up. While a hop runs, its backend reports its batches every few seconds
+(segment.hop_progress), and each report is a snapshot.
 The same recorder writes the run's checkpoints (training.checkpoints): their requests are queued in
 order and never dropped. With madlib_dl.progress = 'off' the recorder starts only for a run that saves
 checkpoints; with no free slot (a NOTICE says so), neither is recorded.
@@ -25,6 +31,7 @@ from madlib_dl.training import background, checkpoints
 from madlib_dl.training.executors import SegmentFailed
 
 MIN_INTERVAL_SECONDS = 0.2  # snapshots closer together wait: every hop longer than this is still shown
+START_SECONDS = 1.0  # a run shorter than this starts no recorder (unless it saves a checkpoint)
 FINAL_REPLY_SECONDS = 5.0
 EXIT_WAIT_SECONDS = 1.0
 
@@ -38,6 +45,11 @@ class Recorder:
         self.outstanding = 0  # requests sent whose replies have not come
         self.sent_at = 0.0    # when the last snapshot went
         self.recording = True  # progress snapshots (madlib_dl.progress); the recorder may serve checkpoints only
+        self.wanted = True     # a recorder is to start (for progress, or checkpoints)
+        self.allowed = False   # the run's workers have their slots: the recorder may take one
+        self.begun = False     # its worker was asked for
+        self.created = time.monotonic()
+        self.last: tuple[dict, list] | None = None  # the last snapshot asked for (run, models)
         # How long the recorder waits for the next request before it ends and gives its slot back: the
         # DBA's cap (a hop with no snapshot for longer loses the recorder: progress and checkpoints stop).
         self.idle_timeout = settings.read(db, settings.MAX_RECORDER_IDLE_TIMEOUT)
@@ -53,17 +65,56 @@ class Recorder:
         for the recorder (a state that will stand for a while, such as evaluation beginning)."""
         if not self.recording:
             return
+        self.last = (run, models)
         self.pending = requests.Record(self.schema, self.role, self.run_id, _json_safe({**self.header, **run}), models)
         self._flush(wait)
 
+    def phase(self, text: str) -> None:
+        """The last snapshot again, in another phase (the run's workers starting, say)."""
+        if self.last is not None:
+            self.update({**self.last[0], "phase": text}, self.last[1])
+
+    def tick(self) -> None:
+        """Send what waits, if the recorder is free (called while the driver waits for its workers)."""
+        if self.recording and self.pending is not None:
+            self._flush()
+
+    def begin(self) -> None:
+        """The run's workers have their slots: the recorder may take one, once the run has lasted
+        START_SECONDS."""
+        self.allowed = True
+        self.tick()
+
+    def _launch(self, now: bool = False) -> None:
+        """Ask for the recorder's worker (once), when allowed and due (``now``: a checkpoint needs it)."""
+        if self.begun or not self.wanted or not self.allowed:
+            return
+        if not now and time.monotonic() - self.created < START_SECONDS:
+            return
+        self.begun = True
+        function = self.header["function"]
+        refusal = native.launch_refusal()  # the recorder acts as the caller too: it starts where workers may
+        if refusal is not None:
+            self.db.notice(f"{function}: fit_progress will not show this run and it saves no checkpoints: its "
+                           f"recorder is a background worker, and none starts here because {refusal}; training goes on")
+            return
+        launch = background.begin_launch(self.db, self.schema, 1)
+        if not launch.pids:
+            launch.close()
+            self.db.notice(f"{function}: fit_progress will not show this run and it saves no checkpoints: no "
+                           "background worker slot is free for its recorder (max_worker_processes); training goes on")
+            return
+        self.launch = launch
+
     @property
     def saves(self) -> bool:
-        """Whether checkpoints can be sent: the recorder is connected or still starting."""
-        return self.worker is not None or self.launch is not None
+        """Whether checkpoints can be sent: the recorder is connected, starting, or may yet start."""
+        return self.worker is not None or self.launch is not None or (self.wanted and self.allowed and not self.begun)
 
     def checkpoint(self, messages: list) -> bool:
         """Send every request of a checkpoint, in order (never dropped, as snapshots may be); whether
         there is a recorder to send them to. Waits for it to connect if it has not yet."""
+        self._launch(now=True)
         if self.worker is None and self.launch is not None:
             try:
                 background.finish_launch(self.launch, self.check)
@@ -88,8 +139,8 @@ class Recorder:
     def close(self) -> None:
         """The run is over (or failed): its rows go, and the recorder ends. No SQL here: after a cancel
         the session's transaction is aborted, and the run's own error must be the one reported."""
-        if self.launch is not None:
-            self.launch.abandon()
+        if self.launch is not None:  # not connected yet: it exits on its own, when it finds no socket
+            self.launch.give_up(EXIT_WAIT_SECONDS)
             self.launch = None
         if self.worker is None:
             return
@@ -125,6 +176,7 @@ class Recorder:
     def _connected(self) -> bool:
         if self.worker is not None:
             return True
+        self._launch()
         if self.launch is None:
             return False
         background.poll_launch(self.launch, 0.0, self.check)
@@ -157,24 +209,11 @@ class Recorder:
 
 def start(db, schema: str, run_id: str, function: str, output_table: str | None, check,
           checkpoints: bool = False) -> Recorder:
-    """A recorder for the run, launching (not awaiting) its worker unless progress is off and the run
-    saves no checkpoints."""
+    """A recorder for the run; its worker is asked for by :meth:`Recorder.begin` (unless progress is off
+    and the run saves no checkpoints)."""
     recorder = Recorder(db, schema, run_id, function, output_table, check)
     recorder.recording = settings.read_choice(db, settings.PROGRESS) != "off"
-    if not recorder.recording and not checkpoints:
-        return recorder
-    refusal = native.launch_refusal()  # the recorder acts as the caller too: it starts where workers may
-    if refusal is not None:
-        db.notice(f"{function}: fit_progress will not show this run and it saves no checkpoints: its recorder is a "
-                  f"background worker, and none starts here because {refusal}; training goes on")
-        return recorder
-    launch = background.begin_launch(db, schema, 1)
-    if not launch.pids:
-        launch.close()
-        db.notice(f"{function}: fit_progress will not show this run and it saves no checkpoints: no background "
-                  f"worker slot is free for its recorder (max_worker_processes); training goes on")
-        return recorder
-    recorder.launch = launch
+    recorder.wanted = recorder.recording or checkpoints
     return recorder
 
 

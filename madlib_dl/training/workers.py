@@ -47,13 +47,16 @@ def choose_parallelism(db, segments: int, devices, models_at_once: int | None,
 
 @contextlib.contextmanager
 def executor_for(db, run_id: str, schema: str, tables: dict[str, PackedTable], models: dict, devices, name: str,
-                 models_at_once: int | None = None, model_archs=(), custom: bool = False):
+                 models_at_once: int | None = None, model_archs=(), custom: bool = False, recorder=None):
     """The executor of a run, with the run begun on every worker (``name``: the SQL function its NOTICEs
     begin with; ``tables``: the run's packed tables by the name its calls use, 'train' first;
     ``models``: mst_key -> its constants; ``devices``: one placement.WorkerDevice per segment;
     ``models_at_once``: how many models can train at once (madlib_keras_fit: one; None: one per segment)
     and ``model_archs``, the run's architectures: what training.parallelism chooses the workers by;
-    ``custom``: models begun later use custom functions too).
+    ``custom``: models begun later use custom functions too; ``recorder``: the run's progress recorder
+    (training.progress), begun once the run's background workers have their slots or the Citus nodes
+    are about to start, and sending its snapshots while the driver waits for them; in process, the
+    driver begins it).
     On success its workers are kept for the session's next call; on failure they are ended."""
     mode = settings.read_choice(db, settings.EXECUTOR)
     custom = custom or any(getattr(m, "object_table", None) is not None for m in models.values())
@@ -61,11 +64,13 @@ def executor_for(db, run_id: str, schema: str, tables: dict[str, PackedTable], m
         # A node has no copy of the object table, and must not take one on this server's word.
         db.notice(f"{name}: custom functions run on this server, not on the Citus worker nodes: their object table "
                   "is here; the segments are read through Citus")
-        executor = open_executor(db, schema, list(tables.values()), devices, name, models_at_once, model_archs, mode)
+        executor = open_executor(db, schema, list(tables.values()), devices, name, models_at_once, model_archs, mode,
+                                 recorder)
     elif next(iter(tables.values())).distributed and mode != "in_process":
-        executor = _on_citus_nodes(db, schema, tables, devices, name, mode)
+        executor = _on_citus_nodes(db, schema, tables, devices, name, mode, recorder)
     else:
-        executor = open_executor(db, schema, list(tables.values()), devices, name, models_at_once, model_archs, mode)
+        executor = open_executor(db, schema, list(tables.values()), devices, name, models_at_once, model_archs, mode,
+                                 recorder)
     try:
         run_on_each(executor, segment_calls.begin_calls(executor.segments, run_id, schema, tables, models))
         yield executor
@@ -76,17 +81,17 @@ def executor_for(db, run_id: str, schema: str, tables: dict[str, PackedTable], m
 
 
 def open_executor(db, schema: str, tables: list[PackedTable], devices, name: str, models_at_once: int | None,
-                  model_archs, mode: str):
+                  model_archs, mode: str, recorder=None):
     """A run's executor on this server (``mode``: madlib_dl.executor)."""
     segments = sorted(tables[0].segments)
     background.forget_unless(native.caller())  # idle workers of another identity of this session end
     if mode != "in_process":
         try:
             chosen = choose_parallelism(db, len(segments), devices, models_at_once, model_archs)
-            return _background(db, schema, tables, devices, name, chosen, mode)
+            return _background(db, schema, tables, devices, name, chosen, mode, recorder)
         except WorkersUnusable as error:
             _fall_back(db, name, mode, error)
-    return _in_process(db, segments, devices)
+    return _in_process(db, segments, devices)  # its recorder begins once the run is sure to start (driver)
 
 
 def _fall_back(db, name: str, mode: str, error: WorkersUnusable) -> None:
@@ -107,7 +112,7 @@ def _in_process(db, segments: list[int], devices) -> InProcess:
     return executor
 
 
-def _on_citus_nodes(db, schema: str, tables: dict[str, PackedTable], devices, name: str, mode: str):
+def _on_citus_nodes(db, schema: str, tables: dict[str, PackedTable], devices, name: str, mode: str, recorder=None):
     """A distributed packed table's run: a session per segment on the worker node holding it; in this
     session (reading the shards through Citus) when the nodes cannot see what this transaction sees."""
     first = next(iter(tables.values()))
@@ -116,13 +121,17 @@ def _on_citus_nodes(db, schema: str, tables: dict[str, PackedTable], devices, na
         raise InvalidArgument(f"{name}: {first.text} is on Citus worker nodes, whose sessions would act as the "
                               f"caller, which is not possible here: {refusal}")
     forget_nodes(native.caller())
+    if recorder is not None:
+        recorder.begin()
     try:
-        executor = _open_nodes(db, schema, tables)
+        executor = _open_nodes(db, schema, tables, recorder)
     except WorkersUnusable as error:
         _fall_back(db, name, mode, error)
         return _in_process(db, sorted(first.segments), devices)
     nodes = ", ".join(f"{host}:{port}" for host, port in executor.nodes)
     count = executor.worker_count
+    if recorder is not None:
+        recorder.phase(f"starting {count} session{'s' if count != 1 else ''} on the Citus worker nodes")
     db.notice(f"{name}: {len(executor.segments)} segments on the Citus worker nodes {nodes}, "
               f"{'a session each' if count == len(executor.segments) else f'in {count} node sessions'}")
     try:
@@ -135,12 +144,12 @@ def _on_citus_nodes(db, schema: str, tables: dict[str, PackedTable], devices, na
     return executor
 
 
-def _open_nodes(db, schema: str, tables: dict[str, PackedTable]) -> CitusNodes:
+def _open_nodes(db, schema: str, tables: dict[str, PackedTable], recorder=None) -> CitusNodes:
     """The node connections, once each segment's node sees the data this transaction sees (the nodes'
     sessions see only committed data)."""
     idle = settings.read(db, settings.WORKER_IDLE_TIMEOUT)
     try:
-        executor = CitusNodes(db, schema, tables, driver_check(db, schema), idle)
+        executor = CitusNodes(db, schema, tables, driver_check(db, schema, recorder), idle)
     except executors.SegmentFailed as error:
         if error.sqlstate == "42P01":  # a shard this transaction created
             table = next(iter(tables.values()))
@@ -172,7 +181,8 @@ def _checked(executor, check: Callable[[], None]):
     return executor
 
 
-def _background(db, schema, tables, devices, name, chosen: parallelism.Parallelism, mode: str) -> BackgroundWorkers:
+def _background(db, schema, tables, devices, name, chosen: parallelism.Parallelism, mode: str,
+                recorder=None) -> BackgroundWorkers:
     temporary = [t for t in tables if t.table.temporary]
     if temporary:
         raise WorkersUnusable(f"{temporary[0].text} is a temporary table, which no other session can read",
@@ -183,8 +193,13 @@ def _background(db, schema, tables, devices, name, chosen: parallelism.Paralleli
                for i in range(chosen.workers)]
     db.notice(f"{name}: {chosen.text()} for {len(segments)} segment{'s' if len(segments) != 1 else ''}")
     idle = settings.read(db, settings.WORKER_IDLE_TIMEOUT)
-    check = driver_check(db, schema)
-    workers = background.acquire(db, schema, configs, idle, check, lambda text: db.notice(f"{name}: {text}"))
+    check = driver_check(db, schema, recorder)
+    if recorder is not None:
+        recorder.phase(f"starting {len(configs)} background worker{'s' if len(configs) != 1 else ''}")
+    workers = background.acquire(db, schema, configs, idle, check, lambda text: db.notice(f"{name}: {text}"),
+                                 None if recorder is None else recorder.begin)
+    if recorder is not None:
+        recorder.begin()  # idle workers of this session took no new slot
     if len(workers) < len(configs):
         limits = db.execute("SELECT pg_catalog.current_setting('max_worker_processes') AS slots, "
                             "pg_catalog.current_setting('madlib_dl.max_workers_per_role', true) AS per_role")[0]
@@ -216,14 +231,17 @@ def _identity(db) -> tuple:
     return identity
 
 
-def driver_check(db, schema: str):
+def driver_check(db, schema: str, recorder=None):
     """The driver's check while it waits on workers: an SPI call (a cancel or statement_timeout takes
-    effect) that also asks whether the client is still connected."""
+    effect) that also asks whether the client is still connected; and sends the progress ``recorder``'s
+    waiting snapshot, if any."""
     sql = f"SELECT {db.quote_ident(schema)}.internal_client_connected() AS connected"
 
     def check() -> None:
         if not db.execute(sql)[0]["connected"]:
             raise ClientGone("the client connection was lost; the run is stopped")
+        if recorder is not None:
+            recorder.tick()
 
     return check
 

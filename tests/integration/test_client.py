@@ -18,7 +18,7 @@ import tqdm
 from psycopg2.extensions import make_dsn
 
 import digits_data
-from madlib_dl_client import Client, notebook, plot_automl, plot_learning_curves
+from madlib_dl_client import Client, cli, notebook, plot_automl, plot_learning_curves
 
 DB = "client"
 ITERATIONS = 3
@@ -77,18 +77,27 @@ def _info_table(db) -> dict:
         return {row[0]: row[1:] for row in cur.fetchall()}
 
 
-def test_the_run_returns_its_notices_and_draws_the_bar_from_fit_progress(run):
+def _batches(db) -> int:
+    """The run's training batches: every iteration, both models (batch size 8, 4 epochs) on each segment."""
+    with db.cursor() as cur:
+        cur.execute("SELECT sum(ceil(n / 8.0) * 4) FROM (SELECT sum(pixels_shape[1]) AS n FROM train_packed "
+                    "GROUP BY __dist_key__) s")
+        return int(cur.fetchone()[0]) * 2 * ITERATIONS
+
+
+def test_the_run_returns_its_notices_and_draws_the_bar_from_fit_progress(run, db):
     notices, bars = run
     assert any(f"iteration {ITERATIONS}/{ITERATIONS}" in n for n in notices), notices
     assert len(bars) == 1, "fit_progress never showed the run"
     bar = bars[0]
     assert bar.desc.startswith(f"madlib_keras_fit_multiple_model {OUT}")
-    hops = ITERATIONS * 2 * 2  # iterations x (models x segments)
-    polled = [(n, total, postfix) for n, total, postfix in bar.shown if postfix]
-    assert polled and all(total == hops for _, total, _ in polled)
-    assert any("best training loss" in postfix for _, _, postfix in polled), polled
+    assert bar.unit == "batch"
+    batches = _batches(db)
+    polled = [(n, total, postfix) for n, total, postfix in bar.shown if postfix and "training" in postfix]
+    assert polled and all(total == batches for _, total, _ in polled), (batches, polled)
+    assert any("best training loss so far" in postfix for _, _, postfix in polled), polled
     counts = [n for n, _, _ in bar.shown]
-    assert counts == sorted(counts) and counts[-1] == hops  # forward only, full when the run ended
+    assert counts == sorted(counts) and counts[-1] == batches  # forward only, full when the run ended
 
 
 def test_info_has_one_row_per_model_and_metrics_iteration_with_the_tables_values(run, db, server, plain_role):
@@ -181,6 +190,12 @@ def test_the_automl_figure_marks_the_stopped_configurations(automl_run, db, serv
     assert [text.split(":")[0] for text in legend[:-1]] == [f"mst_key {k}" for k in sorted(set(trials) - stopped)]
     assert all("model_id 1 (digits MLP)" in text and "loss=" not in text for text in legend[:-1])
     assert figure.axes[0].get_title() == f"{len(trials)} configurations, {len(stopped)} stopped"
+    # `madlib-dl plot` of an automl run draws this figure, of the one metric asked for
+    assert cli.figure_for(info).get_suptitle() == figure.get_suptitle()
+    assert cli.figure_for(info, metrics=["training_loss"]).get_suptitle() == (
+        f"{automl_run}: training loss of each asha configuration")
+    with pytest.raises(SystemExit, match="one metric: --metrics takes one name here, got 2"):
+        cli.figure_for(info, metrics=["training_loss", "validation_loss"])
 
 
 @pytest.mark.skipif(not DOCS_IMAGES, reason="MADLIB_DL_DOCS_IMAGES is not set")

@@ -323,6 +323,9 @@ def test_architecture_must_fit_the_data(cur, model_id, fragments):
     (COMPILE, "batch_size=16, epochs=0", "22023", ["mst_key 2: fit_params: epochs must be an integer >= 1, got 0"]),
     (COMPILE, "epochs=2, initial_epoch=2", "22023",
      ["mst_key 2: fit_params: initial_epoch must be below epochs (2), got 2: the hop would train no epoch"]),
+    (COMPILE, "batch_size=16, class_weight={0: 1.0, 3: 2.0}", "22023",
+     ["mst_key 2: fit_params: class_weight: class index 3 is out of range: 'iris_packed' has 3 classes, "
+      "indices 0 to 2"]),
     # rows written by hand: what Keras would refuse is refused before any worker starts
     ("loss='categorical_crossentropy', optimizer='Adam(lr=\"fast\")'", FITS[0], "22023",
      ["mst_key 2: compile_params: optimizer: Adam(lr='fast'): lr must be a number >= 0"]),
@@ -331,7 +334,7 @@ def test_architecture_must_fit_the_data(cur, model_id, fragments):
     ("loss='categorical_crossentropy', optimizer='SGD(clipnorm=1.0, global_clipnorm=1.0)'", FITS[0], "22023",
      ["mst_key 2: compile_params: SGD(clipnorm=1.0, global_clipnorm=1.0): Only one of `clipnorm`"]),
 ], ids=["optimizer", "loss", "two_metrics", "null_compile", "batch_size_0", "unknown_fit_key", "fit_syntax", "epochs_0",
-        "initial_epoch", "learning_rate_text", "unknown_optimizer_argument", "keras_refuses"])
+        "initial_epoch", "class_weight_index", "learning_rate_text", "unknown_optimizer_argument", "keras_refuses"])
 def test_unparsable_params_name_the_mst_key(cur, compile_params, fit_params, sqlstate, fragments):
     make_mst(cur, "mst_params", [GOOD_ROW, (2, SMALL, compile_params, fit_params)])
     fails(cur, sqlstate, "model_selection_table", *fragments, model_selection_table="mst_params")

@@ -4,6 +4,7 @@ ends, and when its driver is terminated."""
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 
@@ -81,13 +82,18 @@ def test_progress_is_seen_from_another_session_while_the_run_is_on_and_gone_afte
         run.join()
         assert run.error is None, run.error
         assert seen, "fit_progress showed nothing while the run was on"
+        assert all(r[8].startswith("starting") for r in seen[0]), seen[0]  # shown while its workers start
         for rows in seen:
             assert [r[5] for r in rows] == [1, 2]  # both models
             for function, output, iteration, iterations, hops_total, _, status, role, phase in rows:
-                assert (function, output, iterations, hops_total, status, role) == (
-                    "madlib_keras_fit_multiple_model", "watched", ITERATIONS, 4, "training", plain_role.name)
-                assert 1 <= iteration <= ITERATIONS and phase in ("training", "evaluating")
-        assert len({rows[0][2] for rows in seen}) >= 2, "the iteration never moved in the snapshots"
+                assert (function, output, iterations, role) == (
+                    "madlib_keras_fit_multiple_model", "watched", ITERATIONS, plain_role.name)
+                if phase.startswith("starting"):
+                    assert (iteration, hops_total, status) == (0, None, "starting")
+                else:
+                    assert 1 <= iteration <= ITERATIONS and phase in ("training", "evaluating")
+                    assert (hops_total, status) == (4, "training")
+        assert len({rows[0][2] for rows in seen}) >= 3, "the iteration never moved in the snapshots"
         assert _rows(cur) == []
         cur.execute("SELECT count(*) FROM madlib_dl.internal_progress_runs")
         assert cur.fetchone()[0] == 0
@@ -150,40 +156,90 @@ def test_progress_off_records_nothing(db, server, plain_role):
     assert seen == []
 
 
-def test_a_first_hop_longer_than_ten_seconds_keeps_the_recorder(db, server, plain_role):
-    """The recorder is accepted at the run's first snapshot after it started, the end of the first hop;
-    its worker waits that long for the driver's challenge (it gave up after 10 s, and a run whose first
-    hop was longer had no fit_progress and saved no checkpoints, without a word)."""
+HOP = ("SELECT clock_timestamp(), phase, iteration, hops_done, updated, hop_batches_done, hop_batches_total, "
+       "hop_examples_per_second, batches_done, batches_total, examples_per_second, pid "
+       "FROM madlib_dl.fit_progress WHERE output_table = 'long_hops'")
+WATCH_SECONDS = 16  # of the first hop, which would take minutes
+
+
+def test_a_long_first_hop_shows_at_once_and_then_every_few_seconds_and_the_client_bar_moves(db, server, plain_role):
+    """A run whose first hop would take minutes (5,000 epochs on a segment): fit_progress shows it within
+    10 s of the call (its workers starting), and while that hop runs its row is updated at least every
+    5 s with the hop's batches and examples/s; the notebook client's bar moves by batches meanwhile.
+    Then the run is cancelled (its recorder was there from the start: no hop is too long for it)."""
+    from madlib_dl_client import Client
+
     with db.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS mst_long, mst_long_summary")
         cur.execute("SELECT madlib_dl.load_model_selection_table('arch', 'mst_long', ARRAY[1], %s, %s)",
-                    [digits_data.TWO_CONFIGS[:1], ["batch_size=8, epochs=600"]])
+                    [digits_data.TWO_CONFIGS[:1], ["batch_size=8, epochs=5000"]])
         db.commit()
-    conn = psycopg2.connect(**server.dsn(DB, user=plain_role))
-    conn.autocommit = True
-    seen, done = [], threading.Event()
+    bars, outcome = [], {}
 
-    def watch():
-        with psycopg2.connect(**server.dsn(DB, user=plain_role)) as watcher, watcher.cursor() as cur:
-            watcher.autocommit = True
-            while not done.is_set():
-                cur.execute("SELECT iteration FROM madlib_dl.fit_progress WHERE output_table = 'long_hops'")
-                seen.extend(cur.fetchall())
-                time.sleep(0.05)
+    def make_bar(**kwargs):
+        bars.append(_Bar(**kwargs))
+        return bars[-1]
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("DROP TABLE IF EXISTS long_hops, long_hops_summary, long_hops_info")
-            cur.execute("SELECT madlib_dl.madlib_keras_fit_multiple_model('train_packed', 'long_hops', 'mst_long', "
-                        "2, FALSE)")
-            cur.execute("SELECT min(seconds) FROM madlib_dl.last_fit_hops() WHERE kind = 'train'")
-            shortest = cur.fetchone()[0]
-    finally:
-        done.set()
-        watcher.join()
-        conn.close()
-    assert shortest > 11, f"hops of {shortest:.1f} s test nothing here: give mst_long more epochs"
-    assert not [n for n in conn.notices if "fit_progress stops showing" in n], conn.notices
-    assert seen, "fit_progress never showed the run"
+    def train():
+        try:
+            Client(server.dsn(DB, user=plain_role)).fit_multiple(
+                progress=make_bar, source_table="train_packed", model_output_table="long_hops",
+                model_selection_table="mst_long", num_iterations=1, use_gpus=False)
+        except Exception as error:  # the cancel, looked at below
+            outcome["error"] = error
+
+    called = time.monotonic()
+    thread = threading.Thread(target=train)
+    thread.start()
+    samples = []
+    with psycopg2.connect(**server.dsn(DB, user=plain_role)) as watcher, watcher.cursor() as cur:
+        watcher.autocommit = True
+        first = None
+        while thread.is_alive():
+            cur.execute(HOP)
+            row = cur.fetchone()
+            if row is not None and first is None:
+                first = time.monotonic() - called
+            if row is not None and row[5] is not None:
+                samples.append(row)
+            if samples and time.monotonic() - called > 10 + WATCH_SECONDS:
+                break
+            time.sleep(0.2)
+        assert samples, f"fit_progress never showed the hop's progress: {outcome}"
+        cur.execute("SELECT pg_catalog.pg_cancel_backend(%s)", [samples[-1][-1]])
+    thread.join(120)
+    assert not thread.is_alive(), "the cancelled run did not end"
+    assert first is not None and first < 10, f"fit_progress showed the run {first} s after the call"
+    assert "canceling statement" in str(outcome.get("error")), outcome
+    assert all(r[1] == "training" and r[2] == 1 and r[3] == 0 for r in samples)  # all within the first hop
+    updates = sorted({r[4] for r in samples})
+    assert updates[-1] - updates[0] > datetime.timedelta(seconds=WATCH_SECONDS / 2), updates
+    gaps = [(b - a).total_seconds() for a, b in zip(updates, updates[1:])]
+    assert max(gaps) <= 5, gaps
+    batches = [r[5] for r in samples]
+    assert batches == sorted(batches) and len(set(batches)) >= 3, batches
+    hop_total, run_total = samples[-1][6], samples[-1][9]  # one segment's hop; the iteration: both segments'
+    assert hop_total % 5000 == 0 and run_total % 5000 == 0 and batches[-1] < hop_total < run_total
+    assert all(r[7] > 0 and r[10] == r[7] and r[8] == r[5] for r in samples)  # the one hop running: the run's
+    (bar,) = bars
+    moved = [n for unit, n, _ in bar.shown if unit == "batch"]
+    assert bar.total == run_total and len(set(moved)) >= 3 and moved == sorted(moved), bar.shown
+
+
+class _Bar:
+    """What the notebook client told its bar (tqdm's interface as it uses it)."""
+
+    def __init__(self, total, desc, unit):
+        self.total, self.unit, self.n, self.shown = total, unit, 0, []
+
+    def reset(self, total):
+        self.total, self.n = total, 0
+
+    def set_postfix_str(self, text, refresh):
+        self.postfix = text
+
+    def refresh(self):
+        self.shown.append((self.unit, self.n, self.total))
+
+    def close(self):
+        pass

@@ -154,3 +154,21 @@ def test_a_model_with_two_inputs_and_two_outputs_trains_and_evaluates_like_keras
     accuracies = [expected["dense_4_categorical_accuracy"], expected["dense_5_categorical_accuracy"]]
     assert values["output_metrics"] == pytest.approx(accuracies, rel=1e-5)
     assert values["metric"] == pytest.approx(sum(accuracies) / 2, rel=1e-5)
+
+
+def test_a_hop_reports_its_batches_and_examples_as_it_goes():
+    """``report`` hears how far the hop is after every chunk: batches counted over all its epochs, up to
+    the total, and examples done (the last batch of an epoch counts only the examples it held)."""
+    x, y = _data()  # 53 examples in batches of 10: 6 batches per epoch
+    loop = training_loop.loop_for(_model())
+    heard = []
+    training_loop.train_logs(loop, *training_loop.as_tensors(x, y), batch_size=10, epochs=3, shuffle=True, seed=0,
+                             report=lambda *values: heard.append(values))
+    assert heard[-1] == (18, 18, 159)
+    assert all(total == 18 for _, total, _ in heard)
+    assert [b for b, _, _ in heard] == sorted(b for b, _, _ in heard)  # only forward
+    assert all(examples == b // 6 * 53 + (b % 6) * 10 for b, _, examples in heard)  # an epoch's 6 batches: 53
+    evaluated = []
+    training_loop.evaluate_logs(loop, *training_loop.as_tensors(x, y), batch_size=20,
+                                report=lambda *values: evaluated.append(values))
+    assert evaluated[-1] == (3, 3, 53)

@@ -269,7 +269,7 @@ def test_a_plain_role_cannot_make_its_session_serve_a_socket(server, setup):
 # Item 5: one role never holds every worker slot; idle workers give way
 
 def test_one_roles_idle_sessions_cannot_hold_every_worker_slot(server, setup):
-    """The attacker trains in four sessions, keeping their workers idle for an hour: with
+    """The attacker trains in three sessions, keeping their workers idle for an hour: with
     max_workers_per_role 2 it never holds more than two workers, each new session's launch makes an idle
     one give way, and the victim's run (workers only) gets its two."""
     db = setup
@@ -278,7 +278,7 @@ def test_one_roles_idle_sessions_cannot_hold_every_worker_slot(server, setup):
     sessions = []
     try:
         with server.connect(db) as admin, admin.cursor() as acur:
-            for index in range(4):
+            for index in range(3):
                 conn = psycopg2.connect(**server.dsn(db, user=ATTACKER))
                 conn.autocommit = True
                 sessions.append(conn)

@@ -91,7 +91,7 @@ def test_the_clients_table_names_are_the_servers(text):
 def test_plot_arguments_and_their_defaults():
     args = cli._parser().parse_args(["plot", "models"])
     assert (args.table, args.output, args.x, args.metrics, args.dsn) == (
-        "models", "curves.png", "iteration", ["training_loss", "validation_loss"], None)
+        "models", "curves.png", "iteration", None, None)  # None: the losses, or an automl run's one metric
 
 
 def test_every_command_goes_to_the_servers_cli_where_madlib_dl_is_installed(monkeypatch):

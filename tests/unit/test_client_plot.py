@@ -195,10 +195,51 @@ def test_an_info_row_becomes_one_row_per_metrics_iteration():
     assert notebook._long_rows(row, {1: "mlp"})[0][10:] == ["accuracy", "mse", "stopped", 4, 1, 0, "mlp"]
 
 
-def test_the_bar_counts_hops_when_their_number_is_known_else_iterations():
-    def row(**kw):
-        return SimpleNamespace(**{"iterations": 3, "iteration": 2, "hops_done": 1, "hops_total": 4, **kw})
-    assert notebook._position(row()) == (12, 5)
-    assert notebook._position(row(hops_total=None, hops_done=None)) == (3, 2)
-    rows = [SimpleNamespace(phase="training", training_loss=loss, mst_key=k) for k, loss in ((1, 0.3), (2, 0.2))]
-    assert notebook._postfix(rows) == "training, best training loss 0.2 (mst_key 2)"
+class _RecordingBar:
+    """tqdm's interface as _Bar uses it, keeping what it was told."""
+
+    def __init__(self, total, desc, unit):
+        self.total, self.desc, self.unit, self.n, self.resets, self.shown = total, desc, unit, 0, 0, []
+
+    def reset(self, total):
+        self.total, self.n, self.resets = total, 0, self.resets + 1
+
+    def set_postfix_str(self, text, refresh):
+        self.postfix = text
+
+    def refresh(self):
+        self.shown.append((self.unit, self.n, self.total))
+
+    def close(self):
+        pass
+
+
+def _row(**kw):
+    values = {"function": "madlib_keras_fit_multiple_model", "output_table": "m", "iterations": 3, "iteration": 2,
+              "phase": "training", "mst_key": 1, "training_loss": None, "batches_done": 5, "batches_total": 40,
+              "examples_per_second": None}
+    return SimpleNamespace(**{**values, **kw})
+
+
+def test_the_bar_counts_training_batches_over_every_iteration():
+    assert notebook._position(_row()) == (120, 45, "batch")
+    assert notebook._position(_row(batches_total=None, batches_done=17)) == (None, 17, "batch")  # automl
+    assert notebook._position(_row(phase="starting", iteration=0, batches_done=None, batches_total=None)) == (3, 0, "it")
+
+
+def test_the_bar_starts_with_the_workers_then_moves_by_batches_with_the_best_loss_so_far():
+    bar = notebook._Bar(_RecordingBar)
+    bar.show([_row(phase="starting", iteration=0, batches_done=None, batches_total=None)])
+    assert (bar.bar.unit, bar.bar.total) == ("it", 3) and bar.bar.postfix == "starting, iteration 0/3"
+    bar.show([_row(iteration=1, batches_done=4, examples_per_second=1234.4, training_loss=None)])
+    assert bar.bar.resets == 1 and bar.bar.shown[-1] == ("batch", 4, 120)  # batches from here: an honest rate
+    bar.show([_row(iteration=1, batches_done=30, training_loss=0.5, mst_key=1),
+              _row(iteration=1, batches_done=30, training_loss=0.3, mst_key=2)])
+    assert bar.bar.shown[-1] == ("batch", 30, 120)
+    assert bar.bar.postfix == "training, iteration 1/3, best training loss so far 0.3 (mst_key 2)"
+    bar.show([_row(iteration=2, batches_done=2, training_loss=0.6, mst_key=1, examples_per_second=1234.4),
+              _row(iteration=2, batches_done=2, training_loss=0.4, mst_key=2)])
+    assert bar.bar.shown[-1] == ("batch", 42, 120) and bar.bar.resets == 1
+    # the best so far stays the best: a later, worse iteration does not replace it
+    assert bar.bar.postfix == ("training, iteration 2/3, 1,234 examples/s, best training loss so far 0.3 "
+                               "(mst_key 2)")
