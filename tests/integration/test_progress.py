@@ -226,6 +226,44 @@ def test_a_long_first_hop_shows_at_once_and_then_every_few_seconds_and_the_clien
     assert bar.total == run_total and len(set(moved)) >= 3 and moved == sorted(moved), bar.shown
 
 
+def test_a_long_hop_in_process_through_keras_fit_shows_its_batches(db, server, plain_role):
+    """The other ways a hop runs: in the calling session (madlib_dl.executor = 'in_process': the driver
+    hears its own hop) and through Keras' fit (class_weight), for madlib_keras_fit. Its batches move in
+    fit_progress while the hop runs; then it is cancelled."""
+    conn = psycopg2.connect(**server.dsn(DB, user=plain_role))
+    conn.autocommit = True
+    pid, outcome = conn.get_backend_pid(), {}
+
+    def train():
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET madlib_dl.executor = 'in_process'")
+                cur.execute("DROP TABLE IF EXISTS one_long, one_long_summary")
+                cur.execute("SELECT madlib_dl.madlib_keras_fit('train_packed', 'one_long', 'arch', 1, %s, "
+                            "'batch_size=8, epochs=5000, class_weight={0: 2.0}', 1, FALSE)",
+                            [digits_data.TWO_CONFIGS[0]])
+        except psycopg2.Error as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    seen, deadline = [], time.monotonic() + 90
+    with psycopg2.connect(**server.dsn(DB, user=plain_role)) as watcher, watcher.cursor() as cur:
+        watcher.autocommit = True
+        while len({r[1] for r in seen}) < 3 and thread.is_alive() and time.monotonic() < deadline:
+            cur.execute("SELECT function, hop_batches_done, hop_batches_total, batches_total, examples_per_second "
+                        "FROM madlib_dl.fit_progress WHERE pid = %s AND hop_batches_done IS NOT NULL", [pid])
+            seen += cur.fetchall()
+            time.sleep(0.2)
+        cur.execute("SELECT pg_catalog.pg_cancel_backend(%s)", [pid])
+    thread.join(60)
+    conn.close()
+    assert "canceling statement" in str(outcome.get("error")), outcome
+    assert len({r[1] for r in seen}) >= 3, seen  # the hop moved, as its reports came
+    function, _, hop_total, run_total, rate = seen[-1]
+    assert function == "madlib_keras_fit" and hop_total % 5000 == 0 and run_total > hop_total and rate > 0
+
+
 class _Bar:
     """What the notebook client told its bar (tqdm's interface as it uses it)."""
 
