@@ -68,7 +68,7 @@ stop-citus:
 	@if [ -x $(PYTHON) ]; then $(CLI) citus-stop; fi
 
 test: install citus
-	@echo "make test: every suite, about 22 minutes on 2 cores (make test-unit: the pure-Python tests, seconds)"
+	@echo "make test: every suite, about 23 minutes on 2 cores (make test-unit: the pure-Python tests, seconds)"
 	@$(PYTHON) -m pytest -p no:cacheprovider tests
 
 test-unit: setup
