@@ -12,6 +12,7 @@ import psycopg2
 import pytest
 
 import digits_data
+from tests.bar_double import RecordingBar
 
 DB = "progress"
 ITERATIONS = 4
@@ -177,7 +178,7 @@ def test_a_long_first_hop_shows_at_once_and_then_every_few_seconds_and_the_clien
     bars, outcome = [], {}
 
     def make_bar(**kwargs):
-        bars.append(_Bar(**kwargs))
+        bars.append(RecordingBar(**kwargs))
         return bars[-1]
 
     def train():
@@ -262,22 +263,3 @@ def test_a_long_hop_in_process_through_keras_fit_shows_its_batches(db, server, p
     assert len({r[1] for r in seen}) >= 3, seen  # the hop moved, as its reports came
     function, _, hop_total, run_total, rate = seen[-1]
     assert function == "madlib_keras_fit" and hop_total % 5000 == 0 and run_total > hop_total and rate > 0
-
-
-class _Bar:
-    """What the notebook client told its bar (tqdm's interface as it uses it)."""
-
-    def __init__(self, total, desc, unit):
-        self.total, self.unit, self.n, self.shown = total, unit, 0, []
-
-    def reset(self, total):
-        self.total, self.n = total, 0
-
-    def set_postfix_str(self, text, refresh):
-        self.postfix = text
-
-    def refresh(self):
-        self.shown.append((self.unit, self.n, self.total))
-
-    def close(self):
-        pass

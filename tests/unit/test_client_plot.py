@@ -11,6 +11,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from madlib_dl_client import notebook, plot_automl, plot_learning_curves, plots
+from tests.bar_double import RecordingBar
 
 COMPILE = {1: "loss='categorical_crossentropy', optimizer='Adam(learning_rate=0.01)', metrics=['accuracy']",
            2: "loss='categorical_crossentropy', optimizer='SGD(learning_rate=0.1)', metrics=['accuracy']"}
@@ -195,25 +196,6 @@ def test_an_info_row_becomes_one_row_per_metrics_iteration():
     assert notebook._long_rows(row, {1: "mlp"})[0][10:] == ["accuracy", "mse", "stopped", 4, 1, 0, "mlp"]
 
 
-class _RecordingBar:
-    """tqdm's interface as _Bar uses it, keeping what it was told."""
-
-    def __init__(self, total, desc, unit):
-        self.total, self.desc, self.unit, self.n, self.resets, self.shown = total, desc, unit, 0, 0, []
-
-    def reset(self, total):
-        self.total, self.n, self.resets = total, 0, self.resets + 1
-
-    def set_postfix_str(self, text, refresh):
-        self.postfix = text
-
-    def refresh(self):
-        self.shown.append((self.unit, self.n, self.total))
-
-    def close(self):
-        pass
-
-
 def _row(**kw):
     values = {"function": "madlib_keras_fit_multiple_model", "output_table": "m", "iterations": 3, "iteration": 2,
               "phase": "training", "mst_key": 1, "training_loss": None, "batches_done": 5, "batches_total": 40,
@@ -228,7 +210,7 @@ def test_the_bar_counts_training_batches_over_every_iteration():
 
 
 def test_the_bar_starts_with_the_workers_then_moves_by_batches_with_the_best_loss_so_far():
-    bar = notebook._Bar(_RecordingBar)
+    bar = notebook._Bar(RecordingBar)
     bar.show([_row(phase="starting", iteration=0, batches_done=None, batches_total=None)])
     assert (bar.bar.unit, bar.bar.total) == ("it", 3) and bar.bar.postfix == "starting, iteration 0/3"
     bar.show([_row(iteration=1, batches_done=4, examples_per_second=1234.4, training_loss=None)])
