@@ -65,3 +65,38 @@ def test_a_node_sessions_notice_carries_a_report_and_nothing_else_passes_for_one
                 '"examples": 1, "seconds": 1}', '{"kind": "t", "batches": 1, "batches_total": 1, "examples": 1, '
                 '"seconds": "NaN"}', "[1, 2]"):
         assert hop_progress.from_notice(hop_progress.NOTICE_PREFIX + bad) is None, bad
+
+
+def test_an_evaluation_shows_its_segments_and_batches_as_they_go():
+    """evaluate's fit_progress rows: a hop per segment, its batches of EVALUATE_BATCH_SIZE, the running
+    segment's reports counted until it ends."""
+    from types import SimpleNamespace
+
+    from madlib_dl.segment.runtime import EVALUATE_BATCH_SIZE
+    from madlib_dl.training import evaluation
+
+    class Recorder:
+        def __init__(self):
+            self.snapshots = []
+
+        def update(self, run, models, wait=False):
+            self.snapshots.append((run, models))
+
+    source = SimpleNamespace(segments={0: SimpleNamespace(images=3 * EVALUATE_BATCH_SIZE),
+                                       1: SimpleNamespace(images=EVALUATE_BATCH_SIZE + 1)})
+    spec = SimpleNamespace(source=source, model=SimpleNamespace(mst_key=4))
+    recorder = Recorder()
+    shown = evaluation._Shown(spec, recorder)
+    shown.record()
+    first_run, (model,) = recorder.snapshots[-1]
+    assert (first_run["hops_done"], first_run["hops_total"], first_run["batches_done"], first_run["batches_total"]) == (
+        0, 2, 0, 5)
+    assert model["mst_key"] == 4 and model["status"] == "evaluating" and model["hop_batches_done"] is None
+    call = SimpleNamespace(segment=1, tag=SimpleNamespace(segment=1))
+    shown.progressed(call, {"kind": "evaluate", "batches": 1, "batches_total": 2, "examples": 256, "seconds": 2.0})
+    run, (model,) = recorder.snapshots[-1]
+    assert (run["batches_done"], run["examples_per_second"], model["hop_batches_done"]) == (1, 128.0, 1)
+    shown.ended(SimpleNamespace(call=call))
+    run, (model,) = recorder.snapshots[-1]
+    assert (run["hops_done"], run["batches_done"], run["examples_per_second"]) == (1, 2, None)
+    assert model["hop_batches_done"] is None
