@@ -19,6 +19,7 @@ import pytest
 from psycopg2.extras import execute_values
 from sklearn.datasets import load_digits
 
+import refusals
 import worker_activity
 
 from madlib_dl.keras_runtime import gpus, serialization, tf_setup
@@ -307,24 +308,9 @@ DEFAULTS = {"model_table": "out", "test_table": "val_packed", "output_table": "e
             "mst_key": 1}
 
 
-def _tables(cur) -> set:
-    cur.execute("SELECT schemaname, tablename, format('%I.%I', schemaname, tablename)::regclass::oid FROM pg_tables")
-    return set(cur.fetchall())
-
-
 def _fails(cur, sqlstate, argument, fragments, **arguments) -> str:
-    before = _tables(cur)
-    with pytest.raises(psycopg2.Error) as info:
-        cur.execute(EVALUATE, {**DEFAULTS, **arguments})
-    error = info.value
-    message = error.diag.message_primary or str(error)
-    assert error.pgcode == sqlstate, message
-    assert message.startswith(f"madlib_dl: {argument}: "), message
-    said = f"{message}\nHINT: {error.diag.message_hint}"
-    for fragment in fragments:
-        assert fragment in said, said
-    assert _tables(cur) == before, message
-    return message
+    return refusals.refused(cur, lambda: cur.execute(EVALUATE, {**DEFAULTS, **arguments}), sqlstate, argument,
+                            *fragments, hint_separator="\nHINT: ")
 
 
 def _setup(cur, statements):

@@ -22,6 +22,7 @@ import pytest
 from psycopg2.extras import execute_values
 from sklearn.datasets import load_digits
 
+import refusals
 import worker_activity
 
 from madlib_dl import db as madlib_db
@@ -192,12 +193,6 @@ def _scheduled_order(iteration, fit_seed=0):
         scheduler.finish(hop)
         order.append(hop.segment)
     return order
-
-
-def _tables(cur):
-    """Every table with its oid (a table dropped and made again counts as a change)."""
-    cur.execute("SELECT schemaname, tablename, format('%I.%I', schemaname, tablename)::regclass::oid FROM pg_tables")
-    return set(cur.fetchall())
 
 
 
@@ -450,7 +445,7 @@ def test_reads_every_hop_one_segment_at_a_time_when_caching_does_not_fit(server,
 
 def test_refused_when_one_segment_does_not_fit_either(cur, wide):
     cur.execute(f"SET {S}memory_budget_mb = 1")
-    before = _tables(cur)
+    before = refusals.tables(cur)
     _drop(cur, "m_big")
     with pytest.raises(psycopg2.Error) as info:
         _fit(cur, model="m_big", source_table="wide1", model_arch_table=wide)
@@ -460,7 +455,7 @@ def test_refused_when_one_segment_does_not_fit_either(cur, wide):
                               "a time"), message
     assert message.endswith("memory_budget_mb is 1 MiB"), message
     assert info.value.diag.message_hint == "Raise it, e.g. SET madlib_dl.memory_budget_mb = 1024."
-    assert _tables(cur) == before
+    assert refusals.tables(cur) == before
 
 
 def test_background_workers_train_the_same_model_and_stay_idle_for_the_next_call(cur, server, plain_role):
@@ -547,12 +542,12 @@ def test_a_run_failing_in_keras_leaves_nothing(cur, executor):
     _fit(cur, model="m_before_fail", num_iterations=1)  # the session has idle workers
     assert _workers(cur)
     _drop(cur, "m_fail")
-    before = _tables(cur)
+    before = refusals.tables(cur)
     cur.execute(f"SET {S}executor = %s", [executor])
     with pytest.raises(psycopg2.Error, match="loss_weights"):
         _fit(cur, model="m_fail", compile_params="loss='categorical_crossentropy', optimizer='Adam()', "
                                                  "loss_weights=[1.0, 2.0]")
-    assert _tables(cur) == before
+    assert refusals.tables(cur) == before
     cur.execute("SELECT madlib_dl.internal_fit_release(NULL)")
     assert cur.fetchone()[0] is False
     if executor == "workers":
@@ -618,16 +613,9 @@ def _fails(cur, sqlstate, argument, fragments, **arguments):
     out = {**DEFAULTS, **arguments}["model"]
     if out and re.fullmatch(r"[a-z_]+", out) and out != "digits_packed" and not arguments.get("warm_start"):
         _drop(cur, out)
-    before = _tables(cur)
-    with pytest.raises(psycopg2.Error) as info:
-        cur.execute(FIT, {**DEFAULTS, **arguments})
-    message = info.value.diag.message_primary or str(info.value)
-    assert info.value.pgcode == sqlstate, message
-    assert message.startswith(f"madlib_dl: {argument}: "), message
-    said = f"{message} HINT: {info.value.diag.message_hint}"  # a remedy may be the error's HINT
-    for fragment in fragments:
-        assert fragment in said, said
-    assert _tables(cur) == before, message
+    # a remedy may be the error's HINT
+    refusals.refused(cur, lambda: cur.execute(FIT, {**DEFAULTS, **arguments}), sqlstate, argument, *fragments,
+                     hint_separator=" HINT: ")
 
 
 def test_a_batch_size_above_every_segment_is_noticed_before_the_workers_start(cur):
@@ -650,12 +638,12 @@ def test_output_exists_without_warm_start(cur, present):
     for table in present:
         cur.execute(f"CREATE TABLE {table} AS SELECT 42 AS kept")
     try:
-        before = _tables(cur)
+        before = refusals.tables(cur)
         with pytest.raises(psycopg2.Error) as info:
             cur.execute(FIT, {**DEFAULTS, "model": "taken"})
         assert info.value.pgcode == "42P07"
         assert info.value.diag.message_primary.startswith(f"madlib_dl: model: table '{present[0]}' already exists")
-        assert _tables(cur) == before
+        assert refusals.tables(cur) == before
     finally:
         _drop(cur, "taken")
 

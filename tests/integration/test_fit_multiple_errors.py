@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+import refusals
 import worker_activity
 
 from madlib_dl.keras_runtime import gpus
@@ -105,12 +106,6 @@ def cur(db):
 # ---------------------------------------------------------------------------------------------------
 # Helpers
 
-def tables(cur) -> set:
-    """Every table in the database with its oid (a table dropped and made again counts as a change)."""
-    cur.execute("SELECT schemaname, tablename, format('%I.%I', schemaname, tablename)::regclass::oid FROM pg_tables")
-    return set(cur.fetchall())
-
-
 def exists(cur, name: str) -> bool:
     cur.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
     return cur.fetchone()[0]
@@ -131,19 +126,11 @@ def fails(cur, sqlstate: str, argument: str, *fragments: str, existing=(), **arg
     message "madlib_dl: <argument>: ..." holding every fragment, and leave the tables as they were.
     ``existing``: output tables that exist before the call (and must still, unchanged)."""
     out = output_tables({**DEFAULTS, **arguments}["model_output_table"])
-    before = tables(cur)
     assert {t for t in out if exists(cur, t)} == set(existing), "test set-up: output tables"
-    with pytest.raises(psycopg2.Error) as info:
-        run(cur, **arguments)
-    error = info.value
-    message = error.diag.message_primary or str(error)
-    assert error.pgcode == sqlstate, message
-    assert message.startswith(f"madlib_dl: {argument}: "), message
-    said = f"{message} HINT: {error.diag.message_hint}"  # a remedy may be the error's HINT
-    for fragment in fragments:
-        assert fragment in said, said
+    # a remedy may be the error's HINT
+    message = refusals.refused(cur, lambda: run(cur, **arguments), sqlstate, argument, *fragments,
+                               hint_separator=" HINT: ")
     assert {t for t in out if exists(cur, t)} == set(existing), message
-    assert tables(cur) == before, message
     return message
 
 
