@@ -20,8 +20,8 @@ RUN_TYPES = ("integer", "timestamptz", "text", "text", "timestamptz", "integer",
              "text", "double precision", "bigint", "bigint", "double precision")
 MODEL_COLUMNS = ("mst_key", "iterations_done", "training_loss", "validation_metric", "status", "hop_batches_done",
                  "hop_batches_total", "hop_examples_per_second")
-MODEL_TYPES = ("integer[]", "integer[]", "double precision[]", "double precision[]", "text[]", "integer[]",
-               "integer[]", "double precision[]")
+MODEL_TYPES = ("integer[]", "integer[]", "double precision[]", "double precision[]", "text[]", "bigint[]",
+               "bigint[]", "double precision[]")
 GD_KEY = "madlib_dl_recording"  # schema, role and run this backend records, removed if the driver goes away
 EQ = "OPERATOR(pg_catalog.=)"
 

@@ -423,6 +423,7 @@ def train(db, automl: AutomlRun) -> AutomlResult:
             runner = AutomlDriver(db, automl, executor, set_name, initial, plan, recorder, saving)
             set_name(f"madlib_dl {spec.caller.label}: {automl.method}")
             result = runner.run()
+            recorder.ending()
         checkpoints.remove(db, spec.schema, key)  # after the recorder is done, as fit's
         return result
     except Exception as error:

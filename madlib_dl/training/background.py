@@ -178,7 +178,11 @@ def launch(db, schema: str, count: int, check, launched=None) -> list[Worker]:
     started = begin_launch(db, schema, count)
     try:
         if launched is not None:
-            launched()
+            try:
+                launched()
+            except BaseException:
+                _terminate(list(started.pids.values()))
+                raise
         return finish_launch(started, check)
     finally:
         started.close()

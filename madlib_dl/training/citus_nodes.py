@@ -476,11 +476,12 @@ AUTHENTICATION = re.compile(r"password|authentication|no pg_hba\.conf entry|cert
 def _conninfo(db, schema: str) -> str:
     """How to connect to a node: as the current role, to this database, with Citus's node_conninfo (a
     superuser's setting, read through internal_node_conninfo) and libpq's defaults besides (the server
-    OS user's password file and certificates)."""
+    OS user's password file and certificates). NOTICEs reach the driver whatever the role's
+    client_min_messages says: a hop's progress comes as NOTICEs (segment.node)."""
     row = db.execute(f"SELECT current_user AS role, current_database() AS database, "
                      f"{db.quote_ident(schema)}.internal_node_conninfo() AS extra")[0]
     parts = [f"user={_quoted(row['role'])}", f"dbname={_quoted(row['database'])}", "application_name=madlib_dl_node",
-             "options='-c jit=off'", KEEPALIVES, f"connect_timeout={CONNECT_TIMEOUT}"]
+             "options='-c jit=off -c client_min_messages=notice'", KEEPALIVES, f"connect_timeout={CONNECT_TIMEOUT}"]
     return " ".join(parts + ([row["extra"]] if row["extra"] else []))
 
 

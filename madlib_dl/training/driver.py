@@ -147,9 +147,10 @@ def train(db, spec: RunSpec, on_final: Callable | None = None) -> RunResult:
             initial = initial_weights(executor, spec)
             check_state_sizes(spec, initial)
             plan = plan_memory(db, spec, initial, executor.worker_count)
-            recorder.begin()  # the run is sure to start (workers have begun it already)
+            recorder.begin()  # in process: the run is sure to start (its workers have begun it already)
             driver = Driver(db, spec, executor, set_name, initial, plan, recorder, when, on_final)
             result = driver.run()
+            recorder.ending()
         # after the recorder is done (no checkpoint write of this run is still under way)
         checkpoints.remove(db, spec.schema, driver.key)
         return result
@@ -475,12 +476,14 @@ class Driver:
                 for mst_key in self.models:
                     calls.append((worker, EvaluateHop(iteration, mst_key, segment, kind), table))
         segment_call_list = self._evaluation_calls(calls, iteration == self.spec.num_iterations)
+        def ended(completed) -> None:  # its progress reports no longer count
+            self.tracker.ended(completed.call.segment, completed.call.tag.mst_key)
+
         if self.plan.one_segment_at_a_time:
             completions = [c for call in segment_call_list
-                           for c in workers.run_calls(self.executor, [call], self._finished)]
+                           for c in workers.run_calls(self.executor, [call], self._finished, ended)]
         else:
-            completions = workers.run_calls(self.executor, segment_call_list, self._finished)
-        self.tracker.running.clear()
+            completions = workers.run_calls(self.executor, segment_call_list, self._finished, ended)
         results: dict = {}
         finished: dict = {}
         for completed in completions:

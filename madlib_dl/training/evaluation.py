@@ -65,6 +65,7 @@ def evaluate(db, spec: EvaluationSpec) -> Evaluation:
                 for done in executor.wait():
                     completed.append(done)
                     shown.ended(done)
+            shown.recorder.ending()
     finally:
         set_name(None)
     return combine([segment_means.from_row(c.call.tag.segment, c.row) for c in completed], executor.name)

@@ -46,6 +46,7 @@ class Recorder:
         self.sent_at = 0.0    # when the last snapshot went
         self.recording = True  # progress snapshots (madlib_dl.progress); the recorder may serve checkpoints only
         self.wanted = True     # a recorder is to start (for progress, or checkpoints)
+        self.checkpoints = False  # the run may save checkpoints (what a NOTICE says it loses)
         self.allowed = False   # the run's workers have their slots: the recorder may take one
         self.begun = False     # its worker was asked for
         self.created = time.monotonic()
@@ -92,19 +93,25 @@ class Recorder:
         if not now and time.monotonic() - self.created < START_SECONDS:
             return
         self.begun = True
-        function = self.header["function"]
+        lost = f"{self.header['function']}: fit_progress will not show this run" + (
+            " and it saves no checkpoints" if self.checkpoints else "")
         refusal = native.launch_refusal()  # the recorder acts as the caller too: it starts where workers may
         if refusal is not None:
-            self.db.notice(f"{function}: fit_progress will not show this run and it saves no checkpoints: its "
-                           f"recorder is a background worker, and none starts here because {refusal}; training goes on")
+            self.db.notice(f"{lost}: its recorder is a background worker, and none starts here because {refusal}; "
+                           "the run goes on")
             return
         launch = background.begin_launch(self.db, self.schema, 1)
         if not launch.pids:
             launch.close()
-            self.db.notice(f"{function}: fit_progress will not show this run and it saves no checkpoints: no "
-                           "background worker slot is free for its recorder (max_worker_processes); training goes on")
+            self.db.notice(f"{lost}: no background worker slot is free for its recorder (max_worker_processes); "
+                           "the run goes on")
             return
         self.launch = launch
+
+    def ending(self) -> None:
+        """The run's work is done: no recorder starts from here (the workers' release would start one
+        for a run that just passed START_SECONDS, only to stop it)."""
+        self.wanted = False
 
     @property
     def saves(self) -> bool:
@@ -139,6 +146,7 @@ class Recorder:
     def close(self) -> None:
         """The run is over (or failed): its rows go, and the recorder ends. No SQL here: after a cancel
         the session's transaction is aborted, and the run's own error must be the one reported."""
+        self.wanted = False
         if self.launch is not None:  # not connected yet: it exits on its own, when it finds no socket
             self.launch.give_up(EXIT_WAIT_SECONDS)
             self.launch = None
@@ -214,6 +222,7 @@ def start(db, schema: str, run_id: str, function: str, output_table: str | None,
     recorder = Recorder(db, schema, run_id, function, output_table, check)
     recorder.recording = settings.read_choice(db, settings.PROGRESS) != "off"
     recorder.wanted = recorder.recording or checkpoints
+    recorder.checkpoints = checkpoints
     return recorder
 
 

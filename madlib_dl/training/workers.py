@@ -268,9 +268,11 @@ def _check_same_data(executor: BackgroundWorkers, tables: list[PackedTable]) -> 
                                   "changes are not yet committed", UNCOMMITTED_HINT)
 
 
-def run_calls(executor, calls, idle: Callable[[], None] | None = None) -> list[executors.Completed]:
+def run_calls(executor, calls, idle: Callable[[], None] | None = None,
+              each: Callable[[executors.Completed], None] | None = None) -> list[executors.Completed]:
     """Run calls (at most one per worker at a time, in order per worker) and return all completions;
-    ``idle``: work of the driver's own, done before each wait for the workers."""
+    ``idle``: work of the driver's own, done before each wait for the workers; ``each``: called with
+    every completion as it comes."""
     queues: dict[int, list] = {}
     for call in calls:
         queues.setdefault(call.segment, []).append(call)
@@ -282,6 +284,8 @@ def run_calls(executor, calls, idle: Callable[[], None] | None = None) -> list[e
             idle()
         for completed in executor.wait():
             done.append(completed)
+            if each is not None:
+                each(completed)
             queue = queues[completed.call.segment]
             if queue:
                 executor.submit(queue.pop(0))
