@@ -190,18 +190,18 @@ def recording(db, spec: RunSpec, saves_checkpoints: bool = False, model_keys=Non
     recorder = progress.start(db, spec.schema, spec.run_id, spec.caller.function,
                               None if spec.output_table is None else str(spec.output_table),
                               workers.driver_check(db, spec.schema), saves_checkpoints)
-    keys = [m.mst_key for m in spec.models] if model_keys is None else model_keys
-    recorder.update(starting_snapshot(spec.num_iterations),
-                    [{"mst_key": key, "iterations_done": 0, "status": "starting"} for key in keys])
+    recorder.update(*starting_snapshot(spec.num_iterations,
+                                       [m.mst_key for m in spec.models] if model_keys is None else model_keys))
     try:
         yield recorder
     finally:
         recorder.close()
 
 
-def starting_snapshot(iterations: int) -> dict:
-    """fit_progress's run columns before anything trained."""
-    return {"iteration": 0, "iterations": iterations, "hops_done": 0, "phase": "starting"}
+def starting_snapshot(iterations: int, model_keys) -> tuple[dict, list[dict]]:
+    """fit_progress's run and model columns before anything ran (Recorder.update's arguments)."""
+    return ({"iteration": 0, "iterations": iterations, "hops_done": 0, "phase": "starting"},
+            [{"mst_key": key, "iterations_done": 0, "status": "starting"} for key in model_keys])
 
 
 def is_cancel(error: BaseException) -> bool:
@@ -476,14 +476,11 @@ class Driver:
                 for mst_key in self.models:
                     calls.append((worker, EvaluateHop(iteration, mst_key, segment, kind), table))
         segment_call_list = self._evaluation_calls(calls, iteration == self.spec.num_iterations)
-        def ended(completed) -> None:  # its progress reports no longer count
-            self.tracker.ended(completed.call.segment, completed.call.tag.mst_key)
-
         if self.plan.one_segment_at_a_time:
             completions = [c for call in segment_call_list
-                           for c in workers.run_calls(self.executor, [call], self._finished, ended)]
+                           for c in workers.run_calls(self.executor, [call], self._finished, self._evaluated)]
         else:
-            completions = workers.run_calls(self.executor, segment_call_list, self._finished, ended)
+            completions = workers.run_calls(self.executor, segment_call_list, self._finished, self._evaluated)
         results: dict = {}
         finished: dict = {}
         for completed in completions:
@@ -511,6 +508,10 @@ class Driver:
                 for index, (worker, hop, table) in enumerate(calls)]
 
     # -- progress ------------------------------------------------------------------------------------
+
+    def _evaluated(self, completed) -> None:
+        """An evaluation call came back: its progress reports no longer count."""
+        self.tracker.ended(completed.call.segment, completed.call.tag.mst_key)
 
     def _hop_progress(self, call, report: dict) -> None:
         """A running hop's progress report (training or evaluation): fit_progress shows it."""

@@ -111,7 +111,7 @@ class _Shown:
 def _recording(db, spec: EvaluationSpec):
     recorder = progress.start(db, spec.schema, spec.run_id, FUNCTION, spec.output_table,
                               workers.driver_check(db, spec.schema))
-    recorder.update(driver.starting_snapshot(1), [{"mst_key": _key(spec), "iterations_done": 0, "status": "starting"}])
+    recorder.update(*driver.starting_snapshot(1, [_key(spec)]))
     try:
         yield _Shown(spec, recorder)
     finally:

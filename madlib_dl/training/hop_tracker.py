@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from madlib_dl.keras_runtime import params
 
+
 @dataclass
 class Running:
     """A hop's last report: batches of its total done, and the examples they held in ``seconds``."""
@@ -76,4 +77,3 @@ class HopTracker:
             return {"hop_batches_done": None, "hop_batches_total": None, "hop_examples_per_second": None}
         return {"hop_batches_done": hop.batches, "hop_batches_total": hop.batches_total,
                 "hop_examples_per_second": hop.examples_per_second}
-
